@@ -1,0 +1,64 @@
+"""Sequence-number rules shared by both ends (``docs/protocol.md`` §7).
+
+* The host numbers requests 1..65535, wrapping to 1 (0 is reserved for unsolicited frames).
+* A retry resends the *same* request with the *same* number. The device remembers its recent answers keyed
+  by (sequence number, request), so a repeat takes effect at most once and gets the identical answer
+  (S17). Keying on the request as well as the number means a new host that happens to reuse a number
+  for a different request is not answered from the cache.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+
+from .constants import MAX_SEQ, MIN_REQUEST_SEQ
+from .messages import Message
+
+
+class SequenceCounter:
+    """Hands out request sequence numbers 1..65535, wrapping to 1. Not thread-safe on its own."""
+
+    __slots__ = ("_next",)
+
+    def __init__(self, start: int = MIN_REQUEST_SEQ) -> None:
+        if not MIN_REQUEST_SEQ <= start <= MAX_SEQ:
+            raise ValueError(f"start = {start!r} is out of range: must be in [1, 65535]")
+        self._next = start
+
+    def next(self) -> int:
+        seq = self._next
+        self._next = MIN_REQUEST_SEQ if seq == MAX_SEQ else seq + 1
+        return seq
+
+
+class ReplyCache:
+    """The device's memory of recent answers, for at-most-once execution of retried requests.
+
+    Bounded: holds the last ``capacity`` answers (default 64), evicting the oldest.
+    """
+
+    __slots__ = ("_capacity", "_entries")
+
+    def __init__(self, capacity: int = 64) -> None:
+        if capacity < 1:
+            raise ValueError(f"capacity = {capacity!r} is out of range: must be >= 1")
+        self._capacity = capacity
+        self._entries: OrderedDict[tuple[int, Message], bytes] = OrderedDict()
+
+    def lookup(self, seq: int, request: Message) -> bytes | None:
+        """Return the encoded answer given earlier to this exact request, or None."""
+        return self._entries.get((seq, request))
+
+    def store(self, seq: int, request: Message, reply_frame: bytes) -> None:
+        """Remember the encoded answer to ``request`` numbered ``seq``."""
+        key = (seq, request)
+        self._entries[key] = reply_frame
+        self._entries.move_to_end(key)
+        while len(self._entries) > self._capacity:
+            self._entries.popitem(last=False)
+
+    def clear(self) -> None:
+        self._entries.clear()
+
+    def __len__(self) -> int:
+        return len(self._entries)
