@@ -1,7 +1,103 @@
 """iontodrive: driver for constant-current iontophoresis stimulators.
 
 Layers, each depending only on those before it: :mod:`iontodrive.protocol` (sans-I/O wire protocol),
-the link, the device client, the ramp controller, dose sessions and records, and the command line.
+:mod:`iontodrive.link` (pyserial URLs), :mod:`iontodrive.client` (requests, telemetry, events),
+:mod:`iontodrive.ramp` and :mod:`iontodrive.prescription` (planning and checks), :mod:`iontodrive.session`
+(dose sessions and :class:`Stimulator`), :mod:`iontodrive.record` (session records) and the command line.
+
+Quick use::
+
+    from iontodrive import Prescription, Stimulator
+
+    with Stimulator.open("socket://127.0.0.1:7000") as stim:
+        record = stim.deliver(Prescription(current_ma=4, dose_ma_min=40, polarity="cathode"))
 """
 
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from iontodrive.errors import (
+        DeviceFault,
+        DeviceRefusal,
+        IncompatibleDeviceError,
+        IontodriveError,
+        LinkClosedError,
+        LinkError,
+        LinkLostError,
+        LinkTimeoutError,
+        LocalProtocolError,
+        ProtocolViolation,
+        RemoteProtocolError,
+        SafetyRefusal,
+        SessionInterrupted,
+    )
+    from iontodrive.prescription import Prescription
+    from iontodrive.protocol import DeviceState, Polarity, Waveform
+    from iontodrive.record import SessionRecord
+    from iontodrive.session import Progress, Session, SessionOutcome, Stimulator
+
+# Exports are loaded on first use (PEP 562), so ``import iontodrive.protocol`` stays light: the firmware
+# simulator imports only the protocol and must not pull in the driver, numpy planning or pyserial.
+_EXPORTS = {
+    "iontodrive.errors": (
+        "DeviceFault",
+        "DeviceRefusal",
+        "IncompatibleDeviceError",
+        "IontodriveError",
+        "LinkClosedError",
+        "LinkError",
+        "LinkLostError",
+        "LinkTimeoutError",
+        "LocalProtocolError",
+        "ProtocolViolation",
+        "RemoteProtocolError",
+        "SafetyRefusal",
+        "SessionInterrupted",
+    ),
+    "iontodrive.prescription": ("Prescription",),
+    "iontodrive.protocol": ("DeviceState", "Polarity", "Waveform"),
+    "iontodrive.record": ("SessionRecord",),
+    "iontodrive.session": ("Progress", "Session", "SessionOutcome", "Stimulator"),
+}
+_MODULE_OF = {name: module for module, names in _EXPORTS.items() for name in names}
+
+
+def __getattr__(name: str) -> Any:
+    module = _MODULE_OF.get(name)
+    if module is None:
+        raise AttributeError(f"module 'iontodrive' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
 __version__ = "0.1.0"
+
+__all__ = [
+    "DeviceFault",
+    "DeviceRefusal",
+    "DeviceState",
+    "IncompatibleDeviceError",
+    "IontodriveError",
+    "LinkClosedError",
+    "LinkError",
+    "LinkLostError",
+    "LinkTimeoutError",
+    "LocalProtocolError",
+    "Polarity",
+    "Prescription",
+    "Progress",
+    "ProtocolViolation",
+    "RemoteProtocolError",
+    "SafetyRefusal",
+    "Session",
+    "SessionInterrupted",
+    "SessionOutcome",
+    "SessionRecord",
+    "Stimulator",
+    "Waveform",
+    "__version__",
+]

@@ -7,7 +7,10 @@ computed over the whole decoded body, CRC included, is zero.
 
 from __future__ import annotations
 
+import operator
 import struct
+from binascii import crc_hqx as _crc
+from collections.abc import Callable
 from enum import IntEnum
 from typing import Any, NamedTuple
 
@@ -25,17 +28,23 @@ from .constants import (
     PROTOCOL_VERSION,
     UNSOLICITED_SEQ,
 )
-from .crc import crc16_ccitt_false
-from .enums import MessageKind, MessageType
+from .crc import CRC_INIT
 from .errors import DecodeError, DecodeErrorKind, FieldRangeError, SequenceError
-from .fastpath import COMPILED, COMPILED_BY_CLASS, CompiledLayout, FieldSpec, InvalidFieldValue
+from .fastpath import COMPILED, COMPILED_BY_CLASS, CompiledLayout, FieldSpec
 from .messages import Message
 
 _MIN_BODY = HEADER_BYTES + CRC_BYTES
 _RAW_KEEP = 32
+_FRAME_NEW = tuple.__new__  # Frame(seq, message) without NamedTuple's Python-level __new__
 
-# Per type byte: 0 request, 1 reply, 2 unsolicited (MessageKind values), for the sequence rule.
-_KIND_BY_TYPE: dict[int, int] = {t: int(MessageType(t).kind) for t in COMPILED}
+# Per type byte: (header+payload struct, body size, unsolicited?, builder) for the decode fast path.
+_DECODE_TABLE: dict[int, tuple[struct.Struct, int, bool, Callable[[tuple[Any, ...]], Message]]] = {
+    type_id: (layout.frame_struct, layout.payload_size + _MIN_BODY, layout.unsolicited, layout.build)
+    for type_id, layout in COMPILED.items()
+}
+
+# Anything the generated packer may raise on a bad field value (UnicodeError is a ValueError).
+_PACK_ERRORS = (struct.error, TypeError, ValueError, AttributeError)
 
 
 class Frame(NamedTuple):
@@ -45,24 +54,57 @@ class Frame(NamedTuple):
     message: Message
 
 
-def _check_value(cls_name: str, spec: FieldSpec, value: Any) -> Any:
-    """Validate one field for encoding and return its wire representation (raises FieldRangeError)."""
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _check_value(cls_name: str, spec: FieldSpec, value: Any) -> None:
+    """Validate one field for encoding (raises FieldRangeError); the rules of ``docs/protocol.md`` §3.4.
+
+    Mirrors the checks generated in :mod:`.fastpath` plus the integer ranges :mod:`struct` enforces there.
+    """
     if spec.text_bytes is not None:
-        if not isinstance(value, str) or not value.isascii() or len(value) > spec.text_bytes:
-            raise FieldRangeError(cls_name, spec.name, value, 0, spec.text_bytes)
-        return value.encode("ascii")
-    if isinstance(value, bool) and spec.code != "?":
-        raise FieldRangeError(cls_name, spec.name, value, spec.minimum, spec.maximum)
-    if not isinstance(value, int):
-        raise FieldRangeError(cls_name, spec.name, value, spec.minimum, spec.maximum)
-    if spec.allowed is not None and value not in spec.allowed:
-        raise FieldRangeError(cls_name, spec.name, value, allowed=tuple(sorted(spec.allowed)))
-    if spec.flag_mask is not None and value & ~spec.flag_mask:
-        raise FieldRangeError(cls_name, spec.name, value, 0, spec.flag_mask)
+        if (
+            not isinstance(value, str)
+            or not value.isascii()
+            or "\x00" in value
+            or len(value) > spec.text_bytes
+        ):
+            raise FieldRangeError(
+                cls_name,
+                spec.name,
+                value,
+                0,
+                spec.text_bytes,
+                expected=f"an ASCII string of at most {spec.text_bytes} characters, without NUL",
+            )
+        return
+    if spec.code == "?":
+        if not isinstance(value, bool):
+            raise FieldRangeError(cls_name, spec.name, value, 0, 1, expected="a bool (True or False)")
+        return
+    if spec.allowed is not None:
+        if not (type(value) is spec.python_type or (type(value) is int and value in spec.allowed)):
+            raise FieldRangeError(cls_name, spec.name, value, allowed=tuple(sorted(spec.allowed)))
+        return
+    if spec.flag_mask is not None:
+        if not (type(value) in (spec.python_type, int) and value >= 0 and not value & ~spec.flag_mask):
+            raise FieldRangeError(
+                cls_name,
+                spec.name,
+                value,
+                0,
+                spec.flag_mask,
+                expected=f"a {spec.python_type.__name__} (or int) with no bits outside 0x{spec.flag_mask:X}",
+            )
+        return
     assert spec.minimum is not None and spec.maximum is not None
-    if not spec.minimum <= value <= spec.maximum:
+    try:  # struct accepts any integer-like object (one with __index__), except that we refuse bool
+        number = None if isinstance(value, bool) else operator.index(value)
+    except TypeError:
+        number = None
+    if number is None or not spec.minimum <= number <= spec.maximum:
         raise FieldRangeError(cls_name, spec.name, value, spec.minimum, spec.maximum)
-    return value
 
 
 def _raise_precise_error(layout: CompiledLayout, message: Message) -> None:
@@ -72,6 +114,18 @@ def _raise_precise_error(layout: CompiledLayout, message: Message) -> None:
         _check_value(name, spec, getattr(message, spec.name))
 
 
+def _check_seq(message: Message, unsolicited: bool, seq: object) -> int:
+    """Return the header sequence number for ``message`` or raise SequenceError (slow path)."""
+    name = type(message).__name__
+    if unsolicited:
+        if seq is None or (_is_int(seq) and seq == UNSOLICITED_SEQ):
+            return UNSOLICITED_SEQ
+        raise SequenceError(f"{name} is unsolicited and must carry seq 0 (or None), not {seq!r}")
+    if _is_int(seq) and MIN_REQUEST_SEQ <= seq <= MAX_SEQ:  # type: ignore[operator]
+        return int(seq)  # type: ignore[call-overload]
+    raise SequenceError(f"{name}.seq = {seq!r} is out of range: must be an integer in [1, 65535]")
+
+
 def encode(message: Message, seq: int | None = None) -> bytes:
     """Encode ``message`` as one complete frame, delimiter included.
 
@@ -79,87 +133,89 @@ def encode(message: Message, seq: int | None = None) -> bytes:
     (telemetry, events) always carry 0 and may omit it.
 
     Raises:
-        FieldRangeError: a field does not fit its wire type, is not a member of its enumeration, or is not
-            an integer; nothing is encoded.
+        FieldRangeError: a field does not fit its wire type, is not a member of its enumeration, has the
+            wrong Python type (e.g. ``bool`` or ``float`` for an integer), or is text that is not short
+            ASCII; it names the message, the field and the allowed range. Nothing is encoded.
         SequenceError: ``seq`` does not fit the message kind.
         TypeError: ``message`` is not a protocol message.
     """
-    layout = COMPILED_BY_CLASS.get(type(message))
+    layout = COMPILED_BY_CLASS.get(message.__class__)
     if layout is None:
         raise TypeError(f"not a protocol message: {type(message).__name__}")
-    type_id = message.TYPE
-    if seq is None:
+    if layout.unsolicited:
+        if seq is not None and not (seq.__class__ is int and seq == UNSOLICITED_SEQ):
+            seq = _check_seq(message, True, seq)
         seq = UNSOLICITED_SEQ
-    if type_id >= 0xC0:
-        if seq != UNSOLICITED_SEQ:
-            raise SequenceError(f"{type(message).__name__} is unsolicited and must carry seq 0, not {seq!r}")
-    elif not (isinstance(seq, int) and MIN_REQUEST_SEQ <= seq <= MAX_SEQ):
-        raise SequenceError(f"{type(message).__name__}.seq = {seq!r} is out of range: must be in [1, 65535]")
+    elif not (seq.__class__ is int and MIN_REQUEST_SEQ <= seq <= MAX_SEQ):  # type: ignore[operator]
+        seq = _check_seq(message, False, seq)
     try:
-        body = layout.frame_struct.pack(PROTOCOL_VERSION, type_id, seq, *layout.getter(message))
-    except (struct.error, InvalidFieldValue, AttributeError, UnicodeError):
+        body = layout.pack(message, seq)  # type: ignore[arg-type]
+    except _PACK_ERRORS:
         _raise_precise_error(layout, message)
-        raise  # unreachable unless the fast and slow checks disagree
-    return _cobs_encode(body + crc16_ccitt_false(body).to_bytes(2, "big")) + DELIMITER
+        raise  # unreachable unless the fast and slow checks disagree (the test suite asserts they agree)
+    return _cobs_encode(body + _crc(body, CRC_INIT).to_bytes(2, "big")) + DELIMITER
 
 
 def decode_body(encoded: bytes) -> Frame | DecodeError:
-    """Decode one COBS-encoded frame (without its delimiter). Never raises on any input."""
+    """Decode one COBS-encoded frame (without its delimiter). Never raises on any input bytes.
+
+    Returns a :class:`Frame`, or a :class:`DecodeError` whose kind is the first failed check in the order
+    of ``docs/protocol.md`` §3.5: COBS, length bounds, CRC, version, type, payload length, sequence rule,
+    enumerated values.
+    """
     try:
         body = _cobs_decode(encoded)
     except _CobsDecodeError as exc:
         return DecodeError(DecodeErrorKind.BAD_COBS, str(exc), bytes(encoded[:_RAW_KEEP]))
     size = len(body)
+    if _MIN_BODY <= size <= MAX_BODY_BYTES and not _crc(body, CRC_INIT) and body[0] == PROTOCOL_VERSION:
+        entry = _DECODE_TABLE.get(body[1])
+        if entry is not None and entry[1] == size:
+            values = entry[0].unpack_from(body)
+            seq = values[2]
+            if (seq == UNSOLICITED_SEQ) is entry[2]:
+                try:
+                    return _FRAME_NEW(Frame, (seq, entry[3](values)))  # type: ignore[no-any-return]
+                except (KeyError, UnicodeDecodeError) as exc:
+                    return DecodeError(
+                        DecodeErrorKind.BAD_VALUE,
+                        f"{COMPILED[body[1]].cls.__name__}: {exc!r}",
+                        bytes(encoded[:_RAW_KEEP]),
+                        seq,
+                        body[1],
+                    )
+    return _diagnose(encoded, body)
+
+
+def _diagnose(encoded: bytes, body: bytes) -> DecodeError:
+    """Name the first check a COBS-decoded body fails (slow path of :func:`decode_body`)."""
+    raw = bytes(encoded[:_RAW_KEEP])
+    size = len(body)
     if size < _MIN_BODY:
-        return DecodeError(DecodeErrorKind.TOO_SHORT, f"{size} bytes", bytes(encoded[:_RAW_KEEP]))
+        return DecodeError(DecodeErrorKind.TOO_SHORT, f"{size} bytes", raw)
     if size > MAX_BODY_BYTES:
-        return DecodeError(DecodeErrorKind.OVERSIZE, f"{size} bytes", bytes(encoded[:_RAW_KEEP]))
-    if crc16_ccitt_false(body):
-        return DecodeError(DecodeErrorKind.BAD_CRC, "CRC mismatch", bytes(encoded[:_RAW_KEEP]))
+        return DecodeError(DecodeErrorKind.OVERSIZE, f"{size} bytes", raw)
+    if _crc(body, CRC_INIT):
+        return DecodeError(DecodeErrorKind.BAD_CRC, "CRC mismatch", raw)
     version = body[0]
     type_id = body[1]
     seq = body[2] | (body[3] << 8)
     if version != PROTOCOL_VERSION:
-        return DecodeError(
-            DecodeErrorKind.WRONG_VERSION,
-            f"version {version}, expected {PROTOCOL_VERSION}",
-            bytes(encoded[:_RAW_KEEP]),
-            seq,
-            type_id,
-        )
+        detail = f"version {version}, expected {PROTOCOL_VERSION}"
+        return DecodeError(DecodeErrorKind.WRONG_VERSION, detail, raw, seq, type_id)
     layout = COMPILED.get(type_id)
     if layout is None:
-        return DecodeError(
-            DecodeErrorKind.UNKNOWN_TYPE, f"type 0x{type_id:02X}", bytes(encoded[:_RAW_KEEP]), seq, type_id
-        )
+        return DecodeError(DecodeErrorKind.UNKNOWN_TYPE, f"type 0x{type_id:02X}", raw, seq, type_id)
     if size - _MIN_BODY != layout.payload_size:
         return DecodeError(
             DecodeErrorKind.BAD_LENGTH,
             f"{layout.cls.__name__} payload is {size - _MIN_BODY} bytes, expected {layout.payload_size}",
-            bytes(encoded[:_RAW_KEEP]),
+            raw,
             seq,
             type_id,
         )
-    kind = _KIND_BY_TYPE[type_id]
-    if (seq == UNSOLICITED_SEQ) != (kind == MessageKind.UNSOLICITED):
-        return DecodeError(
-            DecodeErrorKind.BAD_SEQUENCE,
-            f"{layout.cls.__name__} with seq {seq}",
-            bytes(encoded[:_RAW_KEEP]),
-            seq,
-            type_id,
-        )
-    try:
-        message = layout.build(layout.frame_struct.unpack_from(body))
-    except (KeyError, UnicodeDecodeError) as exc:
-        return DecodeError(
-            DecodeErrorKind.BAD_VALUE,
-            f"{layout.cls.__name__}: {exc!r}",
-            bytes(encoded[:_RAW_KEEP]),
-            seq,
-            type_id,
-        )
-    return Frame(seq, message)
+    detail = f"{layout.cls.__name__} with seq {seq}"
+    return DecodeError(DecodeErrorKind.BAD_SEQUENCE, detail, raw, seq, type_id)
 
 
 def field_enum(message: Message, name: str) -> type[IntEnum] | None:

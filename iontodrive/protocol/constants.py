@@ -8,7 +8,7 @@ PROTOCOL_VERSION: Final = 1
 
 DELIMITER: Final = b"\x00"
 HEADER_BYTES: Final = 4  # version u8, type u8, sequence u16 (little-endian)
-CRC_BYTES: Final = 2  # CRC-16/CCITT-FALSE, little-endian
+CRC_BYTES: Final = 2  # CRC-16/CCITT-FALSE, big-endian (most significant byte first)
 MAX_PAYLOAD_BYTES: Final = 120
 MAX_BODY_BYTES: Final = HEADER_BYTES + MAX_PAYLOAD_BYTES + CRC_BYTES  # 126
 # COBS adds one byte per started 254-byte block; the delimiter adds one more.

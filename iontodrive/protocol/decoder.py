@@ -21,7 +21,7 @@ class Decoder:
     receiver's partial frame, as the driver does when it opens a port.
     """
 
-    __slots__ = ("_discarding", "_pending", "frames_ok", "frames_bad")
+    __slots__ = ("_discarding", "_pending", "frames_bad", "frames_ok")
 
     def __init__(self) -> None:
         self._pending = b""

@@ -26,7 +26,9 @@ class FieldRangeError(EncodeError):
     """A field value does not fit its wire type or is not a member of its enumeration.
 
     Attributes name the message class, the field, the offending value and the allowed range (inclusive), or
-    the allowed members for enumerations.
+    the allowed members for enumerations. ``expected`` replaces the generated description of what is
+    allowed where a range alone would mislead (text, booleans, flag sets); for text, ``minimum``/``maximum``
+    bound the length.
     """
 
     def __init__(
@@ -37,6 +39,7 @@ class FieldRangeError(EncodeError):
         minimum: int | None = None,
         maximum: int | None = None,
         allowed: tuple[int, ...] | None = None,
+        expected: str | None = None,
     ) -> None:
         self.message = message
         self.field = field
@@ -44,7 +47,9 @@ class FieldRangeError(EncodeError):
         self.minimum = minimum
         self.maximum = maximum
         self.allowed = allowed
-        if allowed is not None:
+        if expected is not None:
+            limits = expected
+        elif allowed is not None:
             limits = f"one of {list(allowed)}"
         else:
             limits = f"an integer in [{minimum}, {maximum}]"

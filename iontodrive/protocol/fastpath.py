@@ -5,8 +5,9 @@
 
 * a precompiled :class:`struct.Struct` covering header and payload,
 * the field order and, per field, how to turn a wire value into the dataclass's type (enum lookup tables,
-  string stripping) and how to range-check it on encode,
-* a constructor that fills the frozen dataclass's slots directly (no per-field ``__setattr__`` detour).
+  string stripping) and how to check it on encode,
+* a generated constructor that fills the frozen dataclass's slots directly (no per-field ``__setattr__``
+  detour), and a generated packer that reads, checks and packs the fields in one function.
 
 Only fixed-size construct types are supported (unsigned/signed ints, ``Flag``, ``PaddedString``);
 anything else raises :class:`TypeError` at import, so a layout can never silently fall off the fast path.
@@ -24,7 +25,8 @@ from typing import Any
 
 import construct
 
-from .constants import HEADER_BYTES
+from .constants import HEADER_BYTES, PROTOCOL_VERSION
+from .enums import MessageKind
 from .messages import MESSAGE_CLASSES, Message
 
 HEADER_FORMAT = "<BBH"  # version, type, sequence
@@ -68,6 +70,8 @@ class CompiledLayout:
     specs: tuple[FieldSpec, ...]
     build: Callable[[tuple[Any, ...]], Message]  # unpacked header + payload values -> message
     getter: Callable[[Message], tuple[Any, ...]]  # message -> wire values in layout order (validating)
+    pack: Callable[[Message, int], bytes]  # (message, seq) -> header + payload bytes (validating), no CRC
+    unsolicited: bool  # type 0xC0-0xFF: sequence number 0
 
 
 def _spec_for(name: str, subcon: construct.Construct, python_type: type) -> FieldSpec:
@@ -82,6 +86,10 @@ def _spec_for(name: str, subcon: construct.Construct, python_type: type) -> Fiel
 
     if isinstance(subcon, construct.FormatField):
         code = subcon.fmtstr[-1]
+        if code not in _FORMAT_RANGES:
+            raise TypeError(f"field {name}: format {subcon.fmtstr!r} is not an integer")
+        if subcon.fmtstr[0] != "<" and subcon.length > 1:
+            raise TypeError(f"field {name}: multi-byte integers must be little-endian, not {subcon.fmtstr!r}")
         lo, hi = _FORMAT_RANGES[code]
         return FieldSpec(name, code, lo, hi, python_type, allowed, flag_mask, None)
     if isinstance(subcon, type(construct.Flag)):
@@ -94,49 +102,91 @@ def _spec_for(name: str, subcon: construct.Construct, python_type: type) -> Fiel
     raise TypeError(f"field {name}: construct type {type(subcon).__name__} has no fast path")
 
 
-def _make_converter(spec: FieldSpec) -> Callable[[Any], Any] | None:
-    """Return a function turning the raw struct value into the dataclass type, or None for identity."""
+class _FlagTable(dict[int, IntFlag]):
+    """Raw wire value -> flag member, filled on first use; ``KeyError`` for bits outside the enumeration.
+
+    Bounded: only valid values are stored, at most ``2 ** (number of defined bits)`` entries.
+    """
+
+    __slots__ = ("_flag_type", "_mask")
+
+    def __init__(self, flag_type: type[IntFlag], mask: int) -> None:
+        super().__init__()
+        self._flag_type = flag_type
+        self._mask = mask
+
+    def __missing__(self, raw: int) -> IntFlag:
+        if raw & ~self._mask:
+            raise KeyError(raw)
+        member = self._flag_type(raw)
+        self[raw] = member
+        return member
+
+
+def _conversion(spec: FieldSpec, index: int, namespace: dict[str, Any], value: str) -> str:
+    """Return the expression turning raw struct value ``value`` into the dataclass type.
+
+    Unknown enumeration values and flag bits raise ``KeyError``, non-ASCII text ``UnicodeDecodeError``; the
+    codec reports both as ``BAD_VALUE``.
+    """
     if spec.allowed is not None:
         enum_type = typing.cast(type[IntEnum], spec.python_type)
-        table = {int(m): m for m in enum_type}
-        return table.__getitem__  # KeyError on an unknown value; the decoder reports BAD_VALUE
+        namespace[f"_table_{index}"] = {int(m): m for m in enum_type}
+        return f"_table_{index}[{value}]"
     if spec.flag_mask is not None:
         flag_type = typing.cast(type[IntFlag], spec.python_type)
-        cache: dict[int, IntFlag] = {}
-        mask = spec.flag_mask
-
-        def to_flags(raw: int) -> IntFlag:
-            member = cache.get(raw)
-            if member is None:
-                if raw & ~mask:
-                    raise KeyError(raw)
-                member = flag_type(raw)
-                cache[raw] = member  # bounded: at most 2**16 distinct raw values
-            return member
-
-        return to_flags
+        namespace[f"_table_{index}"] = _FlagTable(flag_type, spec.flag_mask)
+        return f"_table_{index}[{value}]"
     if spec.text_bytes is not None:
-        return lambda raw: raw.rstrip(b"\x00").decode("ascii")
-    return None
+        return f"{value}.rstrip(b'\\x00').decode('ascii')"
+    return value
 
 
-def _make_builder(
-    cls: type[Message], converters: list[Callable[[Any], Any] | None], offset: int
-) -> Callable[..., Message]:
+def _mutable_twin(cls: type[Message]) -> type | None:
+    """Return a mutable class with the same slots as ``cls``, or None if its instances cannot become ``cls``.
+
+    Filling a frozen, slotted dataclass costs one member-descriptor call per field (~60 ns each). Instead
+    the builder fills an instance of this twin with plain, specialised attribute stores (~10 ns each) and
+    then assigns ``__class__``, which Python allows between classes of identical layout. Instances of
+    the twin never leave the builder.
+    """
+    if not cls.__slots__:  # type: ignore[attr-defined]
+        return None
+    twin = type(
+        f"_Mutable{cls.__name__}",
+        (cls.__base__,),
+        {
+            "__slots__": tuple(cls.__slots__),  # type: ignore[attr-defined]
+            "__setattr__": object.__setattr__,  # the base's frozen hooks would route every store via Python
+            "__delattr__": object.__delattr__,
+            "__module__": __name__,
+        },
+    )
+    try:
+        object.__new__(twin).__class__ = cls
+    except TypeError:
+        return None
+    return twin
+
+
+def _make_builder(cls: type[Message], specs: list[FieldSpec], offset: int) -> Callable[..., Message]:
     """Generate a constructor that fills slots directly; frozen dataclasses forbid normal assignment.
 
     The generated function takes the whole unpacked frame tuple; payload values start at ``offset``.
+    It bypasses ``__init__``, so message classes must not rely on ``__post_init__``.
     """
-    names = [f.name for f in fields(cls)]
-    namespace: dict[str, Any] = {"_new": object.__new__, "_cls": cls}
-    lines = ["def build(values):", "    obj = _new(_cls)"]
-    for index, (name, convert) in enumerate(zip(names, converters, strict=True)):
-        namespace[f"_set_{index}"] = getattr(cls, name).__set__
-        value = f"values[{index + offset}]"
-        if convert is not None:
-            namespace[f"_conv_{index}"] = convert
-            value = f"_conv_{index}({value})"
-        lines.append(f"    _set_{index}(obj, {value})")
+    twin = _mutable_twin(cls)
+    namespace: dict[str, Any] = {"_new": object.__new__, "_cls": cls, "_twin": twin}
+    lines = ["def build(values):", f"    obj = _new({'_cls' if twin is None else '_twin'})"]
+    for index, spec in enumerate(specs):
+        value = _conversion(spec, index, namespace, f"values[{index + offset}]")
+        if twin is None:
+            namespace[f"_set_{index}"] = getattr(cls, spec.name).__set__
+            lines.append(f"    _set_{index}(obj, {value})")
+        else:
+            lines.append(f"    obj.{spec.name} = {value}")
+    if twin is not None:
+        lines.append("    obj.__class__ = _cls")
     lines.append("    return obj")
     exec("\n".join(lines), namespace)  # generated from trusted, import-time layout data only
     return typing.cast(Callable[..., Message], namespace["build"])
@@ -146,31 +196,77 @@ class InvalidFieldValue(ValueError):
     """Raised by a generated wire getter; the codec turns it into a precise FieldRangeError."""
 
 
-def _make_wire_getter(cls: type[Message], specs: list[FieldSpec]) -> Callable[[Message], tuple[Any, ...]]:
-    """Generate ``m -> payload values`` that rejects bad enum members, flag bits and strings.
+def _check_lines(spec: FieldSpec, index: int, namespace: dict[str, Any]) -> list[str]:
+    """Source lines validating ``v{index}`` for encoding (the rules of ``docs/protocol.md`` §3.4).
 
-    Integer ranges are left to :mod:`struct`, which raises on overflow, so the common case costs one
-    attribute read per field and one set lookup per enumerated field.
+    * enumerations: a member of the field's enumeration, or a plain ``int`` that is a member's value;
+    * flag sets: a value of the field's flag type or a plain ``int``, with no bit outside the defined bits;
+    * plain integers: any integer except ``bool``; the range is left to :mod:`struct`, which raises;
+    * booleans (``Flag``): exactly ``True`` or ``False``;
+    * text: ASCII without NUL, at most ``text_bytes`` bytes.
     """
-    if not specs:
-        return lambda _message: ()
-    namespace: dict[str, Any] = {"_Invalid": InvalidFieldValue}
-    lines = ["def get(m):"]
-    items = []
+    v = f"v{index}"
+    if spec.allowed is not None:
+        namespace[f"_enum_{index}"] = spec.python_type
+        namespace[f"_allowed_{index}"] = spec.allowed
+        return [
+            f"    if {v}.__class__ is not _enum_{index} and ({v}.__class__ is not int"
+            f" or {v} not in _allowed_{index}): raise _Invalid({index})"
+        ]
+    if spec.flag_mask is not None:
+        namespace[f"_enum_{index}"] = spec.python_type
+        mask = spec.flag_mask
+        # Bits 0..k-1 only: a range check says it all, and is C-fast on IntFlag (``&`` is not).
+        contiguous = mask & (mask + 1) == 0
+        bits_ok = f"0 <= {v} <= {mask}" if contiguous else f"not _int_and({v}, {~mask})"
+        return [
+            f"    if ({v}.__class__ is not _enum_{index} and {v}.__class__ is not int)"
+            f" or not ({bits_ok}): raise _Invalid({index})"
+        ]
+    if spec.text_bytes is not None:
+        return [
+            f"    {v} = {v}.encode('ascii')",
+            f"    if len({v}) > {spec.text_bytes} or b'\\x00' in {v}: raise _Invalid({index})",
+        ]
+    if spec.code == "?":
+        return [f"    if {v}.__class__ is not bool: raise _Invalid({index})"]
+    return [f"    if {v}.__class__ is bool: raise _Invalid({index})"]
+
+
+def _make_encoders(
+    cls: type[Message], specs: list[FieldSpec], frame_struct: struct.Struct
+) -> tuple[Callable[[Message], tuple[Any, ...]], Callable[[Message, int], bytes]]:
+    """Generate ``m -> payload values`` and ``(m, seq) -> header + payload bytes``, both validating.
+
+    Integer ranges are left to :mod:`struct`, which raises ``struct.error`` on overflow; every other rule
+    raises :class:`InvalidFieldValue`, ``TypeError``, ``AttributeError`` or ``UnicodeError``. The codec
+    turns any of these into a precise :class:`~iontodrive.protocol.FieldRangeError`.
+    """
+    namespace: dict[str, Any] = {
+        "_Invalid": InvalidFieldValue,
+        "_int_and": int.__and__,
+        "_pack": frame_struct.pack,
+    }
+    body: list[str] = []
     for index, spec in enumerate(specs):
-        lines.append(f"    v{index} = m.{spec.name}")
-        if spec.allowed is not None:
-            namespace[f"_allowed_{index}"] = spec.allowed
-            lines.append(f"    if v{index} not in _allowed_{index}: raise _Invalid({index})")
-        elif spec.flag_mask is not None:
-            lines.append(f"    if v{index} & {~spec.flag_mask}: raise _Invalid({index})")
-        elif spec.text_bytes is not None:
-            lines.append(f"    v{index} = v{index}.encode('ascii')")
-            lines.append(f"    if len(v{index}) > {spec.text_bytes}: raise _Invalid({index})")
-        items.append(f"v{index}")
-    lines.append(f"    return ({', '.join(items)},)")
-    exec("\n".join(lines), namespace)  # generated from trusted, import-time layout data only
-    return typing.cast(Callable[[Message], tuple[Any, ...]], namespace["get"])
+        body.append(f"    v{index} = m.{spec.name}")
+        body.extend(_check_lines(spec, index, namespace))
+    names = "".join(f", v{index}" for index in range(len(specs)))
+    source = "\n".join(
+        [
+            "def get(m):",
+            *body,
+            f"    return ({names[2:]}{',' if specs else ''})",
+            "def pack(m, seq):",
+            *body,
+            f"    return _pack({PROTOCOL_VERSION}, {int(cls.TYPE)}, seq{names})",
+        ]
+    )
+    exec(source, namespace)  # generated from trusted, import-time layout data only
+    return (
+        typing.cast(Callable[[Message], tuple[Any, ...]], namespace["get"]),
+        typing.cast(Callable[[Message, int], bytes], namespace["pack"]),
+    )
 
 
 def compile_layout(cls: type[Message]) -> CompiledLayout:
@@ -193,15 +289,18 @@ def compile_layout(cls: type[Message]) -> CompiledLayout:
     frame_struct = struct.Struct(HEADER_FORMAT + payload_format)
     payload_size = frame_struct.size - HEADER_BYTES
     if payload_size != cls.LAYOUT.sizeof():
-        raise TypeError(f"{cls.__name__}: derived size {payload_size} != construct size {cls.LAYOUT.sizeof()}")
-    converters = [_make_converter(spec) for spec in specs]
+        expected = cls.LAYOUT.sizeof()
+        raise TypeError(f"{cls.__name__}: derived size {payload_size} != construct size {expected}")
+    getter, pack = _make_encoders(cls, specs, frame_struct)
     return CompiledLayout(
         cls=cls,
         frame_struct=frame_struct,
         payload_size=payload_size,
         specs=tuple(specs),
-        build=_make_builder(cls, converters, offset=HEADER_VALUES),
-        getter=_make_wire_getter(cls, specs),
+        build=_make_builder(cls, specs, offset=HEADER_VALUES),
+        getter=getter,
+        pack=pack,
+        unsolicited=cls.TYPE.kind is MessageKind.UNSOLICITED,
     )
 
 
