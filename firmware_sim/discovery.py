@@ -12,7 +12,8 @@ Directory, first match wins:
 
 One file per simulator, ``<pid>-<port-hash>.json``::
 
-    {"url": "socket://127.0.0.1:40123", "model": "clinic-4", "pid": 4242, "started": "2025-01-01T12:00:00+00:00"}
+    {"url": "socket://127.0.0.1:40123", "model": "clinic-4", "pid": 4242,
+     "started": "2025-01-01T12:00:00+00:00"}
 
 This module uses only the standard library (the simulator imports nothing of the driver but its protocol).
 """

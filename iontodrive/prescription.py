@@ -63,8 +63,14 @@ __all__ = [
     "CONTACT_HIGH_CAP_OHM_BOUNDS",
     "CONTACT_LOW_OHM",
     "CONTACT_LOW_OHM_BOUNDS",
+    "DEFAULT_DUTY_PERCENT",
+    "DEFAULT_RAMP_S",
     "DENSITY_REFUSE_MA_PER_CM2",
     "DENSITY_WARN_MA_PER_CM2",
+    "MAX_DUTY_PERCENT",
+    "MAX_RAMP_S",
+    "MIN_DUTY_PERCENT",
+    "MIN_RAMP_S",
     "Prescription",
     "contact_limits_ohm",
 ]
@@ -156,7 +162,9 @@ def contact_limits_ohm(
     """
     _identity_sanity(identity)
     current = require_int("current_ua", current_ua, minimum=1, maximum=identity.max_current_ua)
-    low = require_int("contact_low_ohm", low_ohm, minimum=CONTACT_LOW_OHM_BOUNDS[0], maximum=CONTACT_LOW_OHM_BOUNDS[1])
+    low = require_int(
+        "contact_low_ohm", low_ohm, minimum=CONTACT_LOW_OHM_BOUNDS[0], maximum=CONTACT_LOW_OHM_BOUNDS[1]
+    )
     cap = require_int(
         "contact_high_cap_ohm",
         high_cap_ohm,
@@ -229,8 +237,10 @@ class Prescription:
                 "dose_ma_min",
                 require_real("dose_ma_min", self.dose_ma_min, minimum=0.0, min_exclusive=True),
             )
-        up = require_real("ramp_up_s", self.ramp_up_s, minimum=MIN_RAMP_S, maximum=MAX_RAMP_S)
-        down = require_real("ramp_down_s", self.ramp_down_s, minimum=MIN_RAMP_S, maximum=MAX_RAMP_S)
+        s1 = f"ramp times are settable from {MIN_RAMP_S:g} to {MAX_RAMP_S:g} s (S1)"
+        lo, hi = MIN_RAMP_S, MAX_RAMP_S
+        up = require_real("ramp_up_s", self.ramp_up_s, minimum=lo, maximum=hi, reason=s1)
+        down = require_real("ramp_down_s", self.ramp_down_s, minimum=lo, maximum=hi, reason=s1)
         set_(self, "ramp_up_s", up)
         set_(self, "ramp_down_s", down)
         if self.duration_s is not None:
@@ -251,11 +261,17 @@ class Prescription:
         if waveform is Waveform.DC:
             for name in ("pulse_frequency_hz", "duty_percent"):
                 if getattr(self, name) is not None:
-                    raise SafetyRefusal(name, getattr(self, name), reason="only allowed with waveform 'pulsed_dc'")
+                    raise SafetyRefusal(
+                        name, getattr(self, name), reason="only allowed with waveform 'pulsed_dc'"
+                    )
         else:
             if self.pulse_frequency_hz is None:
                 raise SafetyRefusal("pulse_frequency_hz", None, minimum=1, reason="required for pulsed DC")
-            set_(self, "pulse_frequency_hz", require_int("pulse_frequency_hz", self.pulse_frequency_hz, minimum=1))
+            set_(
+                self,
+                "pulse_frequency_hz",
+                require_int("pulse_frequency_hz", self.pulse_frequency_hz, minimum=1),
+            )
             duty = DEFAULT_DUTY_PERCENT if self.duty_percent is None else self.duty_percent
             set_(
                 self,
@@ -285,7 +301,11 @@ class Prescription:
     def describe(self) -> str:
         """One line for logs and displays, e.g. ``4 mA cathode DC, 40 mA·min, ramps 30/30 s``."""
         amount = f"{self.dose_ma_min:g} mA·min" if self.dose_based else f"{self.duration_s:g} s"
-        wave = "DC" if self.waveform is Waveform.DC else f"pulsed DC {self.pulse_frequency_hz} Hz {self.duty_percent} %"
+        wave = (
+            "DC"
+            if self.waveform is Waveform.DC
+            else f"pulsed DC {self.pulse_frequency_hz} Hz {self.duty_percent} %"
+        )
         area = f", {self.electrode_area_cm2:g} cm²" if self.electrode_area_cm2 is not None else ""
         return (
             f"{self.current_ma:g} mA {Polarity(self.polarity).name.lower()} {wave}, {amount}, "
@@ -332,7 +352,9 @@ class Prescription:
             log.debug("prescription warning: %s", text)
         return start
 
-    def expected_plan(self, identity: IdentityReport, *, profile: RampProfile = RampProfile.LINEAR) -> SessionPlan:
+    def expected_plan(
+        self, identity: IdentityReport, *, profile: RampProfile = RampProfile.LINEAR
+    ) -> SessionPlan:
         """Predicted duration and charge of this session on ``identity``, from the rounded wire values."""
         start = self.to_start(identity)
         return predict_session(
@@ -377,7 +399,11 @@ class Prescription:
             )
         if current_ua < 1:
             raise SafetyRefusal(
-                "current_ma", self.current_ma, 1 / UA_PER_MA, max_ua / UA_PER_MA, reason="below the 1 µA resolution"
+                "current_ma",
+                self.current_ma,
+                1 / UA_PER_MA,
+                max_ua / UA_PER_MA,
+                reason="below the 1 µA resolution",
             )
 
         # Waveform and pulse parameters.
@@ -393,7 +419,11 @@ class Prescription:
             lo_hz, hi_hz = identity.min_pulse_frequency_hz, identity.max_pulse_frequency_hz
             if not lo_hz <= self.pulse_frequency_hz <= hi_hz:
                 raise SafetyRefusal(
-                    "pulse_frequency_hz", self.pulse_frequency_hz, lo_hz, hi_hz, reason=f"outside the range of {model}"
+                    "pulse_frequency_hz",
+                    self.pulse_frequency_hz,
+                    lo_hz,
+                    hi_hz,
+                    reason=f"outside the range of {model}",
                 )
             pulse_hz = self.pulse_frequency_hz
             duty = self.duty_percent
@@ -463,7 +493,11 @@ class Prescription:
                     ),
                 )
             plan = predict_session(
-                current_ua, up_ms / MS_PER_S, down_ms / MS_PER_S, dose_uas=dose_uas, duty_fraction=duty_fraction
+                current_ua,
+                up_ms / MS_PER_S,
+                down_ms / MS_PER_S,
+                dose_uas=dose_uas,
+                duty_fraction=duty_fraction,
             )
             if exceeds(plan.total_s * MS_PER_S, max_dur_ms):
                 longest_uas = amp_ua * (max_dur_ms - ramps_ms / 2) / MS_PER_S
@@ -507,8 +541,8 @@ class Prescription:
                     min(max_ua / UA_PER_MA, DENSITY_REFUSE_MA_PER_CM2 * area),
                     reason=(
                         f"current density {density:.3g} mA/cm² on {area:g} cm² is above "
-                        f"{DENSITY_REFUSE_MA_PER_CM2:g} mA/cm² (S13, IEC 60601-2-10); an electrode of at least "
-                        f"{self.current_ma / DENSITY_REFUSE_MA_PER_CM2:.3g} cm² would be allowed"
+                        f"{DENSITY_REFUSE_MA_PER_CM2:g} mA/cm² (S13, IEC 60601-2-10); an electrode of at "
+                        f"least {self.current_ma / DENSITY_REFUSE_MA_PER_CM2:.3g} cm² would be allowed"
                     ),
                 )
             if density > warn_density:
@@ -564,7 +598,9 @@ class Prescription:
         known = {f.name for f in fields(cls)}
         for key in data:
             if key not in known:
-                raise SafetyRefusal(str(key), data[key], reason=f"unknown prescription field; known: {sorted(known)}")
+                raise SafetyRefusal(
+                    str(key), data[key], reason=f"unknown prescription field; known: {sorted(known)}"
+                )
         for required in ("current_ma", "polarity"):
             if required not in data:
                 raise SafetyRefusal(required, None, reason="required")

@@ -187,22 +187,19 @@ def plan_ramp(
         )
 
     shortest = abs(target - start) / slew * shape.peak_slope_factor
-    duration = requested
-    stretched = False
-    if falls_short(requested, shortest):
-        if not stretch:
-            raise SafetyRefusal(
-                "ramp_s",
-                requested,
-                minimum=shortest,
-                reason=(
-                    f"a {shape.value} ramp of {abs(target - start):g} µA in {requested:g} s exceeds the slew "
-                    f"limit of {slew:g} µA/s"
-                ),
-            )
-        duration = shortest
-        stretched = True
-    duration = max(duration, shortest)  # absorb float tolerance: never faster than the limit
+    if not stretch and falls_short(requested, shortest):
+        raise SafetyRefusal(
+            "ramp_s",
+            requested,
+            minimum=shortest,
+            reason=(
+                f"a {shape.value} ramp of {abs(target - start):g} µA in {requested:g} s exceeds the slew "
+                f"limit of {slew:g} µA/s"
+            ),
+        )
+    # Stretch (or, within float tolerance of the minimum, extend by that tolerance): never faster.
+    duration = max(requested, shortest)
+    stretched = duration > requested
 
     steps = max(1, math.ceil(duration * rate))
     if steps + 1 > MAX_PLAN_POINTS:
@@ -275,7 +272,11 @@ class SessionPlan:
         amp = self.target_ua * self.duty_fraction
         charge = np.zeros(t.shape, dtype=np.float64)
         if self.ramp_up_s > 0.0:
-            charge += amp * self.ramp_up_s * _fraction_integral(self.profile, np.minimum(t, self.ramp_up_s) / self.ramp_up_s)
+            charge += (
+                amp
+                * self.ramp_up_s
+                * _fraction_integral(self.profile, np.minimum(t, self.ramp_up_s) / self.ramp_up_s)
+            )
         charge += amp * np.clip(t - self.ramp_up_s, 0.0, self.hold_s)
         if self.ramp_down_s > 0.0:
             u = np.clip((t - self.ramp_down_start_s) / self.ramp_down_s, 0.0, 1.0)

@@ -58,7 +58,6 @@ from iontodrive.protocol import (
     DeviceState,
     Event,
     EventCode,
-    IdentityReport,
     Pause,
     Resume,
     SetCurrent,
@@ -67,11 +66,11 @@ from iontodrive.protocol import (
     Stop,
     Telemetry,
 )
-from iontodrive.record import RecordWriter, SessionRecord
+from iontodrive.record import RecordClosedError, RecordWriter, SessionRecord, identity_to_dict
+from iontodrive.units import UAS_PER_MA_MIN
 
 logger = logging.getLogger(__name__)
 
-UAS_PER_MA_MIN = 60_000
 IDLE_STATES = frozenset({DeviceState.IDLE, DeviceState.DONE, DeviceState.FAULT})
 FAULT_EVENTS = frozenset({EventCode.OVERCURRENT_TRIP, EventCode.HARDWARE_TRIP})
 DEFAULT_SESSION_TELEMETRY_HZ = 10
@@ -111,11 +110,6 @@ class Progress:
     current_ma: float  # measured
     voltage_v: float
     impedance_ohm: int | None  # None when the circuit is open
-
-
-def identity_to_dict(identity: IdentityReport) -> dict[str, Any]:
-    """Plain JSON-friendly dict of an identity report (enumerations as integers)."""
-    return {f.name: _plain(getattr(identity, f.name)) for f in dataclasses.fields(identity)}
 
 
 def _plain(value: Any) -> Any:
@@ -162,6 +156,8 @@ class Session:
             directory.mkdir(parents=True, exist_ok=True)
             record_path = directory / f"{stamp}-{self.identity.serial_number}.jsonl"
         self.record_path = Path(record_path)
+        self.start_message = prescription.to_start(self.identity)  # SafetyRefusal before anything is sent
+        self._plan = prescription.expected_plan(self.identity)
         self._lock = threading.Lock()
         self._changed = threading.Condition(self._lock)
         self._state = DeviceState.IDLE
@@ -181,8 +177,6 @@ class Session:
         self._removers: list[Callable[[], None]] = []
         self.session_id: int | None = None
         self.warnings: list[str] = []
-        self.start_message = prescription.to_start(self.identity)
-        self._plan = prescription.expected_plan(self.identity)
 
     # ------------------------------------------------------------------------------------ start
 
@@ -303,10 +297,12 @@ class Session:
         ramp_ms = max(by_slew_ms, by_prescription_ms, self.identity.min_ramp_ms if delta else 0)
         ramp_ms = min(ramp_ms, self.identity.max_ramp_ms)
         self._stim.request(SetCurrent(target_ua, ramp_ms))
-        if self._record is not None:
-            self._record.note(
-                "set_current", target_current_ua=target_ua, ramp_ms=ramp_ms, readback_ua=readback.setpoint_ua
+        readback_ua = readback.setpoint_ua
+        self._write(
+            lambda r: r.note(
+                "set_current", target_current_ua=target_ua, ramp_ms=ramp_ms, readback_ua=readback_ua
             )
+        )
 
     def stop(self) -> None:
         """End the session with a ramp over the prescription's ramp-down time."""
@@ -439,7 +435,7 @@ class Session:
     def _close_record(self, delivered_uas: int, outcome: SessionOutcome, **extra: Any) -> None:
         self._detach()
         self._outcome = outcome
-        if self._record is not None:
+        if self._record is not None and not self._record.finished:
             self._record.summary(
                 delivered_uas=delivered_uas, end_reason=outcome.value, session_id=self.session_id, **extra
             )
@@ -476,9 +472,15 @@ class Session:
 
     # ------------------------------------------------------------------------------ listeners
 
+    def _write(self, action: Callable[[RecordWriter], object]) -> None:
+        """Write to the record unless it is already closed (a listener may race the session's end)."""
+        record = self._record
+        if record is not None and not record.finished:
+            with contextlib.suppress(RecordClosedError):
+                action(record)
+
     def _handle_event(self, event: Event) -> None:
-        if self._record is not None:
-            self._record.event(event)
+        self._write(lambda r: r.event(event))
         with self._changed:
             self._state = event.state
             if event.code in FAULT_EVENTS:
@@ -504,9 +506,9 @@ class Session:
 
     def _handle_telemetry(self, sample: Telemetry) -> None:
         device_s = sample.device_time_ms / 1000.0
-        if self._record is not None and device_s - self._last_recorded_device_s >= self._record_interval_s:
+        if device_s - self._last_recorded_device_s >= self._record_interval_s:
             self._last_recorded_device_s = device_s
-            self._record.telemetry(sample)
+            self._write(lambda r: r.telemetry(sample))
         self._check_overcurrent(sample)
         progress = self._progress_from(sample)
         with self._changed:
@@ -666,7 +668,7 @@ class Stimulator(DeviceClient):
             if same_session:
                 next_no = (record.last_event_no or (started.get("first_event_no", 0) if started else 0)) + 1
                 for event in self._fetch_all_events(next_no):
-                    writer.event(event)
+                    writer.event(event, recovered=True)
                 if status.state not in IDLE_STATES:
                     status = self._stop_and_wait(status)
                 writer.note("recovery", state=status.state.name, charge_uas=status.charge_uas)

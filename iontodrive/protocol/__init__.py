@@ -7,9 +7,16 @@ and the firmware simulator use this package. The specification is ``docs/protoco
 
 from .codec import Frame, decode_body, encode
 from .constants import (
+    DEFAULT_REPLY_TIMEOUT_MS,
+    DEFAULT_RETRIES,
+    DEFAULT_TELEMETRY_HZ,
+    DEFAULT_WATCHDOG_MS,
+    HEARTBEAT_DIVISOR,
     MAX_FRAME_BYTES,
     MAX_PAYLOAD_BYTES,
     MAX_SEQ,
+    MAX_WATCHDOG_MS,
+    MIN_WATCHDOG_MS,
     OPEN_CIRCUIT_OHM,
     PROTOCOL_VERSION,
     UNSOLICITED_SEQ,
@@ -63,12 +70,19 @@ from .messages import (
 from .sequencing import ReplyCache, SequenceCounter
 
 __all__ = [
+    "DEFAULT_REPLY_TIMEOUT_MS",
+    "DEFAULT_RETRIES",
+    "DEFAULT_TELEMETRY_HZ",
+    "DEFAULT_WATCHDOG_MS",
+    "HEARTBEAT_DIVISOR",
     "MAX_FRAME_BYTES",
     "MAX_PAYLOAD_BYTES",
     "MAX_SEQ",
+    "MAX_WATCHDOG_MS",
     "MESSAGE_BY_NAME",
     "MESSAGE_BY_TYPE",
     "MESSAGE_CLASSES",
+    "MIN_WATCHDOG_MS",
     "OPEN_CIRCUIT_OHM",
     "PROTOCOL_VERSION",
     "REPLY_TYPES_FOR_REQUEST",

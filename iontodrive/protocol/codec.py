@@ -167,6 +167,8 @@ def decode_body(encoded: bytes) -> Frame | DecodeError:
         body = _cobs_decode(encoded)
     except _CobsDecodeError as exc:
         return DecodeError(DecodeErrorKind.BAD_COBS, str(exc), bytes(encoded[:_RAW_KEEP]))
+    except BufferError:  # the cobs extension refuses some memoryviews; bytes() copies any buffer
+        return decode_body(bytes(encoded))
     size = len(body)
     if _MIN_BODY <= size <= MAX_BODY_BYTES and not _crc(body, CRC_INIT) and body[0] == PROTOCOL_VERSION:
         entry = _DECODE_TABLE.get(body[1])
@@ -176,7 +178,7 @@ def decode_body(encoded: bytes) -> Frame | DecodeError:
             if (seq == UNSOLICITED_SEQ) is entry[2]:
                 try:
                     return _FRAME_NEW(Frame, (seq, entry[3](values)))  # type: ignore[no-any-return]
-                except (KeyError, UnicodeDecodeError) as exc:
+                except (KeyError, ValueError) as exc:  # undefined enum value or flag bit, bad bool or text
                     return DecodeError(
                         DecodeErrorKind.BAD_VALUE,
                         f"{COMPILED[body[1]].cls.__name__}: {exc!r}",

@@ -19,3 +19,13 @@ MIN_REQUEST_SEQ: Final = 1
 MAX_SEQ: Final = 0xFFFF
 
 OPEN_CIRCUIT_OHM: Final = 0xFFFF_FFFF  # impedance reported when no current can flow
+
+# Timing (docs/protocol.md §8). The device reports its own watchdog bounds in IdentityReport; these are the
+# values of safety requirement S10 that every model uses, and the host's defaults.
+DEFAULT_WATCHDOG_MS: Final = 2000  # host-silence timeout after power-up (S10)
+MIN_WATCHDOG_MS: Final = 500
+MAX_WATCHDOG_MS: Final = 10_000
+HEARTBEAT_DIVISOR: Final = 4  # the host sends some request at least every watchdog_ms / 4
+DEFAULT_TELEMETRY_HZ: Final = 2  # telemetry rate after power-up (S14)
+DEFAULT_REPLY_TIMEOUT_MS: Final = 250  # host: wait this long for the reply to one transmission
+DEFAULT_RETRIES: Final = 3  # host: resend an unanswered request this many times, with the same seq

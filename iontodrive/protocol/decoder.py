@@ -12,6 +12,12 @@ from .constants import DELIMITER, MAX_FRAME_BYTES
 from .errors import DecodeError, DecodeErrorKind
 
 _MAX_PENDING = MAX_FRAME_BYTES - 1  # an encoded frame without its delimiter
+# The same text whether the run was seen whole or in pieces, so that results do not depend on chunking.
+_OVERSIZE_DETAIL = f"more than {_MAX_PENDING} bytes before a delimiter"
+
+
+def _oversize(run: bytes) -> DecodeError:
+    return DecodeError(DecodeErrorKind.OVERSIZE, _OVERSIZE_DETAIL, run[:32])
 
 
 class Decoder:
@@ -35,36 +41,35 @@ class Decoder:
         return len(self._pending)
 
     def feed(self, data: bytes | bytearray | memoryview) -> list[Frame | DecodeError]:
-        """Consume ``data`` and return the frames and decode errors it completed, in arrival order."""
+        """Consume ``data`` and return the frames and decode errors it completed, in arrival order.
+
+        Never raises on wire data. Each non-empty run of bytes ending in a delimiter yields exactly one
+        result; a run longer than ``MAX_FRAME_BYTES - 1`` yields one ``OVERSIZE`` error as soon as it is
+        too long, and the rest of it, up to the next delimiter, is skipped.
+        """
         if self._pending:
             data = self._pending + bytes(data)
-        elif not isinstance(data, bytes):
+        elif data.__class__ is not bytes:
             data = bytes(data)
         parts = data.split(DELIMITER)
         tail = parts.pop()
-        results: list[Frame | DecodeError] = []
-        for part in parts:
-            if self._discarding:
-                self._discarding = False  # this delimiter ends the oversize run
-                continue
-            if not part:
-                continue
-            if len(part) > _MAX_PENDING:
-                results.append(DecodeError(DecodeErrorKind.OVERSIZE, f"{len(part)} bytes", part[:32]))
-                continue
-            results.append(decode_body(part))
+        if self._discarding and parts:
+            self._discarding = False  # the first delimiter ends the oversize run; drop its remainder
+            parts[0] = b""
+        results: list[Frame | DecodeError] = [
+            decode_body(part) if len(part) <= _MAX_PENDING else _oversize(part) for part in parts if part
+        ]
         if self._discarding:
             tail = b""
         elif len(tail) > _MAX_PENDING:
-            results.append(DecodeError(DecodeErrorKind.OVERSIZE, f">{_MAX_PENDING} bytes", tail[:32]))
+            results.append(_oversize(tail))
             self._discarding = True
             tail = b""
         self._pending = tail
-        for item in results:
-            if isinstance(item, Frame):
-                self.frames_ok += 1
-            else:
-                self.frames_bad += 1
+        if results:
+            ok = sum([item.__class__ is Frame for item in results])
+            self.frames_ok += ok
+            self.frames_bad += len(results) - ok
         return results
 
     def reset(self) -> None:

@@ -126,8 +126,10 @@ class _FlagTable(dict[int, IntFlag]):
 def _conversion(spec: FieldSpec, index: int, namespace: dict[str, Any], value: str) -> str:
     """Return the expression turning raw struct value ``value`` into the dataclass type.
 
-    Unknown enumeration values and flag bits raise ``KeyError``, non-ASCII text ``UnicodeDecodeError``; the
-    codec reports both as ``BAD_VALUE``.
+    Unknown enumeration values, undefined flag bits and boolean bytes other than 0 and 1 raise ``KeyError``;
+    non-ASCII text raises ``UnicodeDecodeError`` and text with an interior NUL ``ValueError``. The codec
+    reports all of them as ``BAD_VALUE``, so that every frame it accepts is the exact encoding of the
+    message it returns.
     """
     if spec.allowed is not None:
         enum_type = typing.cast(type[IntEnum], spec.python_type)
@@ -138,8 +140,26 @@ def _conversion(spec: FieldSpec, index: int, namespace: dict[str, Any], value: s
         namespace[f"_table_{index}"] = _FlagTable(flag_type, spec.flag_mask)
         return f"_table_{index}[{value}]"
     if spec.text_bytes is not None:
-        return f"{value}.rstrip(b'\\x00').decode('ascii')"
+        namespace["_text"] = _decode_text
+        return f"_text({value})"
+    if spec.code == "?":
+        namespace["_bools"] = _BOOLS
+        return f"_bools[{value}]"
     return value
+
+
+_BOOLS: dict[int, bool] = {0: False, 1: True}
+
+
+def _decode_text(raw: bytes) -> str:
+    """NUL-padded ASCII to str; ``ValueError`` (or ``UnicodeDecodeError``) for NUL inside or non-ASCII."""
+    text = raw.rstrip(b"\x00")
+    if b"\x00" in text:
+        raise ValueError("NUL inside a text field")
+    return text.decode("ascii")
+
+
+_TWIN_MIN_FIELDS = 3
 
 
 def _mutable_twin(cls: type[Message]) -> type | None:
@@ -150,8 +170,8 @@ def _mutable_twin(cls: type[Message]) -> type | None:
     then assigns ``__class__``, which Python allows between classes of identical layout. Instances of
     the twin never leave the builder.
     """
-    if not cls.__slots__:  # type: ignore[attr-defined]
-        return None
+    if len(cls.__slots__) < _TWIN_MIN_FIELDS:  # type: ignore[attr-defined]
+        return None  # the __class__ assignment costs about as much as two descriptor calls
     twin = type(
         f"_Mutable{cls.__name__}",
         (cls.__base__,),
@@ -285,7 +305,8 @@ def compile_layout(cls: type[Message]) -> CompiledLayout:
     for subcon in cls.LAYOUT.subcons:
         inner = subcon.subcon if isinstance(subcon, construct.Renamed) else subcon
         specs.append(_spec_for(subcon.name, inner, hints[subcon.name]))
-    payload_format = "".join(spec.code for spec in specs)
+    # Booleans travel as a u8 that must be 0 or 1 (struct's "?" would accept any non-zero byte).
+    payload_format = "".join("B" if spec.code == "?" else spec.code for spec in specs)
     frame_struct = struct.Struct(HEADER_FORMAT + payload_format)
     payload_size = frame_struct.size - HEADER_BYTES
     if payload_size != cls.LAYOUT.sizeof():

@@ -1,0 +1,171 @@
+"""Request round trip: ``stim.status()`` over a pty against baselines measured in the same run.
+
+Cases (each over its own raw-mode pty pair from ``pty.openpty()``):
+
+(a) raw-fd echo floor     16 bytes os.write to the slave fd, echoed by a peer on the master, os.read back
+(b) pyserial echo floor   the same echo, client side a ``serial.Serial`` on the slave path
+(c) pymodbus async RTU    ``AsyncModbusSerialClient.read_holding_registers`` against a minimal Modbus RTU
+                          responder on the master (reply sized like our StatusReport frame)
+(c') pymodbus sync RTU    ``ModbusSerialClient``, same responder (informational; ``--no-sync`` skips it)
+(d) iontodrive            ``Stimulator.open(pty)`` against ``python -m firmware_sim --pty``; ``status()``
+
+All cases are set up first, warmed up, then measured in interleaved rounds so that background load on
+the machine falls on every case alike. Targets (issue 4): median(d) <= 2.5 x median(b) and
+median(d) <= 0.5 x median(c). Prints PASS/FAIL per target; exits 1 on FAIL unless ``--no-check``.
+
+    .venv/bin/python bench/rtt.py              # N=2000 per case, 200 warm-up, 5 rounds
+    .venv/bin/python bench/rtt.py --quick --no-check
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import sys
+import time
+
+import serial
+from _pty_baselines import (
+    LatencyStats,
+    ModbusAsyncCase,
+    ModbusSyncCase,
+    PyserialEchoCase,
+    RawEchoCase,
+    RoundTripCase,
+    SimulatorProcess,
+    verdict,
+)
+
+from iontodrive import Stimulator
+
+TARGET_VS_PYSERIAL = 2.5
+TARGET_VS_PYMODBUS = 0.5
+STATUS_REPLY_REGISTERS = 26  # a 57-byte RTU reply, against the 58-byte StatusReport frame
+
+
+class OursCase(RoundTripCase):
+    """(d) ``Stimulator.status()`` round trips to the simulator over its pty."""
+
+    label = "iontodrive status() (sim, pty)"
+
+    def __init__(self, model: str, speed: float | None, sim_args: list[str]) -> None:
+        self.sim = SimulatorProcess(model=model, speed=speed, extra_args=sim_args)
+        try:
+            self.stim = Stimulator.open(self.sim.port, telemetry_hz=0)
+        except BaseException:
+            print(f"simulator stderr:\n{self.sim.stderr_tail()}", file=sys.stderr)
+            self.sim.stop()
+            raise
+
+    def measure(self, n: int) -> list[int]:
+        clock, status = time.perf_counter_ns, self.stim.status
+        out: list[int] = []
+        for _ in range(n):
+            t0 = clock()
+            status()
+            out.append(clock() - t0)
+        return out
+
+    def close(self) -> None:
+        try:
+            self.stim.close()
+        finally:
+            self.sim.stop()
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("-n", "--requests", type=int, help="measured requests per case (default 2000)")
+    parser.add_argument("--warmup", type=int, help="unmeasured requests per case first (default 200)")
+    parser.add_argument("--rounds", type=int, help="interleaved measurement rounds (default 5)")
+    parser.add_argument(
+        "--peer",
+        choices=("thread", "process"),
+        default="thread",
+        help="run the echo/Modbus peers in a thread (default) or a forked process",
+    )
+    parser.add_argument("--no-sync", action="store_true", help="skip the pymodbus sync client")
+    parser.add_argument("--model", default="clinic-4", help="simulator model")
+    parser.add_argument("--speed", type=float, default=None, help="simulator --speed (default: its own)")
+    parser.add_argument(
+        "--sim-arg",
+        action="append",
+        default=[],
+        metavar="ARG",
+        help="extra simulator argument, repeatable (e.g. --sim-arg=--physics-step-ms=0.2)",
+    )
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="tiny smoke-test run (defaults 50 requests, 10 warm-up, 1 round)",
+    )
+    parser.add_argument("--no-check", action="store_true", help="always exit 0 (report only)")
+    args = parser.parse_args(argv)
+    defaults = (50, 10, 1) if args.quick else (2000, 200, 5)
+    for name, default in zip(("requests", "warmup", "rounds"), defaults, strict=True):
+        if getattr(args, name) is None:
+            setattr(args, name, default)
+    if args.requests < 1 or args.warmup < 0 or args.rounds < 1:
+        parser.error("--requests >= 1, --warmup >= 0 and --rounds >= 1 are required")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    import pymodbus
+
+    print(
+        f"rtt: python {platform.python_version()}, pyserial {serial.__version__}, pymodbus "
+        f"{pymodbus.__version__}, {os.cpu_count()} cpus, load {os.getloadavg()[0]:.2f}; "
+        f"N={args.requests} per case after {args.warmup} warm-up, {args.rounds} rounds, peers in {args.peer}"
+    )
+    cases: list[RoundTripCase] = []
+    try:
+        cases.append(raw := RawEchoCase(args.peer))
+        cases.append(pyser := PyserialEchoCase(args.peer))
+        cases.append(mb_async := ModbusAsyncCase(args.peer, STATUS_REPLY_REGISTERS))
+        if not args.no_sync:
+            cases.append(ModbusSyncCase(args.peer, STATUS_REPLY_REGISTERS))
+        cases.append(ours := OursCase(args.model, args.speed, args.sim_arg))
+
+        for case in cases:
+            case.measure(args.warmup)
+        samples: dict[str, list[int]] = {case.label: [] for case in cases}
+        per_round = [args.requests // args.rounds] * args.rounds
+        per_round[-1] += args.requests - sum(per_round)
+        for n in per_round:
+            for case in cases:
+                samples[case.label] += case.measure(n)
+        stats = {label: LatencyStats.from_ns(ns) for label, ns in samples.items()}
+        for case in cases:
+            print(stats[case.label].line(case.label))
+        link = ours.stim.stats
+        print(f"iontodrive link: requests {link.requests}, retries {link.retries}, timeouts {link.timeouts}")
+    finally:
+        for case in reversed(cases):
+            case.close()
+
+    ours_median = stats[ours.label].median_us
+    vs_pyserial = ours_median / stats[pyser.label].median_us
+    vs_pymodbus = ours_median / stats[mb_async.label].median_us
+    ok_pyserial = vs_pyserial <= TARGET_VS_PYSERIAL
+    ok_pymodbus = vs_pymodbus <= TARGET_VS_PYMODBUS
+    print(
+        f"ratio raw-fd-echo/pyserial-echo = {stats[raw.label].median_us / stats[pyser.label].median_us:.2f}"
+    )
+    print(
+        f"ratio ours/pyserial-echo = {vs_pyserial:.2f} (target <= {TARGET_VS_PYSERIAL}) "
+        f"{verdict(ok_pyserial)}"
+    )
+    print(
+        f"ratio ours/pymodbus-async = {vs_pymodbus:.2f} (target <= {TARGET_VS_PYMODBUS}) "
+        f"{verdict(ok_pymodbus)}"
+    )
+    ok = ok_pyserial and ok_pymodbus
+    print(f"rtt: {verdict(ok)}")
+    return 0 if ok or args.no_check else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,357 @@
+"""The simulated device as a byte-level peer: the firmware behind the protocol core.
+
+:class:`Device` takes bytes from the host (:meth:`Device.receive`, any chunking, garbage allowed), decodes
+them with :class:`iontodrive.protocol.Decoder`, answers each request exactly once per (sequence number,
+request) through :class:`iontodrive.protocol.ReplyCache` (S17), and queues replies, telemetry and events for
+:meth:`Device.read_output`. Time moves only through :meth:`Device.advance`; nothing here starts a thread.
+
+Frames that fail to decode are dropped, except where the header is trustworthy (the CRC matched) and the
+type byte is in the request range: then the device answers with a NACK (``UNKNOWN_REQUEST`` for an unknown
+type, ``BAD_LENGTH`` for a wrong payload size, ``OUT_OF_RANGE`` naming the field for an enumeration value
+with no meaning). Only frames that decode as requests feed the watchdog.
+"""
+
+from __future__ import annotations
+
+import logging
+import struct
+from pathlib import Path
+
+from cobs.cobs import DecodeError as CobsDecodeError
+from cobs.cobs import decode as cobs_decode
+
+from iontodrive.protocol import (
+    DecodeError,
+    DecodeErrorKind,
+    Decoder,
+    DeviceState,
+    ErrorCode,
+    Event,
+    Field,
+    Frame,
+    IdentityReport,
+    MessageKind,
+    MessageType,
+    Nack,
+    Polarity,
+    ReplyCache,
+    StatusFlags,
+    StatusReport,
+    Waveform,
+    encode,
+)
+
+from .faults import FaultSchedule, PlantFault
+from .firmware import Firmware
+from .link_faults import LinkChannel, LinkFaults
+from .models import LoadParams, ModelSpec, resolve_model
+from .plant import Plant
+from .trace import TraceSink, open_trace
+
+log = logging.getLogger(__name__)
+
+MAX_TX_BYTES = 4 * 1024 * 1024  # a UART driver's buffer would overflow long before this
+_START_PAYLOAD = struct.Struct("<IIIIIBBHB")
+
+
+class Device:
+    """A simulated stimulator: firmware + plant + protocol, stepped by :meth:`advance`.
+
+    Args:
+        model: model name (``"clinic-4"``, ``"hydro-30"``) or a :class:`ModelSpec`.
+        seed: seeds the ADC noise, the contact probe and the link faults (same seed = same run).
+        physics_step_s: physics step (s); 1 ms by default.
+        load: electrode–skin load; the model's default load if None.
+        trace: CSV path, :class:`~firmware_sim.TraceWriter`, :class:`~firmware_sim.TraceRecorder` or None.
+        link_faults: faults applied between the host's bytes and the firmware (see :mod:`.link_faults`).
+        max_block_steps: upper bound of a simulation block (1 = step by step; same behaviour, slower).
+        telemetry_hz: telemetry rate at power-up (default: the model's, 2 Hz).
+
+    Raises:
+        ValueError: unknown model, non-positive physics step or out-of-range option.
+
+    Not thread-safe: one thread calls it (the :class:`~firmware_sim.DeviceRunner` holds a lock).
+    """
+
+    def __init__(
+        self,
+        model: str | ModelSpec = "clinic-4",
+        *,
+        seed: int = 0,
+        physics_step_s: float = 0.001,
+        load: LoadParams | None = None,
+        trace: TraceSink | str | Path | None = None,
+        link_faults: LinkFaults | None = None,
+        max_block_steps: int = 65_536,
+        telemetry_hz: int | None = None,
+    ) -> None:
+        self.model = resolve_model(model)
+        if not 1e-6 <= physics_step_s <= 0.1:
+            raise ValueError(f"physics_step_s = {physics_step_s!r} is out of range: must be in [1e-06, 0.1]")
+        self.dt = float(physics_step_s)
+        self.seed = int(seed)
+        self.load = load if load is not None else self.model.default_load
+        self._faults = FaultSchedule()
+        self.plant = Plant(self.model, self.load, self.dt, self.seed, self._faults)
+        self._trace = open_trace(trace)
+        if self._trace is not None and hasattr(self._trace, "bind"):
+            self._trace.bind(self.dt)
+        self.firmware = Firmware(
+            self.model,
+            self.plant,
+            self.dt,
+            self._trace,
+            max_block_steps=max_block_steps,
+            telemetry_hz=telemetry_hz,
+        )
+        self._decoder = Decoder()
+        self._cache = ReplyCache(64)
+        self._tx = bytearray()
+        self._tx_overflowed = 0
+        self.link_faults = link_faults
+        self._link = (
+            LinkChannel(link_faults, self.seed) if link_faults is not None and link_faults.active else None
+        )
+        self.injected: list[PlantFault] = []
+        self.frames_in = 0
+        self.bad_frames_in = 0
+        self._closed = False
+        self._flush_outbox()
+
+    # ------------------------------------------------------------------------------------ host side
+
+    def receive(self, data: bytes) -> None:
+        """Bytes from the host, processed at the present simulator time. Never raises on wire data."""
+        if not data:
+            return
+        if self._link is not None:
+            for piece in self._link.inbound(bytes(data), self.firmware.link_now, self.session_time_s):
+                self._process(piece)
+        else:
+            self._process(bytes(data))
+        self._flush_outbox()
+
+    def read_output(self) -> bytes:
+        """Drain the bytes the device has sent (replies, telemetry, events); b"" if none."""
+        if not self._tx:
+            return b""
+        size = len(self._tx) if self._link is None else self._link.read_size(len(self._tx))
+        out = bytes(self._tx[:size])
+        del self._tx[:size]
+        return out
+
+    @property
+    def output_pending(self) -> int:
+        """Bytes waiting in the device's transmit buffer."""
+        return len(self._tx)
+
+    def _send(self, frame: bytes) -> None:
+        if self._link is not None:
+            frame = self._link.outbound(frame, self.firmware.link_now)
+        self._tx += frame
+        if len(self._tx) > MAX_TX_BYTES:
+            excess = len(self._tx) - MAX_TX_BYTES
+            del self._tx[:excess]
+            if not self._tx_overflowed:
+                log.warning("transmit buffer overflow: nobody reads the device; dropping old output")
+            self._tx_overflowed += excess
+
+    def _flush_outbox(self) -> None:
+        fw = self.firmware
+        if fw.outbox:
+            messages = fw.outbox
+            fw.outbox = []
+            for message in messages:
+                self._send(encode(message))
+
+    def _process(self, data: bytes) -> None:
+        fw = self.firmware
+        for item in self._decoder.feed(data):
+            if isinstance(item, Frame):
+                self._on_frame(item)
+            else:
+                self.bad_frames_in += 1
+                self._on_decode_error(item)
+            if fw.reboot_pending:
+                self._flush_outbox()
+                fw.restart()
+                self._decoder.reset()
+
+    def _on_frame(self, frame: Frame) -> None:
+        message = frame.message
+        if message.TYPE.kind != MessageKind.REQUEST:
+            log.debug("ignoring %s from the host", type(message).__name__)
+            return
+        self.frames_in += 1
+        fw = self.firmware
+        fw.feed_watchdog()
+        cached = self._cache.lookup(frame.seq, message)
+        if cached is not None:
+            self._flush_outbox()
+            self._send(cached)
+            return
+        replies = fw.handle(message)
+        encoded = b"".join(
+            encode(r, frame.seq if r.TYPE.kind == MessageKind.REPLY else None) for r in replies
+        )
+        self._cache.store(frame.seq, message, encoded)
+        self._send(encoded)
+        self._flush_outbox()
+
+    def _on_decode_error(self, error: DecodeError) -> None:
+        if error.seq is None or error.type_id is None or error.seq == 0 or error.type_id >= 0x40:
+            return
+        kind = error.kind
+        nack: Nack | None = None
+        if kind == DecodeErrorKind.UNKNOWN_TYPE:
+            nack = Nack(error.type_id, ErrorCode.UNKNOWN_REQUEST)
+        elif kind == DecodeErrorKind.BAD_LENGTH:
+            nack = Nack(error.type_id, ErrorCode.BAD_LENGTH)
+        elif kind == DecodeErrorKind.BAD_VALUE:
+            nack = self._bad_value_nack(error)
+        if nack is not None:
+            self._send(encode(nack, error.seq))
+
+    def _bad_value_nack(self, error: DecodeError) -> Nack:
+        """NACK for a request whose enumeration field holds no member (only Start has such fields)."""
+        assert error.type_id is not None
+        if error.type_id == MessageType.START:
+            try:
+                body = cobs_decode(error.raw)
+                values = _START_PAYLOAD.unpack_from(body, 4)
+            except (CobsDecodeError, struct.error):
+                values = None
+            if values is not None:
+                polarity, waveform = values[5], values[6]
+                if polarity not in Polarity.__members__.values():
+                    return Nack(error.type_id, ErrorCode.OUT_OF_RANGE, Field.POLARITY, polarity, 1, 2)
+                if waveform not in Waveform.__members__.values():
+                    return Nack(error.type_id, ErrorCode.OUT_OF_RANGE, Field.WAVEFORM, waveform, 0, 1)
+        return Nack(error.type_id, ErrorCode.OUT_OF_RANGE)
+
+    # ------------------------------------------------------------------------------------------- time
+
+    def advance(self, session_dt_s: float, link_dt_s: float | None = None) -> None:
+        """Run firmware and plant forward.
+
+        ``session_dt_s`` drives ramps, dose and skin; ``link_dt_s`` drives the host watchdog (S10) and link
+        latency. ``link_dt_s=None`` means equal to ``session_dt_s`` (virtual-clock mode).
+
+        Raises:
+            ValueError: negative or non-finite interval.
+        """
+        if link_dt_s is None:
+            link_dt_s = session_dt_s
+        fw = self.firmware
+        link = self._link
+        if link is not None:
+            left_s, left_l = float(session_dt_s), float(link_dt_s)
+            if left_s < 0 or left_l < 0:
+                fw.advance(left_s, left_l)  # raises the precise error
+            while True:
+                release = link.next_release()
+                if release is None or release > fw.link_now + left_l:
+                    break
+                step_l = max(0.0, release - fw.link_now)
+                step_s = left_s * (step_l / left_l) if left_l > 0 else 0.0
+                fw.advance(step_s, step_l)
+                left_s -= step_s
+                left_l -= step_l
+                self._flush_outbox()
+                for piece in link.due_inbound(fw.link_now):
+                    self._process(piece)
+                self._flush_outbox()
+                self._tx += link.due_outbound(fw.link_now)
+            fw.advance(max(left_s, 0.0), max(left_l, 0.0))
+            self._flush_outbox()
+            for piece in link.due_inbound(fw.link_now):
+                self._process(piece)
+            self._flush_outbox()
+            self._tx += link.due_outbound(fw.link_now)
+            return
+        fw.advance(session_dt_s, link_dt_s)
+        self._flush_outbox()
+
+    # ----------------------------------------------------------------------------------------- faults
+
+    def inject(self, fault: PlantFault) -> PlantFault:
+        """Schedule a plant fault (its ``at_s`` is simulator time; None or past = now).
+
+        Returns the fault with ``at_s`` resolved. Raises TypeError/ValueError for a bad fault.
+        """
+        resolved = self._faults.add(fault, self.session_time_s)
+        self.injected.append(resolved)
+        return resolved
+
+    def power_cycle(self) -> None:
+        """Power loss and restart: output cut at once, IDLE, session lost, event ring restarts (S15)."""
+        self.firmware.power_cycle()
+        self._cache.clear()
+        self._decoder.reset()
+        self._flush_outbox()
+
+    # ---------------------------------------------------------------------------------- introspection
+
+    @property
+    def state(self) -> DeviceState:
+        return self.firmware.state
+
+    @property
+    def output_ua(self) -> float:
+        """True current through the load at the last physics step (µA)."""
+        return self.firmware.last_output
+
+    @property
+    def setpoint_ua(self) -> float:
+        """Firmware set-point (envelope) after the last physics step (µA)."""
+        return self.firmware.setpoint
+
+    @property
+    def charge_uas(self) -> float:
+        """Delivered charge of the present session as the firmware counts it (µA·s)."""
+        return self.firmware.charge
+
+    @property
+    def session_time_s(self) -> float:
+        """Simulator time (s of session clock since creation; the trace's ``t_s``)."""
+        return self.firmware.n * self.dt
+
+    @property
+    def link_time_s(self) -> float:
+        """Link time (s since creation; equals session time on a virtual clock)."""
+        return self.firmware.link_now
+
+    @property
+    def polarity(self) -> Polarity:
+        return self.firmware.polarity
+
+    @property
+    def flags(self) -> StatusFlags:
+        return self.firmware.status().flags
+
+    @property
+    def identity(self) -> IdentityReport:
+        return self.model.identity()
+
+    @property
+    def events(self) -> list[Event]:
+        """Every event since the last power-up or reset, oldest first (starts with POWER_ON)."""
+        return list(self.firmware.boot_events)
+
+    def status(self) -> StatusReport:
+        """The StatusReport the device would send now."""
+        return self.firmware.status()
+
+    def close(self) -> None:
+        """Flush and close the trace. The device must not be advanced afterwards."""
+        if self._closed:
+            return
+        self._closed = True
+        if self._trace is not None:
+            self._trace.close()
+
+    def __enter__(self) -> Device:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

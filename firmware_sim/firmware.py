@@ -1,0 +1,1299 @@
+"""The firmware: state machine, safety logic, session and dose. No threads, no I/O, no wall clock.
+
+Requests come in through :meth:`Firmware.handle` (one typed message in, its reply messages out) and time
+through :meth:`Firmware.advance`. Unsolicited messages (telemetry, events) collect in :attr:`outbox`.
+
+Invariants (the guide's S1–S17 as this module enforces them):
+
+* The set-point moves only along linear ramps no faster than the model's slew limit (S1, S2); a session
+  starts from zero after a confirmed contact check (S3, S4); abort, lift, short and trips use the slew limit.
+* A rejected request changes nothing and gets a NACK naming the field and range (S12 limits are the
+  model's and cannot be raised).
+* Output goes to zero on: end of dose/time, stop, abort (RAMP_DOWN -> DONE); pause, electrode lift, short,
+  host silence (PAUSING -> PAUSED, dose kept); over-current or hardware trip (FAULT, latched).
+* Nothing ever raises the output by itself after it was brought to zero by a fault, a lift or the
+  watchdog: only a host ``Resume`` (with a new contact check) or a new ``Start`` does.
+
+Time runs in blocks: the firmware computes the horizon to the next scheduled event (ramp end, contact
+check phase, session time limit, watchdog deadline), simulates the plant over the block with numpy, scans
+the block for the per-step trigger conditions (over-current, hardware trip, lift, open circuit, short,
+compliance run, dose threshold), commits only up to the first trigger and handles it. The outcome is the
+same as a step-by-step loop (``max_block_steps=1``), which the tests check.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+from enum import Enum
+from typing import Any, ClassVar
+
+import numpy as np
+
+from iontodrive.protocol import (
+    OPEN_CIRCUIT_OHM,
+    Abort,
+    Ack,
+    CheckContact,
+    ClearFault,
+    ConfigureTelemetry,
+    ContactReport,
+    ContactVerdict,
+    DeviceState,
+    ErrorCode,
+    Event,
+    EventCode,
+    EventsReport,
+    FetchEvents,
+    Field,
+    GetStatus,
+    Heartbeat,
+    Identify,
+    Message,
+    Nack,
+    Pause,
+    Polarity,
+    Reset,
+    Resume,
+    SetCurrent,
+    SetWatchdog,
+    Start,
+    StatusFlags,
+    StatusReport,
+    Stop,
+    Telemetry,
+    Waveform,
+    WaveformSet,
+)
+
+from . import detect
+from .models import ModelSpec
+from .plant import Plant, PlantBlock, PlantState
+from .trace import TraceBlock, TraceSink
+
+log = logging.getLogger(__name__)
+
+S = DeviceState
+EVENT_RING_SIZE = 256
+EVENT_LOG_SIZE = 65_536
+
+# Judgement thresholds (docs/simulator.md §Firmware)
+CONTACT_LOW_OHM = 200  # S3 short-circuit limit
+CONTACT_HIGH_MAX_OHM = 10_000  # S3 absolute high limit
+CONTACT_HIGH_FRACTION = 0.8  # S3: high limit = 0.8 × V_compliance / I_target
+PROBE_MAX_UA = 50  # S3 probe current
+CONTACT_WINDOW_S = 0.2  # length of the contact-check state
+CONTACT_STABILITY = 0.2  # impedance of the two halves of the window must agree within 20 %
+COMPLIANCE_HIGH = 0.95  # S5: voltage >= 95 % of compliance ...
+COMPLIANCE_RUN_S = 2.0  # ... for >= 2 s
+COMPLIANCE_CLEAR = 0.80  # resistance limit cleared after 2 s below 80 %
+LIFT_RISE = 1.5  # S6: impedance rising > 50 % ...
+LIFT_WINDOW_S = 1.0  # ... within 1 s
+SHORT_RUN_S = 0.02  # impedance below the low limit for 20 ms = short
+OVERCURRENT_FRACTION = 1.10  # S9: trip at set-point + 10 %
+DOSE_AIM_CAP_FRACTION = 0.999  # the planned ramp-down aims at most at 99.9 % of the dose cap
+MEAN_WINDOW_STEPS = 10  # impedance is computed from 10-step means of V and I
+
+OUTPUT_STATES = frozenset({S.RAMP_UP, S.HOLD, S.ADJUST})
+SESSION_STATES = frozenset({S.CONTACT_CHECK, S.RAMP_UP, S.HOLD, S.ADJUST, S.RAMP_DOWN, S.PAUSING, S.PAUSED})
+CHARGE_STATES = frozenset({S.RAMP_UP, S.HOLD, S.ADJUST, S.RAMP_DOWN, S.PAUSING, S.FAULT})
+
+
+class EndReason(Enum):
+    TIME = "time"
+    DOSE = "dose"
+    CAP = "cap"
+    MAX_DURATION = "max_duration"
+    STOP = "stop"
+    ABORT = "abort"
+
+
+class Trigger(Enum):
+    HARDWARE_TRIP = 1
+    OVERCURRENT = 2
+    SHORT = 3
+    OPEN = 4
+    LIFT = 5
+    DOSE = 6
+    COMPLIANCE = 7
+    COMPLIANCE_CLEAR = 8
+
+
+@dataclass(frozen=True, slots=True)
+class Ramp:
+    """A linear set-point segment: from ``start`` (value before step ``start_step``) towards ``goal`` at
+    ``rate`` µA/s; each step moves ``rate·dt``; the value stays at ``goal`` once reached."""
+
+    start_step: int
+    start: float
+    goal: float
+    rate: float
+
+    def values(self, idx: np.ndarray, dt: float) -> np.ndarray:
+        if self.goal == self.start or self.rate <= 0:
+            return np.full(idx.shape[0], self.start if self.rate <= 0 else self.goal)
+        k = np.maximum(idx - self.start_step + 1, 0)
+        if self.goal > self.start:
+            return np.minimum(self.start + self.rate * dt * k, self.goal)
+        return np.maximum(self.start - self.rate * dt * k, self.goal)
+
+    def value_after(self, steps_done: int, dt: float) -> float:
+        """Set-point after ``steps_done`` global steps (value of step ``steps_done - 1``)."""
+        return float(self.values(np.array([steps_done - 1]), dt)[0])
+
+    def end_step(self, dt: float) -> int:
+        """Index of the first step at the goal (``start_step - 1`` if there is nothing to do)."""
+        if self.goal == self.start or self.rate <= 0:
+            return self.start_step - 1
+        return self.start_step + max(1, math.ceil(abs(self.goal - self.start) / (self.rate * dt) - 1e-9)) - 1
+
+
+@dataclass(slots=True)
+class Session:
+    """Parameters and progress of the session in progress."""
+
+    target_ua: int
+    dose_uas: int
+    duration_ms: int
+    ramp_up_ms: int
+    ramp_down_ms: int
+    polarity: Polarity
+    waveform: Waveform
+    pulse_frequency_hz: int
+    duty_percent: int
+    start_step: int
+    on_steps: int = 0
+    end_reason: EndReason | None = None
+    pulse_anchor: int = 0
+
+    @property
+    def dose_based(self) -> bool:
+        return self.dose_uas > 0
+
+    @property
+    def duty(self) -> float:
+        return self.duty_percent / 100.0 if self.waveform == Waveform.PULSED_DC else 1.0
+
+    @property
+    def rate_up(self) -> float:
+        return self.target_ua * 1000.0 / self.ramp_up_ms
+
+    def rate_down(self, sp: float) -> float:
+        """Ramp-to-zero rate (uA/s) from set-point ``sp``: full scale in ``ramp_down_ms``, and never
+        longer than ``ramp_down_ms`` from a set-point above the target (an ADJUST downwards)."""
+        return max(self.target_ua, sp) * 1000.0 / self.ramp_down_ms
+
+
+@dataclass(slots=True)
+class ContactCheck:
+    """Progress of the CONTACT_CHECK state."""
+
+    resume: bool
+    probe_ua: float
+    high_limit: int
+    start_step: int
+    measure_start: int
+    down_start: int
+    end_step: int
+    samples_i: list[np.ndarray]
+    samples_v: list[np.ndarray]
+    down: bool = False
+
+
+class Firmware:
+    """Firmware of one device. Not thread-safe; one caller drives it.
+
+    ``dt`` is the physics step (s). ``max_block_steps`` bounds a block (1 = step by step, for tests).
+    """
+
+    def __init__(
+        self,
+        model: ModelSpec,
+        plant: Plant,
+        dt: float,
+        trace: TraceSink | None = None,
+        *,
+        max_block_steps: int = 65_536,
+        telemetry_hz: int | None = None,
+    ) -> None:
+        if max_block_steps < 1:
+            raise ValueError(f"max_block_steps = {max_block_steps!r} is out of range: must be >= 1")
+        self.model = model
+        self.plant = plant
+        self.dt = dt
+        self.trace = trace
+        self.max_block_steps = max_block_steps
+        self.power_up_telemetry_hz = model.default_telemetry_hz if telemetry_hz is None else telemetry_hz
+        if not 0 <= self.power_up_telemetry_hz <= model.max_telemetry_hz:
+            raise ValueError(
+                f"telemetry_hz = {telemetry_hz!r} is out of range: must be in [0, {model.max_telemetry_hz}]"
+            )
+        self.outbox: list[Message] = []
+        self.n = 0  # physics steps done since the simulator was created
+        self.link_now = 0.0  # link (wall or virtual) seconds since creation
+        self._t_acc = 0.0
+        self.settle_steps = max(1, math.ceil(10.0 * model.output_tau_s / dt))
+        self.lift_window = max(2, round(LIFT_WINDOW_S / dt))
+        self.compliance_steps = max(1, round(COMPLIANCE_RUN_S / dt))
+        self.short_steps = max(1, round(SHORT_RUN_S / dt))
+        self.i_valid = max(50.0, 50.0 * model.adc_current_noise_ua)
+        self.trip_margin = max(0.01 * model.max_current_ua, 6.0 * model.adc_current_noise_ua)
+        self.output_on_threshold = max(10.0, 5.0 * model.adc_current_noise_ua)
+        self.plant_state = PlantState()
+        self.events_log: deque[Event] = deque(maxlen=EVENT_LOG_SIZE)  # every event, across restarts
+        self.boot_count = 0
+        self._boot(cold=True)
+
+    # ------------------------------------------------------------------------------------------ boot
+
+    def _boot(self, cold: bool) -> None:
+        """Firmware start: output disabled, IDLE, no session, fresh event ring (S15)."""
+        self.boot_n = self.n
+        self.boot_count += 1
+        self.state = S.IDLE
+        self.polarity = Polarity.NONE
+        self.session: Session | None = None
+        self.session_id = 0
+        self.contact: ContactCheck | None = None
+        self.ramp = Ramp(self.n, 0.0, 0.0, 0.0)
+        self.ramp_done_at: int | None = None  # step count at which the current ramp phase is complete
+        self.charge_sum = 0.0  # sum of measured current samples (uA); exact, since samples are ADC steps
+        self.flags = StatusFlags.NONE
+        self.events: deque[Event] = deque()  # the ring served by FetchEvents
+        self.boot_events: deque[Event] = deque(maxlen=EVENT_LOG_SIZE)  # every event since this boot
+        self.next_event_no = 1
+        self.last_fetched_no = 0
+        self.watchdog_ms = self.model.default_watchdog_ms
+        self.last_frame_link = self.link_now
+        self.watchdog_fired = False
+        self.telemetry_hz = self.power_up_telemetry_hz
+        self.sample_no = 0
+        self._tele_anchor = 0.0
+        self._tele_j = 1
+        self.last_i_meas = 0.0
+        self.last_v_meas = 0.0
+        self.last_output = 0.0
+        self.last_impedance = 0
+        self.held_ua = 0.0
+        self._reset_detectors()
+        self._physical_next = getattr(self, "_physical_next", False) or not cold
+        self.reboot_pending = False
+        # power loss: the output stage stops at once (a physical break, not a firmware ramp)
+        self.plant_state = PlantState(0.0, self.plant_state.v_c_mv, self.plant_state.skin)
+        self._emit(EventCode.POWER_ON, 0)
+
+    def power_cycle(self) -> None:
+        """Restart as after a power loss: output cut at once, session lost, event ring restarts."""
+        self._boot(cold=False)
+
+    def restart(self) -> None:
+        """Firmware restart on a Reset request (output is already at zero)."""
+        self._boot(cold=True)
+
+    def _reset_detectors(self) -> None:
+        self.hist_i = np.zeros(MEAN_WINDOW_STEPS - 1)
+        self.hist_v = np.zeros(MEAN_WINDOW_STEPS - 1)
+        self.hist_r = np.zeros(MEAN_WINDOW_STEPS - 1)
+        self._reset_lift_window()
+        self.comp_run = 0
+        self.clear_run = 0
+        self.short_run = 0
+
+    def _reset_lift_window(self) -> None:
+        self.hist_z = np.full(self.lift_window - 1, np.inf)
+
+    # ---------------------------------------------------------------------------------- introspection
+
+    @property
+    def device_time_s(self) -> float:
+        return (self.n - self.boot_n) * self.dt
+
+    @property
+    def device_time_ms(self) -> int:
+        return round((self.n - self.boot_n) * self.dt * 1000.0) & 0xFFFF_FFFF
+
+    @property
+    def charge(self) -> float:
+        """Delivered charge of the session (uA·s): the integral of measured current (S11)."""
+        return self.charge_sum * self.dt
+
+    @property
+    def setpoint(self) -> float:
+        return self.ramp.value_after(self.n, self.dt)
+
+    def _output_is_zero(self) -> bool:
+        return (
+            self.setpoint == 0.0
+            and self.ramp_done_at is None
+            and self.state in (S.IDLE, S.PAUSED, S.DONE, S.FAULT)
+        )
+
+    def _flags_now(self) -> StatusFlags:
+        flags = self.flags
+        if self.state in SESSION_STATES:
+            flags |= StatusFlags.SESSION_ACTIVE
+            if self.session is not None and self.session.dose_based:
+                flags |= StatusFlags.DOSE_BASED
+        return flags
+
+    # ----------------------------------------------------------------------------------------- events
+
+    def _emit(self, code: EventCode, value: int) -> None:
+        event = Event(
+            event_no=self.next_event_no & 0xFFFF_FFFF,
+            device_time_ms=self.device_time_ms,
+            code=code,
+            state=self.state,
+            value=int(value),
+        )
+        self.next_event_no += 1
+        if len(self.events) >= EVENT_RING_SIZE:
+            dropped = self.events.popleft()
+            if dropped.event_no > self.last_fetched_no:
+                self.flags |= StatusFlags.EVENTS_OVERFLOWED
+        self.events.append(event)
+        self.events_log.append(event)
+        self.boot_events.append(event)
+        self.outbox.append(event)
+
+    def _set_state(self, new: DeviceState) -> None:
+        if new == self.state:
+            return
+        previous = self.state
+        self.state = new
+        self._emit(EventCode.STATE_CHANGED, int(previous))
+
+    # --------------------------------------------------------------------------------------- requests
+
+    def feed_watchdog(self) -> None:
+        """A valid request frame arrived (S10)."""
+        self.last_frame_link = self.link_now
+        self.watchdog_fired = False
+
+    def handle(self, request: Message) -> list[Message]:
+        """Execute one request; return its reply (and, for FetchEvents, the replayed events)."""
+        handler = self._HANDLERS.get(type(request))
+        if handler is None:
+            return [Nack(int(request.TYPE), ErrorCode.UNKNOWN_REQUEST)]
+        return handler(self, request)
+
+    def _nack(
+        self,
+        request: Message,
+        code: ErrorCode,
+        field: Field = Field.NONE,
+        value: int = 0,
+        lo: int = 0,
+        hi: int = 0,
+    ) -> list[Message]:
+        return [Nack(int(request.TYPE), code, field, int(value), int(lo), int(hi))]
+
+    def _ack(self, request: Message) -> list[Message]:
+        return [Ack(int(request.TYPE))]
+
+    def _state_nack(self, request: Message) -> list[Message]:
+        code = ErrorCode.FAULT_LATCHED if self.state == S.FAULT else ErrorCode.BAD_STATE
+        return self._nack(request, code, Field.STATE, int(self.state))
+
+    def _on_identify(self, request: Identify) -> list[Message]:
+        return [self.model.identity()]
+
+    def _on_get_status(self, request: GetStatus) -> list[Message]:
+        return [self.status()]
+
+    def status(self) -> StatusReport:
+        s = self.session
+        return StatusReport(
+            device_time_ms=self.device_time_ms,
+            state=self.state,
+            flags=self._flags_now()
+            | (StatusFlags.OUTPUT_ON if not self._output_is_zero() else StatusFlags.NONE),
+            polarity=self.polarity,
+            target_current_ua=s.target_ua if s is not None else 0,
+            setpoint_ua=round(self.setpoint),
+            measured_ua=int(self.last_i_meas),
+            voltage_mv=int(self.last_v_meas),
+            impedance_ohm=int(self.last_impedance),
+            charge_uas=min(int(self.charge), 0xFFFF_FFFF),
+            target_charge_uas=s.dose_uas if s is not None else 0,
+            remaining_ms=self._remaining_ms(),
+            session_id=self.session_id & 0xFFFF,
+            last_event_no=(self.next_event_no - 1) & 0xFFFF_FFFF,
+            watchdog_ms=self.watchdog_ms,
+            telemetry_hz=self.telemetry_hz,
+        )
+
+    def _remaining_ms(self) -> int:
+        s = self.session
+        if s is None or self.state not in SESSION_STATES:
+            return 0
+        if not s.dose_based:
+            return max(0, s.duration_ms - round(s.on_steps * self.dt * 1000.0))
+        sp = self.setpoint
+        current = (sp if sp > 0 else s.target_ua) * s.duty
+        left = self._dose_aim(s) - self.charge - self._ramp_charge(s, sp)
+        seconds = max(0.0, left) / max(current, 1.0) + sp / s.rate_down(sp)
+        return min(int(seconds * 1000.0), 0xFFFF_FFFF)
+
+    def _contact_limits(self, target_ua: int) -> tuple[int, int]:
+        """(low, high) impedance limits for starting at ``target_ua`` (S3)."""
+        high = CONTACT_HIGH_MAX_OHM
+        if target_ua > 0:
+            high = min(high, int(CONTACT_HIGH_FRACTION * self.model.compliance_mv * 1000 / target_ua))
+        return CONTACT_LOW_OHM, high
+
+    def _measure_contact(self, probe_ua: float, target_ua: int) -> tuple[int, ContactVerdict, int, int]:
+        z = self.plant.probe_impedance(self.plant_state, (self.n + 1) * self.dt, probe_ua)
+        low, high = self._contact_limits(target_ua)
+        if math.isinf(z):
+            return OPEN_CIRCUIT_OHM, ContactVerdict.OPEN, low, high
+        z_int = min(round(z), OPEN_CIRCUIT_OHM - 1)
+        if z_int < low:
+            return z_int, ContactVerdict.LOW, low, high
+        if z_int > high:
+            return z_int, ContactVerdict.HIGH, low, high
+        return z_int, ContactVerdict.OK, low, high
+
+    def _on_check_contact(self, request: CheckContact) -> list[Message]:
+        if not 1 <= request.probe_current_ua <= PROBE_MAX_UA:
+            return self._nack(
+                request,
+                ErrorCode.OUT_OF_RANGE,
+                Field.PROBE_CURRENT_UA,
+                request.probe_current_ua,
+                1,
+                PROBE_MAX_UA,
+            )
+        if request.target_current_ua > self.model.max_current_ua:
+            return self._nack(
+                request,
+                ErrorCode.OUT_OF_RANGE,
+                Field.TARGET_CURRENT_UA,
+                request.target_current_ua,
+                0,
+                self.model.max_current_ua,
+            )
+        if not self._output_is_zero():
+            return self._nack(request, ErrorCode.BAD_STATE, Field.STATE, int(self.state))
+        z, verdict, low, high = self._measure_contact(request.probe_current_ua, request.target_current_ua)
+        if verdict == ContactVerdict.OK:
+            self.flags |= StatusFlags.CONTACT_OK
+        else:
+            self.flags &= ~StatusFlags.CONTACT_OK
+        self.last_impedance = z
+        return [ContactReport(z, verdict, low, high, request.probe_current_ua)]
+
+    def _validate_start(self, r: Start) -> list[Message] | None:
+        m = self.model
+        if self.state == S.FAULT:
+            return self._nack(r, ErrorCode.FAULT_LATCHED, Field.STATE, int(self.state))
+        if self.state not in (S.IDLE, S.DONE):
+            if not self._output_is_zero() and r.polarity != self.polarity:
+                return self._nack(
+                    r,
+                    ErrorCode.POLARITY_LOCKED,
+                    Field.POLARITY,
+                    int(r.polarity),
+                    int(self.polarity),
+                    int(self.polarity),
+                )
+            return self._nack(r, ErrorCode.BAD_STATE, Field.STATE, int(self.state))
+        oor = ErrorCode.OUT_OF_RANGE
+        if not m.min_current_ua <= r.target_current_ua <= m.max_current_ua:
+            return self._nack(
+                r, oor, Field.TARGET_CURRENT_UA, r.target_current_ua, m.min_current_ua, m.max_current_ua
+            )
+        if r.dose_uas > m.dose_cap_uas:
+            return self._nack(r, oor, Field.DOSE_UAS, r.dose_uas, 1, m.dose_cap_uas)
+        if r.duration_ms > m.max_duration_ms:
+            return self._nack(r, oor, Field.DURATION_MS, r.duration_ms, 2 * m.min_ramp_ms, m.max_duration_ms)
+        for value, field in ((r.ramp_up_ms, Field.RAMP_UP_MS), (r.ramp_down_ms, Field.RAMP_DOWN_MS)):
+            if not m.min_ramp_ms <= value <= m.max_ramp_ms:
+                return self._nack(r, oor, field, value, m.min_ramp_ms, m.max_ramp_ms)
+        if r.polarity == Polarity.NONE:
+            return self._nack(
+                r, oor, Field.POLARITY, int(r.polarity), int(Polarity.ANODE), int(Polarity.CATHODE)
+            )
+        if r.waveform == Waveform.PULSED_DC:
+            if not m.waveforms & WaveformSet.PULSED_DC:
+                return self._nack(
+                    r,
+                    ErrorCode.UNSUPPORTED,
+                    Field.WAVEFORM,
+                    int(r.waveform),
+                    int(Waveform.DC),
+                    int(Waveform.DC),
+                )
+            if not m.min_pulse_frequency_hz <= r.pulse_frequency_hz <= m.max_pulse_frequency_hz:
+                return self._nack(
+                    r,
+                    oor,
+                    Field.PULSE_FREQUENCY_HZ,
+                    r.pulse_frequency_hz,
+                    m.min_pulse_frequency_hz,
+                    m.max_pulse_frequency_hz,
+                )
+            if not m.min_duty_percent <= r.duty_percent <= m.max_duty_percent:
+                return self._nack(
+                    r, oor, Field.DUTY_PERCENT, r.duty_percent, m.min_duty_percent, m.max_duty_percent
+                )
+        else:
+            if r.pulse_frequency_hz != 0:
+                return self._nack(
+                    r, ErrorCode.INCONSISTENT, Field.PULSE_FREQUENCY_HZ, r.pulse_frequency_hz, 0, 0
+                )
+            if r.duty_percent != 0:
+                return self._nack(r, ErrorCode.INCONSISTENT, Field.DUTY_PERCENT, r.duty_percent, 0, 0)
+        if (r.dose_uas == 0) == (r.duration_ms == 0):
+            return self._nack(r, ErrorCode.INCONSISTENT, Field.DOSE_UAS, r.dose_uas, 0, m.dose_cap_uas)
+        ramps = r.ramp_up_ms + r.ramp_down_ms
+        if r.duration_ms and r.duration_ms < ramps:
+            return self._nack(
+                r, ErrorCode.INCONSISTENT, Field.DURATION_MS, r.duration_ms, ramps, m.max_duration_ms
+            )
+        for value, field in ((r.ramp_up_ms, Field.RAMP_UP_MS), (r.ramp_down_ms, Field.RAMP_DOWN_MS)):
+            if r.target_current_ua * 1000 > m.slew_limit_ua_per_s * value:
+                fastest = math.ceil(r.target_current_ua * 1000 / m.slew_limit_ua_per_s)
+                return self._nack(
+                    r, ErrorCode.SLEW_LIMIT, field, value, max(fastest, m.min_ramp_ms), m.max_ramp_ms
+                )
+        duty = r.duty_percent / 100.0 if r.waveform == Waveform.PULSED_DC else 1.0
+        if r.duration_ms:
+            planned = r.target_current_ua * duty * (r.duration_ms - ramps / 2.0) / 1000.0
+            if planned > DOSE_AIM_CAP_FRACTION * m.dose_cap_uas:
+                longest = int(
+                    DOSE_AIM_CAP_FRACTION * m.dose_cap_uas * 1000.0 / (r.target_current_ua * duty)
+                    + ramps / 2.0
+                )
+                return self._nack(
+                    r, oor, Field.DURATION_MS, r.duration_ms, ramps, min(longest, m.max_duration_ms)
+                )
+        else:
+            up = r.target_current_ua * duty * r.ramp_up_ms / 2000.0
+            down = r.target_current_ua * duty * r.ramp_down_ms / 2000.0
+            longest_dose = up + down + r.target_current_ua * duty * (m.max_duration_ms - ramps) / 1000.0
+            if r.dose_uas > longest_dose:
+                return self._nack(
+                    r, oor, Field.DOSE_UAS, r.dose_uas, 1, min(int(longest_dose), m.dose_cap_uas)
+                )
+        return None
+
+    def _contact_nack(self, request: Message, target_ua: int) -> list[Message] | None:
+        z, verdict, low, high = self._measure_contact(PROBE_MAX_UA, target_ua)
+        if verdict == ContactVerdict.OK:
+            return None
+        code = {
+            ContactVerdict.OPEN: ErrorCode.CONTACT_OPEN,
+            ContactVerdict.LOW: ErrorCode.CONTACT_LOW,
+            ContactVerdict.HIGH: ErrorCode.CONTACT_HIGH,
+        }[verdict]
+        return self._nack(request, code, Field.IMPEDANCE_OHM, z, low, high)
+
+    def _on_start(self, r: Start) -> list[Message]:
+        nack = self._validate_start(r)
+        if nack is not None:
+            return nack
+        nack = self._contact_nack(r, r.target_current_ua)
+        if nack is not None:
+            return nack
+        self.session_id += 1
+        self.session = Session(
+            target_ua=r.target_current_ua,
+            dose_uas=r.dose_uas,
+            duration_ms=r.duration_ms,
+            ramp_up_ms=r.ramp_up_ms,
+            ramp_down_ms=r.ramp_down_ms,
+            polarity=Polarity(r.polarity),
+            waveform=Waveform(r.waveform),
+            pulse_frequency_hz=r.pulse_frequency_hz,
+            duty_percent=r.duty_percent,
+            start_step=self.n,
+        )
+        self.polarity = Polarity(r.polarity)
+        self.charge_sum = 0.0
+        self.flags &= StatusFlags.EVENTS_OVERFLOWED | StatusFlags.CONTACT_OK
+        self._emit(EventCode.SESSION_STARTED, r.target_current_ua)
+        self._begin_contact_check(resume=False)
+        return self._ack(r)
+
+    def _on_set_current(self, r: SetCurrent) -> list[Message]:
+        m = self.model
+        if self.state not in OUTPUT_STATES:
+            return self._state_nack(r)
+        if not m.min_current_ua <= r.target_current_ua <= m.max_current_ua:
+            return self._nack(
+                r,
+                ErrorCode.OUT_OF_RANGE,
+                Field.TARGET_CURRENT_UA,
+                r.target_current_ua,
+                m.min_current_ua,
+                m.max_current_ua,
+            )
+        if not 1 <= r.ramp_ms <= m.max_ramp_ms:
+            return self._nack(r, ErrorCode.OUT_OF_RANGE, Field.RAMP_MS, r.ramp_ms, 1, m.max_ramp_ms)
+        sp = self.setpoint
+        delta = abs(r.target_current_ua - sp)
+        if delta * 1000.0 > m.slew_limit_ua_per_s * r.ramp_ms:
+            fastest = math.ceil(delta * 1000.0 / m.slew_limit_ua_per_s)
+            return self._nack(r, ErrorCode.SLEW_LIMIT, Field.RAMP_MS, r.ramp_ms, fastest, m.max_ramp_ms)
+        s = self.session
+        assert s is not None
+        s.target_ua = r.target_current_ua
+        self.flags &= ~StatusFlags.RESISTANCE_LIMIT
+        self.comp_run = 0
+        self.clear_run = 0
+        self._emit(EventCode.SETPOINT_CHANGED, r.target_current_ua)
+        if delta == 0.0:
+            self.ramp = Ramp(self.n, sp, sp, 0.0)
+            self.ramp_done_at = None
+            self._set_state(S.HOLD)
+        else:
+            self._start_ramp(float(r.target_current_ua), delta * 1000.0 / r.ramp_ms)
+            self._set_state(S.ADJUST)
+        return self._ack(r)
+
+    def _on_pause(self, r: Pause) -> list[Message]:
+        if self.state not in OUTPUT_STATES and self.state != S.CONTACT_CHECK:
+            return self._state_nack(r)
+        self._begin_pausing(self._pause_rate())
+        return self._ack(r)
+
+    def _on_resume(self, r: Resume) -> list[Message]:
+        if self.state != S.PAUSED:
+            return self._state_nack(r)
+        assert self.session is not None
+        nack = self._contact_nack(r, self.session.target_ua)
+        if nack is not None:
+            return nack
+        self._begin_contact_check(resume=True)
+        return self._ack(r)
+
+    def _on_stop(self, r: Stop) -> list[Message]:
+        if self.state == S.RAMP_DOWN:
+            return self._ack(r)
+        if self.state not in SESSION_STATES:
+            return self._state_nack(r)
+        self._emit(EventCode.STOPPED, int(self.charge))
+        self._end_session(EndReason.STOP, None)
+        return self._ack(r)
+
+    def _on_abort(self, r: Abort) -> list[Message]:
+        if self.state not in SESSION_STATES:
+            return self._state_nack(r)
+        self._emit(EventCode.ABORTED, int(self.charge))
+        self._end_session(EndReason.ABORT, float(self.model.slew_limit_ua_per_s))
+        return self._ack(r)
+
+    def _on_heartbeat(self, r: Heartbeat) -> list[Message]:
+        return self._ack(r)
+
+    def _on_configure_telemetry(self, r: ConfigureTelemetry) -> list[Message]:
+        if not 0 <= r.rate_hz <= self.model.max_telemetry_hz:
+            return self._nack(
+                r, ErrorCode.OUT_OF_RANGE, Field.RATE_HZ, r.rate_hz, 0, self.model.max_telemetry_hz
+            )
+        self.telemetry_hz = r.rate_hz
+        self._tele_anchor = self.device_time_s
+        self._tele_j = 1
+        self._emit(EventCode.TELEMETRY_CHANGED, r.rate_hz)
+        return self._ack(r)
+
+    def _on_fetch_events(self, r: FetchEvents) -> list[Message]:
+        if not 1 <= r.max_count <= 255:
+            return self._nack(r, ErrorCode.OUT_OF_RANGE, Field.MAX_COUNT, r.max_count, 1, 255)
+        first = self.events[0].event_no if self.events else self.next_event_no
+        start = max(r.from_event_no, first)
+        chosen = [e for e in self.events if e.event_no >= start][: r.max_count]
+        replies: list[Message] = [EventsReport(first, self.next_event_no & 0xFFFF_FFFF, len(chosen))]
+        replies.extend(
+            Event(e.event_no, e.device_time_ms, e.code, e.state, e.value, replayed=True) for e in chosen
+        )
+        if chosen:
+            self.last_fetched_no = max(self.last_fetched_no, chosen[-1].event_no)
+        self.flags &= ~StatusFlags.EVENTS_OVERFLOWED
+        lost = first - max(r.from_event_no, 1)
+        if lost > 0 and r.from_event_no < self.next_event_no:
+            self._emit(EventCode.EVENTS_LOST, lost)
+        return replies
+
+    def _on_set_watchdog(self, r: SetWatchdog) -> list[Message]:
+        m = self.model
+        if not m.min_watchdog_ms <= r.timeout_ms <= m.max_watchdog_ms:
+            return self._nack(
+                r,
+                ErrorCode.OUT_OF_RANGE,
+                Field.TIMEOUT_MS,
+                r.timeout_ms,
+                m.min_watchdog_ms,
+                m.max_watchdog_ms,
+            )
+        self.watchdog_ms = r.timeout_ms
+        self._emit(EventCode.WATCHDOG_CHANGED, r.timeout_ms)
+        return self._ack(r)
+
+    def _on_clear_fault(self, r: ClearFault) -> list[Message]:
+        if self.state != S.FAULT:
+            return self._nack(r, ErrorCode.BAD_STATE, Field.STATE, int(self.state))
+        if not self._output_is_zero():
+            return self._nack(r, ErrorCode.BAD_STATE, Field.STATE, int(self.state))
+        if self.flags & StatusFlags.HARDWARE_TRIP:
+            # the independent hardware latch is re-armed only by a restart (Reset or power cycle)
+            return self._nack(r, ErrorCode.FAULT_LATCHED, Field.NONE)
+        self.flags &= ~(
+            StatusFlags.OVERCURRENT
+            | StatusFlags.RESISTANCE_LIMIT
+            | StatusFlags.TIME_EXTENDED
+            | StatusFlags.ELECTRODE_LIFT
+            | StatusFlags.LINK_LOST
+        )
+        self.session = None
+        self.polarity = Polarity.NONE
+        self._emit(EventCode.FAULT_CLEARED, 0)
+        self._set_state(S.IDLE)
+        self._reset_detectors()
+        return self._ack(r)
+
+    def _on_reset(self, r: Reset) -> list[Message]:
+        if not self._output_is_zero():
+            return self._nack(r, ErrorCode.BAD_STATE, Field.STATE, int(self.state))
+        self.reboot_pending = True
+        return self._ack(r)
+
+    _HANDLERS: ClassVar[dict[type[Message], Callable[[Firmware, Any], list[Message]]]] = {
+        Identify: _on_identify,
+        GetStatus: _on_get_status,
+        CheckContact: _on_check_contact,
+        Start: _on_start,
+        SetCurrent: _on_set_current,
+        Pause: _on_pause,
+        Resume: _on_resume,
+        Stop: _on_stop,
+        Abort: _on_abort,
+        Heartbeat: _on_heartbeat,
+        ConfigureTelemetry: _on_configure_telemetry,
+        FetchEvents: _on_fetch_events,
+        SetWatchdog: _on_set_watchdog,
+        ClearFault: _on_clear_fault,
+        Reset: _on_reset,
+    }
+
+    # ------------------------------------------------------------------------------------ transitions
+
+    def _start_ramp(self, goal: float, rate: float, settle: bool = False) -> None:
+        """Ramp from the present set-point to ``goal`` at ``rate`` µA/s, starting with the next step."""
+        sp = self.setpoint
+        self.ramp = Ramp(self.n, sp, goal, rate)
+        done = self.ramp.end_step(self.dt) + 1
+        if settle:
+            done += self.settle_steps
+        self.ramp_done_at = max(done, self.n)
+
+    def _pause_rate(self) -> float:
+        if self.state == S.CONTACT_CHECK or self.session is None:
+            return float(self.model.slew_limit_ua_per_s)
+        return self.session.rate_down(self.setpoint)
+
+    def _begin_pausing(self, rate: float) -> None:
+        self.contact = None
+        self._start_ramp(0.0, rate, settle=True)
+        self._set_state(S.PAUSING)
+
+    def _end_session(self, reason: EndReason, rate: float | None) -> None:
+        s = self.session
+        assert s is not None
+        s.end_reason = reason
+        self.contact = None
+        if self.state == S.PAUSED:
+            self._finish_session()
+            return
+        if rate is None:
+            rate = (
+                float(self.model.slew_limit_ua_per_s)
+                if self.state == S.CONTACT_CHECK
+                else s.rate_down(self.setpoint)
+            )
+        if self.state in (S.PAUSING, S.RAMP_DOWN):
+            rate = max(rate, self.ramp.rate)  # never slow down a ramp that is already under way
+        self._start_ramp(0.0, rate, settle=True)
+        self._set_state(S.RAMP_DOWN)
+
+    def _finish_session(self) -> None:
+        s = self.session
+        assert s is not None
+        if s.end_reason in (EndReason.DOSE, EndReason.CAP):
+            self._emit(EventCode.DOSE_COMPLETE, int(self.charge))
+        self._emit(EventCode.SESSION_ENDED, int(self.charge))
+        self.ramp = Ramp(self.n, 0.0, 0.0, 0.0)
+        self.ramp_done_at = None
+        self._set_state(S.DONE)
+
+    def _begin_contact_check(self, resume: bool) -> None:
+        slew = float(self.model.slew_limit_ua_per_s)
+        probe = float(PROBE_MAX_UA)
+        ramp_steps = max(1, math.ceil(probe / (slew * self.dt) - 1e-9))
+        n0 = self.n
+        window = max(1, round(CONTACT_WINDOW_S / self.dt))
+        measure_start = n0 + ramp_steps + self.settle_steps
+        min_measure = max(10, round(0.05 / self.dt))
+        down_start = max(n0 + window - ramp_steps - self.settle_steps, measure_start + min_measure)
+        assert self.session is not None
+        _, high = self._contact_limits(self.session.target_ua)
+        self.contact = ContactCheck(
+            resume=resume,
+            probe_ua=probe,
+            high_limit=high,
+            start_step=n0,
+            measure_start=measure_start,
+            down_start=down_start,
+            end_step=down_start + ramp_steps + self.settle_steps,
+            samples_i=[],
+            samples_v=[],
+        )
+        self.ramp = Ramp(n0, 0.0, probe, slew)
+        self.ramp_done_at = None
+        self._set_state(S.CONTACT_CHECK)
+
+    def _finish_contact_check(self) -> None:
+        c = self.contact
+        s = self.session
+        assert c is not None and s is not None
+        self.contact = None
+        i = np.concatenate(c.samples_i) if c.samples_i else np.zeros(0)
+        v = np.concatenate(c.samples_v) if c.samples_v else np.zeros(0)
+        half = i.shape[0] // 2
+        verdict_ok = False
+        z_report = OPEN_CIRCUIT_OHM
+        if half >= 1 and i.mean() >= 0.5 * c.probe_ua:
+            z1 = v[:half].mean() * 1000.0 / max(i[:half].mean(), 1e-9)
+            z2 = v[half:].mean() * 1000.0 / max(i[half:].mean(), 1e-9)
+            z = v.mean() * 1000.0 / i.mean()
+            z_report = min(round(z), OPEN_CIRCUIT_OHM - 1)
+            stable = abs(z1 - z2) <= CONTACT_STABILITY * min(z1, z2)
+            verdict_ok = stable and CONTACT_LOW_OHM <= z <= c.high_limit
+        self.last_impedance = z_report
+        self.ramp = Ramp(self.n, 0.0, 0.0, 0.0)
+        self.ramp_done_at = None
+        if not verdict_ok:
+            self.flags &= ~StatusFlags.CONTACT_OK
+            self._emit(EventCode.CONTACT_FAILED, z_report)
+            if c.resume:
+                self._set_state(S.PAUSED)
+            else:
+                self.session = None
+                self.polarity = Polarity.NONE
+                self._set_state(S.IDLE)
+            return
+        self.flags |= StatusFlags.CONTACT_OK
+        self.flags &= ~StatusFlags.ELECTRODE_LIFT
+        self._emit(EventCode.CONTACT_OK, z_report)
+        if c.resume:
+            self._emit(EventCode.RESUMED, int(self.charge))
+        self._reset_detectors()
+        s.pulse_anchor = self.n
+        self._start_ramp(float(s.target_ua), s.rate_up)
+        self._set_state(S.RAMP_UP)
+
+    def _watchdog_fire(self) -> None:
+        self.watchdog_fired = True
+        silent_ms = round((self.link_now - self.last_frame_link) * 1000.0)
+        if self.state in OUTPUT_STATES or self.state == S.CONTACT_CHECK:
+            self.flags |= StatusFlags.LINK_LOST
+            self._emit(EventCode.LINK_LOST, max(silent_ms, self.watchdog_ms))
+            self._begin_pausing(self._pause_rate())
+        elif self.state in (S.PAUSING, S.RAMP_DOWN) or (self.state == S.FAULT and not self._output_is_zero()):
+            self.flags |= StatusFlags.LINK_LOST
+            self._emit(EventCode.LINK_LOST, max(silent_ms, self.watchdog_ms))
+
+    def _ramp_complete(self) -> None:
+        st = self.state
+        if st == S.RAMP_UP or st == S.ADJUST:
+            self.ramp = Ramp(self.n, self.ramp.goal, self.ramp.goal, 0.0)
+            self.ramp_done_at = None
+            self._set_state(S.HOLD)
+        elif st == S.PAUSING:
+            self.ramp = Ramp(self.n, 0.0, 0.0, 0.0)
+            self.ramp_done_at = None
+            self._emit(EventCode.PAUSED, int(self.charge))
+            self._set_state(S.PAUSED)
+        elif st == S.RAMP_DOWN:
+            self._finish_session()
+        elif st == S.FAULT:
+            self.ramp = Ramp(self.n, 0.0, 0.0, 0.0)
+            self.ramp_done_at = None
+        else:  # pragma: no cover - no other state has a finite ramp
+            self.ramp_done_at = None
+
+    def _on_limit_steps(self) -> int | None:
+        s = self.session
+        if s is None or self.state not in OUTPUT_STATES:
+            return None
+        limit_ms = self.model.max_duration_ms - s.ramp_down_ms
+        if not s.dose_based:
+            limit_ms = min(limit_ms, s.duration_ms - s.ramp_down_ms)
+        return max(0, math.ceil(limit_ms / 1000.0 / self.dt - 1e-9))
+
+    def _boundary(self, wd_step: int | None) -> None:
+        """Handle every scheduled event that is due after ``self.n`` steps."""
+        for _ in range(16):
+            if wd_step is not None and not self.watchdog_fired and self.n >= wd_step:
+                self._watchdog_fire()
+                continue
+            c = self.contact
+            if c is not None and self.state == S.CONTACT_CHECK:
+                if not c.down and self.n >= c.down_start:
+                    c.down = True
+                    self.ramp = Ramp(self.n, self.setpoint, 0.0, float(self.model.slew_limit_ua_per_s))
+                    continue
+                if self.n >= c.end_step:
+                    self._finish_contact_check()
+                    continue
+            if self.ramp_done_at is not None and self.n >= self.ramp_done_at:
+                self._ramp_complete()
+                continue
+            limit = self._on_limit_steps()
+            s = self.session
+            if limit is not None and s is not None and s.on_steps >= limit:
+                self._end_session(EndReason.MAX_DURATION if s.dose_based else EndReason.TIME, None)
+                continue
+            return
+
+    def _horizon(self, wd_step: int | None) -> int:
+        """Step count at which the next scheduled event is due (> self.n), or a large number."""
+        h = self.n + self.max_block_steps
+        if wd_step is not None and not self.watchdog_fired and wd_step > self.n:
+            h = min(h, wd_step)
+        c = self.contact
+        if c is not None and self.state == S.CONTACT_CHECK:
+            h = min(h, c.down_start if not c.down else c.end_step)
+        if self.ramp_done_at is not None:
+            h = min(h, self.ramp_done_at)
+        limit = self._on_limit_steps()
+        if limit is not None and self.session is not None:
+            h = min(h, self.n + max(1, limit - self.session.on_steps))
+        return max(h, self.n + 1)
+
+    # ------------------------------------------------------------------------------------------- time
+
+    def advance(self, session_dt: float, link_dt: float | None = None) -> None:
+        """Run forward by ``session_dt`` seconds of session time and ``link_dt`` of link time.
+
+        Raises:
+            ValueError: a negative or non-finite interval.
+        """
+        if link_dt is None:
+            link_dt = session_dt
+        for name, value in (("session_dt_s", session_dt), ("link_dt_s", link_dt)):
+            if not (value >= 0.0 and math.isfinite(value)):
+                raise ValueError(f"{name} = {value!r} is out of range: must be a finite number >= 0")
+        self._t_acc += session_dt
+        n_target = max(self.n, math.floor(self._t_acc / self.dt + 1e-9))
+        steps = n_target - self.n
+        link0 = self.link_now
+        wd_step: int | None = None
+        if not self.watchdog_fired:
+            deadline = self.last_frame_link + self.watchdog_ms / 1000.0
+            if deadline <= link0 + link_dt + 1e-12:
+                frac = 0.0 if link_dt <= 0 else max(0.0, (deadline - link0) / link_dt)
+                wd_step = self.n + min(steps, math.ceil(frac * steps - 1e-9))
+        while True:
+            if wd_step is not None and self.n >= wd_step:
+                self.link_now = max(
+                    self.link_now, min(link0 + link_dt, self.last_frame_link + self.watchdog_ms / 1000.0)
+                )
+            self._boundary(wd_step)
+            if self.n >= n_target:
+                break
+            end = min(n_target, self._horizon(wd_step))
+            self._block(self.n, end)
+        self.link_now = link0 + link_dt
+
+    # ------------------------------------------------------------------------------------------ blocks
+
+    def _pulse_fraction(self, idx: np.ndarray) -> np.ndarray | None:
+        s = self.session
+        if s is None or s.waveform != Waveform.PULSED_DC or self.state == S.CONTACT_CHECK:
+            return None
+        period = 1.0 / s.pulse_frequency_hz
+        on = s.duty * period
+
+        def on_time(x: np.ndarray) -> np.ndarray:
+            cycles = np.floor(x / period)
+            return cycles * on + np.minimum(x - cycles * period, on)
+
+        t0 = (idx - s.pulse_anchor) * self.dt
+        return (on_time(t0 + self.dt) - on_time(t0)) / self.dt
+
+    def _dose_aim(self, s: Session) -> float:
+        cap = DOSE_AIM_CAP_FRACTION * self.model.dose_cap_uas
+        return min(float(s.dose_uas), cap) if s.dose_based else cap
+
+    def _ramp_charge(self, s: Session, sp: np.ndarray | float) -> np.ndarray | float:
+        """Charge (µA·s) a ramp-down from ``sp`` will deliver at the session's ramp-down rate (S11)."""
+        rate = np.maximum(sp, s.target_ua) * 1000.0 / s.ramp_down_ms
+        return s.duty * (sp * sp / (2.0 * rate) + sp * (self.model.output_tau_s - self.dt / 2.0))
+
+    def _block(self, n0: int, n1: int) -> None:
+        dt = self.dt
+        count = n1 - n0
+        idx = np.arange(n0, n1, dtype=np.int64)
+        t = (idx + 1) * dt
+        sp = self.ramp.values(idx, dt)
+        frac = self._pulse_fraction(idx)
+        u = sp if frac is None else sp * frac
+        pb = self.plant.simulate(self.plant_state, n0, u, t)
+        state = self.state
+        s = self.session
+
+        # measurements derived per step (with carry-over)
+        i10 = detect.moving_mean(self.hist_i, pb.i_meas)
+        v10 = detect.moving_mean(self.hist_v, pb.v_meas)
+        r10 = detect.moving_mean(self.hist_r, pb.i_reg)
+        valid = i10 >= self.i_valid
+        with np.errstate(divide="ignore", invalid="ignore"):
+            zf = np.where(valid, v10 * 1000.0 / np.where(valid, i10, 1.0), np.inf)
+        v_comp = float(self.model.compliance_mv)
+        open_now = (
+            (pb.i_reg >= 2.0 * self.i_valid)
+            & (pb.i_meas < 0.1 * pb.i_reg)
+            & (pb.v_meas >= COMPLIANCE_HIGH * v_comp)
+        )
+
+        # trigger conditions
+        candidates: list[tuple[int, Trigger]] = []
+        if self.model.hardware_trip_ua and not self.flags & StatusFlags.HARDWARE_TRIP:
+            k = detect.first_true(pb.i_true > self.model.hardware_trip_ua)
+            if k is not None:
+                candidates.append((k, Trigger.HARDWARE_TRIP))
+        if state != S.FAULT:
+            threshold = np.minimum(
+                OVERCURRENT_FRACTION * pb.i_reg + self.trip_margin, self.model.trip_current_ua
+            )
+            k = detect.first_true(pb.i_meas > threshold)
+            if k is not None:
+                candidates.append((k, Trigger.OVERCURRENT))
+        slew = float(self.model.slew_limit_ua_per_s)
+        protective = state in OUTPUT_STATES or (state in (S.RAMP_DOWN, S.PAUSING) and self.ramp.rate < slew)
+        zmin = None
+        short_runs = None
+        if protective:
+            zmin = detect.sliding_min(self.hist_z, zf)
+            k = detect.first_true(valid & (zf > LIFT_RISE * zmin))
+            if k is not None:
+                candidates.append((k, Trigger.LIFT))
+            k = detect.first_true(open_now)
+            if k is not None:
+                candidates.append((k, Trigger.OPEN))
+            short_runs = detect.run_lengths(valid & (zf < CONTACT_LOW_OHM), self.short_run)
+            k = detect.first_true(short_runs >= self.short_steps)
+            if k is not None:
+                candidates.append((k, Trigger.SHORT))
+        comp_runs = clear_runs = None
+        charge = None
+        if state in CHARGE_STATES and (state != S.FAULT or self.ramp_done_at is not None):
+            charge_sums = self.charge_sum + np.cumsum(pb.i_meas)
+            charge = charge_sums * dt
+        if state in OUTPUT_STATES and s is not None:
+            if frac is None:
+                v_high = pb.v_meas >= COMPLIANCE_HIGH * v_comp
+                v_low = pb.v_meas < COMPLIANCE_CLEAR * v_comp
+            else:  # pulsed: judge the on-phase voltage; off-phase steps neither start nor break a run
+                pulse_on = frac > 0.05
+                v_on = pb.v_meas / np.where(pulse_on, frac, 1.0)
+                v_high = np.where(pulse_on, v_on >= COMPLIANCE_HIGH * v_comp, True)
+                v_low = np.where(pulse_on, v_on < COMPLIANCE_CLEAR * v_comp, True)
+            comp_runs = detect.run_lengths(v_high, self.comp_run)
+            k = detect.first_true(comp_runs >= self.compliance_steps)
+            if k is not None:
+                candidates.append((k, Trigger.COMPLIANCE))
+            if self.flags & StatusFlags.RESISTANCE_LIMIT and state == S.HOLD and self.setpoint < s.target_ua:
+                clear_runs = detect.run_lengths(v_low, self.clear_run)
+                k = detect.first_true(clear_runs >= self.compliance_steps)
+                if k is not None:
+                    candidates.append((k, Trigger.COMPLIANCE_CLEAR))
+            assert charge is not None
+            k = detect.first_true(charge + self._ramp_charge(s, sp) >= self._dose_aim(s))
+            if k is not None:
+                candidates.append((k, Trigger.DOSE))
+
+        trigger: Trigger | None = None
+        commit = count
+        if candidates:
+            k, trigger = min(candidates, key=lambda c: (c[0], c[1].value))
+            commit = k + 1
+
+        # ---- commit the first `commit` steps
+        last = commit - 1
+        self.plant_state = pb.state_after(commit)
+        if charge is not None:
+            self.charge_sum = float(charge_sums[last])
+        if s is not None and state in OUTPUT_STATES:
+            s.on_steps += commit
+        self.hist_i = np.concatenate((self.hist_i, pb.i_meas[:commit]))[-(MEAN_WINDOW_STEPS - 1) :]
+        self.hist_v = np.concatenate((self.hist_v, pb.v_meas[:commit]))[-(MEAN_WINDOW_STEPS - 1) :]
+        self.hist_r = np.concatenate((self.hist_r, pb.i_reg[:commit]))[-(MEAN_WINDOW_STEPS - 1) :]
+        self.hist_z = np.concatenate((self.hist_z, zf[:commit]))[-(self.lift_window - 1) :]
+        self.short_run = int(short_runs[last]) if short_runs is not None else 0
+        self.comp_run = int(comp_runs[last]) if comp_runs is not None else 0
+        self.clear_run = int(clear_runs[last]) if clear_runs is not None else 0
+        c = self.contact
+        if c is not None and state == S.CONTACT_CHECK:
+            lo = max(c.measure_start, n0)
+            hi = min(c.down_start, n0 + commit)
+            if hi > lo:
+                c.samples_i.append(pb.i_meas[lo - n0 : hi - n0])
+                c.samples_v.append(pb.v_meas[lo - n0 : hi - n0])
+        # reported impedance: the 10-step estimate where valid, OPEN when open, else the last known value
+        reported = np.where(valid[:commit], np.minimum(np.round(zf[:commit]), OPEN_CIRCUIT_OHM - 1), -1.0)
+        reported = np.where(open_now[:commit], float(OPEN_CIRCUIT_OHM), reported)
+        known = reported >= 0
+        if known.any():
+            pos = np.maximum.accumulate(np.where(known, np.arange(commit), -1))
+            filled = np.where(pos >= 0, reported[np.maximum(pos, 0)], float(self.last_impedance))
+        else:
+            filled = np.full(commit, float(self.last_impedance))
+        self.last_impedance = int(filled[last])
+        self.last_i_meas = float(pb.i_meas[last])
+        self.last_v_meas = float(pb.v_meas[last])
+        self.last_output = float(pb.i_true[last])
+        charge_arr = charge[:commit] if charge is not None else np.full(commit, self.charge)
+        self._telemetry(n0, commit, sp, pb, filled, charge_arr, frac)
+        if self.trace is not None:
+            physical = pb.physical[:commit].copy()
+            if self._physical_next:
+                physical[0] = True
+            self.trace.write(
+                TraceBlock(
+                    step=idx[:commit],
+                    t_s=t[:commit],
+                    state=np.full(commit, int(state), dtype=np.int64),
+                    setpoint_ua=sp[:commit],
+                    output_ua=pb.i_true[:commit],
+                    voltage_mv=pb.v_true[:commit],
+                    impedance_ohm=pb.z_true[:commit],
+                    charge_uas=charge_arr,
+                    physical=physical,
+                    polarity=np.full(commit, int(self.polarity), dtype=np.int64),
+                    session=np.full(commit, self.boot_count * 65_536 + self.session_id, dtype=np.int64),
+                )
+            )
+        self._physical_next = False
+        self.n = n0 + commit
+        if trigger is not None:
+            self._handle_trigger(trigger, last, pb, i10 / np.maximum(r10, 1e-9), zf)
+
+    def _handle_trigger(
+        self, trigger: Trigger, k: int, pb: PlantBlock, delivered: np.ndarray, zf: np.ndarray
+    ) -> None:
+        """React to a trigger found at block index ``k``; ``delivered`` = measured / nominal current."""
+        slew = float(self.model.slew_limit_ua_per_s)
+        s = self.session
+        if trigger in (Trigger.HARDWARE_TRIP, Trigger.OVERCURRENT):
+            if trigger == Trigger.HARDWARE_TRIP:
+                self.flags |= StatusFlags.HARDWARE_TRIP
+                code, value = EventCode.HARDWARE_TRIP, round(float(pb.i_true[k]))
+            else:
+                self.flags |= StatusFlags.OVERCURRENT
+                code, value = EventCode.OVERCURRENT_TRIP, round(float(pb.i_meas[k]))
+            self.contact = None
+            self._emit(code, value)
+            self._start_ramp(0.0, slew, settle=True)
+            self._set_state(S.FAULT)
+            return
+        if trigger in (Trigger.SHORT, Trigger.LIFT, Trigger.OPEN):
+            if trigger == Trigger.SHORT:
+                self._emit(EventCode.SHORT_CIRCUIT, round(float(zf[k])))
+            else:
+                self.flags |= StatusFlags.ELECTRODE_LIFT
+                z = (
+                    OPEN_CIRCUIT_OHM
+                    if trigger == Trigger.OPEN
+                    else min(round(float(zf[k])), OPEN_CIRCUIT_OHM - 1)
+                )
+                self._emit(EventCode.ELECTRODE_LIFT, z)
+            self._reset_lift_window()
+            self.short_run = 0
+            if self.state in OUTPUT_STATES:
+                self._begin_pausing(slew)
+            else:  # already ramping to zero: hurry up
+                self._start_ramp(0.0, slew, settle=True)
+            return
+        assert s is not None
+        if trigger == Trigger.DOSE:
+            self._end_session(EndReason.DOSE if s.dose_based else EndReason.CAP, None)
+            return
+        if trigger == Trigger.COMPLIANCE:
+            self.comp_run = 0
+            held = math.floor(min(float(delivered[k]), 1.0) * self.setpoint)
+            first = not self.flags & StatusFlags.RESISTANCE_LIMIT
+            self.flags |= StatusFlags.RESISTANCE_LIMIT
+            self.held_ua = held
+            self.ramp = Ramp(self.n, float(held), float(held), 0.0)
+            self.ramp_done_at = None
+            if first:
+                self._emit(EventCode.RESISTANCE_LIMIT, held)
+                if s.dose_based and not self.flags & StatusFlags.TIME_EXTENDED:
+                    self.flags |= StatusFlags.TIME_EXTENDED
+                    left = max(0.0, self._dose_aim(s) - self.charge)
+                    extension = left / max(held * s.duty, 1.0) - left / (s.target_ua * s.duty)
+                    self._emit(EventCode.TIME_EXTENDED, max(0, round(extension * 1000.0)))
+            self._set_state(S.HOLD)
+            return
+        if trigger == Trigger.COMPLIANCE_CLEAR:
+            self.clear_run = 0
+            self.flags &= ~StatusFlags.RESISTANCE_LIMIT
+            self._emit(EventCode.RESISTANCE_LIMIT_CLEARED, s.target_ua)
+            self._start_ramp(float(s.target_ua), s.rate_up)
+            self._set_state(S.ADJUST)
+            return
+
+    # -------------------------------------------------------------------------------------- telemetry
+
+    def _telemetry(
+        self,
+        n0: int,
+        commit: int,
+        sp: np.ndarray,
+        pb: PlantBlock,
+        impedance: np.ndarray,
+        charge: np.ndarray,
+        frac: np.ndarray | None,
+    ) -> None:
+        rate = self.telemetry_hz
+        if rate <= 0:
+            return
+        period = 1.0 / rate
+        first_end = (n0 + 1 - self.boot_n) * self.dt
+        last_end = (n0 + commit - self.boot_n) * self.dt
+        t_next = self._tele_anchor + self._tele_j * period
+        if t_next > last_end + 1e-9:
+            return
+        count = math.floor((last_end - t_next) / period + 1e-9) + 1
+        times = t_next + np.arange(count) * period
+        self._tele_j += count
+        pos = np.ceil((times - first_end) / self.dt - 1e-6).astype(np.int64)
+        pos = np.unique(np.clip(pos, 0, commit - 1))
+        base = self._flags_now()
+        for i in pos.tolist():
+            flags = base
+            if sp[i] > 0 or pb.i_meas[i] > self.output_on_threshold:
+                flags |= StatusFlags.OUTPUT_ON
+            if frac is not None and frac[i] >= 0.5:
+                flags |= StatusFlags.PULSE_ON
+            self.sample_no += 1
+            self.outbox.append(
+                Telemetry(
+                    sample_no=self.sample_no & 0xFFFF_FFFF,
+                    device_time_ms=round((n0 + i + 1 - self.boot_n) * self.dt * 1000.0) & 0xFFFF_FFFF,
+                    state=self.state,
+                    flags=flags,
+                    polarity=self.polarity,
+                    setpoint_ua=round(float(sp[i])),
+                    measured_ua=int(pb.i_meas[i]),
+                    voltage_mv=int(pb.v_meas[i]),
+                    impedance_ohm=int(impedance[i]),
+                    charge_uas=min(int(charge[i]), 0xFFFF_FFFF),
+                )
+            )

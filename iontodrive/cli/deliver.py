@@ -1,0 +1,439 @@
+"""``iontodrive deliver``: run a whole session with a live display.
+
+Ctrl-C: the first one raises KeyboardInterrupt in the main thread, which the driver's ``Session.wait``
+turns into a ramped stop; later ones only print a notice (they never raise), so nothing can cut the
+ramp-down short. SIGTERM is handled by the driver in the same way.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import logging
+import signal
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+from iontodrive.cli import exitcodes, fmt
+from iontodrive.cli.device import PORT_HELP
+from iontodrive.cli.display import DisplayLogHandler, LiveDisplay
+from iontodrive.cli.ports_open import open_for
+
+DEFAULT_RECORD_DIR = Path(tempfile.gettempdir()) / "iontodrive-records"
+SESSION_TELEMETRY_HZ = 10
+
+# Messages of iontodrive.session that the CLI replaces with its own Ctrl-C notices.
+_DRIVER_INTERRUPT_MESSAGES = frozenset(
+    {
+        "%s: ramping down before exiting",
+        "%s again: still ramping down, output is not cut",
+    }
+)
+
+
+def add_parser(subparsers: Any) -> None:
+    parser = subparsers.add_parser(
+        "deliver",
+        help="run a session: contact check, ramp up, hold, ramp down, with live progress",
+        description=(
+            "Run one session: the driver checks the prescription against the device's hard limits and "
+            "the safety rules, checks contact, starts, and shows live progress (dose bar, time left, "
+            "current, voltage, impedance, state, events) until output is back at zero. Give --current-ma "
+            "and exactly one of --dose-ma-min / --duration-s (and --polarity), or a --preset with any "
+            "field overridden. Ctrl-C ramps the output down over the ramp-down time (a second Ctrl-C does "
+            "not skip the ramp) and exits with code 130. The session record (JSON Lines) is written as it "
+            "happens."
+        ),
+    )
+    parser.add_argument("port", metavar="PORT", help=PORT_HELP)
+    parser.add_argument(
+        "--preset",
+        metavar="NAME",
+        help="start from a named prescription (see `iontodrive presets`); explicit options override it",
+    )
+    parser.add_argument("--current-ma", type=float, metavar="MA", help="target current in mA (milliampere)")
+    length = parser.add_mutually_exclusive_group()
+    length.add_argument(
+        "--dose-ma-min",
+        type=float,
+        metavar="MA_MIN",
+        help="dose-based session: charge to deliver in mA·min, ramps included (1 mA·min = 60 mC)",
+    )
+    length.add_argument(
+        "--duration-s",
+        type=float,
+        metavar="S",
+        help="time-based session: total time in seconds with output on, ramps included",
+    )
+    parser.add_argument(
+        "--ramp-up-s",
+        type=float,
+        metavar="S",
+        help="ramp-up time in seconds, 5-60 (default: 30, or the preset's)",
+    )
+    parser.add_argument(
+        "--ramp-down-s",
+        type=float,
+        metavar="S",
+        help="ramp-down time in seconds, 5-60; also used by Ctrl-C (default: 30, or the preset's)",
+    )
+    parser.add_argument(
+        "--polarity",
+        choices=("cathode", "anode"),
+        help="active (drug) electrode; dexamethasone goes from the cathode (required without a preset)",
+    )
+    parser.add_argument(
+        "--waveform", choices=("dc", "pulsed-dc"), help="output waveform (default: dc, or the preset's)"
+    )
+    parser.add_argument(
+        "--pulse-hz",
+        type=int,
+        metavar="HZ",
+        help="pulse frequency in Hz for pulsed DC (model range: see info)",
+    )
+    parser.add_argument(
+        "--duty", type=int, metavar="PERCENT", help="pulsed-DC duty cycle in percent, 10-90 (default: 50)"
+    )
+    parser.add_argument(
+        "--area-cm2",
+        type=float,
+        metavar="CM2",
+        help="active electrode area in cm²: enables the density check (warn > 0.5, refuse > 2 mA/cm²)",
+    )
+    parser.add_argument(
+        "--record",
+        metavar="PATH",
+        help=f"session record to write (JSON Lines; must not exist; default: a file in {DEFAULT_RECORD_DIR})",
+    )
+    parser.add_argument(
+        "--label",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="operator label stored in the record (repeatable), e.g. --label patient=P-017 --label site=arm",
+    )
+    parser.add_argument(
+        "--json",
+        action="store_true",
+        help="print one JSON result on stdout at the end (the live display goes to stderr)",
+    )
+    parser.add_argument(
+        "--interval-s",
+        type=float,
+        default=1.0,
+        metavar="S",
+        help="when output is not a terminal: seconds (wall time) between plain progress lines (default: 1)",
+    )
+    parser.add_argument(
+        "--telemetry-hz",
+        type=int,
+        default=SESSION_TELEMETRY_HZ,
+        metavar="HZ",
+        help="telemetry rate during the session, per second of device time; feeds the display and the record "
+        f"(default: {SESSION_TELEMETRY_HZ})",
+    )
+    parser.add_argument("--quiet", action="store_true", help="no live display; only the final summary")
+    parser.set_defaults(func=run)
+
+
+# ------------------------------------------------------------------------------------------ arguments
+
+
+def parse_labels(items: list[str]) -> dict[str, str]:
+    """``["patient=P1", "site=left arm"]`` -> ``{"patient": "P1", "site": "left arm"}``."""
+    labels: dict[str, str] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        key = key.strip()
+        if not sep or not key:
+            raise exitcodes.UsageError(f"--label {item!r}: expected KEY=VALUE")
+        labels[key] = value
+    return labels
+
+
+def overrides_from(args: argparse.Namespace) -> dict[str, Any]:
+    """Prescription fields given explicitly on the command line (None = not given)."""
+    return {
+        "current_ma": args.current_ma,
+        "dose_ma_min": args.dose_ma_min,
+        "duration_s": args.duration_s,
+        "ramp_up_s": args.ramp_up_s,
+        "ramp_down_s": args.ramp_down_s,
+        "polarity": args.polarity,
+        "waveform": None if args.waveform is None else args.waveform.replace("-", "_"),
+        "pulse_frequency_hz": args.pulse_hz,
+        "duty_percent": args.duty,
+        "electrode_area_cm2": args.area_cm2,
+    }
+
+
+def prescription_from(args: argparse.Namespace) -> Any:
+    """The Prescription to deliver: a preset with overrides, or the explicit options alone.
+
+    Raises:
+        UsageError: required options are missing (exit code 2).
+        PresetError: unknown preset (exit code 2).
+        SafetyRefusal: a value is out of range (exit code 3).
+    """
+    from iontodrive.presets import build_prescription
+
+    overrides = overrides_from(args)
+    if args.preset is None:
+        missing = [
+            option
+            for option, present in (
+                ("--current-ma", overrides["current_ma"] is not None),
+                (
+                    "--dose-ma-min or --duration-s",
+                    args.dose_ma_min is not None or args.duration_s is not None,
+                ),
+                ("--polarity", overrides["polarity"] is not None),
+            )
+            if not present
+        ]
+        if missing:
+            raise exitcodes.UsageError(f"deliver needs {', '.join(missing)} (or a --preset)")
+    if overrides["pulse_frequency_hz"] is not None and overrides["waveform"] is None:
+        overrides["waveform"] = "pulsed_dc"
+    return build_prescription(args.preset, overrides)
+
+
+def default_record_path(serial: object) -> Path:
+    DEFAULT_RECORD_DIR.mkdir(parents=True, exist_ok=True)
+    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S")
+    path = DEFAULT_RECORD_DIR / f"{stamp}-{serial}.jsonl"
+    n = 1
+    while path.exists():
+        n += 1
+        path = DEFAULT_RECORD_DIR / f"{stamp}-{serial}-{n}.jsonl"
+    return path
+
+
+# ------------------------------------------------------------------------------------------- Ctrl-C
+
+
+class InterruptGuard:
+    """SIGINT handler for the duration of a session.
+
+    The first Ctrl-C prints what happens and raises KeyboardInterrupt (the driver then ramps down); every
+    later one prints a notice and returns, so it can never interrupt the ramp-down or the clean-up.
+    """
+
+    def __init__(self, display: LiveDisplay, ramp_down_s: float) -> None:
+        self._display = display
+        self._ramp_down_s = ramp_down_s
+        self.count = 0
+        self._previous: Any = None
+
+    def __enter__(self) -> InterruptGuard:
+        if threading.current_thread() is threading.main_thread():
+            self._previous = signal.signal(signal.SIGINT, self._handle)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._previous is not None:
+            signal.signal(signal.SIGINT, self._previous)
+            self._previous = None
+
+    def _handle(self, signum: int, frame: FrameType | None) -> None:
+        self.count += 1
+        if self.count == 1:
+            self._display.notice(
+                f"Ctrl-C: stopping. Ramping the output down to 0 mA over {self._ramp_down_s:g} s "
+                "(device time); the output is not cut. Pressing Ctrl-C again will not skip the ramp."
+            )
+            raise KeyboardInterrupt
+        self._display.notice("Ctrl-C again: still ramping down; the ramp-down is not skipped.")
+
+
+class _DropDriverInterruptNotices(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not (record.name == "iontodrive.session" and record.msg in _DRIVER_INTERRUPT_MESSAGES)
+
+
+@contextlib.contextmanager
+def display_logging(display: LiveDisplay) -> Iterator[None]:
+    """Route WARNING+ log records through the display while it is live (so they do not tear its line)."""
+    root = logging.getLogger()
+    cli_handlers = [h for h in root.handlers if getattr(h, "_iontodrive_cli", False)]
+    handler = DisplayLogHandler(display)
+    level = root.level
+    if cli_handlers:
+        handler.setFormatter(cli_handlers[0].formatter)
+        handler.setLevel(min(h.level for h in cli_handlers) or logging.NOTSET)
+        for log_filter in cli_handlers[0].filters:
+            handler.addFilter(log_filter)
+    handler.addFilter(_DropDriverInterruptNotices())
+    for h in cli_handlers:
+        root.removeHandler(h)
+    root.addHandler(handler)
+    try:
+        yield
+    finally:
+        root.removeHandler(handler)
+        for h in cli_handlers:
+            root.addHandler(h)
+        root.setLevel(level)
+
+
+def ensure_ramped_down(stim: Any, timeout_s: float) -> None:
+    """Safety net for an interrupt that escaped before the driver's session took charge.
+
+    If the device still has output on or a session running, send Stop (a ramp) and wait for zero.
+    """
+    from iontodrive.protocol import DeviceState, Stop
+
+    if not hasattr(stim, "status"):  # a bench source: it ramps its own output down on close
+        return
+    idle = {DeviceState.IDLE, DeviceState.DONE, DeviceState.FAULT}
+    status = stim.status()
+    if status.state in idle and status.setpoint_ua == 0:
+        return
+    with contextlib.suppress(Exception):
+        stim.request(Stop())
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        status = stim.status()
+        if status.state in idle and status.setpoint_ua == 0:
+            return
+        time.sleep(0.1)
+
+
+# ------------------------------------------------------------------------------------------------ run
+
+
+def run(args: argparse.Namespace) -> int:
+    from iontodrive.cli.report import summarize
+    from iontodrive.errors import SessionInterrupted
+    from iontodrive.protocol import IdentityReport
+    from iontodrive.record import SessionRecord
+
+    prescription = prescription_from(args)
+    labels = parse_labels(args.label)
+    if args.interval_s <= 0:
+        raise exitcodes.UsageError("--interval-s must be > 0")
+    if args.telemetry_hz < 1:
+        raise exitcodes.UsageError("--telemetry-hz must be >= 1")
+    record_path = Path(args.record) if args.record else None
+    if record_path is not None and record_path.exists():
+        raise exitcodes.UsageError(f"--record {record_path}: file exists (a record is never overwritten)")
+    if record_path is not None:
+        record_path.parent.mkdir(parents=True, exist_ok=True)
+
+    stream = sys.stderr if args.json else sys.stdout
+    display = LiveDisplay(stream, tty=stream.isatty(), interval_s=args.interval_s, notice_stream=sys.stderr)
+    error: BaseException | None = None
+    code = exitcodes.OK
+    with display_logging(display), InterruptGuard(display, prescription.ramp_down_s) as guard:
+        try:
+            with open_for(args) as stim:
+                identity = stim.identity
+                if record_path is None:
+                    record_path = default_record_path(getattr(identity, "serial_number", "device"))
+                if isinstance(identity, IdentityReport):  # a stimulator (VISA sources check themselves)
+                    _check_and_plan(display, prescription, identity)
+                if not args.quiet:
+                    model = getattr(identity, "model", "device")
+                    serial = getattr(identity, "serial_number", "?")
+                    display.message(f"{model} #{serial} on {getattr(stim, 'url', args.port)}")
+                    display.message(f"prescription: {prescription.describe()}")
+                    if display.plan is not None:
+                        plan = display.plan
+                        display.message(
+                            f"expected: {fmt.duration(plan.total_s)} (m:s of device time), "
+                            f"{plan.charge_uas / 60000:.2f} mA·min"
+                        )
+                    display.message(f"record: {record_path}")
+
+                def on_event(event: Any) -> None:
+                    display.event(
+                        fmt.describe_event(event.code, event.value, event.state), event.device_time_ms / 1000
+                    )
+
+                extra: dict[str, Any] = {}
+                if hasattr(stim, "configure_telemetry"):  # a stimulator: set its telemetry rate
+                    extra["telemetry_hz"] = args.telemetry_hz
+                try:
+                    stim.deliver(
+                        prescription,
+                        on_progress=None if args.quiet else display.progress,
+                        record_path=record_path,
+                        labels=labels,
+                        on_event=None if args.quiet else on_event,
+                        **extra,
+                    )
+                except KeyboardInterrupt:
+                    # Escaped before the session's own handling took over: make sure output ramps down.
+                    display.notice("interrupted before the session was under way: checking the output")
+                    ensure_ramped_down(stim, prescription.ramp_down_s * 2 + 10)
+                    raise
+        except BaseException as exc:
+            if not isinstance(exc, Exception | KeyboardInterrupt):
+                raise
+            error = exc
+            code = exitcodes.exit_code_for(exc)
+        finally:
+            display.close()
+        if guard.count and error is None:
+            # The session ended by itself between the Ctrl-C and the driver seeing it.
+            error = SessionInterrupted("KeyboardInterrupt")
+            code = exitcodes.INTERRUPTED
+
+    summary: dict[str, Any] | None = None
+    if record_path is not None and record_path.exists():
+        try:
+            summary = summarize(SessionRecord.load(record_path))
+        except Exception as exc:  # a broken record must not hide the session's own error
+            logging.getLogger(__name__).warning("cannot read the record %s: %s", record_path, exc)
+    if args.json:
+        result = {
+            "exit_code": code,
+            "ok": code == exitcodes.OK,
+            "error": None if error is None else str(error),
+            "error_type": None if error is None else type(error).__name__,
+            "record": None if record_path is None else str(record_path),
+            "session": summary,
+        }
+        print(json.dumps(result, indent=2))
+    elif summary is not None:
+        _print_result(summary, record_path)
+    if error is not None:
+        from iontodrive.cli import error_line
+
+        if args.debug:
+            import traceback
+
+            traceback.print_exception(error, file=sys.stderr)
+        print(f"iontodrive: {error_line(error, code)}", file=sys.stderr)
+    return code
+
+
+def _check_and_plan(display: LiveDisplay, prescription: Any, identity: Any) -> None:
+    """Check the prescription against the device (a refusal raises SafetyRefusal here, before anything is
+    sent; warnings are logged by the session when it starts) and give the display the driver's plan."""
+    prescription.check_against(identity)
+    display.set_plan(prescription.expected_plan(identity))
+
+
+def _print_result(summary: dict[str, Any], record_path: Path | None) -> None:
+    delivered = summary.get("delivered_ma_min")
+    target = summary.get("target_ma_min")
+    line = f"outcome: {summary.get('outcome')}"
+    if delivered is not None:
+        line += f"; delivered {delivered:.3f} mA·min"
+        if target:
+            line += f" of {target:g} ({summary.get('dose_error_percent', 0.0):+.2f} %)"
+    if summary.get("duration_s") is not None:
+        line += f" in {fmt.duration(summary['duration_s'])}"
+    print(line)
+    if record_path is not None:
+        print(f"record: {record_path}")
+        print(f"report: iontodrive report {record_path} --plot {record_path.with_suffix('.png')}")

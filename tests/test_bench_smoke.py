@@ -1,0 +1,107 @@
+"""Smoke tests for ``bench/``: each benchmark runs in ``--quick --no-check`` mode and reports what it must.
+
+These check that the scripts run end to end against the real simulator over a pty and print their
+figures and verdict lines in the documented format, with figures that are consistent with each other.
+They deliberately assert nothing about performance: that is what the benches themselves report.
+"""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+BENCH = REPO / "bench"
+FLOAT = r"([0-9]+(?:\.[0-9]+)?)"
+
+pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="the pty benches need a POSIX pty")
+
+
+def run_bench(script: str, *args: str, timeout_s: float = 90.0) -> str:
+    proc = subprocess.run(
+        [sys.executable, str(BENCH / script), "--quick", "--no-check", *args],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=timeout_s,
+    )
+    assert proc.returncode == 0, f"{script} exited {proc.returncode}\n{proc.stdout}\n{proc.stderr}"
+    return proc.stdout
+
+
+def latency_line(out: str, label: str) -> tuple[int, float, float, float]:
+    pattern = re.escape(label) + rf"\s+n=(\d+)\s+median\s+{FLOAT} us\s+p90\s+{FLOAT} us\s+p99\s+{FLOAT} us"
+    match = re.search(pattern, out)
+    assert match, f"no latency line for {label!r} in:\n{out}"
+    return int(match[1]), float(match[2]), float(match[3]), float(match[4])
+
+
+def test_rtt_quick_reports_every_case_and_both_ratios() -> None:
+    out = run_bench("rtt.py", "--requests", "40", "--warmup", "5")
+    labels = (
+        "raw-fd echo (16 B)",
+        "pyserial echo (16 B)",
+        "pymodbus async RTU (read 0x03)",
+        "pymodbus sync RTU (read 0x03)",
+        "iontodrive status() (sim, pty)",
+    )
+    medians = {}
+    for label in labels:
+        n, median, p90, p99 = latency_line(out, label)
+        assert n == 40
+        assert 0 < median <= p90 <= p99
+        medians[label] = median
+    ours = medians["iontodrive status() (sim, pty)"]
+
+    match = re.search(rf"ratio ours/pyserial-echo = {FLOAT} \(target <= 2\.5\) (PASS|FAIL)", out)
+    assert match, out
+    assert float(match[1]) == pytest.approx(ours / medians["pyserial echo (16 B)"], rel=0.01, abs=0.006)
+    assert match[2] == ("PASS" if float(match[1]) <= 2.5 else "FAIL")
+
+    match = re.search(rf"ratio ours/pymodbus-async = {FLOAT} \(target <= 0\.5\) (PASS|FAIL)", out)
+    assert match, out
+    assert float(match[1]) == pytest.approx(
+        ours / medians["pymodbus async RTU (read 0x03)"], rel=0.01, abs=0.006
+    )
+    assert match[2] == ("PASS" if float(match[1]) <= 0.5 else "FAIL")
+
+    link = re.search(r"iontodrive link: requests (\d+), retries (\d+), timeouts (\d+)", out)
+    assert link, out
+    assert int(link[1]) >= 45  # warm-up + measured status() calls, plus the opening requests
+    assert re.search(r"^rtt: (PASS|FAIL)$", out, re.MULTILINE), out
+
+
+def test_rtt_quick_with_process_peers_and_no_sync() -> None:
+    out = run_bench("rtt.py", "--requests", "20", "--warmup", "2", "--peer", "process", "--no-sync")
+    assert "pymodbus sync RTU" not in out
+    assert "peers in process" in out
+    for label in ("raw-fd echo (16 B)", "pyserial echo (16 B)", "pymodbus async RTU (read 0x03)"):
+        assert latency_line(out, label)[0] == 20
+    assert re.search(r"^rtt: (PASS|FAIL)$", out, re.MULTILINE), out
+
+
+def test_telemetry_quick_counts_samples_and_reports_verdicts() -> None:
+    out = run_bench("telemetry.py")
+    window = re.search(rf"samples in window: (\d+) in {FLOAT} s wall = {FLOAT} samples/s", out)
+    assert window, out
+    count, wall, rate = int(window[1]), float(window[2]), float(window[3])
+    assert wall >= 3.0
+    assert count > 0
+    assert rate == pytest.approx(count / wall, rel=0.01)
+
+    client = re.search(r"client stats: received (\d+), lost (\d+), gaps (\d+), decode errors (\d+)", out)
+    listener = re.search(
+        r"listener check: received (\d+), lost (\d+), gaps (\d+), repeats/reordered (\d+)", out
+    )
+    assert client and listener, out
+    # Both counters see every sample of the whole run, which contains the measured window.
+    assert int(client[1]) >= count
+    assert int(listener[1]) >= count
+    assert re.search(rf"host CPU: {FLOAT} % of one core", out), out
+    for name in ("lost", "cpu", "rate"):
+        assert re.search(rf"^{name} = .* (PASS|FAIL)$", out, re.MULTILINE), f"no {name} verdict in:\n{out}"
+    assert re.search(r"^telemetry: (PASS|FAIL)$", out, re.MULTILINE), out
