@@ -504,5 +504,63 @@ class SimulatorProcess:
         self._stderr.close()
 
 
+class SimFloorCase(RoundTripCase):
+    """(e) the simulator's own floor: ``GetStatus`` frames written to its pty by one thread with raw fds.
+
+    The same request and reply frames as the driver, the same protocol codec, no threads, no pyserial,
+    against a second simulator process: no host client can beat this, so ``ours / sim floor`` is the
+    driver's own overhead and ``sim floor / pyserial echo`` is what the simulator costs.
+    """
+
+    label = "raw-fd GetStatus (sim floor)"
+
+    def __init__(self, model: str, speed: float | None, sim_args: list[str]) -> None:
+        from iontodrive.protocol import ConfigureTelemetry, Decoder, GetStatus, encode
+
+        self.sim = SimulatorProcess(model=model, speed=speed, extra_args=sim_args)
+        try:
+            self.fd = os.open(self.sim.port, os.O_RDWR | os.O_NOCTTY)
+            tty.setraw(self.fd)
+        except OSError:
+            self.sim.stop()
+            raise
+        self._decoder = Decoder()
+        self._encode = encode
+        self._request = GetStatus()
+        self._seq = 0
+        self._round_trip(self._encode(ConfigureTelemetry(0), self._next_seq()))  # only replies from now on
+
+    def _next_seq(self) -> int:
+        self._seq = self._seq % 0xFFFF + 1
+        return self._seq
+
+    def _round_trip(self, frame: bytes) -> None:
+        seq = self._seq
+        os.write(self.fd, frame)
+        while True:
+            for item in self._decoder.feed(os.read(self.fd, 4096)):
+                if getattr(item, "seq", None) == seq:
+                    return
+
+    def measure(self, n: int) -> list[int]:
+        clock, encode, request, round_trip = (
+            time.perf_counter_ns,
+            self._encode,
+            self._request,
+            self._round_trip,
+        )
+        out: list[int] = []
+        for _ in range(n):
+            t0 = clock()
+            round_trip(encode(request, self._next_seq()))
+            out.append(clock() - t0)
+        return out
+
+    def close(self) -> None:
+        with contextlib.suppress(OSError):
+            os.close(self.fd)
+        self.sim.stop()
+
+
 def verdict(ok: bool) -> str:
     return "PASS" if ok else "FAIL"

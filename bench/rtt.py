@@ -8,6 +8,8 @@ Cases (each over its own raw-mode pty pair from ``pty.openpty()``):
                           responder on the master (reply sized like our StatusReport frame)
 (c') pymodbus sync RTU    ``ModbusSerialClient``, same responder (informational; ``--no-sync`` skips it)
 (d) iontodrive            ``Stimulator.open(pty)`` against ``python -m firmware_sim --pty``; ``status()``
+(e) simulator floor       ``GetStatus`` frames over raw fds by one thread, against a second simulator:
+                          what no host client can beat (informational, with ``--sim-floor``)
 
 All cases are set up first, warmed up, then measured in interleaved rounds so that background load on
 the machine falls on every case alike. Targets (issue 4): median(d) <= 2.5 x median(b) and
@@ -33,6 +35,7 @@ from _pty_baselines import (
     PyserialEchoCase,
     RawEchoCase,
     RoundTripCase,
+    SimFloorCase,
     SimulatorProcess,
     verdict,
 )
@@ -86,6 +89,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="run the echo/Modbus peers in a thread (default) or a forked process",
     )
     parser.add_argument("--no-sync", action="store_true", help="skip the pymodbus sync client")
+    parser.add_argument(
+        "--sim-floor",
+        action="store_true",
+        help="also measure raw-fd GetStatus round trips against a second simulator process",
+    )
     parser.add_argument("--model", default="clinic-4", help="simulator model")
     parser.add_argument("--speed", type=float, default=None, help="simulator --speed (default: its own)")
     parser.add_argument(
@@ -127,6 +135,8 @@ def main(argv: list[str] | None = None) -> int:
         cases.append(mb_async := ModbusAsyncCase(args.peer, STATUS_REPLY_REGISTERS))
         if not args.no_sync:
             cases.append(ModbusSyncCase(args.peer, STATUS_REPLY_REGISTERS))
+        if args.sim_floor:
+            cases.append(floor := SimFloorCase(args.model, args.speed, args.sim_arg))
         cases.append(ours := OursCase(args.model, args.speed, args.sim_arg))
 
         for case in cases:
@@ -162,6 +172,13 @@ def main(argv: list[str] | None = None) -> int:
         f"ratio ours/pymodbus-async = {vs_pymodbus:.2f} (target <= {TARGET_VS_PYMODBUS}) "
         f"{verdict(ok_pymodbus)}"
     )
+    if args.sim_floor:
+        sim_floor = stats[floor.label].median_us
+        sim_share = sim_floor / stats[pyser.label].median_us
+        print(
+            f"ratio sim-floor/pyserial-echo = {sim_share:.2f} (the simulator's share); "
+            f"ratio ours/sim-floor = {ours_median / sim_floor:.2f} (the driver's overhead)"
+        )
     ok = ok_pyserial and ok_pymodbus
     print(f"rtt: {verdict(ok)}")
     return 0 if ok or args.no_check else 1

@@ -50,12 +50,18 @@ class SequenceCheck:
     repeats_or_reordered: int = 0
     first: Telemetry | None = None
     last: Telemetry | None = None
+    max_stall_s: float = 0.0  # longest wait between two consecutive samples reaching the listener
 
     def __post_init__(self) -> None:
         self._lock = threading.Lock()
+        self._last_arrival = 0.0
 
     def __call__(self, sample: Telemetry) -> None:
+        now = time.perf_counter()
         with self._lock:
+            if self.received and now - self._last_arrival > self.max_stall_s:
+                self.max_stall_s = now - self._last_arrival
+            self._last_arrival = now
             last = self.last
             if last is not None:
                 step = sample.sample_no - last.sample_no
@@ -161,7 +167,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     print(
         f"listener check: received {check.received}, lost {check.lost}, gaps {check.gaps}, "
-        f"repeats/reordered {check.repeats_or_reordered}"
+        f"repeats/reordered {check.repeats_or_reordered}, longest wait between samples "
+        f"{1000.0 * check.max_stall_s:.1f} ms"
     )
     print(f"host CPU: {cpu_percent:.1f} % of one core (process_time/wall); simulator CPU: {sim_cpu}")
 

@@ -29,7 +29,6 @@ os.environ.setdefault("IONTODRIVE_VISA_LIBRARY", f"{BENCH}@sim")
 os.environ.setdefault("IONTODRIVE_VISA_SIM_SPEED", "10")
 
 import firmware_sim  # noqa: E402  (after the environment is set)
-
 from iontodrive import Prescription, Progress, SessionRecord  # noqa: E402
 from iontodrive.source import open_source  # noqa: E402
 

@@ -21,6 +21,15 @@ def moving_mean(history: np.ndarray, block: np.ndarray) -> np.ndarray:
     return (csum[width:] - csum[:-width]) / width
 
 
+def moving_means(history: np.ndarray, block: np.ndarray) -> np.ndarray:
+    """Row-wise :func:`moving_mean` of 2-D ``history`` (rows × W-1) and ``block`` (rows × N)."""
+    width = history.shape[1] + 1
+    data = np.concatenate((history, block), axis=1)
+    csum = np.zeros((data.shape[0], data.shape[1] + 1))
+    np.cumsum(data, axis=1, out=csum[:, 1:])
+    return (csum[:, width:] - csum[:, :-width]) / width
+
+
 def sliding_min(history: np.ndarray, block: np.ndarray) -> np.ndarray:
     """Minimum over a window of ``len(history) + 1`` samples ending at each block sample.
 

@@ -5,15 +5,18 @@ them with :class:`iontodrive.protocol.Decoder`, answers each request exactly onc
 request) through :class:`iontodrive.protocol.ReplyCache` (S17), and queues replies, telemetry and events for
 :meth:`Device.read_output`. Time moves only through :meth:`Device.advance`; nothing here starts a thread.
 
-Frames that fail to decode are dropped, except where the header is trustworthy (the CRC matched) and the
-type byte is in the request range: then the device answers with a NACK (``UNKNOWN_REQUEST`` for an unknown
-type, ``BAD_LENGTH`` for a wrong payload size, ``OUT_OF_RANGE`` naming the field for an enumeration value
-with no meaning). Only frames that decode as requests feed the watchdog.
+Frames that fail to decode are dropped, except where the header is trustworthy (CRC good, protocol version
+1) and carries a non-zero sequence number (``docs/protocol.md`` §3.5): then the device answers with a NACK
+-- ``UNKNOWN_REQUEST`` (value = the type byte) for a type that is not a request this device knows,
+including reply and unsolicited types; ``BAD_LENGTH`` (value = received, minimum = maximum = expected
+payload length); ``OUT_OF_RANGE`` naming the field for an enumeration value with no meaning. Only frames
+that decode as requests feed the watchdog (§8.2).
 """
 
 from __future__ import annotations
 
 import logging
+import re
 import struct
 from pathlib import Path
 
@@ -21,6 +24,7 @@ from cobs.cobs import DecodeError as CobsDecodeError
 from cobs.cobs import decode as cobs_decode
 
 from iontodrive.protocol import (
+    MESSAGE_BY_TYPE,
     DecodeError,
     DecodeErrorKind,
     Decoder,
@@ -52,6 +56,7 @@ log = logging.getLogger(__name__)
 
 MAX_TX_BYTES = 4 * 1024 * 1024  # a UART driver's buffer would overflow long before this
 _START_PAYLOAD = struct.Struct("<IIIIIBBHB")
+_PAYLOAD_SIZE = re.compile(r"payload is (\d+) bytes")
 
 
 class Device:
@@ -175,12 +180,19 @@ class Device:
             if fw.reboot_pending:
                 self._flush_outbox()
                 fw.restart()
+                self._cache.clear()  # protocol §7.3: the memory of answers is cleared by Reset
                 self._decoder.reset()
 
     def _on_frame(self, frame: Frame) -> None:
         message = frame.message
         if message.TYPE.kind != MessageKind.REQUEST:
-            log.debug("ignoring %s from the host", type(message).__name__)
+            # a reply or unsolicited type from the host: not a request this device knows
+            self._send(
+                encode(
+                    Nack(int(message.TYPE), ErrorCode.UNKNOWN_REQUEST, Field.NONE, int(message.TYPE)),
+                    frame.seq,
+                )
+            )
             return
         self.frames_in += 1
         fw = self.firmware
@@ -199,14 +211,23 @@ class Device:
         self._flush_outbox()
 
     def _on_decode_error(self, error: DecodeError) -> None:
-        if error.seq is None or error.type_id is None or error.seq == 0 or error.type_id >= 0x40:
+        """NACK a frame whose header is trustworthy (CRC good, this version) and carries a sequence number."""
+        if error.seq is None or error.type_id is None or error.seq == 0:
             return
         kind = error.kind
+        type_id = error.type_id
+        cls = MESSAGE_BY_TYPE.get(type_id)
+        is_request = cls is not None and MessageType(type_id).kind == MessageKind.REQUEST
         nack: Nack | None = None
-        if kind == DecodeErrorKind.UNKNOWN_TYPE:
-            nack = Nack(error.type_id, ErrorCode.UNKNOWN_REQUEST)
+        if kind in (DecodeErrorKind.UNKNOWN_TYPE, DecodeErrorKind.BAD_LENGTH, DecodeErrorKind.BAD_VALUE,
+                    DecodeErrorKind.BAD_SEQUENCE) and not is_request:  # fmt: skip
+            nack = Nack(type_id, ErrorCode.UNKNOWN_REQUEST, Field.NONE, type_id)
         elif kind == DecodeErrorKind.BAD_LENGTH:
-            nack = Nack(error.type_id, ErrorCode.BAD_LENGTH)
+            assert cls is not None
+            expected = cls.LAYOUT.sizeof()
+            match = _PAYLOAD_SIZE.search(error.detail)
+            received = int(match.group(1)) if match else 0
+            nack = Nack(type_id, ErrorCode.BAD_LENGTH, Field.NONE, received, expected, expected)
         elif kind == DecodeErrorKind.BAD_VALUE:
             nack = self._bad_value_nack(error)
         if nack is not None:

@@ -266,6 +266,7 @@ class Firmware:
         self.boot_events: deque[Event] = deque(maxlen=EVENT_LOG_SIZE)  # every event since this boot
         self.next_event_no = 1
         self.last_fetched_no = 0
+        self.events_dropped = 0  # unfetched events dropped from the ring in this overflow episode
         self.watchdog_ms = self.model.default_watchdog_ms
         self.last_frame_link = self.link_now
         self.watchdog_fired = False
@@ -350,14 +351,19 @@ class Firmware:
             value=int(value),
         )
         self.next_event_no += 1
+        first_loss = False
         if len(self.events) >= EVENT_RING_SIZE:
             dropped = self.events.popleft()
             if dropped.event_no > self.last_fetched_no:
+                first_loss = not self.flags & StatusFlags.EVENTS_OVERFLOWED
                 self.flags |= StatusFlags.EVENTS_OVERFLOWED
+                self.events_dropped += 1
         self.events.append(event)
         self.events_log.append(event)
         self.boot_events.append(event)
         self.outbox.append(event)
+        if first_loss:  # once per overflow episode (until a FetchEvents acknowledges it)
+            self._emit(EventCode.EVENTS_LOST, self.events_dropped)
 
     def _set_state(self, new: DeviceState) -> None:
         if new == self.state:
@@ -395,7 +401,9 @@ class Firmware:
         return [Ack(int(request.TYPE))]
 
     def _state_nack(self, request: Message) -> list[Message]:
-        code = ErrorCode.FAULT_LATCHED if self.state == S.FAULT else ErrorCode.BAD_STATE
+        """BAD_STATE, or FAULT_LATCHED for a request that would make output while a fault is latched."""
+        makes_output = isinstance(request, Start | Resume | SetCurrent | CheckContact)
+        code = ErrorCode.FAULT_LATCHED if self.state == S.FAULT and makes_output else ErrorCode.BAD_STATE
         return self._nack(request, code, Field.STATE, int(self.state))
 
     def _on_identify(self, request: Identify) -> list[Message]:
@@ -467,17 +475,17 @@ class Firmware:
                 1,
                 PROBE_MAX_UA,
             )
-        if request.target_current_ua > self.model.max_current_ua:
+        if not 1 <= request.target_current_ua <= self.model.max_current_ua:
             return self._nack(
                 request,
                 ErrorCode.OUT_OF_RANGE,
                 Field.TARGET_CURRENT_UA,
                 request.target_current_ua,
-                0,
+                1,
                 self.model.max_current_ua,
             )
-        if not self._output_is_zero():
-            return self._nack(request, ErrorCode.BAD_STATE, Field.STATE, int(self.state))
+        if self.state == S.FAULT or not self._output_is_zero():
+            return self._state_nack(request)
         z, verdict, low, high = self._measure_contact(request.probe_current_ua, request.target_current_ua)
         if verdict == ContactVerdict.OK:
             self.flags |= StatusFlags.CONTACT_OK
@@ -632,13 +640,17 @@ class Firmware:
                 m.min_current_ua,
                 m.max_current_ua,
             )
-        if not 1 <= r.ramp_ms <= m.max_ramp_ms:
-            return self._nack(r, ErrorCode.OUT_OF_RANGE, Field.RAMP_MS, r.ramp_ms, 1, m.max_ramp_ms)
+        if not m.min_ramp_ms <= r.ramp_ms <= m.max_ramp_ms:
+            return self._nack(
+                r, ErrorCode.OUT_OF_RANGE, Field.RAMP_MS, r.ramp_ms, m.min_ramp_ms, m.max_ramp_ms
+            )
         sp = self.setpoint
         delta = abs(r.target_current_ua - sp)
         if delta * 1000.0 > m.slew_limit_ua_per_s * r.ramp_ms:
             fastest = math.ceil(delta * 1000.0 / m.slew_limit_ua_per_s)
-            return self._nack(r, ErrorCode.SLEW_LIMIT, Field.RAMP_MS, r.ramp_ms, fastest, m.max_ramp_ms)
+            return self._nack(
+                r, ErrorCode.SLEW_LIMIT, Field.RAMP_MS, r.ramp_ms, max(fastest, m.min_ramp_ms), m.max_ramp_ms
+            )
         s = self.session
         assert s is not None
         s.target_ua = r.target_current_ua
@@ -704,7 +716,7 @@ class Firmware:
     def _on_fetch_events(self, r: FetchEvents) -> list[Message]:
         if not 1 <= r.max_count <= 255:
             return self._nack(r, ErrorCode.OUT_OF_RANGE, Field.MAX_COUNT, r.max_count, 1, 255)
-        first = self.events[0].event_no if self.events else self.next_event_no
+        first = self.events[0].event_no if self.events else 0
         start = max(r.from_event_no, first)
         chosen = [e for e in self.events if e.event_no >= start][: r.max_count]
         replies: list[Message] = [EventsReport(first, self.next_event_no & 0xFFFF_FFFF, len(chosen))]
@@ -713,10 +725,9 @@ class Firmware:
         )
         if chosen:
             self.last_fetched_no = max(self.last_fetched_no, chosen[-1].event_no)
-        self.flags &= ~StatusFlags.EVENTS_OVERFLOWED
-        lost = first - max(r.from_event_no, 1)
-        if lost > 0 and r.from_event_no < self.next_event_no:
-            self._emit(EventCode.EVENTS_LOST, lost)
+        if r.from_event_no <= first:  # the host has now seen where the ring starts: loss acknowledged
+            self.flags &= ~StatusFlags.EVENTS_OVERFLOWED
+            self.events_dropped = 0
         return replies
 
     def _on_set_watchdog(self, r: SetWatchdog) -> list[Message]:
@@ -1048,18 +1059,23 @@ class Firmware:
         s = self.session
 
         # measurements derived per step (with carry-over)
-        i10 = detect.moving_mean(self.hist_i, pb.i_meas)
-        v10 = detect.moving_mean(self.hist_v, pb.v_meas)
-        r10 = detect.moving_mean(self.hist_r, pb.i_reg)
-        valid = i10 >= self.i_valid
-        with np.errstate(divide="ignore", invalid="ignore"):
-            zf = np.where(valid, v10 * 1000.0 / np.where(valid, i10, 1.0), np.inf)
-        v_comp = float(self.model.compliance_mv)
-        open_now = (
-            (pb.i_reg >= 2.0 * self.i_valid)
-            & (pb.i_meas < 0.1 * pb.i_reg)
-            & (pb.v_meas >= COMPLIANCE_HIGH * v_comp)
+        i10, v10, r10 = detect.moving_means(
+            np.stack((self.hist_i, self.hist_v, self.hist_r)), np.stack((pb.i_meas, pb.v_meas, pb.i_reg))
         )
+        valid = i10 >= self.i_valid
+        zf = np.divide(v10 * 1000.0, i10, out=np.full(count, np.inf), where=valid)
+        v_comp = float(self.model.compliance_mv)
+        # cheap whole-block pre-checks: most blocks never come near a threshold
+        v_peak = float(pb.v_meas.max())
+        any_valid = bool(valid.any())
+        if v_peak >= COMPLIANCE_HIGH * v_comp:
+            open_now = (
+                (pb.i_reg >= 2.0 * self.i_valid)
+                & (pb.i_meas < 0.1 * pb.i_reg)
+                & (pb.v_meas >= COMPLIANCE_HIGH * v_comp)
+            )
+        else:
+            open_now = None
 
         # trigger conditions
         candidates: list[tuple[int, Trigger]] = []
@@ -1076,20 +1092,24 @@ class Firmware:
                 candidates.append((k, Trigger.OVERCURRENT))
         slew = float(self.model.slew_limit_ua_per_s)
         protective = state in OUTPUT_STATES or (state in (S.RAMP_DOWN, S.PAUSING) and self.ramp.rate < slew)
-        zmin = None
         short_runs = None
-        if protective:
-            zmin = detect.sliding_min(self.hist_z, zf)
-            k = detect.first_true(valid & (zf > LIFT_RISE * zmin))
-            if k is not None:
-                candidates.append((k, Trigger.LIFT))
+        if protective and any_valid:
+            z_valid = zf[valid]
+            z_low = min(float(z_valid.min()), float(self.hist_z.min()))
+            if float(z_valid.max()) > LIFT_RISE * z_low:  # otherwise no step can rise 50 % above its window
+                zmin = detect.sliding_min(self.hist_z, zf)
+                k = detect.first_true(valid & (zf > LIFT_RISE * zmin))
+                if k is not None:
+                    candidates.append((k, Trigger.LIFT))
+            if z_low < CONTACT_LOW_OHM:
+                short_runs = detect.run_lengths(valid & (zf < CONTACT_LOW_OHM), self.short_run)
+                k = detect.first_true(short_runs >= self.short_steps)
+                if k is not None:
+                    candidates.append((k, Trigger.SHORT))
+        if protective and open_now is not None:
             k = detect.first_true(open_now)
             if k is not None:
                 candidates.append((k, Trigger.OPEN))
-            short_runs = detect.run_lengths(valid & (zf < CONTACT_LOW_OHM), self.short_run)
-            k = detect.first_true(short_runs >= self.short_steps)
-            if k is not None:
-                candidates.append((k, Trigger.SHORT))
         comp_runs = clear_runs = None
         charge = None
         if state in CHARGE_STATES and (state != S.FAULT or self.ramp_done_at is not None):
@@ -1097,17 +1117,18 @@ class Firmware:
             charge = charge_sums * dt
         if state in OUTPUT_STATES and s is not None:
             if frac is None:
-                v_high = pb.v_meas >= COMPLIANCE_HIGH * v_comp
+                v_high = pb.v_meas >= COMPLIANCE_HIGH * v_comp if v_peak >= COMPLIANCE_HIGH * v_comp else None
                 v_low = pb.v_meas < COMPLIANCE_CLEAR * v_comp
             else:  # pulsed: judge the on-phase voltage; off-phase steps neither start nor break a run
                 pulse_on = frac > 0.05
                 v_on = pb.v_meas / np.where(pulse_on, frac, 1.0)
                 v_high = np.where(pulse_on, v_on >= COMPLIANCE_HIGH * v_comp, True)
                 v_low = np.where(pulse_on, v_on < COMPLIANCE_CLEAR * v_comp, True)
-            comp_runs = detect.run_lengths(v_high, self.comp_run)
-            k = detect.first_true(comp_runs >= self.compliance_steps)
-            if k is not None:
-                candidates.append((k, Trigger.COMPLIANCE))
+            if v_high is not None:
+                comp_runs = detect.run_lengths(v_high, self.comp_run)
+                k = detect.first_true(comp_runs >= self.compliance_steps)
+                if k is not None:
+                    candidates.append((k, Trigger.COMPLIANCE))
             if self.flags & StatusFlags.RESISTANCE_LIMIT and state == S.HOLD and self.setpoint < s.target_ua:
                 clear_runs = detect.run_lengths(v_low, self.clear_run)
                 k = detect.first_true(clear_runs >= self.compliance_steps)
@@ -1146,20 +1167,25 @@ class Firmware:
                 c.samples_i.append(pb.i_meas[lo - n0 : hi - n0])
                 c.samples_v.append(pb.v_meas[lo - n0 : hi - n0])
         # reported impedance: the 10-step estimate where valid, OPEN when open, else the last known value
-        reported = np.where(valid[:commit], np.minimum(np.round(zf[:commit]), OPEN_CIRCUIT_OHM - 1), -1.0)
-        reported = np.where(open_now[:commit], float(OPEN_CIRCUIT_OHM), reported)
-        known = reported >= 0
-        if known.any():
-            pos = np.maximum.accumulate(np.where(known, np.arange(commit), -1))
-            filled = np.where(pos >= 0, reported[np.maximum(pos, 0)], float(self.last_impedance))
-        else:
-            filled = np.full(commit, float(self.last_impedance))
-        self.last_impedance = int(filled[last])
+        known = valid[:commit] if open_now is None else valid[:commit] | open_now[:commit]
+        known_at = np.flatnonzero(known)
+        previous_impedance = self.last_impedance
+
+        def impedance_at(i: int) -> int:
+            j = int(np.searchsorted(known_at, i, side="right")) - 1
+            if j < 0:
+                return previous_impedance
+            k = int(known_at[j])
+            if open_now is not None and open_now[k]:
+                return OPEN_CIRCUIT_OHM
+            return min(round(float(zf[k])), OPEN_CIRCUIT_OHM - 1)
+
+        self.last_impedance = impedance_at(last)
         self.last_i_meas = float(pb.i_meas[last])
         self.last_v_meas = float(pb.v_meas[last])
         self.last_output = float(pb.i_true[last])
         charge_arr = charge[:commit] if charge is not None else np.full(commit, self.charge)
-        self._telemetry(n0, commit, sp, pb, filled, charge_arr, frac)
+        self._telemetry(n0, commit, sp, pb, impedance_at, charge_arr, frac)
         if self.trace is not None:
             physical = pb.physical[:commit].copy()
             if self._physical_next:
@@ -1257,7 +1283,7 @@ class Firmware:
         commit: int,
         sp: np.ndarray,
         pb: PlantBlock,
-        impedance: np.ndarray,
+        impedance: Callable[[int], int],
         charge: np.ndarray,
         frac: np.ndarray | None,
     ) -> None:
@@ -1271,12 +1297,16 @@ class Firmware:
         if t_next > last_end + 1e-9:
             return
         count = math.floor((last_end - t_next) / period + 1e-9) + 1
-        times = t_next + np.arange(count) * period
         self._tele_j += count
-        pos = np.ceil((times - first_end) / self.dt - 1e-6).astype(np.int64)
-        pos = np.unique(np.clip(pos, 0, commit - 1))
+        if count <= 64:
+            steps = [math.ceil((t_next + j * period - first_end) / self.dt - 1e-6) for j in range(count)]
+            positions = sorted({min(max(i, 0), commit - 1) for i in steps})
+        else:
+            times = t_next + np.arange(count) * period
+            pos = np.ceil((times - first_end) / self.dt - 1e-6).astype(np.int64)
+            positions = np.unique(np.clip(pos, 0, commit - 1)).tolist()
         base = self._flags_now()
-        for i in pos.tolist():
+        for i in positions:
             flags = base
             if sp[i] > 0 or pb.i_meas[i] > self.output_on_threshold:
                 flags |= StatusFlags.OUTPUT_ON
@@ -1293,7 +1323,7 @@ class Firmware:
                     setpoint_ua=round(float(sp[i])),
                     measured_ua=int(pb.i_meas[i]),
                     voltage_mv=int(pb.v_meas[i]),
-                    impedance_ohm=int(impedance[i]),
+                    impedance_ohm=impedance(i),
                     charge_uas=min(int(charge[i]), 0xFFFF_FFFF),
                 )
             )

@@ -52,7 +52,9 @@ def linear_recurrence(a: np.ndarray, b: np.ndarray, x0: float) -> np.ndarray:
     if n == 1:
         return np.array([a[0] * x0 + b[0]])
     a_max = float(a.max())
-    if a_max >= 0.9:
+    if a_max <= 0.0:
+        return b.astype(float, copy=True)
+    if a_max >= 0.9 and float(a.min()) > 0.0:
         log_p = np.cumsum(np.log(a))
         if -log_p[-1] < _MAX_LOG_SPAN:
             scale = np.exp(-log_p)
@@ -112,8 +114,12 @@ class Plant:
         self.seed = seed
         self.faults = faults
         self.alpha = math.exp(-dt / model.output_tau_s)
+        # impulse response of the regulator, truncated where it no longer matters (alpha^K < 1e-20)
+        taps = max(1, math.ceil(math.log(_NEGLIGIBLE) / math.log(self.alpha))) if self.alpha > 0 else 1
+        self._kernel = (1.0 - self.alpha) * self.alpha ** np.arange(taps)
         self.beta_fall = math.exp(-dt / load.fall_tau_s)
         self.beta_recover = math.exp(-dt / load.recover_tau_s)
+        self._slow_skin = max(dt / load.fall_tau_s, dt / load.recover_tau_s) * 65_536 < _MAX_LOG_SPAN
         self.v_comp = float(model.compliance_mv)
         self._page_no = -1
         self._page = np.zeros((0, 2))
@@ -147,14 +153,23 @@ class Plant:
         fx = self.faults.inputs(t) if len(self.faults) else None
         n = u.shape[0]
         # regulator (first order)
-        i_reg = linear_recurrence(np.full(n, self.alpha), (1.0 - self.alpha) * u, state.i_reg_ua)
+        i_reg = np.convolve(u, self._kernel)[:n]
+        if state.i_reg_ua:
+            i_reg += state.i_reg_ua * self.alpha ** np.arange(1, n + 1)
         # skin conditioning
         flowing = u > 0.0
-        beta_s = np.where(flowing, self.beta_fall, self.beta_recover)
         drive = np.where(flowing, np.minimum(1.0, u / load.conditioning_current_ua), 0.0)
-        skin = linear_recurrence(beta_s, (1.0 - beta_s) * drive, state.skin)
+        if self._slow_skin and n <= 65_536:
+            # x[n] = P[n]·(x0 + sum_k (1-b_k)·d_k / P[k]) with P the running product of the b_k (> 0.99)
+            log_p = np.cumsum(np.where(flowing, -self.dt / load.fall_tau_s, -self.dt / load.recover_tau_s))
+            p = np.exp(log_p)
+            gain = np.where(flowing, 1.0 - self.beta_fall, 1.0 - self.beta_recover)
+            skin = p * (state.skin + np.cumsum(gain * drive / p))
+        else:
+            beta_s = np.where(flowing, self.beta_fall, self.beta_recover)
+            skin = linear_recurrence(beta_s, (1.0 - beta_s) * drive, state.skin)
         r_skin = load.r_skin_ohm * (1.0 - load.conditioning_depth * skin)
-        r_ser = np.full(n, load.r_series_ohm)
+        r_ser: np.ndarray | float = load.r_series_ohm
         if fx is None:
             i_src = i_reg
             z_dc = r_ser + r_skin
@@ -208,7 +223,7 @@ class Plant:
         v_meas = np.round((v_true + m.adc_voltage_noise_mv * noise[:, 1]) / m.adc_voltage_lsb_mv)
         v_meas = np.clip(v_meas * m.adc_voltage_lsb_mv, 0.0, self.v_comp * 1.05)
         physical = clamped if fx is None else clamped | fx.active
-        return PlantBlock(i_reg, i_true, v_true, z_dc, i_meas, v_meas, physical, v_c, skin)
+        return PlantBlock(i_reg, i_true, v_true, z_eff, i_meas, v_meas, physical, v_c, skin)
 
     # ------------------------------------------------------------------------------------ contact check
 

@@ -45,8 +45,9 @@ class DeviceRunner:
         transport: where the host's bytes come from and the device's go to.
         speed: session-time acceleration (ramps, dose, skin run ``speed`` times faster than the wall).
         tick_s: I/O poll period (s).
-        advance_s: the device is advanced at least this often (wall s), and always right before it
-            receives bytes, so every request is handled at the up-to-date device time.
+        advance_s: the device is advanced at least this often (wall s), and right before it receives
+            bytes, so every request is handled at the up-to-date device time (unless the loop fell
+            behind, when the bytes are handed over first so that they still feed the watchdog in time).
 
     Use as a context manager or call :meth:`start` / :meth:`stop`. If the loop fails, the exception is
     kept in :attr:`error` and re-raised by :meth:`stop` and :meth:`check`.
@@ -135,6 +136,12 @@ class DeviceRunner:
                 with self.lock:
                     now = self.clock.link()
                     dt = now - last
+                    late = dt > 2.0 * self.advance_s + self.tick_s
+                    if data and late:
+                        # the loop fell behind (a busy machine): the bytes arrived somewhere in the interval,
+                        # so hand them over first rather than let the watchdog expire over them
+                        device.receive(data)
+                        data = b""
                     if data or dt >= self.advance_s:
                         last = now
                         device.advance(max(0.0, dt) * self.speed, max(0.0, dt))

@@ -38,6 +38,7 @@ if TYPE_CHECKING:
     from iontodrive.protocol import DeviceState, Polarity, Waveform
     from iontodrive.record import SessionRecord
     from iontodrive.session import Progress, Session, SessionOutcome, Stimulator
+    from iontodrive.source import CurrentSource, SessionHandle, open_source
 
 # Exports are loaded on first use (PEP 562), so ``import iontodrive.protocol`` stays light: the firmware
 # simulator imports only the protocol and must not pull in the driver, numpy planning or pyserial.
@@ -61,6 +62,7 @@ _EXPORTS = {
     "iontodrive.protocol": ("DeviceState", "Polarity", "Waveform"),
     "iontodrive.record": ("SessionRecord",),
     "iontodrive.session": ("Progress", "Session", "SessionOutcome", "Stimulator"),
+    "iontodrive.source": ("CurrentSource", "SessionHandle", "open_source"),
 }
 _MODULE_OF = {name: module for module, names in _EXPORTS.items() for name in names}
 
@@ -77,6 +79,7 @@ def __getattr__(name: str) -> Any:
 __version__ = "0.1.0"
 
 __all__ = [
+    "CurrentSource",
     "DeviceFault",
     "DeviceRefusal",
     "DeviceState",
@@ -94,10 +97,12 @@ __all__ = [
     "RemoteProtocolError",
     "SafetyRefusal",
     "Session",
+    "SessionHandle",
     "SessionInterrupted",
     "SessionOutcome",
     "SessionRecord",
     "Stimulator",
     "Waveform",
     "__version__",
+    "open_source",
 ]

@@ -97,13 +97,42 @@ EventListener = Callable[[Event], None]
 ErrorListener = Callable[[BaseException], None]
 
 
+class _Done:
+    """A one-shot flag like :class:`threading.Event`, on a single pre-acquired lock (no Condition).
+
+    ``set`` may be called from any number of threads, any number of times; ``wait`` returns True once set.
+    """
+
+    __slots__ = ("_flag", "_lock")
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._lock.acquire()
+        self._flag = False
+
+    def set(self) -> None:
+        if not self._flag:
+            self._flag = True
+            with contextlib.suppress(RuntimeError):  # a concurrent set() released it first
+                self._lock.release()
+
+    def is_set(self) -> bool:
+        return self._flag
+
+    def wait(self, timeout: float) -> bool:
+        if not self._flag and self._lock.acquire(timeout=timeout):
+            with contextlib.suppress(RuntimeError):  # keep it released so later waits return at once
+                self._lock.release()
+        return self._flag
+
+
 @dataclass
 class _Pending:
     """One request waiting for its reply."""
 
     seq: int
     request: Message
-    done: threading.Event = field(default_factory=threading.Event)
+    done: _Done = field(default_factory=_Done)
     reply: Message | None = None
 
 

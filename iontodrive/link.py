@@ -11,10 +11,17 @@ failure of the port surfaces as :class:`~iontodrive.errors.LinkClosedError`.
 from __future__ import annotations
 
 import logging
+import os
+import select
 import threading
 from typing import Any
 
 import serial
+
+try:
+    from serial.serialposix import Serial as _PosixSerial
+except ImportError:  # Windows: no file descriptor to use directly
+    _PosixSerial = None
 
 from iontodrive.errors import LinkClosedError
 
@@ -22,6 +29,7 @@ logger = logging.getLogger(__name__)
 
 DEFAULT_BAUDRATE = 115_200
 DEFAULT_READ_TIMEOUT_S = 0.02
+READ_CHUNK = 4096
 
 
 class SerialLink:
@@ -37,6 +45,12 @@ class SerialLink:
         self.url = url or str(getattr(port, "portstr", "") or getattr(port, "port", ""))
         self._write_lock = threading.Lock()
         self._closed = False
+        # A POSIX port or pty is read and written through its (non-blocking) file descriptor directly:
+        # pyserial's read costs a select, an ioctl and a 1-byte read per frame, its write a select after
+        # every write. Other pyserial ports (socket://, loop://, sim://) go through pyserial.
+        self._posix = _PosixSerial is not None and isinstance(port, _PosixSerial)
+        timeout = port.timeout
+        self._read_timeout_s = DEFAULT_READ_TIMEOUT_S if timeout is None else float(timeout)
 
     @classmethod
     def open(
@@ -71,6 +85,15 @@ class SerialLink:
             raise LinkClosedError(f"link {self.url} is closed")
         with self._write_lock:
             try:
+                fd = self._port.fd if self._posix else None  # None once pyserial closed the port
+                if fd is not None:
+                    try:
+                        written = os.write(fd, data)
+                    except BlockingIOError:
+                        written = 0
+                    if written == len(data):
+                        return
+                    data = data[written:]  # output buffer full: pyserial waits with its write timeout
                 self._port.write(data)
             except (serial.SerialException, OSError, AttributeError, TypeError) as exc:
                 self._closed = True
@@ -79,6 +102,9 @@ class SerialLink:
     def read(self) -> bytes:
         if self._closed:
             raise LinkClosedError(f"link {self.url} is closed")
+        fd = self._port.fd if self._posix else None  # None once pyserial closed the port
+        if fd is not None:
+            return self._read_fd(fd)
         try:
             waiting = self._port.in_waiting
             data = self._port.read(waiting if waiting > 0 else 1)
@@ -88,6 +114,27 @@ class SerialLink:
             self._closed = True
             raise LinkClosedError(f"read from {self.url} failed: {exc}") from exc
         return bytes(data)
+
+    def _read_fd(self, fd: int) -> bytes:
+        """Wait up to the read timeout for data on ``fd``, then return whatever is there (one syscall)."""
+        try:
+            ready, _, _ = select.select([fd], [], [], self._read_timeout_s)
+            if not ready:
+                return b""
+            if self._closed or self._port.fd != fd:  # closed while waiting: the number may be reused
+                raise LinkClosedError(f"link {self.url} is closed")
+            data = os.read(fd, READ_CHUNK)
+        except BlockingIOError:
+            return b""
+        except (OSError, ValueError) as exc:
+            if self._closed:
+                raise LinkClosedError(f"link {self.url} is closed") from exc
+            self._closed = True
+            raise LinkClosedError(f"read from {self.url} failed: {exc}") from exc
+        if not data:  # readable but empty: the other end has gone away
+            self._closed = True
+            raise LinkClosedError(f"read from {self.url} failed: end of file")
+        return data
 
     def close(self) -> None:
         if self._closed and not self._port.is_open:

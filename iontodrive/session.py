@@ -118,7 +118,7 @@ def _plain(value: Any) -> Any:
     return value
 
 
-class _Terminated(BaseException):
+class Terminated(BaseException):
     """Raised in the main thread by the SIGTERM handler installed by :meth:`Stimulator.deliver`."""
 
 
@@ -177,6 +177,9 @@ class Session:
         self._removers: list[Callable[[], None]] = []
         self.session_id: int | None = None
         self.warnings: list[str] = []
+        # Events numbered up to this one happened before this session (e.g. the end of the previous
+        # session, delivered late when the client fills a gap of lost events); they must not end this one.
+        self._event_floor = 0
 
     # ------------------------------------------------------------------------------------ start
 
@@ -194,6 +197,7 @@ class Session:
             raise SafetyRefusal(
                 "state", "FAULT", reason="a latched fault must be cleared first (clear_fault)"
             )
+        self._event_floor = status.last_event_no
         self._check_contact()
         self._record = RecordWriter(
             self.record_path,
@@ -340,8 +344,8 @@ class Session:
             try:
                 if self._wait_step(deadline):
                     break
-            except (KeyboardInterrupt, _Terminated) as exc:
-                reason = "SIGTERM" if isinstance(exc, _Terminated) else "KeyboardInterrupt"
+            except (KeyboardInterrupt, Terminated) as exc:
+                reason = "SIGTERM" if isinstance(exc, Terminated) else "KeyboardInterrupt"
                 if interrupted is None:
                     interrupted = reason
                     logger.warning("%s: ramping down before exiting", reason)
@@ -357,7 +361,7 @@ class Session:
             try:
                 self._request_end(Stop(), SessionOutcome.INTERRUPTED)
                 return
-            except (KeyboardInterrupt, _Terminated):
+            except (KeyboardInterrupt, Terminated):
                 logger.warning("interrupt while sending Stop: sending it again")
 
     def _wait_step(self, deadline: float | None) -> bool:
@@ -480,6 +484,11 @@ class Session:
                 action(record)
 
     def _handle_event(self, event: Event) -> None:
+        if event.code is EventCode.POWER_ON and not event.replayed:
+            self._event_floor = 0  # the device restarted: event numbers start again at 1
+        elif event.event_no <= self._event_floor:
+            logger.debug("ignoring event %d from before this session", event.event_no)
+            return
         self._write(lambda r: r.event(event))
         with self._changed:
             self._state = event.state
@@ -638,7 +647,7 @@ class Stimulator(DeviceClient):
 
         Raises what :meth:`start` and :meth:`Session.wait` raise.
         """
-        with _sigterm_as_exception():
+        with sigterm_as_exception():
             session = self.start(
                 prescription,
                 record_path=record_path,
@@ -704,14 +713,14 @@ class Stimulator(DeviceClient):
 
 
 @contextlib.contextmanager
-def _sigterm_as_exception() -> Iterator[None]:
+def sigterm_as_exception() -> Iterator[None]:
     """In the main thread, turn SIGTERM into an exception the session handles like Ctrl-C."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
 
     def handler(signum: int, frame: FrameType | None) -> None:
-        raise _Terminated()
+        raise Terminated()
 
     previous = signal.signal(signal.SIGTERM, handler)
     try:

@@ -75,12 +75,29 @@ def test_rtt_quick_reports_every_case_and_both_ratios() -> None:
     assert re.search(r"^rtt: (PASS|FAIL)$", out, re.MULTILINE), out
 
 
-def test_rtt_quick_with_process_peers_and_no_sync() -> None:
-    out = run_bench("rtt.py", "--requests", "20", "--warmup", "2", "--peer", "process", "--no-sync")
+def test_rtt_quick_with_process_peers_sim_floor_and_no_sync() -> None:
+    out = run_bench(
+        "rtt.py", "--requests", "20", "--warmup", "2", "--peer", "process", "--no-sync", "--sim-floor"
+    )
     assert "pymodbus sync RTU" not in out
     assert "peers in process" in out
-    for label in ("raw-fd echo (16 B)", "pyserial echo (16 B)", "pymodbus async RTU (read 0x03)"):
-        assert latency_line(out, label)[0] == 20
+    medians = {}
+    for label in (
+        "raw-fd echo (16 B)",
+        "pyserial echo (16 B)",
+        "pymodbus async RTU (read 0x03)",
+        "raw-fd GetStatus (sim floor)",
+        "iontodrive status() (sim, pty)",
+    ):
+        n, medians[label], _, _ = latency_line(out, label)
+        assert n == 20
+    match = re.search(rf"ratio sim-floor/pyserial-echo = {FLOAT} .* ratio ours/sim-floor = {FLOAT}", out)
+    assert match, out
+    floor = medians["raw-fd GetStatus (sim floor)"]
+    assert float(match[1]) == pytest.approx(floor / medians["pyserial echo (16 B)"], rel=0.01, abs=0.006)
+    assert float(match[2]) == pytest.approx(
+        medians["iontodrive status() (sim, pty)"] / floor, rel=0.01, abs=0.006
+    )
     assert re.search(r"^rtt: (PASS|FAIL)$", out, re.MULTILINE), out
 
 
@@ -95,7 +112,9 @@ def test_telemetry_quick_counts_samples_and_reports_verdicts() -> None:
 
     client = re.search(r"client stats: received (\d+), lost (\d+), gaps (\d+), decode errors (\d+)", out)
     listener = re.search(
-        r"listener check: received (\d+), lost (\d+), gaps (\d+), repeats/reordered (\d+)", out
+        rf"listener check: received (\d+), lost (\d+), gaps (\d+), repeats/reordered (\d+), "
+        rf"longest wait between samples {FLOAT} ms",
+        out,
     )
     assert client and listener, out
     # Both counters see every sample of the whole run, which contains the measured window.

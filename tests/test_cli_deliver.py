@@ -323,7 +323,7 @@ def test_a_killed_cli_is_ramped_down_by_the_watchdog_and_a_new_polarity_is_refus
         proc = subprocess.Popen(
             [
                 sys.executable, "-m", "iontodrive.cli", "deliver", sim.url, "--current-ma", "3",
-                "--dose-ma-min", "40", "--ramp-up-s", "5", "--polarity", "cathode",
+                "--dose-ma-min", "40", "--ramp-up-s", "5", "--ramp-down-s", "5", "--polarity", "cathode",
                 "--record", str(record_path),
             ],
             stdout=subprocess.DEVNULL,

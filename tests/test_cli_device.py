@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from iontodrive.cli import exitcodes
+from iontodrive.cli import exitcodes, main
 from iontodrive.cli.ports_open import is_visa_resource, normalise_port
 from iontodrive.cli.simproc import SimulatorProcess
 
@@ -84,6 +84,8 @@ def test_check_reports_impedance_and_both_verdicts(sim: str) -> None:
     assert high == min(10_000, 4 * 60_000 * 1000 // (5 * 15_000))  # S3: min(10 kΩ, 0.8 V/I)
     text = cli("check", sim)
     assert text.returncode == 0 and "verdict            PASS" in text.stdout
+    too_much = cli("check", sim, "--current-ma", "31")
+    assert too_much.returncode == exitcodes.USAGE and "outside (0, 30] mA" in too_much.stderr
 
 
 def test_check_fails_on_a_high_impedance_load(tmp_path: Path) -> None:
@@ -93,13 +95,11 @@ def test_check_fails_on_a_high_impedance_load(tmp_path: Path) -> None:
     ) as sim:  # fmt: skip
         text = cli("check", sim.url, "--current-ma", "2")
         body = cli("check", sim.url, "--current-ma", "2", "--json")
-        too_much = cli("check", sim.url, "--current-ma", "4.5")
     assert text.returncode == exitcodes.REFUSED, text.stderr
     assert "verdict            FAIL: impedance too high" in text.stdout
     report = json.loads(body.stdout)
     assert report["ok"] is False and report["device_verdict"] == "HIGH"
     assert report["impedance_ohm"] > report["driver_limits_ohm"][1] == 10_000
-    assert too_much.returncode == exitcodes.USAGE and "outside (0, 4] mA" in too_much.stderr
 
 
 def test_monitor_csv_streams_samples(sim: str) -> None:
@@ -156,29 +156,30 @@ def test_port_forms_are_routed() -> None:
     assert normalise_port("/dev/pts/4") == "/dev/pts/4"
 
 
-def test_visa_resource_goes_to_the_visa_layer(tmp_path: Path) -> None:
+def test_visa_resource_goes_to_the_visa_layer(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
     bench = Path(__file__).parent / "visa_sim" / "bench.yaml"
     simulated = {"IONTODRIVE_VISA_LIBRARY": f"{bench}@sim"}
-    info = cli("info", "GPIB0::24::INSTR", env=simulated)
+    info = cli("info", "GPIB0::24::INSTR", env=simulated)  # end to end, as a user runs it
     assert info.returncode == 0, info.stderr
     assert "Keithley 2400" in info.stdout and "NONE: output stays on if this host dies" in info.stdout
-    listing = json.loads(cli("ports", "--json", env=simulated).stdout)
-    assert "GPIB0::24::INSTR" in listing["visa"]
-    check = cli("check", "GPIB0::24::INSTR", env=simulated)
-    assert check.returncode == exitcodes.USAGE and "needs a stimulator" in check.stderr
+    # The error paths in-process (same code, no interpreter start-up each time).
+    monkeypatch.setenv("IONTODRIVE_VISA_LIBRARY", f"{bench}@sim")
+    assert main(["ports", "--json"]) == 0
+    assert "GPIB0::24::INSTR" in json.loads(capsys.readouterr().out)["visa"]
+    assert main(["check", "GPIB0::24::INSTR"]) == exitcodes.USAGE
+    assert "needs a stimulator" in capsys.readouterr().err
     # An instrument that does not answer *IDN?: one error line naming the problem, no traceback.
-    missing = cli("info", "GPIB0::29::INSTR", env=simulated)
-    assert missing.returncode not in (0, exitcodes.USAGE)
-    errors = [ln for ln in missing.stderr.splitlines() if ln.startswith("iontodrive: error:")]
-    assert len(errors) == 1 and "IDN" in errors[0] and "Traceback" not in missing.stderr
+    assert main(["info", "GPIB0::29::INSTR"]) not in (0, exitcodes.USAGE)
+    err = capsys.readouterr().err
+    errors = [ln for ln in err.splitlines() if ln.startswith("iontodrive: error:")]
+    assert len(errors) == 1 and "IDN" in errors[0] and "Traceback" not in err
     # A malformed resource string is refused before anything is opened, naming the part that is wrong.
-    malformed = cli("info", "GPIB0::99::INSTR", env=simulated)
-    assert malformed.returncode == exitcodes.REFUSED
-    assert "primary address '99' must be 0-30" in malformed.stderr
+    assert main(["info", "GPIB0::99::INSTR"]) == exitcodes.REFUSED
+    assert "primary address '99' must be 0-30" in capsys.readouterr().err
     # Without a usable VISA library: a link error (nothing could be opened), on one line.
-    no_library = cli(
-        "info", "GPIB0::24::INSTR", env={"IONTODRIVE_VISA_LIBRARY": f"{tmp_path / 'no.yaml'}@sim"}
-    )
-    assert no_library.returncode == exitcodes.LINK_ERROR
-    lines = no_library.stderr.strip().splitlines()
+    monkeypatch.setenv("IONTODRIVE_VISA_LIBRARY", f"{tmp_path / 'no.yaml'}@sim")
+    assert main(["info", "GPIB0::24::INSTR"]) == exitcodes.LINK_ERROR
+    lines = capsys.readouterr().err.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("iontodrive: error: cannot load the VISA library")

@@ -331,6 +331,7 @@ def test_contact_high_limit_follows_compliance_over_target_current() -> None:
         (CheckContact(0, 4000), ErrorCode.OUT_OF_RANGE, Field.PROBE_CURRENT_UA),
         (CheckContact(51, 4000), ErrorCode.OUT_OF_RANGE, Field.PROBE_CURRENT_UA),
         (CheckContact(50, 4001), ErrorCode.OUT_OF_RANGE, Field.TARGET_CURRENT_UA),
+        (CheckContact(50, 0), ErrorCode.OUT_OF_RANGE, Field.TARGET_CURRENT_UA),
         (SetCurrent(2000, 5000), ErrorCode.BAD_STATE, Field.STATE),
         (Pause(), ErrorCode.BAD_STATE, Field.STATE),
         (Resume(), ErrorCode.BAD_STATE, Field.STATE),
@@ -355,9 +356,8 @@ def test_idle_rejections_change_nothing(request_: Message, code: ErrorCode, fiel
         (start_msg(polarity=Polarity.ANODE), ErrorCode.POLARITY_LOCKED, Field.POLARITY),
         (CheckContact(50, 4000), ErrorCode.BAD_STATE, Field.STATE),
         (SetCurrent(50, 5000), ErrorCode.OUT_OF_RANGE, Field.TARGET_CURRENT_UA),
-        (SetCurrent(2000, 0), ErrorCode.OUT_OF_RANGE, Field.RAMP_MS),
+        (SetCurrent(2000, 4999), ErrorCode.OUT_OF_RANGE, Field.RAMP_MS),
         (SetCurrent(2000, 60_001), ErrorCode.OUT_OF_RANGE, Field.RAMP_MS),
-        (SetCurrent(1000, 100), ErrorCode.SLEW_LIMIT, Field.RAMP_MS),
         (Resume(), ErrorCode.BAD_STATE, Field.STATE),
         (Reset(), ErrorCode.BAD_STATE, Field.STATE),
         (ClearFault(), ErrorCode.BAD_STATE, Field.STATE),
@@ -366,8 +366,6 @@ def test_idle_rejections_change_nothing(request_: Message, code: ErrorCode, fiel
 def test_rejections_during_a_session_change_nothing(request_: Message, code: ErrorCode, field: Field) -> None:
     device, host = holding()
     reply = assert_rejected_without_change(device, host, request_, code, field)
-    if code == ErrorCode.SLEW_LIMIT:
-        assert reply.minimum == 600  # 3000 uA change at 5000 uA/s
     if code == ErrorCode.POLARITY_LOCKED:
         assert reply.value == Polarity.ANODE and reply.minimum == Polarity.CATHODE
     assert device.state == S.HOLD and device.polarity == Polarity.CATHODE
@@ -378,8 +376,24 @@ def test_rejections_in_fault_name_the_latch() -> None:
     device.inject(OverCurrent())
     host.run(3.0, step_s=0.5)
     assert device.state == S.FAULT
-    for request in (start_msg(), Pause(), Resume(), Stop(), Abort(), SetCurrent(2000, 5000)):
+    # requests that would make output name the latch (protocol §6); the others are merely out of state
+    for request in (start_msg(), Resume(), SetCurrent(2000, 5000), CheckContact(50, 4000)):
         assert_rejected_without_change(device, host, request, ErrorCode.FAULT_LATCHED, Field.STATE)
+    for request in (Pause(), Stop(), Abort()):
+        assert_rejected_without_change(device, host, request, ErrorCode.BAD_STATE, Field.STATE)
+
+
+def test_set_current_faster_than_the_slew_limit_is_refused() -> None:
+    slow = dataclasses.replace(CLINIC_4, name="slow-4", slew_limit_ua_per_s=300)
+    device = Device(slow)
+    host = SimHost(device)
+    assert isinstance(host.request(start_msg(ramp_up_ms=20_000, ramp_down_ms=20_000)), Ack)
+    host.run(25.0, step_s=1.0)
+    assert device.state == S.HOLD
+    reply = assert_rejected_without_change(
+        device, host, SetCurrent(1000, 5000), ErrorCode.SLEW_LIMIT, Field.RAMP_MS
+    )
+    assert reply.minimum == 10_000  # 3000 uA change at 300 uA/s
 
 
 def test_resume_refused_while_the_electrode_is_off() -> None:
@@ -399,16 +413,18 @@ def test_undecodable_requests_are_nacked_by_type() -> None:
     before = host.status()
     device.receive(raw_frame(0x20, 77, b""))  # unknown request type
     device.receive(raw_frame(0x0D, 78, b"\x01"))  # SetWatchdog with a 1-byte payload
+    device.receive(encode(Ack(1), 81))  # a reply type sent by the host
     payload = struct.pack("<IIIIIBBHB", 4000, 0, 600_000, 30_000, 30_000, 7, 0, 0, 0)
     device.receive(raw_frame(0x04, 79, payload))  # Start with polarity 7
     payload = struct.pack("<IIIIIBBHB", 4000, 0, 600_000, 30_000, 30_000, 1, 9, 0, 0)
     device.receive(raw_frame(0x04, 80, payload))  # Start with waveform 9
     replies = {f.seq: f.message for f in host.pump()}
-    assert replies[77] == Nack(0x20, ErrorCode.UNKNOWN_REQUEST)
-    assert replies[78] == Nack(0x0D, ErrorCode.BAD_LENGTH)
+    assert replies[77] == Nack(0x20, ErrorCode.UNKNOWN_REQUEST, Field.NONE, 0x20)
+    assert replies[78] == Nack(0x0D, ErrorCode.BAD_LENGTH, Field.NONE, 1, 2, 2)
+    assert replies[81] == Nack(0x80, ErrorCode.UNKNOWN_REQUEST, Field.NONE, 0x80)
     assert replies[79] == Nack(0x04, ErrorCode.OUT_OF_RANGE, Field.POLARITY, 7, 1, 2)
     assert replies[80] == Nack(0x04, ErrorCode.OUT_OF_RANGE, Field.WAVEFORM, 9, 0, 1)
-    assert host.status() == dataclasses.replace(before)
+    assert host.status() == before
 
 
 def test_garbage_and_bad_crc_are_ignored() -> None:
@@ -449,6 +465,17 @@ def test_same_number_with_another_request_is_executed() -> None:
     reply = host.request(SetWatchdog(3000), seq=9)
     assert isinstance(reply, Ack)
     assert host.status().watchdog_ms == 3000
+
+
+def test_reset_clears_the_memory_of_answers() -> None:
+    device = Device()
+    host = SimHost(device)
+    assert isinstance(host.request(SetWatchdog(1000), seq=5), Ack)
+    assert isinstance(host.request(Reset(), seq=6), Ack)
+    assert host.status().watchdog_ms == 2000
+    assert isinstance(host.request(SetWatchdog(1000), seq=5), Ack)  # executed again after the restart
+    assert host.status().watchdog_ms == 1000
+    assert [e.code for e in device.events] == [EventCode.POWER_ON, EventCode.WATCHDOG_CHANGED]
 
 
 def test_retried_status_is_answered_from_the_cache() -> None:
@@ -502,17 +529,19 @@ def test_fetch_events_replays_with_a_gap_report_after_overflow() -> None:
     for k in range(300):
         host.request(SetWatchdog(1000 + k))
     assert host.status().flags & StatusFlags.EVENTS_OVERFLOWED
+    # POWER_ON + 300 WATCHDOG_CHANGED + one EVENTS_LOST when the ring first overwrote an unfetched event
+    lost = [e for e in host.events if e.code == EventCode.EVENTS_LOST]
+    assert len(lost) == 1 and lost[0].value == 1 and lost[0].event_no == 258
     _seq, frames = host.send(FetchEvents(1, 10))
     report = frames[0].message
     assert isinstance(report, EventsReport)
-    assert report.first_available_no == 301 - 256 + 1
-    assert report.next_event_no == 302 and report.count == 10
+    assert report.next_event_no == 303
+    assert report.first_available_no == 303 - 256
+    assert report.count == 10
     replayed = [f.message for f in frames[1:]]
     assert all(isinstance(e, Event) and e.replayed for e in replayed)
-    assert [e.event_no for e in replayed] == list(range(46, 56))  # type: ignore[union-attr]
-    lost = [e for e in host.events if e.code == EventCode.EVENTS_LOST]
-    assert lost and lost[-1].value == 45
-    assert not host.status().flags & StatusFlags.EVENTS_OVERFLOWED
+    assert [e.event_no for e in replayed] == list(range(47, 57))  # type: ignore[union-attr]
+    assert not host.status().flags & StatusFlags.EVENTS_OVERFLOWED  # the host has seen the gap
 
 
 def test_events_are_numbered_without_gaps() -> None:

@@ -27,7 +27,7 @@ def scripted_run(max_block_steps: int) -> tuple[Device, SimHost, dict[str, np.nd
     assert isinstance(host.request(ClearFault()), Ack)
     assert isinstance(host.request(Start(4000, 0, 60_000, 5000, 5000, Polarity.ANODE)), Ack)
     host.run(7.0, step_s=0.25)
-    assert isinstance(host.request(SetCurrent(3000, 2000)), Ack)
+    assert isinstance(host.request(SetCurrent(3000, 5000)), Ack)
     device.inject(ImpedanceRise(at_s=device.session_time_s + 1.0, factor=8.0, duration_s=12.0))
     host.run(16.0, step_s=0.25)
     return device, host, rec.columns

@@ -446,3 +446,90 @@ def test_a_stalled_host_with_fallback_armed_ends_the_session(tmp_path: Path, lib
     assert record.summary is not None and record.summary["end_reason"] == SessionOutcome.LINK_LOST.value
     assert "LINK_LOST" in events(record)
     check(bench)
+
+
+# ------------------------------------------------------------------------------------------ the example
+
+
+def test_example_delivers_the_same_dose_on_both_sources(tmp_path: Path) -> None:
+    """examples/same_script_two_sources.py: the same lab function, two resource strings, both on target."""
+    import os
+    import re
+    import subprocess
+    import sys
+
+    script = Path(__file__).resolve().parents[1] / "examples" / "same_script_two_sources.py"
+    env = {
+        **os.environ,
+        "IONTODRIVE_VISA_LIBRARY": copy_bench(tmp_path),
+        "IONTODRIVE_VISA_SIM_SPEED": "40",
+    }
+    result = subprocess.run(
+        [sys.executable, str(script), "sim://clinic-4?speed=40&seed=1", K2450],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=env,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    outcomes = re.findall(r"-> (\w+): ([\d.]+) mA·min delivered \(([+-][\d.]+) %\)", result.stdout)
+    assert [o[0] for o in outcomes] == ["completed", "completed"], result.stdout
+    assert all(abs(float(o[2])) <= 1.0 for o in outcomes), result.stdout
+    assert "clinic-4" in result.stdout and "Keithley 2450" in result.stdout
+
+
+# ------------------------------------------------------------------------------------- instrument errors
+
+
+def test_io_error_mid_session_ramps_down_from_the_readback_then_raises(tmp_path: Path, library: str) -> None:
+    from iontodrive.visa import InstrumentLinkError
+
+    bench = open_bench(library, K2400)
+    failures = iter([True])
+
+    def glitch(reading: Reading) -> Reading:
+        if next(failures, False):
+            raise TimeoutError("VI_ERROR_TMO")  # one reading times out
+        return reading
+
+    def arm(progress: Progress) -> None:
+        bench.load.transform = glitch
+
+    with pytest.raises(InstrumentLinkError):
+        bench.source.deliver(LONG, after(10.0, arm), record_path=tmp_path / "r.jsonl")  # type: ignore[arg-type]
+    record = SessionRecord.load(tmp_path / "r.jsonl")
+    assert record.summary is not None and record.summary["end_reason"] == "fault"
+    writes = check(bench)
+    down = [(t, a) for _i, t, a in writes if t > 10.0]
+    assert down[-1][1] == 0.0
+    assert down[-1][0] - down[0][0] >= 8.0 - 0.1, "the prescription's ramp-down, not a step"
+    assert raw_resource(library, K2400).query(":OUTP?") == "OFF"
+
+
+def test_dead_link_leaves_the_output_on_and_says_so(
+    tmp_path: Path, library: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The no-watchdog hazard, demonstrated: with the instrument unreachable nothing can ramp it down."""
+    bench = open_bench(library, K2400)
+    resource = bench.load.resource
+
+    def cut_the_cable(progress: Progress) -> None:
+        def dead(*args: object) -> None:
+            raise ConnectionError("cable pulled")
+
+        resource.write = dead
+        bench.load.query = dead  # type: ignore[method-assign]
+
+    with (
+        caplog.at_level("CRITICAL", logger="iontodrive.visa"),
+        pytest.raises(LinkLostError, match="no watchdog"),
+    ):
+        bench.source.deliver(LONG, after(10.0, cut_the_cable), record_path=tmp_path / "r.jsonl")  # type: ignore[arg-type]
+    assert any("NO WATCHDOG" in r.getMessage() for r in caplog.records)
+    record = SessionRecord.load(tmp_path / "r.jsonl")
+    assert record.summary is not None and record.summary["end_reason"] == "link_lost"
+    other = raw_resource(library, K2400)
+    assert other.query(":OUTP?") == "ON" and float(other.query(":SOUR:CURR?")) == pytest.approx(-0.002)
+    bench.source.instrument.resource = other  # reconnected: the recovery path ramps it down
+    assert bench.source.ramp_down_output() == pytest.approx(-0.002)
+    assert other.query(":OUTP?") == "OFF"

@@ -15,7 +15,7 @@ import logging
 import re
 import sys
 import traceback
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from iontodrive.cli import exitcodes
 
@@ -129,9 +129,13 @@ def _split_sim(argv: list[str]) -> tuple[list[str], list[str]] | None:
     return None
 
 
-def configure_logging(debug: bool) -> None:
-    """WARNING and above as ``iontodrive: warning: ...`` on stderr; everything with ``--debug``."""
+def configure_logging(debug: bool) -> Callable[[], None]:
+    """WARNING and above as ``iontodrive: warning: ...`` on stderr; everything with ``--debug``.
+
+    Returns a function that puts the logging configuration back as it was (``main`` calls it on return,
+    so that calling ``main()`` from Python leaves the caller's logging alone)."""
     root = logging.getLogger()
+    previous_level = root.level
     for handler in list(root.handlers):
         if getattr(handler, "_iontodrive_cli", False):
             root.removeHandler(handler)
@@ -146,6 +150,13 @@ def configure_logging(debug: bool) -> None:
         root.setLevel(logging.WARNING)
     logging.captureWarnings(True)  # library warnings (e.g. pyvisa's) as one line each, like ours
     root.addHandler(handler)
+
+    def restore() -> None:
+        root.removeHandler(handler)
+        root.setLevel(previous_level)
+        logging.captureWarnings(False)
+
+    return restore
 
 
 class _NoLibraryErrors(logging.Filter):
@@ -175,18 +186,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     if split is not None:
         from iontodrive.cli import sim
 
-        configure_logging("--debug" in split[0])
-        return sim.delegate(split[1])
+        restore = configure_logging("--debug" in split[0])
+        try:
+            return sim.delegate(split[1])
+        finally:
+            restore()
     parser = build_parser()
     try:
         args = parser.parse_args(args_list)
     except SystemExit as exc:  # --help, --version, or a usage error (argparse prints it)
         return exc.code if isinstance(exc.code, int) else exitcodes.USAGE
-    configure_logging(args.debug)
+    restore = configure_logging(args.debug)
     try:
         return int(args.func(args))
     except exitcodes.UsageError as exc:
-        return _fail(args, exc, exitcodes.USAGE, parser_error=True)
+        return _fail(args, exc, exitcodes.USAGE)
     except KeyboardInterrupt as exc:
         return _fail(args, exc, exitcodes.INTERRUPTED)
     except BrokenPipeError:
@@ -195,9 +209,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         return exitcodes.OK
     except Exception as exc:
         return _fail(args, exc, exitcodes.exit_code_for(exc))
+    finally:
+        restore()
 
 
-def _fail(args: argparse.Namespace, exc: BaseException, code: int, parser_error: bool = False) -> int:
+def _fail(args: argparse.Namespace, exc: BaseException, code: int) -> int:
     if getattr(args, "debug", False):
         traceback.print_exception(exc, file=sys.stderr)
     print(f"{PROG}: {error_line(exc, code)}", file=sys.stderr)

@@ -232,16 +232,19 @@ class InterruptGuard:
         self._ramp_down_s = ramp_down_s
         self.count = 0
         self._previous: Any = None
+        self._installed = False
 
     def __enter__(self) -> InterruptGuard:
         if threading.current_thread() is threading.main_thread():
             self._previous = signal.signal(signal.SIGINT, self._handle)
+            self._installed = True
         return self
 
     def __exit__(self, *exc: object) -> None:
-        if self._previous is not None:
-            signal.signal(signal.SIGINT, self._previous)
-            self._previous = None
+        if self._installed:
+            previous = self._previous if self._previous is not None else signal.default_int_handler
+            signal.signal(signal.SIGINT, previous)
+            self._installed = False
 
     def _handle(self, signum: int, frame: FrameType | None) -> None:
         self.count += 1

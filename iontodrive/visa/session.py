@@ -79,7 +79,7 @@ from iontodrive.protocol import (
 )
 from iontodrive.ramp import RampPlan, SetpointStream
 from iontodrive.record import RecordWriter, SessionRecord, identity_to_dict
-from iontodrive.session import Progress, SessionOutcome, _Terminated
+from iontodrive.session import Progress, SessionOutcome, Terminated
 from iontodrive.units import UAS_PER_MA_MIN
 
 if TYPE_CHECKING:
@@ -110,6 +110,9 @@ OVERCURRENT_SAMPLES = 3
 DEFAULT_TELEMETRY_HZ = 10
 REQUEST_TIMEOUT_S = 30.0
 LANDING_STRETCH = 2.0  # the steered final ramp-down takes at most twice the prescription's ramp-down time
+LANDING_STEER_S = 0.25  # how often the final ramp-down is checked against the dose
+OVERRUN_FRACTION = 0.02  # guard: abort if the delivered charge passes the dose by 2 %
+OVERRUN_STALL_S = 2.0  # guard: abort if a ramp-down sends nothing for 2 s
 TICK_EMA_WEIGHT = 0.05  # weight of the newest interval in the running mean of the tick period
 FINISH_MARGIN_S = 10.0
 
@@ -239,7 +242,6 @@ class VisaSession:
             slew_limit_ua_per_s=self.identity.slew_limit_ua_per_s, rate_hz=rate, stretch=True
         )
         self._requests: queue.SimpleQueue[_Request] = queue.SimpleQueue()
-        self._lock = threading.Lock()
         self._done = threading.Event()
         self._thread: threading.Thread | None = None
         self._record: _RecordPump | None = None
@@ -274,10 +276,12 @@ class VisaSession:
         self._limited_ua: float | None = None
         self._lifting = False
         self._paused_by_lift = False
-        self._lift_value = 0
         # ending
         self._ending = False
         self._landing = False  # the final ramp-down of a dose-based session steers onto the dose
+        self._overrun = False
+        self._output_at_zero = False  # set once an emergency ramp-down after an error reached zero
+        self._last_steer_t = -math.inf
         self._ended = False
         self._end_requested: SessionOutcome | None = None
         self._pending_end: SessionOutcome | None = None
@@ -341,6 +345,8 @@ class VisaSession:
         self._compliance_mv = float(self.identity.compliance_mv)
         for warning in self.warnings:
             logger.warning("prescription: %s", warning)
+        if self.record_path.exists():
+            raise FileExistsError(f"record {self.record_path} exists; a record is never overwritten")
 
         smu = self._smu
         was_on = smu.output_enabled()
@@ -366,10 +372,10 @@ class VisaSession:
                 self._switched_on = True
             self._setpoint_ua = self._readback_ua()
             contact_ohm = self._contact_check() if self._source.contact_check else None
+            self._open_record(contact_ohm)
         except BaseException:
             self._abandon_begin()
             raise
-        self._open_record(contact_ohm)
         self._source._warn_no_watchdog(self._record)
         self._t0 = self._clock.now()
         self._last_t = None
@@ -537,8 +543,35 @@ class VisaSession:
         self._check_safety()
         self._process_requests()
         self._check_end()
+        self._check_overrun()
         self._step()
         self._report()
+
+    def _check_overrun(self) -> None:
+        """A guard against this module's own mistakes: a dose overshooting by more than
+        :data:`OVERRUN_FRACTION`, a time-based session running past its duration plus its ramp-down, or a
+        ramp-down that stopped sending set-points aborts at the slew limit (once)."""
+        if self._overrun:
+            return
+        reason = ""
+        if self._dose_uas is not None and self._charge_uas > self._dose_uas * (1 + OVERRUN_FRACTION):
+            reason = f"delivered {self._charge_uas:.0f} µA·s, over the {self._dose_uas:.0f} µA·s dose"
+        elif self._duration_s is not None and self._on_time_s > self._duration_s + self._ramp_down_s:
+            reason = f"on for {self._on_time_s:.1f} s, past the {self._duration_s:g} s duration"
+        elif (
+            self._state is DeviceState.RAMP_DOWN
+            and self._segment is not None
+            and self._setpoint_ua > 0.0
+            and self._clock.now() - max(self._last_send_t or -math.inf, self._segment.started_at)
+            > max(OVERRUN_STALL_S, 10 * self._tick_s)
+        ):
+            reason = "the ramp-down stopped sending set-points"
+        if reason:
+            self._overrun = True
+            logger.error("overrun guard: %s; aborting at the slew limit", reason)
+            if self._record is not None:
+                self._record.note("overrun_guard", reason=reason)
+            self._end(self._end_requested or SessionOutcome.ABORTED, 0.0, detail=reason, force=True)
 
     def _start_segment(self, target_ua: float, ramp_s: float, purpose: DeviceState) -> None:
         """Plan a ramp from the read-back level to ``target_ua`` and make it the running one."""
@@ -571,25 +604,33 @@ class VisaSession:
         """Dose-based end (S11): keep the final ramp-down's charge landing the total on the dose.
 
         The ramp's remaining charge is about ``I · T / 2`` (measured current ``I``, time to zero ``T``), so
-        the time to zero that lands the dose is ``2 · (dose - delivered) / I``. The plan's points will really
-        take ``points_left`` ticks of the measured tick period; when that differs from the wanted time by
-        more than two ticks (ticks running late, compliance lowering the current), the rest of the ramp is
-        re-planned from the read-back level, never faster than the slew limit.
+        the time to zero that lands the dose is ``2 · (dose - delivered) / I``, clamped between the fastest
+        ramp the slew limit allows and twice the prescription's ramp-down time. The plan's remaining points
+        will really take ``points_left`` ticks of the measured tick period; at most every
+        :data:`LANDING_STEER_S`, when that differs from the wanted time by more than two ticks (ticks
+        running late, the current lower than planned), the rest of the ramp is re-planned from the
+        read-back level. A re-planned ramp sends its first point at once, so steering never stalls it.
         """
         assert self._dose_uas is not None
-        if segment.index >= segment.plan.setpoints_ua.size or self._setpoint_ua <= 0.0:
+        now = self._clock.now()
+        if now - self._last_steer_t < LANDING_STEER_S or self._setpoint_ua <= 0.0:
             return segment
+        self._last_steer_t = now
         tick = max(self._period_s, self._tick_s)
+        slowdown = tick / self._period_s  # real seconds per planned second
+        fastest_s = math.ceil(self._setpoint_ua / self.identity.slew_limit_ua_per_s * self._source.rate_hz)
+        fastest_s = fastest_s * tick
         current = max(self._last_i_ua, IMPEDANCE_FLOOR_UA)
-        wanted_s = max(0.0, 2.0 * (self._dose_uas - self._charge_uas) / current)
-        wanted_s = min(wanted_s, LANDING_STRETCH * self._ramp_down_s)
+        wanted_s = 2.0 * (self._dose_uas - self._charge_uas) / current
+        wanted_s = min(max(wanted_s, fastest_s), LANDING_STRETCH * self._ramp_down_s * slowdown)
         expected_s = segment.points_left * tick
         if abs(expected_s - wanted_s) <= 2.0 * tick:
             return segment
-        # a plan of duration D has D·rate points and takes D·rate ticks of ``tick`` seconds
         readback = self._readback_ua()
-        plan = self._stream.plan(readback, 0.0, wanted_s * self._period_s / tick)
-        replanned = _Segment(plan, DeviceState.RAMP_DOWN, self._clock.now())
+        plan = self._stream.plan(readback, 0.0, wanted_s / slowdown)
+        replanned = _Segment(
+            plan, DeviceState.RAMP_DOWN, now - float(plan.times_s[min(1, plan.times_s.size - 1)])
+        )
         self._segment = replanned
         return replanned
 
@@ -750,7 +791,6 @@ class VisaSession:
 
     def _electrode_lift(self) -> None:
         value = self._last_impedance
-        self._lift_value = value
         self._lifting = True
         self._landing = False
         self._flags |= StatusFlags.ELECTRODE_LIFT
@@ -806,6 +846,7 @@ class VisaSession:
         try:
             self._disarm_fallback()
             self._ramp_blocking(0.0, self._ramp_down_s)
+            self._output_at_zero = True
         except Exception as exc:
             logger.critical(
                 "cannot ramp the output down (%r): the instrument has NO WATCHDOG and may still be sourcing "
@@ -817,7 +858,7 @@ class VisaSession:
     def _finish(self) -> None:
         """Output off at zero, error queue, summary, record closed; then wake waiters."""
         try:
-            if self._failure is None or not isinstance(self._failure, LinkError):
+            if self._failure is None or self._output_at_zero:
                 with contextlib.suppress(Exception):
                     self._disarm_fallback()
                     level = self._smu.source_level_a()
@@ -831,10 +872,10 @@ class VisaSession:
                         logger.warning("instrument error queue after the session: %s", errors)
                         if self._record is not None:
                             self._record.note("instrument_errors", errors=[list(e) for e in errors])
-            self._outcome = self._decide_outcome()
             if self._state is not DeviceState.DONE:
                 self._set_state(DeviceState.DONE if self._failure is None else DeviceState.FAULT)
-            self._report(force=True)
+            self._report(force=True)  # the last sample, before the outcome (its callback may still fail)
+            self._outcome = self._decide_outcome()
             if self._record is not None:
                 extra: dict[str, Any] = {
                     "session_id": self.session_id,
@@ -870,7 +911,8 @@ class VisaSession:
         if self._callback_error is not None:
             return SessionOutcome.CALLBACK_ERROR
         if self._failure is not None:
-            return SessionOutcome.LINK_LOST if isinstance(self._failure, LinkError) else SessionOutcome.FAULT
+            lost = isinstance(self._failure, LinkError) and not self._output_at_zero
+            return SessionOutcome.LINK_LOST if lost else SessionOutcome.FAULT
         if self._fallback_took_over:
             return SessionOutcome.LINK_LOST
         if self._fault is not None:
@@ -1004,14 +1046,14 @@ class VisaSession:
                         f"session still running after {timeout_s} s (state {self._state.name})"
                     )
                 self._done.wait(0.05)
-            except (KeyboardInterrupt, _Terminated) as exc:
+            except (KeyboardInterrupt, Terminated) as exc:
                 signals += 1
                 if self._interrupted is None:
-                    self._interrupted = "SIGTERM" if isinstance(exc, _Terminated) else "KeyboardInterrupt"
+                    self._interrupted = "SIGTERM" if isinstance(exc, Terminated) else "KeyboardInterrupt"
         while self._thread is not None and self._thread.is_alive():
             try:
                 self._thread.join(0.05)  # only the record's last lines remain to be written
-            except (KeyboardInterrupt, _Terminated):
+            except (KeyboardInterrupt, Terminated):
                 logger.warning("interrupted again: the session is already at zero, finishing its record")
         return self._result()
 
@@ -1021,7 +1063,7 @@ class VisaSession:
         if self._callback_error is not None:
             raise self._callback_error
         if self._failure is not None:
-            if isinstance(self._failure, LinkError):
+            if isinstance(self._failure, LinkError) and not self._output_at_zero:
                 raise LinkLostError(
                     f"lost the instrument during VISA session {self.session_id}: {self._failure}; it has no "
                     "watchdog, so its output may still be on: check it at the instrument"
@@ -1040,6 +1082,8 @@ class VisaSession:
         """Called by ``VisaSource.close()``: ramp down and wait for the end (bounded)."""
         if self._done.is_set():
             return
+        if threading.current_thread() is self._thread:
+            raise RuntimeError("close() cannot be called from a session callback; call stop() instead")
         logger.warning("source closing with a session running: ramping down first")
         self._requests.put(_Request("stop", SessionOutcome.STOPPED, detail))
         limit = self._ramp_down_s * max(1.0, self._source.real_seconds_per_clock_second) + FINISH_MARGIN_S
@@ -1199,9 +1243,9 @@ class VisaSession:
             target_ma_min=target_ma_min,
             fraction=fraction,
             time_left_s=time_left,
-            setpoint_ma=self._setpoint_ua / 1000.0,
-            current_ma=self._last_i_ua / 1000.0,
-            voltage_v=self._last_v_mv / 1000.0,
+            setpoint_ma=self._setpoint_ua / 1000.0 + 0.0,  # + 0.0: never -0.0
+            current_ma=self._last_i_ua / 1000.0 + 0.0,
+            voltage_v=self._last_v_mv / 1000.0 + 0.0,
             impedance_ohm=None if sample.impedance_ohm == OPEN_CIRCUIT_OHM else sample.impedance_ohm,
         )
 

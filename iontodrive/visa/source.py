@@ -45,7 +45,7 @@ from iontodrive.errors import LinkClosedError, SafetyRefusal
 from iontodrive.prescription import Prescription
 from iontodrive.protocol import Event, IdentityReport, WaveformSet
 from iontodrive.record import SessionRecord
-from iontodrive.session import Progress, _sigterm_as_exception
+from iontodrive.session import Progress, sigterm_as_exception
 from iontodrive.source import InvalidResourceError, is_visa_resource, validate_visa_resource
 from iontodrive.units import require_real
 from iontodrive.visa.clock import Clock, RealClock, ScaledClock
@@ -336,7 +336,7 @@ class VisaSource:
 
         Raises what :meth:`start` and :meth:`VisaSession.wait` raise.
         """
-        with _sigterm_as_exception():
+        with sigterm_as_exception():
             session = self.start(
                 prescription,
                 record_path=record_path,
