@@ -39,7 +39,7 @@ from _reliability import CallWatchdog, open_fds, rss_kib
 
 from iontodrive import Prescription, Stimulator
 from iontodrive.cli.simproc import SimulatorProcess
-from iontodrive.errors import IontodriveError
+from iontodrive.errors import IontodriveError, SessionInterrupted
 from iontodrive.record import RecordFormatError, SessionRecord
 
 RSS_WINDOW_S = 120.0
@@ -62,6 +62,7 @@ class SoakResult:
     minutes_planned: float = 0.0
     wall_s: float = 0.0
     sim_args: list[str] = field(default_factory=list)
+    retries: int = 0
     sessions: int = 0
     failed: int = 0
     hung: int = 0
@@ -143,6 +144,7 @@ def run(args: argparse.Namespace) -> SoakResult:
         str(args.junk_rate),
     ]
     result.sim_args = sim_args
+    result.retries = args.retries
     workdir = Path(tempfile.mkdtemp(prefix="iontodrive-soak-"))
     sim = SimulatorProcess(*sim_args, log_path=workdir / "sim.log")
     port = sim.start()
@@ -161,7 +163,7 @@ def run(args: argparse.Namespace) -> SoakResult:
                 sim = SimulatorProcess(*sim_args, log_path=workdir / "sim.log")
                 port = sim.start()
             try:
-                with Stimulator.open(port) as stim:
+                with Stimulator.open(port, retries=args.retries) as stim:
                     result.clients_opened += 1
                     try:
                         for _ in range(args.sessions_per_client):
@@ -179,6 +181,14 @@ def run(args: argparse.Namespace) -> SoakResult:
                                     stim.deliver(prescription, record_path=record_path)
                                     device_uas = stim.status().charge_uas
                                     problem, error = check_record(record_path, device_uas, prescription)
+                                except SessionInterrupted as exc:
+                                    if not dog.hung:  # Ctrl-C or SIGTERM: end the soak, ramped down
+                                        result.failures.append(f"soak interrupted: {exc}")
+                                        result.sessions -= 1
+                                        record_path.unlink(missing_ok=True)
+                                        end_at = 0.0
+                                        break
+                                    problem = f"{type(exc).__name__}: {exc}"
                                 except (IontodriveError, KeyboardInterrupt) as exc:
                                     problem = f"{type(exc).__name__}: {exc}"
                             if dog.hung:
@@ -248,7 +258,8 @@ def markdown(result: SoakResult) -> str:
         ("simulator restarts", f"{result.simulator_restarts}"),
     ]
     lines = [
-        f"Soak {result.started_utc}: `python -m firmware_sim {' '.join(result.sim_args)}`",
+        f"Soak {result.started_utc}: `python -m firmware_sim {' '.join(result.sim_args)}`; "
+        f"host `Stimulator.open(port, retries={result.retries})`",
         "",
         "| measure | value |",
         "|---|---|",
@@ -271,6 +282,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--drop-rate", type=float, default=0.0005, help="per-byte drop probability")
     p.add_argument("--corrupt-rate", type=float, default=0.0005, help="per-byte corruption probability")
     p.add_argument("--junk-rate", type=float, default=0.01, help="junk probability per frame")
+    p.add_argument(
+        "--retries", type=int, default=5, help="request re-sends before a timeout (default 5; driver: 3)"
+    )
     p.add_argument("--sessions-per-client", type=int, default=10, help="sessions before reconnecting")
     p.add_argument("--session-deadline-s", type=float, default=60.0, help="hung-call deadline (wall s)")
     p.add_argument("--sample-s", type=float, default=10.0, help="RSS sampling period (wall s)")

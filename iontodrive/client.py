@@ -240,6 +240,7 @@ class DeviceClient:
         self._pending: dict[int, _Pending] = {}
         self._pending_lock = threading.Lock()
         self._last_sent = time.monotonic()
+        self._last_received = time.monotonic()
         self._closed = threading.Event()
         self._failure: BaseException | None = None
         self._telemetry_listeners: list[TelemetryListener] = []
@@ -595,6 +596,11 @@ class DeviceClient:
             raise LinkClosedError(f"link {self.url} is closed")
 
     @property
+    def last_frame_age_s(self) -> float:
+        """Seconds since the last valid frame arrived from the device (wall clock)."""
+        return time.monotonic() - self._last_received
+
+    @property
     def failure(self) -> BaseException | None:
         """The background failure that broke the link, if any."""
         return self._failure
@@ -627,6 +633,7 @@ class DeviceClient:
 
     def _on_frame(self, frame: Frame) -> None:
         self.stats.frames_received += 1
+        self._last_received = time.monotonic()
         message = frame.message
         if frame.seq:
             with self._pending_lock:

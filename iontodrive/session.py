@@ -46,6 +46,7 @@ from iontodrive.errors import (
     IontodriveError,
     LinkError,
     LinkLostError,
+    LinkTimeoutError,
     SafetyRefusal,
     SessionInterrupted,
 )
@@ -73,8 +74,11 @@ logger = logging.getLogger(__name__)
 
 IDLE_STATES = frozenset({DeviceState.IDLE, DeviceState.DONE, DeviceState.FAULT})
 FAULT_EVENTS = frozenset({EventCode.OVERCURRENT_TRIP, EventCode.HARDWARE_TRIP})
+# Events after which the device has paused the session at zero output by itself.
+DEVICE_PAUSE_EVENTS = frozenset({EventCode.ELECTRODE_LIFT, EventCode.SHORT_CIRCUIT, EventCode.LINK_LOST})
 DEFAULT_SESSION_TELEMETRY_HZ = 10
 STATUS_POLL_S = 0.5
+RESTART_GRACE_S = 2.0  # wait this long for the POWER_ON event after a status shows a restarted device
 OVERCURRENT_MARGIN = 0.10  # S9, checked again by the driver
 OVERCURRENT_FLOOR_UA = 50
 OVERCURRENT_SAMPLES = 3  # consecutive samples over the limit before the driver aborts
@@ -180,6 +184,8 @@ class Session:
         # Events numbered up to this one happened before this session (e.g. the end of the previous
         # session, delivered late when the client fills a gap of lost events); they must not end this one.
         self._event_floor = 0
+        self._device_restarted = False
+        self._restart_noticed: float | None = None
 
     # ------------------------------------------------------------------------------------ start
 
@@ -215,6 +221,10 @@ class Session:
             if self._telemetry_hz is not None:
                 stim.configure_telemetry(min(self._telemetry_hz, self.identity.max_telemetry_hz))
             stim.request(self.start_message)
+        except LinkError:
+            self._detach()
+            self._settle_unconfirmed_start(status.session_id)
+            raise
         except BaseException:
             self._detach()
             self._record.summary(delivered_uas=0, end_reason="refused")
@@ -231,6 +241,30 @@ class Session:
             start=self._start_dict(),
         )
         logger.info("session %d started: %s", status.session_id, self.prescription)
+
+    def _settle_unconfirmed_start(self, session_before: int) -> None:
+        """``Start`` got no answer: the device may have started anyway. Stop it (a ramp) and record its dose.
+
+        If the device cannot be reached either, the record is left without a summary (its end is unknown);
+        the device's watchdog ramps down a session nobody feeds (S10).
+        """
+        assert self._record is not None
+        logger.error("Start unanswered: making sure the device is not delivering")
+        try:
+            status = self._stim.status()
+            if status.session_id != session_before:
+                self.session_id = status.session_id
+                self._record.note("started", session_id=status.session_id, unconfirmed=True)
+                status = self._stim._stop_and_wait(status)
+            delivered = status.charge_uas if status.session_id != session_before else 0
+        except IontodriveError as exc:
+            self._record.note("link_lost", detail=f"Start unanswered and the device unreachable: {exc}")
+            self._record.close()
+            return
+        self._record.summary(
+            delivered_uas=delivered, end_reason=SessionOutcome.LINK_LOST.value, detail="Start unanswered"
+        )
+        self._record.close()
 
     def _start_dict(self) -> dict[str, Any]:
         return {
@@ -375,20 +409,42 @@ class Session:
             device_pause = self._paused_by_device
         if deadline is not None and time.monotonic() > deadline:
             raise TimeoutError(f"session still running after the wait timeout (state {self._state.name})")
-        status = self._stim.status()
+        try:
+            status = self._stim.status()
+        except LinkTimeoutError:
+            # One unanswered poll is not a lost link while the device's frames keep arriving.
+            if self._stim.last_frame_age_s < self._stim.watchdog_ms / 1000.0:
+                logger.warning("status poll unanswered, but the device is still sending: waiting on")
+                return False
+            raise
         self._apply_status(status)
         if self._finished:
             return True
         if (callback_error is not None or device_pause is not None) and status.state is DeviceState.PAUSED:
             # Output is at zero already; end the session so its dose and record are final.
-            self._request_end(
-                Stop(), SessionOutcome.CALLBACK_ERROR if callback_error else SessionOutcome.STOPPED
-            )
+            if callback_error is not None:
+                outcome = SessionOutcome.CALLBACK_ERROR
+            elif device_pause is EventCode.LINK_LOST:
+                outcome = SessionOutcome.LINK_LOST
+            else:
+                outcome = SessionOutcome.STOPPED
+            self._request_end(Stop(), outcome)
         elif callback_error is not None and self._end_requested is None:
             self._request_end(Stop(), SessionOutcome.CALLBACK_ERROR)
         return False
 
     def _apply_status(self, status: StatusReport) -> None:
+        if self.session_id is not None and status.session_id != self.session_id:
+            # The device no longer holds this session (power loss, reset). Its POWER_ON event comes after
+            # every telemetry sample of the old boot, so wait for it (the last dose figure is in those
+            # samples); if it never comes (lost on the link), give up waiting after a grace period.
+            now = time.monotonic()
+            if self._restart_noticed is None:
+                self._restart_noticed = now
+                logger.warning("device reports session %d, not %s", status.session_id, self.session_id)
+            elif now - self._restart_noticed >= RESTART_GRACE_S:
+                self._on_device_restart()
+            return
         with self._changed:
             self._state = status.state
             self._flags = status.flags
@@ -406,7 +462,9 @@ class Session:
         status = self._stim.status()
         self._apply_status(status)
         outcome = self._decide_outcome(interrupted)
-        self._close_record(status.charge_uas, outcome)
+        # After a restart the device's count is gone: the last figure it reported is the delivered dose.
+        delivered = self._delivered_uas if self._device_restarted else status.charge_uas
+        self._close_record(delivered, outcome)
         if interrupted is not None:
             raise SessionInterrupted(interrupted)
         if self._callback_error is not None:
@@ -421,7 +479,9 @@ class Session:
         if self._callback_error is not None:
             return SessionOutcome.CALLBACK_ERROR
         if self._fault is not None:
-            return SessionOutcome.FAULT if self._fault.code in FAULT_EVENTS else SessionOutcome.ELECTRODE_LIFT
+            if self._fault.code is EventCode.ELECTRODE_LIFT:
+                return SessionOutcome.ELECTRODE_LIFT
+            return SessionOutcome.FAULT
         if self._end_requested is not None:
             return self._end_requested
         if self._paused_by_device is EventCode.LINK_LOST:
@@ -430,7 +490,17 @@ class Session:
 
     def _finish_link_lost(self, exc: LinkError) -> SessionRecord:
         logger.error("link lost during the session: the device's watchdog ramps the output down (S10)")
-        self._close_record(self._delivered_uas, SessionOutcome.LINK_LOST, detail=str(exc))
+        # If only the device-to-host direction failed, our heartbeats would keep the device's watchdog fed:
+        # ask for a ramp-down in case the device can still hear us.
+        with contextlib.suppress(IontodriveError):
+            self._stim.request(Stop(), retries=0)
+        # No summary: the device's final dose is not known here. The record stays incomplete (readable up
+        # to this point) until recover() on a new connection adds what the device did and the summary.
+        self._detach()
+        self._outcome = SessionOutcome.LINK_LOST
+        if self._record is not None and not self._record.finished:
+            self._record.note("link_lost", detail=str(exc), last_delivered_uas=self._delivered_uas)
+            self._record.close()
         raise LinkLostError(
             f"link lost during session {self.session_id}: {exc}; the device's watchdog ramps the output down "
             "and keeps the dose; reconnect and call recover() to complete the record"
@@ -486,7 +556,10 @@ class Session:
     def _handle_event(self, event: Event) -> None:
         if event.code is EventCode.POWER_ON and not event.replayed:
             self._event_floor = 0  # the device restarted: event numbers start again at 1
-        elif event.event_no <= self._event_floor:
+            self._write(lambda r: r.event(event))
+            self._on_device_restart()
+            return
+        if event.event_no <= self._event_floor:
             logger.debug("ignoring event %d from before this session", event.event_no)
             return
         self._write(lambda r: r.event(event))
@@ -494,11 +567,15 @@ class Session:
             self._state = event.state
             if event.code in FAULT_EVENTS:
                 self._fault = DeviceFault(event.code, event.value)
-            elif event.code in (EventCode.ELECTRODE_LIFT, EventCode.LINK_LOST):
+            elif event.code in DEVICE_PAUSE_EVENTS:
                 self._paused_by_device = event.code
                 if event.code is EventCode.ELECTRODE_LIFT and self._fault is None:
                     self._fault = DeviceFault(
                         event.code, event.value, "electrode lifted; output ramped to zero"
+                    )
+                elif event.code is EventCode.SHORT_CIRCUIT and self._fault is None:
+                    self._fault = DeviceFault(
+                        event.code, event.value, "short circuit across the electrodes; output ramped to zero"
                     )
             if event.state in (DeviceState.DONE, DeviceState.FAULT) and event.code in (
                 EventCode.SESSION_ENDED,
@@ -513,6 +590,20 @@ class Session:
             except Exception as exc:
                 self._callback_failed(exc)
 
+    def _on_device_restart(self) -> None:
+        """The device restarted mid-session (power loss): output is cut, the session is gone (S15)."""
+        with self._changed:
+            if not self._device_restarted:
+                self._device_restarted = True
+                logger.error("device restarted during session %s: output cut, session lost", self.session_id)
+                if self._fault is None:
+                    self._fault = DeviceFault(
+                        EventCode.POWER_ON, 0, "device restarted during the session (power loss)"
+                    )
+            self._state = DeviceState.IDLE
+            self._finished = True
+            self._changed.notify_all()
+
     def _handle_telemetry(self, sample: Telemetry) -> None:
         device_s = sample.device_time_ms / 1000.0
         if device_s - self._last_recorded_device_s >= self._record_interval_s:
@@ -521,6 +612,8 @@ class Session:
         self._check_overcurrent(sample)
         progress = self._progress_from(sample)
         with self._changed:
+            if self._device_restarted:
+                return  # a new boot's telemetry: this session's dose is the last figure before it
             self._state = sample.state
             self._flags = sample.flags
             self._delivered_uas = sample.charge_uas
@@ -570,8 +663,10 @@ class Session:
         target_ma_min = start.dose_uas / UAS_PER_MA_MIN if start.dose_uas else None
         if start.dose_uas:
             fraction = min(1.0, delivered / start.dose_uas)
-            rate = max(sample.measured_ua, 1)
-            time_left = max(0.0, (start.dose_uas - delivered) / rate) if sample.measured_ua else None
+            # The rest of the dose at the prescribed current, plus half the ramp-down (which delivers half
+            # its duration's worth): an estimate from the plan, not from the present (ramping) current.
+            rest_s = max(0, start.dose_uas - delivered) / start.target_current_ua
+            time_left = rest_s + start.ramp_down_ms / 2000.0 if delivered < start.dose_uas else 0.0
         else:
             total = start.duration_ms / 1000.0
             since_poll = (sample.device_time_ms - self._remaining_at_device_ms) / 1000.0
@@ -596,7 +691,44 @@ class Session:
         )
 
 
-class Stimulator(DeviceClient):
+class DeliversSessions:
+    """``deliver()`` for every source whose ``start()`` returns a session handle with ``wait()``.
+
+    Shared by :class:`Stimulator` and the VISA source-meters, so that a whole session runs, reports and ends
+    the same way on both.
+    """
+
+    def start(self, prescription: Prescription, **options: Any) -> Any:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def deliver(
+        self,
+        prescription: Prescription,
+        on_progress: Callable[[Progress], None] | None = None,
+        *,
+        record_path: str | Path | None = None,
+        labels: dict[str, str] | None = None,
+        on_event: Callable[[Event], None] | None = None,
+        **start_options: Any,
+    ) -> SessionRecord:
+        """Run a whole session and return its record. Ctrl-C and SIGTERM ramp down before raising.
+
+        ``start_options`` go to ``start()`` (e.g. ``telemetry_hz``). Raises what ``start()`` and the
+        session's ``wait()`` raise.
+        """
+        with sigterm_as_exception():
+            session = self.start(
+                prescription,
+                record_path=record_path,
+                labels=labels,
+                on_progress=on_progress,
+                on_event=on_event,
+                **start_options,
+            )
+            return session.wait()  # type: ignore[no-any-return]
+
+
+class Stimulator(DeliversSessions, DeviceClient):
     """A connected stimulator that can deliver dose sessions. Open with :meth:`Stimulator.open`.
 
     Example::
@@ -632,31 +764,6 @@ class Stimulator(DeviceClient):
         )
         session._begin()
         return session
-
-    def deliver(
-        self,
-        prescription: Prescription,
-        on_progress: Callable[[Progress], None] | None = None,
-        *,
-        record_path: str | Path | None = None,
-        labels: dict[str, str] | None = None,
-        on_event: Callable[[Event], None] | None = None,
-        telemetry_hz: int | None = DEFAULT_SESSION_TELEMETRY_HZ,
-    ) -> SessionRecord:
-        """Run a whole session and return its record. Ctrl-C and SIGTERM ramp down before raising.
-
-        Raises what :meth:`start` and :meth:`Session.wait` raise.
-        """
-        with sigterm_as_exception():
-            session = self.start(
-                prescription,
-                record_path=record_path,
-                labels=labels,
-                on_progress=on_progress,
-                on_event=on_event,
-                telemetry_hz=telemetry_hz,
-            )
-            return session.wait()
 
     def recover(self, record_path: str | Path) -> SessionRecord:
         """Complete a record left unfinished by a host that died (S16, S10).

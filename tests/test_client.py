@@ -5,6 +5,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 from peer import IDENTITY, ScriptedPeer
@@ -286,3 +287,45 @@ def test_event_numbering_restart_after_power_on_is_not_a_gap(peer: ScriptedPeer)
             time.sleep(0.01)
         assert delivered == [(1, EventCode.POWER_ON)]
         assert peer.requests_of(FetchEvents) == []  # a restart is not a gap: nothing to fetch
+
+
+def test_the_session_aborts_when_the_device_reports_over_current_without_tripping(
+    peer: ScriptedPeer, tmp_path: Path
+) -> None:
+    """S9 enforced again by the driver: a device that keeps delivering 20 % over its set-point is aborted."""
+    from iontodrive import Prescription, Stimulator
+    from iontodrive.protocol import Abort, CheckContact, ContactReport, ContactVerdict
+
+    def handler(p: ScriptedPeer, seq: int, request: Message) -> list[bytes] | None:
+        if isinstance(request, CheckContact):
+            return [encode(ContactReport(3000, ContactVerdict.OK, 200, 10000, 50), seq)]
+        return None
+
+    peer.handler = handler
+    with Stimulator.open(peer.url, timeout_s=0.2, retries=2) as stim:
+        session = stim.start(
+            Prescription(current_ma=2.0, dose_ma_min=20.0, ramp_up_s=5, ramp_down_s=5, polarity="cathode"),
+            record_path=tmp_path / "r.jsonl",
+        )
+        for n in range(1, 6):  # measured 2400 uA against a 2000 uA set-point, no trip from the device
+            peer.send_raw(
+                encode(
+                    Telemetry(
+                        n,
+                        n * 100,
+                        DeviceState.HOLD,
+                        StatusFlags.OUTPUT_ON,
+                        Polarity.CATHODE,
+                        2000,
+                        2400,
+                        9000,
+                        3750,
+                        n,
+                    )
+                )
+            )
+        deadline = time.monotonic() + 3
+        while not peer.requests_of(Abort) and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert peer.requests_of(Abort), "the driver did not abort an over-current the device ignored"
+        assert session.outcome is None or session.outcome.value == "aborted"

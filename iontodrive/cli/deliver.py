@@ -241,10 +241,19 @@ class InterruptGuard:
         return self
 
     def __exit__(self, *exc: object) -> None:
-        if self._installed:
-            previous = self._previous if self._previous is not None else signal.default_int_handler
-            signal.signal(signal.SIGINT, previous)
-            self._installed = False
+        if not self._installed:
+            return
+        self._installed = False
+        if self.count:
+            # Already stopping: a late Ctrl-C while the command finishes must not kill it half-way (with a
+            # traceback, an unwritten summary). Keep ignoring SIGINT until the process exits.
+            signal.signal(signal.SIGINT, self._late)
+            return
+        previous = self._previous if self._previous is not None else signal.default_int_handler
+        signal.signal(signal.SIGINT, previous)
+
+    def _late(self, signum: int, frame: FrameType | None) -> None:
+        self._display.notice("Ctrl-C again: the output is already at zero; finishing the record.")
 
     def _handle(self, signum: int, frame: FrameType | None) -> None:
         self.count += 1

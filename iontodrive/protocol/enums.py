@@ -63,8 +63,8 @@ class DeviceState(IntEnum):
     RAMP_UP = 2
     HOLD = 3
     ADJUST = 4  # ramping between two non-zero set-points
-    RAMP_DOWN = 5  # ramping to zero to end the session (end of dose, stop, abort, watchdog)
-    PAUSING = 6  # ramping to zero to pause (pause request, electrode lift)
+    RAMP_DOWN = 5  # ramping to zero to end the session (end of dose, stop, abort, latched trip)
+    PAUSING = 6  # ramping to zero to pause (pause request, electrode lift, host watchdog)
     PAUSED = 7
     DONE = 8
     FAULT = 9

@@ -44,8 +44,7 @@ from typing import Any, Self
 from iontodrive.errors import LinkClosedError, SafetyRefusal
 from iontodrive.prescription import Prescription
 from iontodrive.protocol import Event, IdentityReport, WaveformSet
-from iontodrive.record import SessionRecord
-from iontodrive.session import Progress, sigterm_as_exception
+from iontodrive.session import DeliversSessions, Progress
 from iontodrive.source import InvalidResourceError, is_visa_resource, validate_visa_resource
 from iontodrive.units import require_real
 from iontodrive.visa.clock import Clock, RealClock, ScaledClock
@@ -78,7 +77,7 @@ NO_WATCHDOG_WARNING = (
 )
 
 
-class VisaSource:
+class VisaSource(DeliversSessions):
     """A bench source-meter that runs host-ramped dose sessions. Open with :meth:`open`.
 
     Example::
@@ -321,31 +320,6 @@ class VisaSource:
             session._begin()
             self._session = session
         return session
-
-    def deliver(
-        self,
-        prescription: Prescription,
-        on_progress: Callable[[Progress], None] | None = None,
-        *,
-        record_path: str | Path | None = None,
-        labels: dict[str, str] | None = None,
-        on_event: Callable[[Event], None] | None = None,
-        telemetry_hz: int | None = DEFAULT_TELEMETRY_HZ,
-    ) -> SessionRecord:
-        """Run a whole session and return its record. Ctrl-C and SIGTERM ramp down before raising.
-
-        Raises what :meth:`start` and :meth:`VisaSession.wait` raise.
-        """
-        with sigterm_as_exception():
-            session = self.start(
-                prescription,
-                record_path=record_path,
-                labels=labels,
-                on_progress=on_progress,
-                on_event=on_event,
-                telemetry_hz=telemetry_hz,
-            )
-            return session.wait()
 
     @property
     def session(self) -> VisaSession | None:
