@@ -35,5 +35,29 @@ bench: $(STAMP)
 	$(BIN)/python bench/rtt.py
 	$(BIN)/python bench/telemetry.py
 
+# Reliability (issue 7; docs/reliability.md). Reports go to $(REPORTS); the tables are also printed.
+REPORTS    ?= $(VENV)/reports
+FUZZ_TIME  ?= 60
+SOAK_MIN   ?= 30
+FAULT_REPS ?= 5
+
+faults: $(STAMP)
+	@mkdir -p $(REPORTS)
+	$(BIN)/python bench/faults.py --reps $(FAULT_REPS) --json $(REPORTS)/faults-results.json \
+		--report $(REPORTS)/faults-report.md --keep $(REPORTS)/faults-failed
+
+fuzz: $(STAMP)
+	@$(BIN)/python -c 'import atheris' 2>/dev/null || $(BIN)/pip install --quiet 'atheris>=2.3'
+	@mkdir -p $(VENV)/fuzz-corpus/decoder $(VENV)/fuzz-corpus/firmware
+	$(BIN)/python fuzz/fuzz_decoder.py -max_total_time=$(FUZZ_TIME) -rss_limit_mb=1024 \
+		-print_final_stats=1 $(VENV)/fuzz-corpus/decoder
+	$(BIN)/python fuzz/fuzz_firmware.py -max_total_time=$(FUZZ_TIME) -rss_limit_mb=1024 \
+		-print_final_stats=1 $(VENV)/fuzz-corpus/firmware
+
+soak: $(STAMP)
+	@mkdir -p $(REPORTS)
+	$(BIN)/python bench/soak.py --minutes $(SOAK_MIN) --report $(REPORTS)/soak-report.md \
+		--json $(REPORTS)/soak-results.json
+
 clean:
 	rm -rf $(VENV) build dist *.egg-info .pytest_cache .ruff_cache .hypothesis

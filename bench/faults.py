@@ -21,9 +21,11 @@ pulsed DC (hydro-30). Faults (``FAULTS``):
 ``mixed``           drop 1e-3 + corrupt 1e-3 + junk 0.1 + 10 ms latency + split reads
 ==================  ==================================================================================
 
-In-process runs use ``sim://`` on the wall clock at ``--speed`` (default 100); the host-process faults
-use ``python -m firmware_sim --pty`` through :class:`~iontodrive.cli.simproc.SimulatorProcess` at
-``--process-speed`` (default 10), because the device watchdog (S10) runs on link (wall) time.
+In-process runs use ``sim://`` on the wall clock at ``--speed`` (default 100; latency faults and ``mixed``
+at ``--link-speed``, default 20, because at speed 100 the simulator cannot release delayed bytes fast
+enough on a 2-core machine); the host-process faults use ``python -m firmware_sim --pty`` through
+:class:`~iontodrive.cli.simproc.SimulatorProcess` at ``--process-speed`` (default 10), because the device
+watchdog (S10) runs on link (wall) time.
 
 Every run is checked (pass criteria, also printed with the table):
 
@@ -39,9 +41,12 @@ Every run is checked (pass criteria, also printed with the table):
 5. **dose** -- a run whose session completed delivered its planned charge within 1 % (S11); a
    dose-based session also under a resistance limit (S5).
 6. **record** -- the record is readable and complete (has a summary), its end reason is one expected for
-   the fault, and its delivered charge agrees with the device's (trace) within max(2 µA·s, 0.1 %), or,
-   where the host could not learn the final figure (power cut), within the charge of 0.5 s at the
-   set-point.
+   the fault (``completed`` is also right when the fault came after the output was off for good, or, for
+   a host fault, when the session ended before the device's watchdog fired), and its delivered charge
+   agrees with the device's (trace) within max(2 µA·s, 0.1 %), or, where the host could not learn the
+   final figure (power cut), within the charge of 0.5 s at the set-point. Under link faults a session
+   that never started (a typed error before ``Start`` took effect, no output in the trace) leaves no
+   record and passes.
 7. **no hang** -- every blocking call (open, start, wait, recover, close, the host process) returns
    before its deadline (:class:`CallWatchdog`).
 
@@ -138,6 +143,7 @@ class Fault:
     process: bool = False
     link: tuple[tuple[str, float], ...] = ()
     expected: tuple[str, ...] = ("completed",)
+    latency: bool = False  # run at --link-speed: a simulator at speed 100 cannot keep up with delayed bytes
 
 
 _LINK_RATES = {
@@ -153,7 +159,7 @@ def _link_faults() -> list[Fault]:
     for option, rates in _LINK_RATES.items():
         short = option.split("_")[0]
         for rate in rates:
-            out.append(Fault(f"{short}_{rate:g}", link=((option, rate),), expected=("completed",)))
+            out.append(Fault(f"{short}_{rate:g}", link=((option, rate),), latency=option == "latency_ms"))
     out.append(
         Fault(
             "mixed",
@@ -164,6 +170,7 @@ def _link_faults() -> list[Fault]:
                 ("latency_ms", 10.0),
                 ("split", 1),
             ),
+            latency=True,
         )
     )
     return out
@@ -234,14 +241,16 @@ class RunResult:
 class RunContext:
     """Per-run state: seed, RNG, scenario, fault, work directory, deadlines and hang bookkeeping."""
 
-    def __init__(self, seed: int, workdir: Path, speed: float, process_speed: float) -> None:
+    def __init__(
+        self, seed: int, workdir: Path, speed: float, process_speed: float, link_speed: float = 20.0
+    ) -> None:
         self.seed = seed
         self.rep, self.scenario, self.fault = decode_seed(seed)
         self.rng = random.Random(seed)
         self.workdir = workdir
         self.trace_path = workdir / "trace.csv"
         self.record_path = workdir / "record.jsonl"
-        self.speed = process_speed if self.fault.process else speed
+        self.speed = process_speed if self.fault.process else link_speed if self.fault.latency else speed
         self.identity = MODELS[self.scenario.model].identity()
         self.plan = self.scenario.prescription.expected_plan(self.identity)
         self.result = RunResult(seed, self.scenario.name, self.fault.name)
@@ -611,6 +620,8 @@ def check(ctx: RunContext, facts: dict[str, Any]) -> None:
         r.fault_state = facts.get("phase", "")
 
     # fault -> safe, and no return
+    session_on = trace.t_s[np.abs(trace.output_ua) >= SAFE_FRACTION * target_ua]
+    after_end = at is not None and (session_on.size == 0 or at > session_on[-1] + 0.05)
     if ctx.fault.stops_output:
         threshold = SAFE_FRACTION * target_ua
         if ctx.fault.process:
@@ -620,10 +631,9 @@ def check(ctx: RunContext, facts: dict[str, Any]) -> None:
             r.safe_unit, r.safe_limit_s = "device s", POWER_SAFE_S
         else:
             r.safe_unit, r.safe_limit_s = "device s", PLANT_SAFE_S
-        session_on = trace.t_s[np.abs(trace.output_ua) >= threshold]
         if at is None:
             r.problems.append("fault time unknown")
-        elif session_on.size == 0 or at > session_on[-1] + 0.05:
+        elif after_end:
             r.safe_s = None  # the fault came when the output was already off: nothing to make safe
         else:
             safe = _safe_time(trace, at, threshold)
@@ -639,6 +649,14 @@ def check(ctx: RunContext, facts: dict[str, Any]) -> None:
     if ctx.fault.name == "power_cycle" and "charge_before_uas" in facts:
         device_uas = float(facts["charge_before_uas"])
     r.device_uas = round(float(device_uas), 1)
+    if not ctx.record_path.exists() and r.error and session_on.size == 0:
+        # the session never started (a typed error before Start took effect): nothing to record
+        r.outcome = "not_started"
+        if not ctx.fault.link:
+            r.problems.append(f"session never started: {r.error}")
+        else:
+            r.record_ok = True
+        return
     try:
         record = SessionRecord.load(ctx.record_path)
     except (RecordFormatError, OSError) as exc:
@@ -651,8 +669,13 @@ def check(ctx: RunContext, facts: dict[str, Any]) -> None:
         return
     r.outcome = str(record.summary.get("end_reason"))
     r.record_uas = record.delivered_uas
-    if r.outcome not in ctx.fault.expected:
-        r.problems.append(f"end reason {r.outcome!r}, expected one of {ctx.fault.expected}")
+    expected = ctx.fault.expected
+    if after_end:  # the fault came once the output was off for good: a normal end is right
+        expected = (*expected, "completed")
+    if ctx.fault.process and not any(e["code"] == "LINK_LOST" for e in record.events):
+        expected = (*expected, "completed")  # the session ended before the device's watchdog fired
+    if r.outcome not in expected:
+        r.problems.append(f"end reason {r.outcome!r}, expected one of {expected}")
     tolerance = max(2.0, RECORD_TOLERANCE * device_uas)
     if ctx.fault.name == "power_cycle":
         tolerance = max(tolerance, target_ua * 0.5 * ctx.scenario.prescription.duty_fraction)
@@ -676,10 +699,12 @@ def check(ctx: RunContext, facts: dict[str, Any]) -> None:
                 r.problems.append(f"dose {device_uas:.0f} uAs, planned {planned:.0f} ({r.dose_error:.2%})")
 
 
-def execute(seed: int, speed: float, process_speed: float, keep_dir: str | None) -> dict[str, Any]:
+def execute(
+    seed: int, speed: float, process_speed: float, keep_dir: str | None, link_speed: float = 20.0
+) -> dict[str, Any]:
     """One run in this process; returns the RunResult as a dict. Never raises for a failed run."""
     workdir = Path(tempfile.mkdtemp(prefix=f"faults-{seed}-"))
-    ctx = RunContext(seed, workdir, speed, process_speed)
+    ctx = RunContext(seed, workdir, speed, process_speed, link_speed)
     started = time.monotonic()
     facts: dict[str, Any] = {}
     try:
@@ -793,6 +818,7 @@ def run_campaign(
     speed: float,
     process_speed: float,
     keep_dir: str | None,
+    link_speed: float = 20.0,
     progress: Callable[[dict[str, Any], int, int], None] | None = None,
 ) -> list[dict[str, Any]]:
     """Run ``seeds`` on ``workers`` processes (1 = in this process); results in seed order."""
@@ -801,7 +827,7 @@ def run_campaign(
     ordered = sorted(seeds, key=lambda s: (not decode_seed(s)[2].process, s))
     if workers <= 1:
         for seed in ordered:
-            results.append(execute(seed, speed, process_speed, keep_dir))
+            results.append(execute(seed, speed, process_speed, keep_dir, link_speed))
             if progress:
                 progress(results[-1], len(results), len(seeds))
     else:
@@ -809,7 +835,7 @@ def run_campaign(
         with cf.ProcessPoolExecutor(
             max_workers=workers, mp_context=context, initializer=_worker_init
         ) as pool:
-            futures = [pool.submit(execute, s, speed, process_speed, keep_dir) for s in ordered]
+            futures = [pool.submit(execute, s, speed, process_speed, keep_dir, link_speed) for s in ordered]
             for future in cf.as_completed(futures):
                 results.append(future.result())
                 if progress:
@@ -842,6 +868,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--workers", type=int, default=2, help="worker processes (default 2)")
     p.add_argument("--speed", type=float, default=100.0, help="in-process simulator speed (default 100)")
     p.add_argument("--process-speed", type=float, default=10.0, help="subprocess simulator speed (10)")
+    p.add_argument(
+        "--link-speed", type=float, default=20.0, help="in-process speed for latency faults (default 20)"
+    )
     p.add_argument("--replay", type=int, action="append", metavar="SEED", help="run only this seed")
     p.add_argument("--json", type=Path, default=Path("faults-results.json"), help="JSON results file")
     p.add_argument("--report", type=Path, help="also write the markdown report here")
@@ -888,6 +917,7 @@ def main(argv: list[str] | None = None) -> int:
         speed=args.speed,
         process_speed=args.process_speed,
         keep_dir=args.keep,
+        link_speed=args.link_speed,
         progress=_print_progress,
     )
     wall = time.monotonic() - started

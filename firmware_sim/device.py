@@ -55,6 +55,8 @@ from .trace import TraceSink, open_trace
 log = logging.getLogger(__name__)
 
 MAX_TX_BYTES = 4 * 1024 * 1024  # a UART driver's buffer would overflow long before this
+_REQUEST_CLASSES = frozenset(c for c in MESSAGE_BY_TYPE.values() if c.TYPE.kind == MessageKind.REQUEST)
+_REPLY_CLASSES = frozenset(c for c in MESSAGE_BY_TYPE.values() if c.TYPE.kind == MessageKind.REPLY)
 _START_PAYLOAD = struct.Struct("<IIIIIBBHB")
 _PAYLOAD_SIZE = re.compile(r"payload is (\d+) bytes")
 
@@ -185,7 +187,7 @@ class Device:
 
     def _on_frame(self, frame: Frame) -> None:
         message = frame.message
-        if message.TYPE.kind != MessageKind.REQUEST:
+        if message.__class__ not in _REQUEST_CLASSES:
             # a reply or unsolicited type from the host: not a request this device knows
             self._send(
                 encode(
@@ -203,9 +205,12 @@ class Device:
             self._send(cached)
             return
         replies = fw.handle(message)
-        encoded = b"".join(
-            encode(r, frame.seq if r.TYPE.kind == MessageKind.REPLY else None) for r in replies
-        )
+        if len(replies) == 1:  # the reply itself (always a reply type)
+            encoded = encode(replies[0], frame.seq)
+        else:  # FetchEvents: the report, then the replayed events (unsolicited, seq 0)
+            encoded = b"".join(
+                encode(r, frame.seq if r.__class__ in _REPLY_CLASSES else None) for r in replies
+            )
         self._cache.store(frame.seq, message, encoded)
         self._send(encoded)
         self._flush_outbox()
@@ -292,6 +297,29 @@ class Device:
             return
         fw.advance(session_dt_s, link_dt_s)
         self._flush_outbox()
+
+    def idle_horizon_s(self) -> float:
+        """Session seconds the device can go without being advanced and not be late with anything.
+
+        0 while anything is under way (a session, a ramp, link latency holding bytes back); otherwise the
+        time to the next telemetry sample (``inf`` if telemetry is off). Advancing later is still exact --
+        the physics is simulated for every step -- only output would be delivered later in wall time.
+        """
+        if self._link is not None and self._link.next_release() is not None:
+            return 0.0
+        return self.firmware.idle_horizon_s()
+
+    def advance_link(self, link_dt_s: float) -> None:
+        """Let link time pass without session time: ``advance(0.0, link_dt_s)``, cheaper.
+
+        Used by the real-time runner before a request it answers between physics ticks, so that the
+        request feeds the watchdog (S10) at the link time it arrived. Raises ValueError for a negative or
+        non-finite interval.
+        """
+        if self._link is not None:
+            self.advance(0.0, link_dt_s)
+        else:
+            self.firmware.advance_link(link_dt_s)
 
     # ----------------------------------------------------------------------------------------- faults
 

@@ -68,10 +68,12 @@ from iontodrive.protocol import (
     Waveform,
     WaveformSet,
 )
+from iontodrive.protocol.fastpath import COMPILED_BY_CLASS, HEADER_VALUES
 
 from . import detect
 from .models import ModelSpec
-from .plant import Plant, PlantBlock, PlantState
+from .plant import Plant, PlantState
+from .plant_step import PlantStepper
 from .trace import TraceBlock, TraceSink
 
 log = logging.getLogger(__name__)
@@ -97,8 +99,11 @@ OVERCURRENT_FRACTION = 1.10  # S9: trip at set-point + 10 %
 DOSE_AIM_CAP_FRACTION = 0.999  # the planned ramp-down aims at most at 99.9 % of the dose cap
 MEAN_WINDOW_STEPS = 10  # impedance is computed from 10-step means of V and I
 
+SMALL_BLOCK_STEPS = 8  # blocks up to this many steps run on the scalar path (Firmware._block_small)
+
 OUTPUT_STATES = frozenset({S.RAMP_UP, S.HOLD, S.ADJUST})
 SESSION_STATES = frozenset({S.CONTACT_CHECK, S.RAMP_UP, S.HOLD, S.ADJUST, S.RAMP_DOWN, S.PAUSING, S.PAUSED})
+QUIET_STATES = frozenset({S.IDLE, S.DONE, S.PAUSED, S.FAULT})  # nothing scheduled once output is zero
 CHARGE_STATES = frozenset({S.RAMP_UP, S.HOLD, S.ADJUST, S.RAMP_DOWN, S.PAUSING, S.FAULT})
 
 
@@ -122,6 +127,31 @@ class Trigger(Enum):
     COMPLIANCE_CLEAR = 8
 
 
+def _fast_constructor(cls: type[Message]) -> Callable[..., Any]:
+    """``cls(*values)`` for the firmware's own, well-formed values, through the protocol's generated builder.
+
+    About five times cheaper than the dataclass constructor (which stores each field through a frozen
+    dataclass descriptor); it does not validate -- ``encode`` still checks every field when the message is
+    sent. Used for the messages sent at high rates (status replies, telemetry).
+    """
+    build = COMPILED_BY_CLASS[cls].build
+    header = (0,) * HEADER_VALUES
+
+    def construct(*values: Any) -> Any:
+        return build(header + values)
+
+    return construct
+
+
+_new_status = _fast_constructor(StatusReport)
+_new_telemetry = _fast_constructor(Telemetry)
+
+
+def _floats(history: np.ndarray | list[float]) -> list[float]:
+    """A detector history as a fresh list of Python floats."""
+    return history.tolist() if isinstance(history, np.ndarray) else list(history)
+
+
 @dataclass(frozen=True, slots=True)
 class Ramp:
     """A linear set-point segment: from ``start`` (value before step ``start_step``) towards ``goal`` at
@@ -140,9 +170,20 @@ class Ramp:
             return np.minimum(self.start + self.rate * dt * k, self.goal)
         return np.maximum(self.start - self.rate * dt * k, self.goal)
 
+    def value_at(self, idx: int, dt: float) -> float:
+        """Set-point of global step ``idx`` (the scalar twin of :meth:`values`, same arithmetic)."""
+        if self.goal == self.start or self.rate <= 0:
+            return self.start if self.rate <= 0 else self.goal
+        k = idx - self.start_step + 1
+        if k < 0:
+            k = 0
+        if self.goal > self.start:
+            return min(self.start + self.rate * dt * k, self.goal)
+        return max(self.start - self.rate * dt * k, self.goal)
+
     def value_after(self, steps_done: int, dt: float) -> float:
         """Set-point after ``steps_done`` global steps (value of step ``steps_done - 1``)."""
-        return float(self.values(np.array([steps_done - 1]), dt)[0])
+        return float(self.value_at(steps_done - 1, dt))
 
     def end_step(self, dt: float) -> int:
         """Index of the first step at the goal (``start_step - 1`` if there is nothing to do)."""
@@ -226,6 +267,8 @@ class Firmware:
         self.dt = dt
         self.trace = trace
         self.max_block_steps = max_block_steps
+        # blocks of at most this many steps are simulated with scalars (0 = always numpy; tests use it)
+        self.small_block_steps = SMALL_BLOCK_STEPS
         self.power_up_telemetry_hz = model.default_telemetry_hz if telemetry_hz is None else telemetry_hz
         if not 0 <= self.power_up_telemetry_hz <= model.max_telemetry_hz:
             raise ValueError(
@@ -243,6 +286,7 @@ class Firmware:
         self.trip_margin = max(0.01 * model.max_current_ua, 6.0 * model.adc_current_noise_ua)
         self.output_on_threshold = max(10.0, 5.0 * model.adc_current_noise_ua)
         self.plant_state = PlantState()
+        self._stepper = PlantStepper(plant)
         self.events_log: deque[Event] = deque(maxlen=EVENT_LOG_SIZE)  # every event, across restarts
         self.boot_count = 0
         self._boot(cold=True)
@@ -295,9 +339,10 @@ class Firmware:
         self._boot(cold=True)
 
     def _reset_detectors(self) -> None:
-        self.hist_i = np.zeros(MEAN_WINDOW_STEPS - 1)
-        self.hist_v = np.zeros(MEAN_WINDOW_STEPS - 1)
-        self.hist_r = np.zeros(MEAN_WINDOW_STEPS - 1)
+        # last MEAN_WINDOW_STEPS - 1 samples of measured I, V and nominal I (arrays or lists of floats)
+        self.hist_i: np.ndarray | list[float] = np.zeros(MEAN_WINDOW_STEPS - 1)
+        self.hist_v: np.ndarray | list[float] = np.zeros(MEAN_WINDOW_STEPS - 1)
+        self.hist_r: np.ndarray | list[float] = np.zeros(MEAN_WINDOW_STEPS - 1)
         self._reset_lift_window()
         self.comp_run = 0
         self.clear_run = 0
@@ -414,24 +459,27 @@ class Firmware:
 
     def status(self) -> StatusReport:
         s = self.session
-        return StatusReport(
-            device_time_ms=self.device_time_ms,
-            state=self.state,
-            flags=self._flags_now()
-            | (StatusFlags.OUTPUT_ON if not self._output_is_zero() else StatusFlags.NONE),
-            polarity=self.polarity,
-            target_current_ua=s.target_ua if s is not None else 0,
-            setpoint_ua=round(self.setpoint),
-            measured_ua=int(self.last_i_meas),
-            voltage_mv=int(self.last_v_meas),
-            impedance_ohm=int(self.last_impedance),
-            charge_uas=min(int(self.charge), 0xFFFF_FFFF),
-            target_charge_uas=s.dose_uas if s is not None else 0,
-            remaining_ms=self._remaining_ms(),
-            session_id=self.session_id & 0xFFFF,
-            last_event_no=(self.next_event_no - 1) & 0xFFFF_FFFF,
-            watchdog_ms=self.watchdog_ms,
-            telemetry_hz=self.telemetry_hz,
+        sp = self.setpoint
+        flags = self._flags_now()
+        if not (sp == 0.0 and self.ramp_done_at is None and self.state in QUIET_STATES):
+            flags |= StatusFlags.OUTPUT_ON
+        return _new_status(  # type: ignore[no-any-return]
+            self.device_time_ms,
+            self.state,
+            flags,
+            self.polarity,
+            s.target_ua if s is not None else 0,  # target_current_ua
+            round(sp),
+            int(self.last_i_meas),
+            int(self.last_v_meas),
+            int(self.last_impedance),
+            min(int(self.charge), 0xFFFF_FFFF),
+            s.dose_uas if s is not None else 0,  # target_charge_uas
+            self._remaining_ms(),
+            self.session_id & 0xFFFF,
+            (self.next_event_no - 1) & 0xFFFF_FFFF,  # last_event_no
+            self.watchdog_ms,
+            self.telemetry_hz,
         )
 
     def _remaining_ms(self) -> int:
@@ -986,7 +1034,40 @@ class Firmware:
             h = min(h, self.n + max(1, limit - self.session.on_steps))
         return max(h, self.n + 1)
 
+    def idle_horizon_s(self) -> float:
+        """Device seconds until the firmware next has something to do or send, if nothing is under way.
+
+        0 in any state with output, a ramp, a contact check or a session in progress (they need regular
+        advancing); otherwise (IDLE, DONE, PAUSED, FAULT with the output at zero) the time to the next
+        telemetry sample, or ``inf`` with telemetry off. In those states the watchdog has nothing to do.
+        """
+        if (
+            self.state not in QUIET_STATES
+            or self.ramp_done_at is not None
+            or self.contact is not None
+            or self.setpoint != 0.0
+        ):
+            return 0.0
+        if self.telemetry_hz <= 0:
+            return math.inf
+        due = self._tele_anchor + self._tele_j * (1.0 / self.telemetry_hz)
+        return max(0.0, due - self.device_time_s)
+
     # ------------------------------------------------------------------------------------------- time
+
+    def advance_link(self, link_dt: float) -> None:
+        """Let ``link_dt`` seconds of link time pass and no session time (a request between two ticks).
+
+        The same as ``advance(0.0, link_dt)`` -- the watchdog fires if its deadline passes -- but cheap when
+        it does not. Raises ValueError for a negative or non-finite interval.
+        """
+        if (
+            self.watchdog_fired
+            or self.last_frame_link + self.watchdog_ms / 1000.0 > self.link_now + link_dt + 1e-12
+        ) and 0.0 <= link_dt < math.inf:
+            self.link_now += link_dt
+            return
+        self.advance(0.0, link_dt)
 
     def advance(self, session_dt: float, link_dt: float | None = None) -> None:
         """Run forward by ``session_dt`` seconds of session time and ``link_dt`` of link time.
@@ -1018,7 +1099,10 @@ class Firmware:
             if self.n >= n_target:
                 break
             end = min(n_target, self._horizon(wd_step))
-            self._block(self.n, end)
+            if end - self.n <= self.small_block_steps:
+                self._block_small(self.n, end)
+            else:
+                self._block(self.n, end)
         self.link_now = link0 + link_dt
 
     # ------------------------------------------------------------------------------------------ blocks
@@ -1041,10 +1125,209 @@ class Firmware:
         cap = DOSE_AIM_CAP_FRACTION * self.model.dose_cap_uas
         return min(float(s.dose_uas), cap) if s.dose_based else cap
 
+    def _ramp_charge_at(self, s: Session, sp: float) -> float:
+        """Scalar twin of :meth:`_ramp_charge` (same arithmetic)."""
+        rate = max(sp, s.target_ua) * 1000.0 / s.ramp_down_ms
+        return s.duty * (sp * sp / (2.0 * rate) + sp * (self.model.output_tau_s - self.dt / 2.0))
+
     def _ramp_charge(self, s: Session, sp: np.ndarray | float) -> np.ndarray | float:
         """Charge (µA·s) a ramp-down from ``sp`` will deliver at the session's ramp-down rate (S11)."""
         rate = np.maximum(sp, s.target_ua) * 1000.0 / s.ramp_down_ms
         return s.duty * (sp * sp / (2.0 * rate) + sp * (self.model.output_tau_s - self.dt / 2.0))
+
+    def _pulse_fraction_at(self, idx: int) -> float | None:
+        """Scalar twin of :meth:`_pulse_fraction` for one global step (same arithmetic)."""
+        s = self.session
+        if s is None or s.waveform != Waveform.PULSED_DC or self.state == S.CONTACT_CHECK:
+            return None
+        period = 1.0 / s.pulse_frequency_hz
+        on = s.duty * period
+        t0 = (idx - s.pulse_anchor) * self.dt
+        t1 = t0 + self.dt
+        c0 = math.floor(t0 / period)
+        c1 = math.floor(t1 / period)
+        on0 = c0 * on + min(t0 - c0 * period, on)
+        on1 = c1 * on + min(t1 - c1 * period, on)
+        return (on1 - on0) / self.dt
+
+    def _block_small(self, n0: int, n1: int) -> None:
+        """Steps ``n0 .. n1-1`` one at a time with Python scalars: the fast path for tiny blocks.
+
+        The same per-step rules as :meth:`_block` (plant, measurements, triggers, commit, telemetry, trace),
+        evaluated step by step; it stops after the first step with a trigger and handles it, exactly as a
+        block that commits up to its first trigger.
+        """
+        dt = self.dt
+        m = self.model
+        state = self.state
+        s = self.session
+        ramp = self.ramp
+        stepper = self._stepper
+        count = n1 - n0
+        fxs = stepper.fault_inputs([(n0 + j + 1) * dt for j in range(count)])
+        v_comp = float(m.compliance_mv)
+        v_high_at = COMPLIANCE_HIGH * v_comp
+        v_low_at = COMPLIANCE_CLEAR * v_comp
+        slew = float(m.slew_limit_ua_per_s)
+        hw_trip = (
+            m.hardware_trip_ua if m.hardware_trip_ua and not self.flags & StatusFlags.HARDWARE_TRIP else 0
+        )
+        output_state = state in OUTPUT_STATES and s is not None
+        protective = state in OUTPUT_STATES or (state in (S.RAMP_DOWN, S.PAUSING) and ramp.rate < slew)
+        counts_charge = state in CHARGE_STATES and (state != S.FAULT or self.ramp_done_at is not None)
+        clear_watch = (
+            output_state
+            and bool(self.flags & StatusFlags.RESISTANCE_LIMIT)
+            and state == S.HOLD
+            and self.setpoint < s.target_ua  # type: ignore[union-attr]
+        )
+        dose_aim = self._dose_aim(s) if output_state else 0.0  # type: ignore[arg-type]
+        c = self.contact if state == S.CONTACT_CHECK else None
+        hist_i = _floats(self.hist_i)
+        hist_v = _floats(self.hist_v)
+        hist_r = _floats(self.hist_r)
+        hist_z = self.hist_z
+        z_floor = float(hist_z.min()) if protective else math.inf  # min over the whole carried window
+        new_z: list[float] = []
+        width = float(MEAN_WINDOW_STEPS)
+        i_valid = self.i_valid
+        trace = self.trace
+        rows: list[tuple[float, ...]] | None = [] if trace is not None else None
+        base_flags = self._flags_now() if self.telemetry_hz > 0 else StatusFlags.NONE
+        st = self.plant_state
+        i_reg0, v_c0, skin0 = st.i_reg_ua, st.v_c_mv, st.skin
+        charge_sum = self.charge_sum
+        trigger: Trigger | None = None
+        r = None
+        zf = math.inf
+        i10 = r10 = 0.0
+        for j in range(count):
+            n = n0 + j
+            sp = ramp.value_at(n, dt)
+            frac = self._pulse_fraction_at(n)
+            u = sp if frac is None else sp * frac
+            r = stepper.step(i_reg0, v_c0, skin0, n, u, None if fxs is None else fxs[j])
+            i_reg0, v_c0, skin0 = r.i_reg, r.v_c, r.skin
+            i_meas = r.i_meas
+            v_meas = r.v_meas
+            hist_i.append(i_meas)
+            hist_v.append(v_meas)
+            hist_r.append(r.i_reg)
+            i10 = sum(hist_i) / width
+            v10 = sum(hist_v) / width
+            r10 = sum(hist_r) / width
+            del hist_i[0], hist_v[0], hist_r[0]
+            valid = i10 >= i_valid
+            zf = v10 * 1000.0 / i10 if valid else math.inf
+            open_now = v_meas >= v_high_at and r.i_reg >= 2.0 * i_valid and i_meas < 0.1 * r.i_reg
+            # trigger conditions, in priority order (the lowest Trigger value wins within a step)
+            trigger = None
+            if hw_trip and r.i_true > hw_trip:
+                trigger = Trigger.HARDWARE_TRIP
+            elif state != S.FAULT and i_meas > min(
+                OVERCURRENT_FRACTION * r.i_reg + self.trip_margin, m.trip_current_ua
+            ):
+                trigger = Trigger.OVERCURRENT
+            short_run = self.short_run + 1 if protective and valid and zf < CONTACT_LOW_OHM else 0
+            if trigger is None and short_run >= self.short_steps:
+                trigger = Trigger.SHORT
+            if trigger is None and protective and open_now:
+                trigger = Trigger.OPEN
+            if trigger is None and protective and valid:
+                low = min(z_floor, zf, min(new_z) if new_z else math.inf)
+                if zf > LIFT_RISE * low:  # check against the exact window (the oldest j samples left it)
+                    window = float(hist_z[j:].min()) if j < hist_z.shape[0] else math.inf
+                    low = min(window, zf, min(new_z) if new_z else math.inf)
+                    if zf > LIFT_RISE * low:
+                        trigger = Trigger.LIFT
+            if counts_charge:
+                charge_sum += i_meas
+            charge = charge_sum * dt if counts_charge else self.charge_sum * dt
+            comp_run = clear_run = 0
+            if output_state:
+                assert s is not None
+                if frac is None:
+                    v_high = v_meas >= v_high_at
+                    v_low = v_meas < v_low_at
+                elif frac > 0.05:
+                    v_on = v_meas / frac
+                    v_high = v_on >= v_high_at
+                    v_low = v_on < v_low_at
+                else:  # off phase: neither starts nor breaks a run
+                    v_high = v_low = True
+                comp_run = self.comp_run + 1 if v_high else 0
+                if clear_watch:
+                    clear_run = self.clear_run + 1 if v_low else 0
+                if trigger is None and charge + self._ramp_charge_at(s, sp) >= dose_aim:
+                    trigger = Trigger.DOSE
+                if trigger is None and comp_run >= self.compliance_steps:
+                    trigger = Trigger.COMPLIANCE
+                if trigger is None and clear_watch and clear_run >= self.compliance_steps:
+                    trigger = Trigger.COMPLIANCE_CLEAR
+            # ---- commit this step
+            if counts_charge:
+                self.charge_sum = charge_sum
+            if output_state:
+                s.on_steps += 1  # type: ignore[union-attr]
+            new_z.append(zf)
+            self.short_run = short_run
+            self.comp_run = comp_run
+            self.clear_run = clear_run
+            if c is not None and c.measure_start <= n < c.down_start:
+                c.samples_i.append([i_meas])
+                c.samples_v.append([v_meas])
+            if open_now:
+                self.last_impedance = OPEN_CIRCUIT_OHM
+            elif valid:
+                self.last_impedance = min(round(zf), OPEN_CIRCUIT_OHM - 1)
+            self.last_i_meas = i_meas
+            self.last_v_meas = v_meas
+            self.last_output = r.i_true
+            if self.telemetry_hz > 0:
+                for t_ms, _ in self._telemetry_due(n, 1):
+                    self._emit_telemetry(
+                        t_ms, base_flags, sp, i_meas, v_meas, self.last_impedance, charge, frac
+                    )
+            if rows is not None:
+                rows.append((n, (n + 1) * dt, sp, r.i_true, r.v_true, r.z_true, charge, r.physical))
+            self.n = n + 1
+            if trigger is not None:
+                break
+        # ---- carried state
+        self.plant_state = PlantState(i_reg0, v_c0, skin0)
+        self.hist_i = hist_i
+        self.hist_v = hist_v
+        self.hist_r = hist_r
+        self.hist_z = np.concatenate((hist_z, new_z))[-(self.lift_window - 1) :]
+        if rows:
+            self._write_trace_rows(rows, state)
+        self._physical_next = False
+        if trigger is not None:
+            assert r is not None
+            self._handle_trigger(trigger, r.i_true, r.i_meas, i10 / max(r10, 1e-9), zf)
+
+    def _write_trace_rows(self, rows: list[tuple[float, ...]], state: DeviceState) -> None:
+        assert self.trace is not None
+        cols = list(zip(*rows, strict=True))
+        k = len(rows)
+        physical = np.array(cols[7], dtype=bool)
+        if self._physical_next:
+            physical[0] = True
+        self.trace.write(
+            TraceBlock(
+                step=np.array(cols[0], dtype=np.int64),
+                t_s=np.array(cols[1]),
+                state=np.full(k, int(state), dtype=np.int64),
+                setpoint_ua=np.array(cols[2]),
+                output_ua=np.array(cols[3]),
+                voltage_mv=np.array(cols[4]),
+                impedance_ohm=np.array(cols[5]),
+                charge_uas=np.array(cols[6]),
+                physical=physical,
+                polarity=np.full(k, int(self.polarity), dtype=np.int64),
+                session=np.full(k, self.boot_count * 65_536 + self.session_id, dtype=np.int64),
+            )
+        )
 
     def _block(self, n0: int, n1: int) -> None:
         dt = self.dt
@@ -1185,7 +1468,20 @@ class Firmware:
         self.last_v_meas = float(pb.v_meas[last])
         self.last_output = float(pb.i_true[last])
         charge_arr = charge[:commit] if charge is not None else np.full(commit, self.charge)
-        self._telemetry(n0, commit, sp, pb, impedance_at, charge_arr, frac)
+        due = self._telemetry_due(n0, commit)
+        if due:
+            base = self._flags_now()
+            for t_ms, i in due:
+                self._emit_telemetry(
+                    t_ms,
+                    base,
+                    float(sp[i]),
+                    float(pb.i_meas[i]),
+                    float(pb.v_meas[i]),
+                    impedance_at(i),
+                    float(charge_arr[i]),
+                    None if frac is None else float(frac[i]),
+                )
         if self.trace is not None:
             physical = pb.physical[:commit].copy()
             if self._physical_next:
@@ -1208,21 +1504,31 @@ class Firmware:
         self._physical_next = False
         self.n = n0 + commit
         if trigger is not None:
-            self._handle_trigger(trigger, last, pb, i10 / np.maximum(r10, 1e-9), zf)
+            self._handle_trigger(
+                trigger,
+                float(pb.i_true[last]),
+                float(pb.i_meas[last]),
+                float(i10[last]) / max(float(r10[last]), 1e-9),
+                float(zf[last]),
+            )
 
     def _handle_trigger(
-        self, trigger: Trigger, k: int, pb: PlantBlock, delivered: np.ndarray, zf: np.ndarray
+        self, trigger: Trigger, i_true: float, i_meas: float, delivered: float, z: float
     ) -> None:
-        """React to a trigger found at block index ``k``; ``delivered`` = measured / nominal current."""
+        """React to a trigger found at the step just committed.
+
+        ``i_true``, ``i_meas`` are that step's true and measured current (µA), ``delivered`` the 10-step mean
+        of measured / nominal current, ``z`` the 10-step impedance estimate (ohm, inf when not valid).
+        """
         slew = float(self.model.slew_limit_ua_per_s)
         s = self.session
         if trigger in (Trigger.HARDWARE_TRIP, Trigger.OVERCURRENT):
             if trigger == Trigger.HARDWARE_TRIP:
                 self.flags |= StatusFlags.HARDWARE_TRIP
-                code, value = EventCode.HARDWARE_TRIP, round(float(pb.i_true[k]))
+                code, value = EventCode.HARDWARE_TRIP, round(i_true)
             else:
                 self.flags |= StatusFlags.OVERCURRENT
-                code, value = EventCode.OVERCURRENT_TRIP, round(float(pb.i_meas[k]))
+                code, value = EventCode.OVERCURRENT_TRIP, round(i_meas)
             self.contact = None
             self._emit(code, value)
             self._start_ramp(0.0, slew, settle=True)
@@ -1230,15 +1536,13 @@ class Firmware:
             return
         if trigger in (Trigger.SHORT, Trigger.LIFT, Trigger.OPEN):
             if trigger == Trigger.SHORT:
-                self._emit(EventCode.SHORT_CIRCUIT, round(float(zf[k])))
+                self._emit(EventCode.SHORT_CIRCUIT, round(z))
             else:
                 self.flags |= StatusFlags.ELECTRODE_LIFT
-                z = (
-                    OPEN_CIRCUIT_OHM
-                    if trigger == Trigger.OPEN
-                    else min(round(float(zf[k])), OPEN_CIRCUIT_OHM - 1)
+                self._emit(
+                    EventCode.ELECTRODE_LIFT,
+                    OPEN_CIRCUIT_OHM if trigger == Trigger.OPEN else min(round(z), OPEN_CIRCUIT_OHM - 1),
                 )
-                self._emit(EventCode.ELECTRODE_LIFT, z)
             self._reset_lift_window()
             self.short_run = 0
             if self.state in OUTPUT_STATES:
@@ -1252,7 +1556,7 @@ class Firmware:
             return
         if trigger == Trigger.COMPLIANCE:
             self.comp_run = 0
-            held = math.floor(min(float(delivered[k]), 1.0) * self.setpoint)
+            held = math.floor(min(delivered, 1.0) * self.setpoint)
             first = not self.flags & StatusFlags.RESISTANCE_LIMIT
             self.flags |= StatusFlags.RESISTANCE_LIMIT
             self.held_ua = held
@@ -1277,53 +1581,75 @@ class Firmware:
 
     # -------------------------------------------------------------------------------------- telemetry
 
-    def _telemetry(
-        self,
-        n0: int,
-        commit: int,
-        sp: np.ndarray,
-        pb: PlantBlock,
-        impedance: Callable[[int], int],
-        charge: np.ndarray,
-        frac: np.ndarray | None,
-    ) -> None:
+    def _telemetry_due(self, n0: int, count: int) -> list[tuple[int, int]]:
+        """Samples due in steps ``n0 .. n0+count-1``: (device_time_ms, block index) for each, in order.
+
+        Sample ``j`` is due at ``anchor + j/rate`` (device seconds) and is taken at the end of the physics
+        step in which that time falls (the step ending at or after it), so several samples may come from
+        one step when the rate is above the physics rate; each keeps its own time. The step of a sample
+        depends only on its time, never on how steps are grouped into blocks.
+        """
         rate = self.telemetry_hz
         if rate <= 0:
-            return
+            return []
         period = 1.0 / rate
-        first_end = (n0 + 1 - self.boot_n) * self.dt
-        last_end = (n0 + commit - self.boot_n) * self.dt
-        t_next = self._tele_anchor + self._tele_j * period
-        if t_next > last_end + 1e-9:
-            return
-        count = math.floor((last_end - t_next) / period + 1e-9) + 1
-        self._tele_j += count
-        if count <= 64:
-            steps = [math.ceil((t_next + j * period - first_end) / self.dt - 1e-6) for j in range(count)]
-            positions = sorted({min(max(i, 0), commit - 1) for i in steps})
+        dt = self.dt
+        rel0 = n0 - self.boot_n
+        rel_end = rel0 + count
+        anchor = self._tele_anchor
+        j = self._tele_j
+        t = anchor + j * period
+        if math.ceil(t / dt - 1e-6) > rel_end:  # the first due sample is beyond this block
+            return []
+        estimate = math.floor((rel_end * dt - t) * rate + 1e-9) + 2
+        if estimate <= 64:
+            out = []
+            while True:
+                step = math.ceil(t / dt - 1e-6) - 1  # relative index of the step that ends at or after t
+                if step >= rel_end:
+                    break
+                out.append((round(t * 1000.0) & 0xFFFF_FFFF, max(step - rel0, 0)))
+                j += 1
+                t = anchor + j * period
         else:
-            times = t_next + np.arange(count) * period
-            pos = np.ceil((times - first_end) / self.dt - 1e-6).astype(np.int64)
-            positions = np.unique(np.clip(pos, 0, commit - 1)).tolist()
-        base = self._flags_now()
-        for i in positions:
-            flags = base
-            if sp[i] > 0 or pb.i_meas[i] > self.output_on_threshold:
-                flags |= StatusFlags.OUTPUT_ON
-            if frac is not None and frac[i] >= 0.5:
-                flags |= StatusFlags.PULSE_ON
-            self.sample_no += 1
-            self.outbox.append(
-                Telemetry(
-                    sample_no=self.sample_no & 0xFFFF_FFFF,
-                    device_time_ms=round((n0 + i + 1 - self.boot_n) * self.dt * 1000.0) & 0xFFFF_FFFF,
-                    state=self.state,
-                    flags=flags,
-                    polarity=self.polarity,
-                    setpoint_ua=round(float(sp[i])),
-                    measured_ua=int(pb.i_meas[i]),
-                    voltage_mv=int(pb.v_meas[i]),
-                    impedance_ohm=impedance(i),
-                    charge_uas=min(int(charge[i]), 0xFFFF_FFFF),
-                )
+            times = anchor + np.arange(j, j + estimate) * period
+            steps = np.ceil(times / dt - 1e-6).astype(np.int64) - 1
+            keep = int(np.searchsorted(steps, rel_end, side="left"))
+            ms = (np.rint(times[:keep] * 1000.0).astype(np.int64) & 0xFFFF_FFFF).tolist()
+            out = list(zip(ms, np.maximum(steps[:keep] - rel0, 0).tolist(), strict=True))
+            j += keep
+        self._tele_j = j
+        return out
+
+    def _emit_telemetry(
+        self,
+        t_ms: int,
+        base: StatusFlags,
+        sp: float,
+        i_meas: float,
+        v_meas: float,
+        impedance: int,
+        charge: float,
+        frac: float | None,
+    ) -> None:
+        """Queue one telemetry sample with the values of the step it was taken in."""
+        flags = base
+        if sp > 0 or i_meas > self.output_on_threshold:
+            flags |= StatusFlags.OUTPUT_ON
+        if frac is not None and frac >= 0.5:
+            flags |= StatusFlags.PULSE_ON
+        self.sample_no += 1
+        self.outbox.append(
+            _new_telemetry(
+                self.sample_no & 0xFFFF_FFFF,
+                t_ms,
+                self.state,
+                flags,
+                self.polarity,
+                round(sp),
+                int(i_meas),
+                int(v_meas),
+                impedance,
+                min(int(charge), 0xFFFF_FFFF),
             )
+        )

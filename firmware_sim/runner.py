@@ -1,11 +1,21 @@
 """Real-time execution: a thread that moves bytes between a transport and a :class:`Device`.
 
-The runner is the only code here with a thread. Every tick (about 1 ms) it reads what the host sent
-(waiting at most one tick), feeds it to the device, advances the device by the elapsed wall time --
-session time ``speed`` × wall, link time = wall, so the watchdog (S10) stays in real time -- and writes the
-device's output back to the transport. All device calls are made under :attr:`DeviceRunner.lock`; other
-threads that touch the device (tests injecting faults, reading state) should hold it too, or use
-:meth:`DeviceRunner.call`.
+The runner is the only code here with a thread. It sleeps in the transport's ``read`` (which returns as
+soon as host bytes arrive; the pty and TCP transports also write waiting output there as soon as the host
+can take it) and otherwise wakes when the device next needs time to pass. Session time runs ``speed`` ×
+wall, link time = wall, so the watchdog (S10) stays in real time.
+
+Like firmware answering from its main loop between control ticks, a request is answered from the device's
+current state without first simulating the physics, as long as less than :attr:`DeviceRunner.request_lag_s`
+of session time (one physics step, at least 2 ms) is still to simulate; its link time is brought up to date
+first, so the request feeds the watchdog at the moment it arrived, and what it commands takes effect at the
+device's current time. The reply is written out at once; the physics catches up right after. Physics
+advances happen every :attr:`DeviceRunner.period_s` of wall time while anything is going on (a session, a
+ramp, telemetry due, link latency), so requests rarely find the physics behind; when nothing is scheduled
+the runner sleeps until the next telemetry sample (at most ``idle_s``) and the device takes one big block.
+
+All device calls are made under :attr:`DeviceRunner.lock`; other threads that touch the device (tests
+injecting faults, reading state) should hold it too, or use :meth:`DeviceRunner.call`.
 """
 
 from __future__ import annotations
@@ -21,6 +31,8 @@ from .device import Device
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
+
+REQUEST_LAG_MIN_S = 0.002  # session time a request may find still unsimulated (at least one step)
 
 
 class Transport(Protocol):
@@ -44,16 +56,19 @@ class DeviceRunner:
         device: the simulated device (the runner owns its timing from :meth:`start` on).
         transport: where the host's bytes come from and the device's go to.
         speed: session-time acceleration (ramps, dose, skin run ``speed`` times faster than the wall).
-        tick_s: I/O poll period (s).
-        advance_s: the device is advanced at least this often (wall s), and right before it receives
-            bytes, so every request is handled at the up-to-date device time (unless the loop fell
-            behind, when the bytes are handed over first so that they still feed the watchdog in time).
+        tick_s: shortest physics period (wall s): at speeds where a request may find up to
+            :attr:`request_lag_s` unsimulated and that is at least ``2 × tick_s`` of wall time (speed <= 1
+            with the defaults), the physics is advanced every ``request_lag_s / speed / 2`` wall seconds,
+            so that requests find it up to date.
+        advance_s: physics period (wall s) at higher speeds (where requests advance the physics first) and
+            the longest one at any speed while something is scheduled.
+        idle_s: longest sleep (wall s) when nothing is scheduled (no session, no ramp, no telemetry due).
 
     Use as a context manager or call :meth:`start` / :meth:`stop`. If the loop fails, the exception is
     kept in :attr:`error` and re-raised by :meth:`stop` and :meth:`check`.
 
     Raises:
-        ValueError: ``speed`` or ``tick_s`` not positive.
+        ValueError: ``speed``, ``tick_s`` or ``idle_s`` not positive, ``advance_s`` negative.
     """
 
     def __init__(
@@ -64,22 +79,30 @@ class DeviceRunner:
         speed: float = 1.0,
         tick_s: float = 0.001,
         advance_s: float = 0.004,
+        idle_s: float = 0.05,
     ) -> None:
         if not tick_s > 0:
             raise ValueError(f"tick_s = {tick_s!r} is out of range: must be > 0")
         if not advance_s >= 0:
             raise ValueError(f"advance_s = {advance_s!r} is out of range: must be >= 0")
+        if not idle_s > 0:
+            raise ValueError(f"idle_s = {idle_s!r} is out of range: must be > 0")
         self.advance_s = advance_s
         self.device = device
         self.transport = transport
         self.clock = WallClock(speed)
         self.speed = self.clock.speed
         self.tick_s = tick_s
+        self.idle_s = idle_s
+        self.request_lag_s = max(device.dt, REQUEST_LAG_MIN_S)
+        lag_wall = self.request_lag_s / self.speed
+        self.period_s = min(advance_s, lag_wall / 2.0) if lag_wall / 2.0 >= tick_s else advance_s
         self.lock = threading.RLock()
         self.error: BaseException | None = None
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self.ticks = 0
+        self.requests_without_advance = 0  # host writes answered without simulating physics first
 
     def start(self) -> DeviceRunner:
         """Start the thread (idempotent)."""
@@ -126,35 +149,63 @@ class DeviceRunner:
     def __exit__(self, *exc: object) -> None:
         self.stop()
 
+    def _drain(self) -> list[bytes]:
+        pieces = []
+        read_output = self.device.read_output
+        while True:
+            piece = read_output()
+            if not piece:
+                return pieces
+            pieces.append(piece)
+
     def _run(self) -> None:
         device = self.device
         transport = self.transport
-        last = self.clock.link()
+        link = self.clock.link
+        speed = self.speed
+        period = self.period_s
+        request_lag = self.request_lag_s
+        late_after = 2.0 * self.advance_s + self.tick_s
+        last_phys = last_link = link()  # wall times up to which physics / link time were simulated
+        wait = period
         try:
             while not self._stop.is_set():
-                data = transport.read(self.tick_s)
-                with self.lock:
-                    now = self.clock.link()
-                    dt = now - last
-                    late = dt > 2.0 * self.advance_s + self.tick_s
-                    if data and late:
-                        # the loop fell behind (a busy machine): the bytes arrived somewhere in the interval,
-                        # so hand them over first rather than let the watchdog expire over them
-                        device.receive(data)
-                        data = b""
-                    if data or dt >= self.advance_s:
-                        last = now
-                        device.advance(max(0.0, dt) * self.speed, max(0.0, dt))
-                    if data:
-                        device.receive(data)
-                    pieces = []
-                    while True:
-                        piece = device.read_output()
-                        if not piece:
-                            break
-                        pieces.append(piece)
-                for piece in pieces:
-                    transport.write(piece)
+                read_from = link()
+                data = transport.read(max(0.0, last_phys + wait - read_from))
+                pieces: list[bytes] = []
+                if data:
+                    with self.lock:
+                        now = link()
+                        handed = False
+                        if read_from - last_link > late_after:
+                            # the loop fell behind (a busy machine): the bytes arrived somewhere in the
+                            # interval, so hand them over first rather than let the watchdog expire over them
+                            device.receive(data)
+                            handed = True
+                        if (now - last_phys) * speed >= request_lag:
+                            device.advance((now - last_phys) * speed, now - last_link)
+                            last_phys = now
+                        else:
+                            device.advance_link(now - last_link)  # link time only (watchdog, latency)
+                            self.requests_without_advance += 1
+                        last_link = now
+                        if not handed:
+                            device.receive(data)
+                        pieces = self._drain()
+                    for piece in pieces:
+                        transport.write(piece)
+                    wait = min(wait, period)  # the request may have started something: look again soon
+                now = link()
+                if now - last_phys >= wait:
+                    with self.lock:
+                        now = link()
+                        device.advance((now - last_phys) * speed, now - last_link)
+                        last_phys = last_link = now
+                        horizon = device.idle_horizon_s()
+                        pieces = self._drain()
+                    for piece in pieces:
+                        transport.write(piece)
+                    wait = period if horizon <= 0 else min(self.idle_s, max(period, horizon / speed))
                 self.ticks += 1
         except BaseException as exc:  # delivered to the caller through stop()/check()
             log.exception("simulator loop failed")

@@ -224,10 +224,17 @@ class DeviceClient:
         telemetry_hz: int | None = None,
         trace_path: str | Path | None = None,
     ) -> None:
-        if not (isinstance(timeout_s, (int, float)) and 0.001 <= timeout_s <= 60):
+        if isinstance(timeout_s, bool) or not (
+            isinstance(timeout_s, (int, float)) and 0.001 <= timeout_s <= 60
+        ):
             raise ValueError(f"timeout_s = {timeout_s!r} is out of range: must be in [0.001, 60]")
-        if not (isinstance(retries, int) and 0 <= retries <= 20):
+        if isinstance(retries, bool) or not (isinstance(retries, int) and 0 <= retries <= 20):
             raise ValueError(f"retries = {retries!r} is out of range: must be an integer in [0, 20]")
+        if heartbeat_s is not None and (
+            isinstance(heartbeat_s, bool)
+            or not (isinstance(heartbeat_s, (int, float)) and 0.01 <= heartbeat_s <= 60)
+        ):
+            raise ValueError(f"heartbeat_s = {heartbeat_s!r} is out of range: must be None or in [0.01, 60]")
         self._link = link
         self.url = link.url
         self.timeout_s = float(timeout_s)

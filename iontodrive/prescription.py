@@ -387,9 +387,10 @@ class Prescription:
         model = identity.model
 
         # Current (S12).
-        current_ua = ma_to_ua(self.current_ma)
+        # Float checks come before each conversion to int: a huge value (1e308) must be refused, not
+        # overflow in round().
         max_ua = identity.max_current_ua
-        if exceeds(self.current_ma * UA_PER_MA, max_ua) or current_ua > max_ua:
+        if exceeds(self.current_ma * UA_PER_MA, max_ua) or (current_ua := ma_to_ua(self.current_ma)) > max_ua:
             raise SafetyRefusal(
                 "current_ma",
                 self.current_ma,
@@ -471,9 +472,11 @@ class Prescription:
         dose_uas = 0
         duration_ms = 0
         if self.dose_ma_min is not None:
-            dose_uas = ma_min_to_uas(self.dose_ma_min)
             min_dose_uas = max(1, math.ceil(ramps_charge_uas - 1e-9))
-            if exceeds(self.dose_ma_min * UAS_PER_MA_MIN, cap) or dose_uas > cap:
+            if (
+                exceeds(self.dose_ma_min * UAS_PER_MA_MIN, cap)
+                or (dose_uas := ma_min_to_uas(self.dose_ma_min)) > cap
+            ):
                 raise SafetyRefusal(
                     "dose_ma_min",
                     self.dose_ma_min,
@@ -513,11 +516,12 @@ class Prescription:
                 )
         else:
             assert self.duration_s is not None
-            duration_ms = max(s_to_ms(self.duration_s), ramps_ms)
             # Longest duration whose predicted charge stays within the dose cap.
             cap_ms = math.floor((cap / amp_ua) * MS_PER_S + ramps_ms / 2)
             hi_dur_ms = min(max_dur_ms, cap_ms)
-            if exceeds(self.duration_s * MS_PER_S, hi_dur_ms) or duration_ms > hi_dur_ms:
+            too_long = exceeds(self.duration_s * MS_PER_S, hi_dur_ms)
+            duration_ms = 0 if too_long else max(s_to_ms(self.duration_s), ramps_ms)
+            if too_long or duration_ms > hi_dur_ms:
                 why = (
                     f"above the maximum session time of {model}"
                     if hi_dur_ms == max_dur_ms

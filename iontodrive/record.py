@@ -479,8 +479,9 @@ def _require(line: Mapping[str, Any], key: str, check: Callable[[Any], bool], wh
 
 
 def _check_event(line: Mapping[str, Any]) -> None:
-    for key in ("event_no", "device_time_ms", "value"):
-        _require(line, key, _is_int, "an integer")
+    for key in ("event_no", "device_time_ms"):
+        _require(line, key, lambda v: _is_int(v) and v >= 0, "an integer >= 0")
+    _require(line, "value", _is_int, "an integer")
     for key in ("code", "state"):
         _require(line, key, _is_name, "a name or integer")
     for key in ("replayed", "recovered"):

@@ -151,6 +151,19 @@ class Session:
         self.labels = dict(labels or {})
         self._on_progress = on_progress
         self._on_event = on_event
+        top_hz = stim.identity.max_telemetry_hz
+        if telemetry_hz is not None and (
+            isinstance(telemetry_hz, bool)
+            or not isinstance(telemetry_hz, int)
+            or not 1 <= telemetry_hz <= top_hz
+        ):
+            raise SafetyRefusal(
+                "telemetry_hz",
+                telemetry_hz,
+                1,
+                top_hz,
+                reason=f"must be an integer within the limit of {stim.identity.model}",
+            )
         self._telemetry_hz = telemetry_hz
         self._record_interval_s = 1.0 / record_telemetry_hz if record_telemetry_hz > 0 else 0.0
         self._last_recorded_device_s = -1e9
@@ -186,6 +199,7 @@ class Session:
         self._event_floor = 0
         self._device_restarted = False
         self._restart_noticed: float | None = None
+        self._ended_charge: int | None = None  # the SESSION_ENDED event's delivered charge (µA·s)
 
     # ------------------------------------------------------------------------------------ start
 
@@ -219,7 +233,7 @@ class Session:
         self._removers.append(stim.add_error_listener(self._handle_background_error))
         try:
             if self._telemetry_hz is not None:
-                stim.configure_telemetry(min(self._telemetry_hz, self.identity.max_telemetry_hz))
+                stim.configure_telemetry(self._telemetry_hz)
             stim.request(self.start_message)
         except LinkError:
             self._detach()
@@ -448,7 +462,8 @@ class Session:
         with self._changed:
             self._state = status.state
             self._flags = status.flags
-            self._delivered_uas = status.charge_uas
+            # A status reply may be processed after newer telemetry: the dose of a session never falls.
+            self._delivered_uas = max(self._delivered_uas, status.charge_uas)
             self._remaining_ms = status.remaining_ms
             self._remaining_at_device_ms = status.device_time_ms
             if (
@@ -459,11 +474,24 @@ class Session:
                 self._changed.notify_all()
 
     def _finish(self, interrupted: str | None) -> SessionRecord:
-        status = self._stim.status()
-        self._apply_status(status)
+        try:
+            status: StatusReport | None = self._stim.status()
+        except LinkError as exc:
+            if self._ended_charge is None:  # the device's final figure is unknown
+                return self._finish_link_lost(exc)
+            logger.warning("final status unanswered (%s): using the SESSION_ENDED event's dose", exc)
+            status = None
+        if status is not None:
+            self._apply_status(status)
         outcome = self._decide_outcome(interrupted)
         # After a restart the device's count is gone: the last figure it reported is the delivered dose.
-        delivered = self._delivered_uas if self._device_restarted else status.charge_uas
+        if self._device_restarted:
+            delivered = self._delivered_uas
+        elif status is not None:
+            delivered = status.charge_uas
+        else:
+            assert self._ended_charge is not None
+            delivered = self._ended_charge
         self._close_record(delivered, outcome)
         if interrupted is not None:
             raise SessionInterrupted(interrupted)
@@ -565,6 +593,8 @@ class Session:
         self._write(lambda r: r.event(event))
         with self._changed:
             self._state = event.state
+            if event.code is EventCode.SESSION_ENDED:
+                self._ended_charge = event.value
             if event.code in FAULT_EVENTS:
                 self._fault = DeviceFault(event.code, event.value)
             elif event.code in DEVICE_PAUSE_EVENTS:
@@ -616,7 +646,7 @@ class Session:
                 return  # a new boot's telemetry: this session's dose is the last figure before it
             self._state = sample.state
             self._flags = sample.flags
-            self._delivered_uas = sample.charge_uas
+            self._delivered_uas = max(self._delivered_uas, sample.charge_uas)
             self._last_progress = progress
             self._changed.notify_all()
         if self._on_progress is not None:

@@ -7,10 +7,13 @@ provides, so a test can drop requests, answer twice, NACK, go silent or inject e
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import socket
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
+
+from devices import CLINIC
 
 from iontodrive.protocol import (
     Ack,
@@ -23,36 +26,21 @@ from iontodrive.protocol import (
     Frame,
     GetStatus,
     Identify,
-    IdentityReport,
     Message,
     Polarity,
     StatusFlags,
     StatusReport,
-    WaveformSet,
     encode,
 )
 
-IDENTITY = IdentityReport(
+IDENTITY = dataclasses.replace(
+    CLINIC,
     model="peer-4",
     serial_number=4242,
-    firmware_major=1,
-    firmware_minor=0,
-    firmware_patch=0,
-    protocol_version=1,
-    max_current_ua=4000,
-    compliance_mv=80000,
-    dose_cap_uas=4_800_000,
     slew_limit_ua_per_s=5000,
     min_ramp_ms=5000,
     max_ramp_ms=60000,
-    max_duration_ms=3_600_000,
-    trip_current_ua=4400,
-    waveforms=WaveformSet.DC,
     max_telemetry_hz=5000,
-    min_pulse_frequency_hz=0,
-    max_pulse_frequency_hz=0,
-    min_watchdog_ms=500,
-    max_watchdog_ms=10000,
 )
 
 

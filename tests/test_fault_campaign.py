@@ -161,6 +161,31 @@ def test_a_power_cut_mid_session_is_a_fault_with_the_dose_delivered_before_it(tm
     assert cut["charge"] - record.delivered_uas <= 2000 * 0.5  # at most 0.5 s of 2 mA behind the device
 
 
+def test_a_late_status_reply_does_not_lower_the_recorded_dose(tmp_path: Path) -> None:
+    """Campaign defect: a status reply processed after newer telemetry set the session's dose back, so a
+    power cut then recorded 1.5 mA·s less than the device had delivered."""
+    with _open(tmp_path, speed=20) as stim:
+        session = stim.start(QUICK, record_path=tmp_path / "r.jsonl")
+        early = stim.status()
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            progress = session.progress
+            if progress is not None and progress.delivered_uas > early.charge_uas + 1000:
+                break
+            time.sleep(0.01)
+        port = stim.link.port
+        with port.runner.lock:  # the device stands still: no telemetry after what is already sent
+            time.sleep(0.3)  # ... which the client dispatches meanwhile
+            session._apply_status(early)  # the late reply, as the wait loop applies it
+            cut = port.device.charge_uas
+            port.device.power_cycle()
+        with pytest.raises(DeviceFault, match="POWER_ON"):
+            session.wait(timeout_s=30)
+    record = SessionRecord.load(tmp_path / "r.jsonl")
+    assert record.delivered_uas is not None
+    assert early.charge_uas + 1000 < record.delivered_uas <= cut
+
+
 def _swallow_replies(stim: Stimulator, kind: type, until: Callable[[], bool]) -> None:
     """Let the device execute requests of ``kind`` but lose their replies while ``until()`` is False."""
     device = stim.link.port.device

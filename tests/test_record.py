@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import signal
@@ -15,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from devices import CLINIC
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -24,7 +26,6 @@ from iontodrive.protocol import (
     DeviceState,
     Event,
     EventCode,
-    IdentityReport,
     Polarity,
     StatusFlags,
     Telemetry,
@@ -39,28 +40,7 @@ from iontodrive.record import (
     identity_to_dict,
 )
 
-IDENTITY = IdentityReport(
-    model="clinic-4",
-    serial_number=42,
-    firmware_major=1,
-    firmware_minor=2,
-    firmware_patch=3,
-    protocol_version=1,
-    max_current_ua=4000,
-    compliance_mv=80_000,
-    dose_cap_uas=4_800_000,
-    slew_limit_ua_per_s=400,
-    min_ramp_ms=1000,
-    max_ramp_ms=120_000,
-    max_duration_ms=3_600_000,
-    trip_current_ua=4400,
-    waveforms=WaveformSet.DC,
-    max_telemetry_hz=1000,
-    min_pulse_frequency_hz=0,
-    max_pulse_frequency_hz=0,
-    min_watchdog_ms=500,
-    max_watchdog_ms=10_000,
-)
+IDENTITY = dataclasses.replace(CLINIC, serial_number=42, firmware_minor=2, firmware_patch=3)
 PRESCRIPTION = Prescription(4, dose_ma_min=40, polarity="cathode", electrode_area_cm2=10)
 LABELS = {"patient": "P-0017", "site": "left lateral epicondyle", "drug": "dexamethasone 4 mg/ml"}
 T0 = datetime(2024, 5, 6, 9, 30, 0, tzinfo=UTC)
