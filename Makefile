@@ -52,7 +52,7 @@ fuzz: $(STAMP)
 	$(BIN)/python fuzz/fuzz_decoder.py -max_total_time=$(FUZZ_TIME) -rss_limit_mb=1024 \
 		-print_final_stats=1 $(VENV)/fuzz-corpus/decoder
 	$(BIN)/python fuzz/fuzz_firmware.py -max_total_time=$(FUZZ_TIME) -rss_limit_mb=1024 \
-		-print_final_stats=1 $(VENV)/fuzz-corpus/firmware
+		-max_len=1024 -len_control=0 -print_final_stats=1 $(VENV)/fuzz-corpus/firmware
 
 soak: $(STAMP)
 	@mkdir -p $(REPORTS)

@@ -183,7 +183,8 @@ FAULTS: tuple[Fault, ...] = (
     Fault("lift_return", stops_output=True, expected=LIFT_END),
     Fault("impedance_rise", expected=("completed",)),
     Fault("short", stops_output=True, expected=("fault", "electrode_lift", "completed")),
-    Fault("overcurrent", stops_output=True, expected=("fault", "completed")),
+    # the device's trip (S9), or the driver's own over-current check aborting first
+    Fault("overcurrent", stops_output=True, expected=("fault", "aborted", "completed")),
     Fault("power_cycle", stops_output=True, expected=("fault",)),
     Fault("host_sigkill", stops_output=True, process=True, expected=("recovered_after_host_loss",)),
     Fault(

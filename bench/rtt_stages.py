@@ -5,7 +5,8 @@ timestamps patched into its pty transport and device; the client side is patched
 timestamp is ``time.perf_counter_ns()`` (CLOCK_MONOTONIC, comparable across processes on Linux); the two
 sides are paired by the request's sequence number. Printed: median and mean of each stage in µs, in the
 order a request travels, and their sum against the measured round trip. The patches add about a
-microsecond per timestamp, so the total runs a little above ``bench/rtt.py``'s figure.
+microsecond per timestamp (and the client reader one extra ``select``), so the total runs a little above
+``bench/rtt.py``'s figure.
 
 Stages (client = bench process, sim = simulator process):
 
@@ -190,7 +191,7 @@ def measure(n: int, warmup: int, sim_args: list[str]) -> None:
                 dset - rwake,
                 woke - dset,
                 end - woke,
-            ]  # fmt: skip
+            ]
         )
     data = np.asarray(rows, dtype=np.float64) / 1000.0
     total = np.asarray(totals, dtype=np.float64) / 1000.0
@@ -214,7 +215,14 @@ class _InstrumentedSimulator:
     """This script in ``--sim-child`` mode as a child process; :attr:`port` is the pty it serves."""
 
     def __init__(self, out: Path, sim_args: list[str]) -> None:
-        argv = [sys.executable, os.environ.get("RTT_STAGES_CHILD", str(Path(__file__).resolve())), "--sim-child", str(out), "--", "--pty"]
+        argv = [
+            sys.executable,
+            os.environ.get("RTT_STAGES_CHILD", str(Path(__file__).resolve())),
+            "--sim-child",
+            str(out),
+            "--",
+            "--pty",
+        ]
         self.proc = subprocess.Popen(
             argv + sim_args, cwd=HERE.parent, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE
         )

@@ -62,7 +62,7 @@ class SoakResult:
     minutes_planned: float = 0.0
     wall_s: float = 0.0
     sim_args: list[str] = field(default_factory=list)
-    retries: int = 0
+    retries_setting: int = 0
     sessions: int = 0
     failed: int = 0
     hung: int = 0
@@ -78,6 +78,7 @@ class SoakResult:
     rss_first_kib: float = 0.0
     rss_last_kib: float = 0.0
     rss_growth: float = 0.0
+    rss_second_half_kib: int = 0  # RSS change over the second half of the run (a leak keeps growing)
     fds_start: int = 0
     fds_end: int = 0
     threads_start: int = 0
@@ -144,7 +145,7 @@ def run(args: argparse.Namespace) -> SoakResult:
         str(args.junk_rate),
     ]
     result.sim_args = sim_args
-    result.retries = args.retries
+    result.retries_setting = args.retries
     workdir = Path(tempfile.mkdtemp(prefix="iontodrive-soak-"))
     sim = SimulatorProcess(*sim_args, log_path=workdir / "sim.log")
     port = sim.start()
@@ -228,6 +229,9 @@ def run(args: argparse.Namespace) -> SoakResult:
         result.rss_first_kib = round(sum(first) / len(first), 1)
         result.rss_last_kib = round(sum(last) / len(last), 1)
         result.rss_growth = round(result.rss_last_kib / result.rss_first_kib - 1.0, 4)
+    half = [(t, kib) for t, kib in result.rss_samples if t >= result.wall_s / 2]
+    if len(half) >= 2:
+        result.rss_second_half_kib = half[-1][1] - half[0][1]
     if result.failed == 0:
         shutil.rmtree(workdir, ignore_errors=True)
     else:
@@ -253,13 +257,14 @@ def markdown(result: SoakResult) -> str:
             f"{result.rss_first_kib / 1024:.1f} → {result.rss_last_kib / 1024:.1f} MiB "
             f"({result.rss_growth:+.1%})",
         ),
+        ("host RSS change over the second half", f"{result.rss_second_half_kib:+d} KiB"),
         ("open fds at start → end", f"{result.fds_start} → {result.fds_end}"),
         ("threads at start → end", f"{result.threads_start} → {result.threads_end}"),
         ("simulator restarts", f"{result.simulator_restarts}"),
     ]
     lines = [
         f"Soak {result.started_utc}: `python -m firmware_sim {' '.join(result.sim_args)}`; "
-        f"host `Stimulator.open(port, retries={result.retries})`",
+        f"host `Stimulator.open(port, retries={result.retries_setting})`",
         "",
         "| measure | value |",
         "|---|---|",

@@ -18,7 +18,13 @@ Time runs in blocks: the firmware computes the horizon to the next scheduled eve
 check phase, session time limit, watchdog deadline), simulates the plant over the block with numpy, scans
 the block for the per-step trigger conditions (over-current, hardware trip, lift, open circuit, short,
 compliance run, dose threshold), commits only up to the first trigger and handles it. The outcome is the
-same as a step-by-step loop (``max_block_steps=1``), which the tests check.
+same as a step-by-step loop (``max_block_steps=1``), which the tests check. Blocks of a few steps (the
+real-time runner advances about every millisecond) run on a scalar path with the same rules, because for
+them numpy's per-call overhead would dominate (:meth:`Firmware._block_small`, :mod:`.plant_step`).
+
+Telemetry is sampled at the configured rate in device time: sample ``j`` is due ``j / rate`` after the
+rate was set, taken at the end of the physics step in which that time falls and stamped with its own time,
+so rates above the physics rate give several samples per step, each numbered.
 """
 
 from __future__ import annotations

@@ -78,6 +78,7 @@ FAULT_EVENTS = frozenset({EventCode.OVERCURRENT_TRIP, EventCode.HARDWARE_TRIP})
 DEVICE_PAUSE_EVENTS = frozenset({EventCode.ELECTRODE_LIFT, EventCode.SHORT_CIRCUIT, EventCode.LINK_LOST})
 DEFAULT_SESSION_TELEMETRY_HZ = 10
 STATUS_POLL_S = 0.5
+EVENT_CATCH_UP_S = 1.0  # at the end, wait this long for events still being dispatched, then fetch them
 RESTART_GRACE_S = 2.0  # wait this long for the POWER_ON event after a status shows a restarted device
 OVERCURRENT_MARGIN = 0.10  # S9, checked again by the driver
 OVERCURRENT_FLOOR_UA = 50
@@ -200,6 +201,8 @@ class Session:
         self._device_restarted = False
         self._restart_noticed: float | None = None
         self._ended_charge: int | None = None  # the SESSION_ENDED event's delivered charge (µA·s)
+        self._delivered_at_ms = -1  # device time of the figure in _delivered_uas
+        self._last_event_no = 0  # highest event number this session has handled
 
     # ------------------------------------------------------------------------------------ start
 
@@ -462,8 +465,10 @@ class Session:
         with self._changed:
             self._state = status.state
             self._flags = status.flags
-            # A status reply may be processed after newer telemetry: the dose of a session never falls.
-            self._delivered_uas = max(self._delivered_uas, status.charge_uas)
+            # A status reply may be processed after newer telemetry: keep the figure with the latest time.
+            if status.device_time_ms >= self._delivered_at_ms:
+                self._delivered_uas = status.charge_uas
+                self._delivered_at_ms = status.device_time_ms
             self._remaining_ms = status.remaining_ms
             self._remaining_at_device_ms = status.device_time_ms
             if (
@@ -483,6 +488,8 @@ class Session:
             status = None
         if status is not None:
             self._apply_status(status)
+            if not self._device_restarted:
+                self._catch_up_events(status.last_event_no)
         outcome = self._decide_outcome(interrupted)
         # After a restart the device's count is gone: the last figure it reported is the delivered dose.
         if self._device_restarted:
@@ -500,6 +507,21 @@ class Session:
         if self._fault is not None:
             raise self._fault
         return SessionRecord.load(self.record_path)
+
+    def _catch_up_events(self, last_no: int) -> None:
+        """Before the session is judged and its record closed, make sure every event up to ``last_no`` (the
+        device's latest) has been handled: events may still be queued for dispatch, or lost on the link with
+        no later event to reveal the gap (e.g. an electrode lift during the last ramp-down)."""
+        deadline = time.monotonic() + EVENT_CATCH_UP_S
+        with self._changed:
+            while self._last_event_no < last_no and time.monotonic() < deadline:
+                self._changed.wait(0.05)
+        if self._last_event_no < last_no:
+            logger.info(
+                "events %d..%d missing at the session's end: fetching", self._last_event_no + 1, last_no
+            )
+            with contextlib.suppress(IontodriveError):
+                self._stim.fetch_events(self._last_event_no + 1)  # replays reach _handle_event
 
     def _decide_outcome(self, interrupted: str | None) -> SessionOutcome:
         if interrupted is not None:
@@ -584,6 +606,7 @@ class Session:
     def _handle_event(self, event: Event) -> None:
         if event.code is EventCode.POWER_ON and not event.replayed:
             self._event_floor = 0  # the device restarted: event numbers start again at 1
+            self._last_event_no = event.event_no
             self._write(lambda r: r.event(event))
             self._on_device_restart()
             return
@@ -592,6 +615,7 @@ class Session:
             return
         self._write(lambda r: r.event(event))
         with self._changed:
+            self._last_event_no = max(self._last_event_no, event.event_no)
             self._state = event.state
             if event.code is EventCode.SESSION_ENDED:
                 self._ended_charge = event.value
@@ -646,7 +670,9 @@ class Session:
                 return  # a new boot's telemetry: this session's dose is the last figure before it
             self._state = sample.state
             self._flags = sample.flags
-            self._delivered_uas = max(self._delivered_uas, sample.charge_uas)
+            if sample.device_time_ms >= self._delivered_at_ms:
+                self._delivered_uas = sample.charge_uas
+                self._delivered_at_ms = sample.device_time_ms
             self._last_progress = progress
             self._changed.notify_all()
         if self._on_progress is not None:

@@ -352,13 +352,7 @@ CLI_CASES = [
     ("--telemetry-hz", "0", exitcodes.USAGE, "--telemetry-hz"),
     ("--telemetry-hz", "99999", exitcodes.REFUSED, "telemetry_hz"),
     ("--telemetry-hz", "x", exitcodes.USAGE, "--telemetry-hz"),
-    pytest.param(
-        "--interval-s",
-        "nan",
-        exitcodes.USAGE,
-        "--interval-s",
-        marks=pytest.mark.xfail(strict=True, reason="cli/deliver.py: `interval_s <= 0` lets NaN through"),
-    ),
+    ("--interval-s", "nan", exitcodes.USAGE, "--interval-s"),  # was a defect: `<= 0` let NaN through
     ("--interval-s", "-1", exitcodes.USAGE, "--interval-s"),
     ("--label", "novalue", exitcodes.USAGE, "--label"),
     ("--preset", "no-such-preset", exitcodes.USAGE, "no-such-preset"),
@@ -396,12 +390,8 @@ def test_deliver_refuses_bad_options_naming_them_and_starts_nothing(
             "rate_hz",
         ),
         (["monitor", "sim://clinic-4", "--every", "0", "--duration-s", "0.2"], exitcodes.USAGE, "--every"),
-        pytest.param(
-            ["monitor", "sim://clinic-4", "--duration-s", "nan"],
-            exitcodes.USAGE,
-            "--duration-s",
-            marks=pytest.mark.xfail(strict=True, reason="cli/device.py: `duration_s <= 0` lets NaN through"),
-        ),
+        # was a defect: `<= 0` let NaN through
+        (["monitor", "sim://clinic-4", "--duration-s", "nan"], exitcodes.USAGE, "--duration-s"),
         (["monitor", "sim://clinic-4", "--duration-s", "-1"], exitcodes.USAGE, "--duration-s"),
         (["info", "sim://clinic-4?speed=nan"], exitcodes.LINK_ERROR, "speed"),
         (["info", "sim://clinic-4?bogus=1"], exitcodes.LINK_ERROR, "bogus"),

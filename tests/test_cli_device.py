@@ -103,7 +103,7 @@ def test_check_fails_on_a_high_impedance_load(tmp_path: Path) -> None:
 
 
 def test_monitor_csv_streams_samples(sim: str) -> None:
-    result = cli("monitor", sim, "--csv", "--duration-s", "1.5", "--rate-hz", "20")
+    result = cli("monitor", sim, "--csv", "--duration-s", "3", "--rate-hz", "20")
     assert result.returncode == 0, result.stderr
     rows = list(csv.DictReader(io.StringIO(result.stdout)))
     assert rows, result.stdout
@@ -114,7 +114,7 @@ def test_monitor_csv_streams_samples(sim: str) -> None:
     numbers = [int(r["sample_no"]) for r in rows]
     assert numbers == sorted(numbers) and len(set(numbers)) == len(numbers)
     assert all(r["state"] == "IDLE" and float(r["setpoint_ma"]) == 0.0 for r in rows)
-    assert max(float(r["host_time_s"]) for r in rows) <= 1.5 + 0.5
+    assert max(float(r["host_time_s"]) for r in rows) <= 3 + 1.0
     text = cli("monitor", sim, "--duration-s", "1", "--rate-hz", "10")
     assert text.returncode == 0 and "IDLE" in text.stdout and text.stdout.rstrip().endswith("samples")
 

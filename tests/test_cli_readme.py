@@ -44,7 +44,7 @@ def run(args: list[str], cwd: Path) -> subprocess.CompletedProcess[str]:
     )
 
 
-# about 15 s (the preset has 30 s ramps and a pty): part of `make test`, since issue 6 asks the tests to show it
+# About 15 s (the preset has 30 s ramps and a pty). It runs in `make test`: issue 6 asks the tests to show it.
 def test_readme_quick_start_works_as_written(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     commands = quick_start_commands()
     verbs = [c[1] for c in commands]

@@ -18,15 +18,17 @@ import pytest
 from trace_tools import load_trace
 
 import firmware_sim
-from firmware_sim import Device, ImpedanceRise, ShortCircuit, TraceRecorder
+from firmware_sim import Device, ElectrodeLift, ImpedanceRise, ShortCircuit, TraceRecorder
 from firmware_sim.host import SimHost
 from iontodrive import DeviceFault, LinkLostError, LinkTimeoutError, Prescription, Stimulator
 from iontodrive.cli.simproc import SimulatorProcess
 from iontodrive.protocol import (
     Ack,
+    Decoder,
     DeviceState,
     Event,
     EventCode,
+    Frame,
     GetStatus,
     Polarity,
     Start,
@@ -186,6 +188,54 @@ def test_a_late_status_reply_does_not_lower_the_recorded_dose(tmp_path: Path) ->
     assert early.charge_uas + 1000 < record.delivered_uas <= cut
 
 
+def test_a_second_session_never_takes_the_first_sessions_dose(tmp_path: Path) -> None:
+    """Guards the fix above: telemetry of the previous session (sent before Start) must not become the
+    new session's dose when it is ended by closing the client."""
+    stim = _open(tmp_path, speed=20)
+    first = stim.deliver(QUICK, record_path=tmp_path / "first.jsonl")
+    assert first.delivered_uas == pytest.approx(60_000, rel=0.01)
+    stim.start(QUICK, record_path=tmp_path / "second.jsonl")
+    time.sleep(0.3)
+    device = stim.link.port.device
+    stim.close()  # ramps the running session down, then records it
+    second = SessionRecord.load(tmp_path / "second.jsonl")
+    assert second.summary is not None and second.summary["end_reason"] == "stopped"
+    assert second.delivered_uas == int(device.charge_uas) < 50_000
+
+
+def test_events_lost_at_the_end_of_a_session_are_fetched_before_it_is_judged(tmp_path: Path) -> None:
+    """Campaign defect (hydro-time × lift_return, seed 20302): a lift during the last ramp-down ended the
+    session early, but its events were still queued (or lost, with no later event to reveal the gap) when
+    the status poll saw DONE: the record said ``completed`` with no ELECTRODE_LIFT and 3 % of the dose
+    missing."""
+    timed = Prescription(current_ma=2.0, duration_s=20, ramp_up_s=5, ramp_down_s=5, polarity="anode")
+    with _open(tmp_path, speed=20) as stim:
+        session = stim.start(timed, record_path=tmp_path / "r.jsonl")
+        port = stim.link.port
+        device = port.device
+        with port.runner.lock:
+            t0 = device.session_time_s
+            device.inject(ElectrodeLift(at_s=t0 + 0.2 + 17.0))  # in the ramp-down (15.2 s .. 20.2 s)
+            send = device._send
+
+            def lose_live_events(frame: bytes) -> None:
+                items = Decoder().feed(frame)
+                if any(
+                    isinstance(i, Frame) and isinstance(i.message, Event) and not i.message.replayed
+                    for i in items
+                ):
+                    return  # the link loses every live event from here on
+                send(frame)
+
+            device._send = lose_live_events
+        with pytest.raises(DeviceFault, match="ELECTRODE_LIFT"):
+            session.wait(timeout_s=60)
+    record = SessionRecord.load(tmp_path / "r.jsonl")
+    assert record.summary is not None and record.summary["end_reason"] == "electrode_lift"
+    assert any(e["code"] == "ELECTRODE_LIFT" for e in record.events)
+    assert record.delivered_uas == int(device.charge_uas)
+
+
 def _swallow_replies(stim: Stimulator, kind: type, until: Callable[[], bool]) -> None:
     """Let the device execute requests of ``kind`` but lose their replies while ``until()`` is False."""
     device = stim.link.port.device
@@ -237,6 +287,19 @@ def test_a_few_unanswered_status_polls_do_not_abandon_a_live_session(tmp_path: P
         device_uas = stim.status().charge_uas
     assert record.summary is not None and record.summary["end_reason"] == "completed"
     assert record.delivered_uas == device_uas == pytest.approx(60_000, rel=0.01)
+
+
+def test_an_unanswered_final_status_takes_the_dose_from_the_session_ended_event(tmp_path: Path) -> None:
+    """Campaign defect (latency cells): when the last GetStatus of a finished session timed out, ``wait()``
+    raised LinkTimeoutError and left the record without a summary, though SESSION_ENDED had the dose."""
+    with _open(tmp_path, speed=20) as stim:
+        session = stim.start(QUICK, record_path=tmp_path / "r.jsonl")
+        stim.timeout_s, stim.retries = 0.05, 0
+        _swallow_replies(stim, GetStatus, lambda: False)  # no status reply from here on
+        record = session.wait(timeout_s=60)
+        device_uas = stim.link.port.device.charge_uas
+    assert record.summary is not None and record.summary["end_reason"] == "completed"
+    assert record.delivered_uas == int(device_uas) == pytest.approx(60_000, rel=0.01)
 
 
 @pytest.fixture

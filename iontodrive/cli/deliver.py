@@ -11,6 +11,7 @@ import argparse
 import contextlib
 import json
 import logging
+import math
 import signal
 import sys
 import tempfile
@@ -330,8 +331,10 @@ def run(args: argparse.Namespace) -> int:
 
     prescription = prescription_from(args)
     labels = parse_labels(args.label)
-    if args.interval_s <= 0:
-        raise exitcodes.UsageError("--interval-s must be > 0")
+    if not (math.isfinite(args.interval_s) and args.interval_s > 0):  # NaN fails every comparison
+        raise exitcodes.UsageError(
+            f"--interval-s = {args.interval_s} is out of range: must be a finite number > 0"
+        )
     if args.telemetry_hz < 1:
         raise exitcodes.UsageError("--telemetry-hz must be >= 1")
     record_path = Path(args.record) if args.record else None

@@ -6,6 +6,7 @@ import argparse
 import csv
 import dataclasses
 import json
+import math
 import sys
 import time
 from enum import Enum
@@ -314,8 +315,10 @@ def telemetry_row(sample: Any, t0: float) -> list[Any]:
 
 
 def run_monitor(args: argparse.Namespace) -> int:
-    if args.duration_s is not None and args.duration_s <= 0:
-        raise exitcodes.UsageError("--duration-s must be > 0 seconds")
+    if args.duration_s is not None and not (math.isfinite(args.duration_s) and args.duration_s > 0):
+        raise exitcodes.UsageError(
+            f"--duration-s = {args.duration_s} is out of range: must be a finite number of seconds > 0"
+        )
     if args.every < 1:
         raise exitcodes.UsageError("--every must be >= 1")
     out = sys.stdout
