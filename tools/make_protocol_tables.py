@@ -270,7 +270,10 @@ EVENT_NOTES: dict[EventCode, tuple[str, str]] = {
     EventCode.SHORT_CIRCUIT: ("Impedance fell below the short-circuit limit.", "impedance, Ω"),
     EventCode.OVERCURRENT_TRIP: ("S9: over-current trip latched.", "measured current, µA"),
     EventCode.HARDWARE_TRIP: ("Independent hardware trip latched.", "measured current, µA"),
-    EventCode.LINK_LOST: ("S10: watchdog expired; output ramps to 0 and the session pauses.", "ms since the last valid host frame"),
+    EventCode.LINK_LOST: (
+        "S10: watchdog expired; output ramps to 0 and the session pauses.",
+        "ms since the last valid host frame",
+    ),
     EventCode.DOSE_COMPLETE: ("The dose target was reached.", "delivered charge, µA·s"),
     EventCode.SESSION_ENDED: ("The session ended (output at 0).", "delivered charge, µA·s"),
     EventCode.STOPPED: ("Stop accepted; ramp down begins.", "delivered charge, µA·s"),
