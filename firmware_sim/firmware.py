@@ -105,7 +105,11 @@ OVERCURRENT_FRACTION = 1.10  # S9: trip at set-point + 10 %
 DOSE_AIM_CAP_FRACTION = 0.999  # the planned ramp-down aims at most at 99.9 % of the dose cap
 MEAN_WINDOW_STEPS = 10  # impedance is computed from 10-step means of V and I
 
-SMALL_BLOCK_STEPS = 8  # blocks up to this many steps run on the scalar path (Firmware._block_small)
+# The scalar path for tiny blocks is off by default: an intermittent defect (tests/test_session.py
+# ::test_dose_session_over_a_pty, about one run in ten under load) recorded output_ua = 0 in trace rows
+# whose voltage and charge show the full current flowing. Until it is found, the verified numpy path
+# runs every block; set Firmware.small_block_steps = 8 to use the scalar path (tests/test_sim_fastpath.py).
+SMALL_BLOCK_STEPS = 0
 
 OUTPUT_STATES = frozenset({S.RAMP_UP, S.HOLD, S.ADJUST})
 SESSION_STATES = frozenset({S.CONTACT_CHECK, S.RAMP_UP, S.HOLD, S.ADJUST, S.RAMP_DOWN, S.PAUSING, S.PAUSED})

@@ -492,8 +492,11 @@ class Session:
                 self._catch_up_events(status.last_event_no)
         outcome = self._decide_outcome(interrupted)
         # After a restart the device's count is gone: the last figure it reported is the delivered dose.
-        if self._device_restarted:
-            delivered = self._delivered_uas
+        restarted = self._device_restarted or (
+            status is not None and self.session_id is not None and status.session_id != self.session_id
+        )
+        if restarted:  # the session's end, if the device reported it, else its last figure
+            delivered = self._ended_charge if self._ended_charge is not None else self._delivered_uas
         elif status is not None:
             delivered = status.charge_uas
         else:
@@ -605,6 +608,9 @@ class Session:
 
     def _handle_event(self, event: Event) -> None:
         if event.code is EventCode.POWER_ON and not event.replayed:
+            if self._last_event_no == 0 and event.event_no <= self._event_floor:
+                logger.debug("ignoring the power-on from before this session")  # dispatched late
+                return
             self._event_floor = 0  # the device restarted: event numbers start again at 1
             self._last_event_no = event.event_no
             self._write(lambda r: r.event(event))
@@ -650,7 +656,7 @@ class Session:
             if not self._device_restarted:
                 self._device_restarted = True
                 logger.error("device restarted during session %s: output cut, session lost", self.session_id)
-                if self._fault is None:
+                if self._fault is None and self._ended_charge is None:  # a cut after the end is no fault
                     self._fault = DeviceFault(
                         EventCode.POWER_ON, 0, "device restarted during the session (power loss)"
                     )

@@ -384,10 +384,11 @@ def test_deliver_refuses_bad_options_naming_them_and_starts_nothing(
         (["check", "sim://clinic-4", "--probe-ua", "-1"], exitcodes.USAGE, "--probe-ua"),
         (["check", "sim://clinic-4", "--current-ma", "nan"], exitcodes.USAGE, "--current-ma"),
         (["check", "sim://clinic-4", "--current-ma", "1e308"], exitcodes.USAGE, "--current-ma"),
+        # was a defect: refused only by the encoder (exit 1); now a usage error before anything is sent
         (
             ["monitor", "sim://clinic-4", "--rate-hz", "-1", "--duration-s", "0.2"],
-            exitcodes.FAILURE,
-            "rate_hz",
+            exitcodes.USAGE,
+            "--rate-hz",
         ),
         (["monitor", "sim://clinic-4", "--every", "0", "--duration-s", "0.2"], exitcodes.USAGE, "--every"),
         # was a defect: `<= 0` let NaN through

@@ -262,6 +262,8 @@ def test_a_dead_link_is_reported_on_the_next_call_in_any_thread(peer: ScriptedPe
     assert client.failure is not None
     with pytest.raises(LinkClosedError):
         client.status()
+    while not errors and time.monotonic() < deadline:  # delivered by the dispatcher thread
+        time.sleep(0.01)
     assert errors and isinstance(errors[0], LinkClosedError)
     client.close()
 

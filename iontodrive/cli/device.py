@@ -330,6 +330,11 @@ def run_monitor(args: argparse.Namespace) -> int:
         _require_stimulator(stim, "monitor")
         status = stim.status()
         if args.rate_hz is not None:
+            top = stim.identity.max_telemetry_hz
+            if not 0 <= args.rate_hz <= top:  # checked before anything is sent
+                raise exitcodes.UsageError(
+                    f"--rate-hz = {args.rate_hz} is out of range: must be in [0, {top}]"
+                )
             stim.configure_telemetry(args.rate_hz)
         elif status.telemetry_hz == 0:
             stim.configure_telemetry(2)
