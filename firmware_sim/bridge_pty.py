@@ -20,7 +20,7 @@ import os
 import select
 import time
 
-from .outbuffer import DEFAULT_CAP_BYTES, OutBuffer
+from .outbuffer import DEFAULT_CAP_BYTES, OutBuffer, OutputCounters
 
 log = logging.getLogger(__name__)
 
@@ -29,7 +29,7 @@ _IN = select.POLLIN | select.POLLPRI
 _GONE = select.POLLHUP | select.POLLERR | select.POLLNVAL
 
 
-class PtyTransport:
+class PtyTransport(OutputCounters):
     """Device side of a pty pair. :attr:`path` is the slave's path for the host.
 
     ``out_cap_bytes`` bounds the output waiting for a host that does not read (see module docstring).
@@ -60,23 +60,6 @@ class PtyTransport:
 
     def fileno(self) -> int:
         return self._fd
-
-    @property
-    def dropped_bytes(self) -> int:
-        return self._dropped_unconnected + self._out.dropped_bytes
-
-    @property
-    def dropped_frames(self) -> int:
-        return self._out.dropped_frames
-
-    @property
-    def dropped_telemetry(self) -> int:
-        return self._out.dropped_telemetry
-
-    @property
-    def output_pending(self) -> int:
-        """Output bytes waiting for the host to read."""
-        return len(self._out)
 
     def _mark(self, connected: bool) -> None:
         if connected and not self.connected:

@@ -16,12 +16,12 @@ import select
 import socket
 import time
 
-from .outbuffer import DEFAULT_CAP_BYTES, OutBuffer
+from .outbuffer import DEFAULT_CAP_BYTES, OutBuffer, OutputCounters
 
 log = logging.getLogger(__name__)
 
 
-class TcpTransport:
+class TcpTransport(OutputCounters):
     """Listening socket plus at most one client. Port 0 picks a free port; :attr:`port` has the real one.
 
     ``out_cap_bytes`` bounds the output waiting for a client that does not read; ``send_buffer_bytes``
@@ -58,23 +58,6 @@ class TcpTransport:
     @property
     def connected(self) -> bool:
         return self._client is not None
-
-    @property
-    def dropped_bytes(self) -> int:
-        return self._dropped_unconnected + self._out.dropped_bytes
-
-    @property
-    def dropped_frames(self) -> int:
-        return self._out.dropped_frames
-
-    @property
-    def dropped_telemetry(self) -> int:
-        return self._out.dropped_telemetry
-
-    @property
-    def output_pending(self) -> int:
-        """Output bytes waiting for the client to read."""
-        return len(self._out)
 
     def _drop_client(self) -> None:
         if self._client is not None:

@@ -123,3 +123,28 @@ class OutBuffer:
                 "the host does not read: %d bytes waiting, dropping whole frames (oldest telemetry first)",
                 len(buf),
             )
+
+
+class OutputCounters:
+    """Counters shared by the transports that own an :class:`OutBuffer` (``_out``) and count the bytes
+    written while no host was connected (``_dropped_unconnected``)."""
+
+    _out: OutBuffer
+    _dropped_unconnected: int
+
+    @property
+    def dropped_bytes(self) -> int:
+        return self._dropped_unconnected + self._out.dropped_bytes
+
+    @property
+    def dropped_frames(self) -> int:
+        return self._out.dropped_frames
+
+    @property
+    def dropped_telemetry(self) -> int:
+        return self._out.dropped_telemetry
+
+    @property
+    def output_pending(self) -> int:
+        """Output bytes waiting for the host to read."""
+        return len(self._out)

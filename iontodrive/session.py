@@ -31,6 +31,7 @@ import signal
 import tempfile
 import threading
 import time
+from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -753,15 +754,16 @@ class Session:
         )
 
 
-class DeliversSessions:
+class DeliversSessions(ABC):
     """``deliver()`` for every source whose ``start()`` returns a session handle with ``wait()``.
 
     Shared by :class:`Stimulator` and the VISA source-meters, so that a whole session runs, reports and ends
     the same way on both.
     """
 
-    def start(self, prescription: Prescription, **options: Any) -> Any:  # pragma: no cover - abstract
-        raise NotImplementedError
+    @abstractmethod
+    def start(self, prescription: Prescription, **options: Any) -> Any:
+        """Check and start a session; return its handle (with ``wait()``)."""
 
     def deliver(
         self,

@@ -107,6 +107,16 @@ def settle_trace(path: Path) -> Trace:
     return load_trace(path)
 
 
+def wait_for_device_time(stim: Stimulator, device_time_ms: int, timeout_s: float = 10.0) -> None:
+    """Poll until the device's own clock reaches ``device_time_ms`` (wall time depends on the speed)."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if stim.status().device_time_ms >= device_time_ms:
+            return
+        time.sleep(0.02)
+    raise AssertionError(f"device time never reached {device_time_ms} ms")
+
+
 def wait_for_state(stim: Stimulator, state: DeviceState, timeout_s: float = 10.0) -> None:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
@@ -331,8 +341,9 @@ def test_pause_and_resume_keep_the_dose(tmp_path: Path) -> None:
         wait_for_state(stim, DeviceState.HOLD)
         session.pause()
         wait_for_state(stim, DeviceState.PAUSED)
-        kept = stim.status().charge_uas
-        time.sleep(0.2)
+        paused = stim.status()
+        kept = paused.charge_uas
+        wait_for_device_time(stim, paused.device_time_ms + 5000)  # 5 s of device time in PAUSED
         assert stim.status().charge_uas == kept
         session.resume()
         wait_for_state(stim, DeviceState.HOLD)
