@@ -73,8 +73,8 @@ from iontodrive.protocol import (
     Telemetry,
     Waveform,
     WaveformSet,
+    trusted_constructor,
 )
-from iontodrive.protocol.fastpath import COMPILED_BY_CLASS, HEADER_VALUES
 
 from . import detect
 from .models import ModelSpec
@@ -137,24 +137,9 @@ class Trigger(Enum):
     COMPLIANCE_CLEAR = 8
 
 
-def _fast_constructor(cls: type[Message]) -> Callable[..., Any]:
-    """``cls(*values)`` for the firmware's own, well-formed values, through the protocol's generated builder.
-
-    About five times cheaper than the dataclass constructor (which stores each field through a frozen
-    dataclass descriptor); it does not validate -- ``encode`` still checks every field when the message is
-    sent. Used for the messages sent at high rates (status replies, telemetry).
-    """
-    build = COMPILED_BY_CLASS[cls].build
-    header = (0,) * HEADER_VALUES
-
-    def construct(*values: Any) -> Any:
-        return build(header + values)
-
-    return construct
-
-
-_new_status = _fast_constructor(StatusReport)
-_new_telemetry = _fast_constructor(Telemetry)
+# Status replies and telemetry go out at high rates; their values are the firmware's own (encode checks them).
+_new_status = trusted_constructor(StatusReport)
+_new_telemetry = trusted_constructor(Telemetry)
 
 
 def _floats(history: np.ndarray | list[float]) -> list[float]:

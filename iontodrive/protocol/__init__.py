@@ -37,6 +37,7 @@ from .enums import (
     WaveformSet,
 )
 from .errors import DecodeError, DecodeErrorKind, EncodeError, FieldRangeError, ProtocolError, SequenceError
+from .fastpath import trusted_constructor
 from .messages import (
     MESSAGE_BY_NAME,
     MESSAGE_BY_TYPE,
@@ -135,4 +136,5 @@ __all__ = [
     "crc16_ccitt_false",
     "decode_body",
     "encode",
+    "trusted_constructor",
 ]

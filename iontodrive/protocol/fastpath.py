@@ -327,3 +327,18 @@ def compile_layout(cls: type[Message]) -> CompiledLayout:
 
 COMPILED: dict[int, CompiledLayout] = {int(cls.TYPE): compile_layout(cls) for cls in MESSAGE_CLASSES}
 COMPILED_BY_CLASS: dict[type[Message], CompiledLayout] = {c.cls: c for c in COMPILED.values()}
+
+
+def trusted_constructor(cls: type[Message]) -> Callable[..., Message]:
+    """``cls(*values)`` without the dataclass constructor, through the generated slot builder.
+
+    For a sender's own well-formed values at high rates (a device's status replies and telemetry). It does
+    not validate: :func:`~iontodrive.protocol.encode` still checks every field when the message is sent.
+    """
+    build = COMPILED_BY_CLASS[cls].build
+    header = (0,) * HEADER_VALUES
+
+    def construct(*values: Any) -> Message:
+        return build(header + values)
+
+    return construct
