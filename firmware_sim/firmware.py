@@ -105,11 +105,10 @@ OVERCURRENT_FRACTION = 1.10  # S9: trip at set-point + 10 %
 DOSE_AIM_CAP_FRACTION = 0.999  # the planned ramp-down aims at most at 99.9 % of the dose cap
 MEAN_WINDOW_STEPS = 10  # impedance is computed from 10-step means of V and I
 
-# The scalar path for tiny blocks is off by default: an intermittent defect (tests/test_session.py
-# ::test_dose_session_over_a_pty, about one run in ten under load) recorded output_ua = 0 in trace rows
-# whose voltage and charge show the full current flowing. Until it is found, the verified numpy path
-# runs every block; set Firmware.small_block_steps = 8 to use the scalar path (tests/test_sim_fastpath.py).
-SMALL_BLOCK_STEPS = 0
+# Blocks of at most this many steps take the scalar path (:meth:`Firmware._block_small`): in real time the
+# runner advances a few steps per control tick, where numpy's set-up cost dominates. Both paths give the
+# same run (tests/test_sim_fastpath.py, tests/test_sim_equivalence.py).
+SMALL_BLOCK_STEPS = 8
 
 OUTPUT_STATES = frozenset({S.RAMP_UP, S.HOLD, S.ADJUST})
 SESSION_STATES = frozenset({S.CONTACT_CHECK, S.RAMP_UP, S.HOLD, S.ADJUST, S.RAMP_DOWN, S.PAUSING, S.PAUSED})
@@ -1116,6 +1115,43 @@ class Firmware:
         t0 = (idx - s.pulse_anchor) * self.dt
         return (on_time(t0 + self.dt) - on_time(t0)) / self.dt
 
+    def _pulse_judged(self, idx: np.ndarray, frac: np.ndarray) -> np.ndarray:
+        """Steps whose voltage shows a pulse's settled on-phase: the last on-step of each pulse (S5).
+
+        The skin capacitance charges during every pulse, so only the end of the on-phase shows the load's
+        real voltage; judging the first steps of a pulse would keep the resistance limit from ever being
+        declared. A step is judged when it is on (``frac > 0.05``) and either a pulse ends inside it (this
+        covers pulses as short as one step) or the next step is off.
+        """
+        s = self.session
+        assert s is not None
+        period = 1.0 / s.pulse_frequency_hz
+        on = s.duty * period
+        eps = 1e-9 * self.dt
+        t0 = (idx - s.pulse_anchor) * self.dt
+        t1 = t0 + self.dt
+        last_end = np.floor((t1 - on + eps) / period) * period + on
+        ends_inside = last_end > t0 + eps
+        next_off = self._pulse_fraction(idx + 1) <= 0.05  # type: ignore[operator]
+        return (frac > 0.05) & (ends_inside | next_off)
+
+    def _pulse_judged_at(self, n: int, frac: float) -> bool:
+        """Scalar twin of :meth:`_pulse_judged` for one global step (same arithmetic)."""
+        if frac <= 0.05:
+            return False
+        s = self.session
+        assert s is not None
+        period = 1.0 / s.pulse_frequency_hz
+        on = s.duty * period
+        eps = 1e-9 * self.dt
+        t0 = (n - s.pulse_anchor) * self.dt
+        t1 = t0 + self.dt
+        last_end = math.floor((t1 - on + eps) / period) * period + on
+        if last_end > t0 + eps:
+            return True
+        following = self._pulse_fraction_at(n + 1)
+        return following is not None and following <= 0.05
+
     def _dose_aim(self, s: Session) -> float:
         cap = DOSE_AIM_CAP_FRACTION * self.model.dose_cap_uas
         return min(float(s.dose_uas), cap) if s.dose_based else cap
@@ -1246,7 +1282,7 @@ class Firmware:
                     v_low = v_meas < v_low_at
                 elif frac > 0.05:
                     v_on = v_meas / frac
-                    v_high = v_on >= v_high_at
+                    v_high = v_on >= v_high_at if self._pulse_judged_at(n, frac) else True
                     v_low = v_on < v_low_at
                 else:  # off phase: neither starts nor breaks a run
                     v_high = v_low = True
@@ -1400,7 +1436,8 @@ class Firmware:
             else:  # pulsed: judge the on-phase voltage; off-phase steps neither start nor break a run
                 pulse_on = frac > 0.05
                 v_on = pb.v_meas / np.where(pulse_on, frac, 1.0)
-                v_high = np.where(pulse_on, v_on >= COMPLIANCE_HIGH * v_comp, True)
+                # compliance is judged at the settled end of each pulse only (see _pulse_judged)
+                v_high = np.where(self._pulse_judged(idx, frac), v_on >= COMPLIANCE_HIGH * v_comp, True)
                 v_low = np.where(pulse_on, v_on < COMPLIANCE_CLEAR * v_comp, True)
             if v_high is not None:
                 comp_runs = detect.run_lengths(v_high, self.comp_run)

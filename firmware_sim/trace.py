@@ -89,9 +89,14 @@ def _digits(v: np.ndarray, width: int) -> np.ndarray:
 
 
 def _fixed_width(x: np.ndarray, decimals: int) -> tuple[int, int]:
-    """(integer digits, total width) needed to print non-negative ``x`` with ``decimals`` places."""
-    top = float(np.max(x)) if x.size else 0.0
-    int_width = max(1, len(str(int(top))))
+    """(integer digits, total width) needed to print non-negative ``x`` with ``decimals`` places.
+
+    The width is taken from the largest value *after* rounding to ``decimals`` places, exactly as
+    :func:`_put_fixed` rounds it: 999.9996 prints as ``1000.000`` and needs four integer digits.
+    """
+    scale = 10**decimals
+    top = int(np.rint(np.max(x) * scale)) // scale if x.size else 0
+    int_width = max(1, len(str(top)))
     return int_width, int_width + (decimals + 1 if decimals else 0)
 
 

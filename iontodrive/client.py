@@ -4,9 +4,9 @@ The public :class:`iontodrive.Stimulator` (in :mod:`iontodrive.session`) adds do
 
 Threads (all daemon, all owned by the client, all stopped by :meth:`DeviceClient.close`):
 
-* **reader** -- reads the link, feeds the protocol :class:`~iontodrive.protocol.Decoder`, completes
-  pending requests by sequence number and queues telemetry and events for dispatch. It never runs user
-  code, so a slow callback can never delay a reply.
+* **reader** -- reads the link whenever no request is waiting (see below), feeds the protocol
+  :class:`~iontodrive.protocol.Decoder`, completes pending requests by sequence number and queues telemetry
+  and events for dispatch. It never runs user code, so a slow callback can never delay a reply.
 * **dispatcher** -- calls listeners (telemetry, events, errors) in arrival order and fills subscription
   queues; fetches missed events when it sees a gap in event numbers.
 * **heartbeat** -- sends :class:`~iontodrive.protocol.Heartbeat` whenever no request went out for
@@ -19,6 +19,15 @@ lock held across I/O is the link's write lock. Listener callbacks run on the dis
 time; they may call the client (e.g. ``status()``), but must not block for long. An exception raised by a
 listener is logged, delivered to the error listeners and re-raised to the session that owns the listener.
 A failure of the reader thread (the link died) is stored and raised by the next call in any thread.
+
+Who reads the link: one thread at a time, whichever holds the client's *lead* lock, so frames are decoded
+in order. On a POSIX port or pty a thread that sent a request takes the lead and reads (and dispatches)
+everything that arrives until its own reply is there -- one thread switch less per round trip than
+handing the reply over from the reader thread. The reader thread stays out of the way for ``LEASE_S``
+after the last such read (an interrupt wakes it from its wait when a request needs the lead), then reads
+telemetry and events as usual. A request that finds another request reading waits for its reply like any
+caller; a thread that leaves the lead while other requests still wait hands it straight back to the
+reader thread. Other links (``socket://``, ``sim://``) are read by the reader thread alone.
 
 Every wait has a deadline: a request is sent, then re-sent with the *same* sequence number after
 ``timeout_s`` for up to ``retries`` more times (the device executes a repeat at most once, S17), then
@@ -88,6 +97,7 @@ DEFAULT_TIMEOUT_S = 0.25
 DEFAULT_RETRIES = 3
 DEFAULT_WATCHDOG_MS = 2000
 FETCH_BATCH = 32
+LEASE_S = 0.01  # the reader thread stays parked this long after a requesting thread last read the link
 _FLUSH = b"\x00"  # a lone delimiter makes the device drop any partial frame
 
 M = TypeVar("M", bound=Message)
@@ -126,6 +136,18 @@ class _Done:
         return self._flag
 
 
+class _DispatchMark:
+    """Put in the dispatch queue to learn when everything queued before it has reached the listeners."""
+
+    __slots__ = ("reached",)
+
+    def __init__(self) -> None:
+        self.reached = threading.Event()
+
+
+_Dispatched = Message | BaseException | _DispatchMark | None  # None stops the dispatcher
+
+
 @dataclass
 class _Pending:
     """One request waiting for its reply."""
@@ -150,6 +172,7 @@ class LinkStatistics:
     telemetry_lost: int = 0
     events_received: int = 0
     events_fetched: int = 0
+    caller_reads: int = 0  # replies read by the requesting thread itself (no reader-thread hand-over)
 
 
 class Subscription(Iterator[M]):
@@ -223,6 +246,7 @@ class DeviceClient:
         heartbeat_s: float | None = None,
         telemetry_hz: int | None = None,
         trace_path: str | Path | None = None,
+        caller_reads: bool = True,
     ) -> None:
         if isinstance(timeout_s, bool) or not (
             isinstance(timeout_s, (int, float)) and 0.001 <= timeout_s <= 60
@@ -256,7 +280,7 @@ class DeviceClient:
         self._subscriptions: list[Subscription[Any]] = []
         self._replay_collectors: list[Callable[[Event], None]] = []
         self._listener_lock = threading.Lock()
-        self._dispatch_queue: queue.Queue[Message | BaseException | None] = queue.Queue(100_000)
+        self._dispatch_queue: queue.Queue[_Dispatched] = queue.Queue(100_000)
         self._next_event_no: int | None = None
         self._seen_events: set[int] = set()
         self._last_sample_no: int | None = None
@@ -264,6 +288,10 @@ class DeviceClient:
         self.identity: IdentityReport
         self.watchdog_ms = watchdog_ms or DEFAULT_WATCHDOG_MS
         self._heartbeat_s = heartbeat_s
+        self._caller_reads = bool(caller_reads) and link.interruptible
+        self._lead = threading.Lock()  # held by whichever thread reads the link
+        self._lease_until = 0.0  # monotonic time until which the reader thread stays parked
+        self._reader_resume = threading.Event()
 
         self._reader = threading.Thread(target=self._read_loop, name="iontodrive-reader", daemon=True)
         self._dispatcher = threading.Thread(
@@ -312,6 +340,7 @@ class DeviceClient:
         heartbeat_s: float | None = None,
         telemetry_hz: int | None = None,
         trace_path: str | Path | None = None,
+        caller_reads: bool = True,
         **serial_options: Any,
     ) -> Self:
         """Open ``url`` (anything pyserial's ``serial_for_url`` takes), identify the device, return a client.
@@ -323,6 +352,8 @@ class DeviceClient:
             heartbeat_s: heartbeat period; default a quarter of the watchdog.
             telemetry_hz: telemetry rate to configure, or None to leave the device's (2 Hz after power-up).
             trace_path: also write the decoded frame trace to this file.
+            caller_reads: let a requesting thread read its own reply when the link allows it (the
+                default; see "Who reads the link"); False leaves all reading to the reader thread.
             serial_options: passed to pyserial (e.g. ``baudrate``).
 
         Raises:
@@ -340,6 +371,7 @@ class DeviceClient:
                 heartbeat_s=heartbeat_s,
                 telemetry_hz=telemetry_hz,
                 trace_path=trace_path,
+                caller_reads=caller_reads,
             )
         except BaseException:
             link.close()
@@ -378,6 +410,7 @@ class DeviceClient:
 
     def _shutdown(self) -> None:
         self._closed.set()
+        self._reader_resume.set()
         self._link.close()
         self._dispatch_queue.put(None)
         for thread in (self._reader, self._dispatcher, self._heartbeat):
@@ -425,7 +458,7 @@ class DeviceClient:
                     self.stats.retries += 1
                     logger.debug("retry %d of %s seq %d", attempt, type(message).__name__, seq)
                 self._send(seq, message, frame)
-                if pending.done.wait(deadline):
+                if self._await_reply(pending, deadline):
                     break
                 if self._closed.is_set():
                     break
@@ -444,6 +477,49 @@ class DeviceClient:
                 reply.request_type, reply.code, reply.field, reply.value, reply.minimum, reply.maximum
             )
         return reply
+
+    def _await_reply(self, pending: _Pending, timeout_s: float) -> bool:
+        """Wait up to ``timeout_s`` for ``pending``'s reply, reading the link ourselves when we can take
+        the lead (see "Who reads the link" in the module docstring). True once the reply (or a failure)
+        is in."""
+        if not self._caller_reads:
+            return pending.done.wait(timeout_s)
+        now = time.monotonic()
+        end = now + timeout_s
+        another_caller_reads = self._lease_until > now
+        self._lease_until = now + LEASE_S
+        lead = self._lead
+        if not lead.acquire(blocking=False):
+            if another_caller_reads:  # it reads (and completes) our reply too
+                return pending.done.wait(timeout_s)
+            self._link.interrupt()  # the reader thread holds the lead: wake it from its wait
+            if not lead.acquire(timeout=timeout_s):
+                return pending.done.is_set()
+        try:
+            link = self._link
+            while not pending.done.is_set():
+                left = end - time.monotonic()
+                if left <= 0 or self._closed.is_set():
+                    break
+                data = link.read(left)
+                self._lease_until = time.monotonic() + LEASE_S
+                if data:
+                    self._process(data)
+        except LinkClosedError as exc:
+            if not self._closed.is_set():
+                self._fail(exc)
+        except Exception as exc:  # a bug while decoding: fail loudly, like the reader thread
+            self._fail(exc)
+        finally:
+            if pending.done.is_set():
+                self.stats.caller_reads += 1
+            with self._pending_lock:
+                others_wait = any(not p.done.is_set() for p in self._pending.values() if p is not pending)
+            lead.release()
+            if others_wait:  # hand the lead straight back to the reader thread
+                self._lease_until = 0.0
+                self._reader_resume.set()
+        return pending.done.is_set()
 
     def _request_typed(self, message: Message, reply_type: type[M], **kwargs: Any) -> M:
         reply = self.request(message, **kwargs)
@@ -502,7 +578,8 @@ class DeviceClient:
     def fetch_events(self, from_event_no: int, max_count: int = FETCH_BATCH) -> list[Event]:
         """Fetch events from the device's ring, from ``from_event_no`` on (at most ``max_count``).
 
-        The replayed events are also dispatched to event listeners (once each, in order).
+        The replayed events are also dispatched to event listeners (once each, in order); when this is
+        called from any thread but the dispatcher, they have reached the listeners when it returns.
         """
         collector: list[Event] = []
         done = threading.Event()
@@ -522,11 +599,22 @@ class DeviceClient:
             if len(collector) >= reply.count:
                 done.set()
             done.wait(self.timeout_s * (1 + self.retries))
+            if threading.current_thread() is not self._dispatcher:
+                self._wait_dispatched(self.timeout_s * (1 + self.retries))
         finally:
             with self._listener_lock:
                 self._replay_collectors.remove(collect)
         self.stats.events_fetched += len(collector)
         return sorted(collector, key=lambda e: e.event_no)
+
+    def _wait_dispatched(self, timeout_s: float) -> bool:
+        """Wait (at most ``timeout_s``) until every item queued for dispatch so far has been dispatched."""
+        mark = _DispatchMark()
+        try:
+            self._dispatch_queue.put(mark, timeout=timeout_s)
+        except queue.Full:
+            return False
+        return mark.reached.wait(timeout_s)
 
     # ------------------------------------------------------------------------------ subscriptions
 
@@ -615,11 +703,22 @@ class DeviceClient:
     # ---------------------------------------------------------------------------------- threads
 
     def _read_loop(self) -> None:
-        decoder = self._decoder
-        trace = self._trace
+        link = self._link
+        lead = self._lead
+        caller_reads = self._caller_reads
         while not self._closed.is_set():
+            if caller_reads:
+                parked = self._lease_until - time.monotonic()
+                if parked > 0:  # requesting threads are reading the link: stay out of their way
+                    self._reader_resume.wait(parked)
+                    self._reader_resume.clear()
+                    continue
+                if not lead.acquire(timeout=LEASE_S):
+                    continue
             try:
-                data = self._link.read()
+                data = link.read()
+                if data:
+                    self._process(data)
             except LinkClosedError as exc:
                 if not self._closed.is_set():
                     self._fail(exc)
@@ -627,16 +726,21 @@ class DeviceClient:
             except Exception as exc:  # a bug or an unexpected port error: never die silently
                 self._fail(exc)
                 return
-            if not data:
+            finally:
+                if caller_reads:
+                    lead.release()
+
+    def _process(self, data: bytes) -> None:
+        """Decode ``data`` and act on every frame in it; called only by the thread holding the lead."""
+        trace = self._trace
+        for item in self._decoder.feed(data):
+            if trace.active:
+                trace.received(item)
+            if isinstance(item, DecodeError):
+                self.stats.decode_errors += 1
+                logger.debug("dropped bad frame: %s %s", item.kind.value, item.detail)
                 continue
-            for item in decoder.feed(data):
-                if trace.active:
-                    trace.received(item)
-                if isinstance(item, DecodeError):
-                    self.stats.decode_errors += 1
-                    logger.debug("dropped bad frame: %s %s", item.kind.value, item.detail)
-                    continue
-                self._on_frame(item)
+            self._on_frame(item)
 
     def _on_frame(self, frame: Frame) -> None:
         self.stats.frames_received += 1
@@ -657,13 +761,22 @@ class DeviceClient:
                 self.stats.telemetry_lost += 1
             else:  # never drop an event silently: wait for the dispatcher
                 self._dispatch_queue.put(message)
+        if type(message) is Event and message.replayed:
+            # collected here, not by the dispatcher: fetch_events() may be running on the dispatcher itself;
+            # queued first, so that a caller that then waits for the dispatcher sees them delivered
+            with self._listener_lock:
+                collectors = list(self._replay_collectors)
+            for collect in collectors:
+                collect(message)
 
     def _dispatch_loop(self) -> None:
         while True:
             item = self._dispatch_queue.get()
             if item is None:
                 return
-            if isinstance(item, BaseException):
+            if type(item) is _DispatchMark:
+                item.reached.set()
+            elif isinstance(item, BaseException):
                 self._notify_error(item)
             elif isinstance(item, Telemetry):
                 self._dispatch_telemetry(item)
@@ -687,11 +800,6 @@ class DeviceClient:
 
     def _dispatch_event(self, event: Event) -> None:
         self.stats.events_received += 1
-        if event.replayed:
-            with self._listener_lock:
-                collectors = list(self._replay_collectors)
-            for collect in collectors:
-                collect(event)
         if event.code is EventCode.POWER_ON and event.event_no == 1 and not event.replayed:
             self._seen_events.clear()  # the device restarted: numbering starts again
             self._next_event_no = 1

@@ -4,12 +4,15 @@ Accepted URLs: a device path (``/dev/ttyUSB0``, ``COM3``), a pty path, ``socket:
 simulator's cross-platform route), ``loop://`` (codec tests only) and any URL scheme registered with
 pyserial, such as the simulator's in-process ``sim://`` (``firmware_sim.register_url_handler()``).
 
-A :class:`SerialLink` has one writer lock and is read by exactly one thread (the client's reader). Every
-failure of the port surfaces as :class:`~iontodrive.errors.LinkClosedError`.
+A :class:`SerialLink` has one writer lock and is read by one thread at a time (the client decides which:
+see "Who reads the link" in :mod:`iontodrive.client`). On POSIX ports a blocked :meth:`SerialLink.read`
+can be woken early with :meth:`SerialLink.interrupt` (a self-pipe); :attr:`SerialLink.interruptible` says
+whether that is available. Every failure of the port surfaces as :class:`~iontodrive.errors.LinkClosedError`.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import select
@@ -51,6 +54,17 @@ class SerialLink:
         self._posix = _PosixSerial is not None and isinstance(port, _PosixSerial)
         timeout = port.timeout
         self._read_timeout_s = DEFAULT_READ_TIMEOUT_S if timeout is None else float(timeout)
+        self._wake_r = self._wake_w = -1
+        self._wake_lock = threading.Lock()  # interrupt() never writes to a pipe close() has closed
+        if self._posix:
+            self._wake_r, self._wake_w = os.pipe()
+            os.set_blocking(self._wake_r, False)
+            os.set_blocking(self._wake_w, False)
+
+    @property
+    def interruptible(self) -> bool:
+        """True when :meth:`interrupt` can end a blocked :meth:`read` early (POSIX ports and ptys)."""
+        return self._wake_w >= 0
 
     @classmethod
     def open(
@@ -99,12 +113,22 @@ class SerialLink:
                 self._closed = True
                 raise LinkClosedError(f"write to {self.url} failed: {exc}") from exc
 
-    def read(self) -> bytes:
+    def interrupt(self) -> None:
+        """Make a :meth:`read` that is waiting (or the next one) return ``b""`` at once. No-op if not
+        :attr:`interruptible` or closed; safe from any thread."""
+        with self._wake_lock:
+            if self._wake_w >= 0:
+                with contextlib.suppress(BlockingIOError):  # full: a wake-up is pending anyway
+                    os.write(self._wake_w, b"\0")
+
+    def read(self, timeout_s: float | None = None) -> bytes:
+        """Bytes from the port, waiting at most ``timeout_s`` (default: the link's read timeout) for the
+        first; ``b""`` on timeout or :meth:`interrupt`. Raises LinkClosedError when closed or failed."""
         if self._closed:
             raise LinkClosedError(f"link {self.url} is closed")
         fd = self._port.fd if self._posix else None  # None once pyserial closed the port
         if fd is not None:
-            return self._read_fd(fd)
+            return self._read_fd(fd, self._read_timeout_s if timeout_s is None else timeout_s)
         try:
             waiting = self._port.in_waiting
             data = self._port.read(waiting if waiting > 0 else 1)
@@ -115,12 +139,17 @@ class SerialLink:
             raise LinkClosedError(f"read from {self.url} failed: {exc}") from exc
         return bytes(data)
 
-    def _read_fd(self, fd: int) -> bytes:
-        """Wait up to the read timeout for data on ``fd``, then return whatever is there (one syscall)."""
+    def _read_fd(self, fd: int, timeout_s: float) -> bytes:
+        """Wait up to ``timeout_s`` for data on ``fd`` (or an interrupt), then return what is there."""
         try:
-            ready, _, _ = select.select([fd], [], [], self._read_timeout_s)
+            ready, _, _ = select.select([fd, self._wake_r], [], [], max(0.0, timeout_s))
             if not ready:
                 return b""
+            if ready[-1] == self._wake_r:
+                with contextlib.suppress(BlockingIOError):
+                    os.read(self._wake_r, 64)
+                if ready[0] != fd:
+                    return b""
             if self._closed or self._port.fd != fd:  # closed while waiting: the number may be reused
                 raise LinkClosedError(f"link {self.url} is closed")
             data = os.read(fd, READ_CHUNK)
@@ -140,7 +169,13 @@ class SerialLink:
         if self._closed and not self._port.is_open:
             return
         self._closed = True
+        self.interrupt()  # a reader blocked in select() sees the closed flag at once
         try:
             self._port.close()
         except (serial.SerialException, OSError) as exc:  # closing a dead port: nothing more to do
             logger.debug("closing %s: %s", self.url, exc)
+        with self._wake_lock:
+            for fd in (self._wake_r, self._wake_w):
+                if fd >= 0:
+                    os.close(fd)
+            self._wake_r = self._wake_w = -1

@@ -355,11 +355,6 @@ def test_after_a_lost_port_recover_completes_the_record_with_the_device_dose(
     assert trace.output_ua[-1] == pytest.approx(0, abs=1.0)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="firmware_sim: pulsed DC never declares RESISTANCE_LIMIT (S5), so the dose ramp-down is planned "
-    "at the full set-point and the dose lands ~1.5 % short (fix in docs/reliability.md)",
-)
 def test_pulsed_dc_at_compliance_declares_the_resistance_limit_and_meets_the_dose() -> None:
     """Campaign defect (firmware_sim): hydro-pulsed × impedance_rise completed 1.5 % short of its dose."""
     rec = TraceRecorder()

@@ -67,6 +67,36 @@ def test_rows_match_python_formatting(n: int, scale: float) -> None:
     assert " " not in "".join(got)
 
 
+@given(st.integers(min_value=0, max_value=8), st.data())
+def test_a_value_that_rounds_up_to_the_next_power_of_ten_keeps_its_leading_digit(
+    power: int, data: st.DataObject
+) -> None:
+    """Regression: a block whose largest value was just below 10**k (e.g. 999.9996 µA) was given k integer
+    digits, so rows rounding to 10**k printed as ``000.000`` (a 1 mA output recorded as zero)."""
+    n = data.draw(st.integers(min_value=48, max_value=120))
+    below = 10.0**power - data.draw(st.floats(min_value=1e-7, max_value=4.9e-4))
+    rng = np.random.default_rng(power)
+    values = np.full(n, below)
+    values[: n // 2] = below - rng.random(n // 2) * 0.002
+    block = TraceBlock(
+        step=np.arange(n),
+        t_s=(np.arange(n) + 1) * 0.001,
+        state=np.full(n, int(DeviceState.HOLD)),
+        setpoint_ua=values,
+        output_ua=values,
+        voltage_mv=values / 10,
+        impedance_ohm=values,
+        charge_uas=values,
+        physical=np.zeros(n, dtype=bool),
+        polarity=np.zeros(n, dtype=np.int64),
+        session=np.zeros(n, dtype=np.int64),
+    )
+    for row, want in zip(format_rows(block).decode().splitlines(), reference_rows(block), strict=True):
+        numbers = [float(a) for i, a in enumerate(row.split(",")) if i != 1]
+        expected = [float(b) for i, b in enumerate(want.split(",")) if i != 1]
+        assert numbers == pytest.approx(expected, abs=0.0011), (row, want)
+
+
 def test_trace_file_every_step_and_decimated(tmp_path: Path) -> None:
     full, sparse = tmp_path / "full.csv", tmp_path / "sparse.csv"
     for path, rate in ((full, None), (sparse, 50.0)):

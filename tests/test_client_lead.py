@@ -1,0 +1,161 @@
+"""Who reads the link: requesting threads read their own replies over a pty (the "lead"), the reader thread
+reads telemetry and events between requests, and nothing is lost, reordered or left hanging either way.
+
+The simulator runs in-process on a real pseudo-terminal (:class:`firmware_sim.bridge_pty.PtyTransport`
+with a :class:`firmware_sim.runner.DeviceRunner`), so the client takes the same path as with hardware.
+"""
+
+from __future__ import annotations
+
+import sys
+import threading
+import time
+from collections.abc import Iterator
+
+import pytest
+
+from firmware_sim import Device
+from firmware_sim.bridge_pty import PtyTransport
+from firmware_sim.runner import DeviceRunner
+from iontodrive import Stimulator
+from iontodrive.errors import LinkClosedError
+from iontodrive.protocol import DeviceState, Telemetry
+
+pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="needs POSIX pseudo-terminals")
+
+
+class PtyDevice:
+    def __init__(self, telemetry_hz: int = 0) -> None:
+        self.device = Device("clinic-4", telemetry_hz=telemetry_hz)
+        self.transport = PtyTransport()
+        self.runner = DeviceRunner(self.device, self.transport).start()
+        self.path = self.transport.path
+
+    def close(self) -> None:
+        if self.runner.alive:
+            self.runner.stop()
+        self.transport.close()
+
+
+@pytest.fixture
+def pty_device() -> Iterator[PtyDevice]:
+    sim = PtyDevice()
+    yield sim
+    sim.close()
+
+
+def test_a_requesting_thread_reads_its_own_reply(pty_device: PtyDevice) -> None:
+    with Stimulator.open(pty_device.path, telemetry_hz=0) as stim:
+        assert stim.link.interruptible
+        before = stim.stats.caller_reads
+        for _ in range(50):
+            assert stim.status().state is DeviceState.IDLE
+        assert stim.stats.caller_reads - before >= 45  # the odd one may be read by the reader thread
+        assert stim.stats.timeouts == 0 and stim.stats.retries == 0
+
+
+def test_many_threads_get_their_own_replies_while_telemetry_streams() -> None:
+    sim = PtyDevice(telemetry_hz=1000)
+    try:
+        with Stimulator.open(sim.path, telemetry_hz=1000) as stim:
+            samples = stim.subscribe_telemetry()
+            errors: list[BaseException] = []
+            watchdogs: list[int] = []
+
+            def worker(k: int) -> None:
+                try:
+                    for i in range(100):
+                        if i % 10 == k % 10:  # a request with a reply that is checkably ours
+                            watchdog_ms = 1000 + 100 * k + i
+                            stim.set_watchdog(watchdog_ms)
+                            watchdogs.append(watchdog_ms)
+                        assert stim.status().state is DeviceState.IDLE
+                        assert stim.identify().model == "clinic-4"
+                except BaseException as exc:
+                    errors.append(exc)
+
+            threads = [threading.Thread(target=worker, args=(k,)) for k in range(8)]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join(60)
+            assert not errors, errors
+            assert len(watchdogs) == 8 * 10
+            assert stim.stats.timeouts == 0
+            time.sleep(0.1)
+            got = []
+            while (sample := samples.get(timeout=0.0)) is not None:
+                got.append(sample)
+            assert len(got) > 100
+            assert all(isinstance(s, Telemetry) for s in got)
+            numbers = [s.sample_no for s in got]
+            assert numbers == sorted(numbers)  # decoded in order, whichever thread read them
+            assert stim.stats.telemetry_lost == 0 and stim.stats.telemetry_gaps == 0
+    finally:
+        sim.close()
+
+
+def test_telemetry_keeps_arriving_between_requests() -> None:
+    sim = PtyDevice(telemetry_hz=200)
+    try:
+        with Stimulator.open(sim.path, telemetry_hz=200) as stim:
+            stim.status()  # a caller took the lead; the reader thread must take it back afterwards
+            with stim.subscribe_telemetry() as samples:
+                first = samples.get(timeout=1.0)
+                assert first is not None
+                deadline = time.monotonic() + 0.5
+                count = 0
+                while time.monotonic() < deadline:
+                    if samples.get(timeout=0.1) is not None:
+                        count += 1
+                assert count >= 50  # about 100 in 0.5 s at 200 Hz, read by the reader thread alone
+    finally:
+        sim.close()
+
+
+def test_a_link_that_dies_while_a_caller_reads_raises_within_the_deadline(pty_device: PtyDevice) -> None:
+    stim = Stimulator.open(pty_device.path, telemetry_hz=0, watchdog_ms=None)
+    try:
+        pty_device.runner.stop()  # the device stops answering
+        outcome: list[BaseException | object] = []
+
+        def ask() -> None:
+            try:
+                outcome.append(stim.status())
+            except BaseException as exc:
+                outcome.append(exc)
+
+        asker = threading.Thread(target=ask)
+        asker.start()
+        time.sleep(0.05)  # the asker is now waiting for its reply with the lead
+        started = time.monotonic()
+        pty_device.transport.close()  # the port goes away under it (EIO)
+        asker.join(5)
+        assert not asker.is_alive()
+        assert time.monotonic() - started < stim.timeout_s * (stim.retries + 1)
+        assert len(outcome) == 1 and isinstance(outcome[0], LinkClosedError)
+        with pytest.raises(LinkClosedError):
+            stim.status()  # the failure sticks, in any thread
+    finally:
+        stim.close()
+
+
+def test_closing_the_client_releases_a_caller_waiting_with_the_lead(pty_device: PtyDevice) -> None:
+    stim = Stimulator.open(pty_device.path, telemetry_hz=0, watchdog_ms=None, timeout_s=5.0, retries=0)
+    pty_device.runner.stop()
+    outcome: list[BaseException | object] = []
+
+    def ask() -> None:
+        try:
+            outcome.append(stim.status())
+        except BaseException as exc:
+            outcome.append(exc)
+
+    asker = threading.Thread(target=ask)
+    asker.start()
+    time.sleep(0.05)
+    started = time.monotonic()
+    stim.close()
+    asker.join(5)
+    assert time.monotonic() - started < 1.0  # not the 5 s deadline
+    assert len(outcome) == 1 and isinstance(outcome[0], LinkClosedError)
