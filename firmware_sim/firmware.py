@@ -1592,8 +1592,14 @@ class Firmware:
             first = not self.flags & StatusFlags.RESISTANCE_LIMIT
             self.flags |= StatusFlags.RESISTANCE_LIMIT
             self.held_ua = held
-            self.ramp = Ramp(self.n, float(held), float(held), 0.0)
-            self.ramp_done_at = None
+            # the set-point comes down to the reachable current at the slew limit, never in a step: with
+            # DC the output is clamped there already, with pulsed DC the envelope is the waveform (S2)
+            lowering = held < self.setpoint
+            if lowering:
+                self._start_ramp(float(held), slew)
+            else:
+                self.ramp = Ramp(self.n, float(held), float(held), 0.0)
+                self.ramp_done_at = None
             if first:
                 self._emit(EventCode.RESISTANCE_LIMIT, held)
                 if s.dose_based and not self.flags & StatusFlags.TIME_EXTENDED:
@@ -1601,7 +1607,7 @@ class Firmware:
                     left = max(0.0, self._dose_aim(s) - self.charge)
                     extension = left / max(held * s.duty, 1.0) - left / (s.target_ua * s.duty)
                     self._emit(EventCode.TIME_EXTENDED, max(0, round(extension * 1000.0)))
-            self._set_state(S.HOLD)
+            self._set_state(S.ADJUST if lowering else S.HOLD)
             return
         if trigger == Trigger.COMPLIANCE_CLEAR:
             self.clear_run = 0

@@ -369,3 +369,7 @@ def test_pulsed_dc_at_compliance_declares_the_resistance_limit_and_meets_the_dos
     codes = [e.code for e in host.events]
     assert EventCode.RESISTANCE_LIMIT in codes
     assert device.charge_uas == pytest.approx(300_000, rel=0.01)
+    # campaign seed 403: the limit lowered the set-point in one step, a step of the pulse envelope
+    setpoint = rec.columns["setpoint_ua"]
+    fastest = float(np.max(np.abs(np.diff(setpoint)))) / device.dt
+    assert fastest <= device.model.slew_limit_ua_per_s * 1.001
