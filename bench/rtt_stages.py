@@ -18,12 +18,14 @@ Stages (client = bench process, sim = simulator process):
   sim: handle                    at-most-once cache, firmware handler, reply encoding
   sim: frame -> write            draining the device's output
   sim: os.write                  the reply frame into the pty
-  wake: sim write -> reader      until the client's reader thread returns from select
+  wake: sim write -> reading     until the thread reading the client's link returns from select (the
+                                 calling thread itself by default; the reader thread with --reader-thread)
   client: read+decode+match      os.read, decoder, matching the reply to the waiting request
-  wake: reader -> caller         until the calling thread returns from its wait (thread switch, GIL)
+  hand-over: reader -> caller    until the calling thread has its reply (0 when it read the reply itself;
+                                 a thread switch and GIL hand-over with --reader-thread)
   client: wait -> return         reply checks and return
 
-    .venv/bin/python bench/rtt_stages.py [-n 3000] [--sim-arg=ARG ...]
+    .venv/bin/python bench/rtt_stages.py [-n 3000] [--reader-thread] [--sim-arg=ARG ...]
 """
 
 from __future__ import annotations
@@ -50,9 +52,9 @@ STAGES = [
     "sim: handle",
     "sim: frame -> write",
     "sim: os.write",
-    "wake: sim write -> reader",
+    "wake: sim write -> reading",
     "client: read+decode+match",
-    "wake: reader -> caller",
+    "hand-over: reader -> caller",
     "client: wait -> return",
 ]
 
@@ -106,7 +108,7 @@ def run_instrumented_simulator(out_path: str, sim_argv: list[str]) -> int:
 # ---------------------------------------------------------------------------------- client side
 
 
-def measure(n: int, warmup: int, sim_args: list[str]) -> None:
+def measure(n: int, warmup: int, sim_args: list[str], caller_reads: bool = True) -> None:
     import iontodrive.client as client_mod
     import iontodrive.link as link_mod
     from iontodrive import Stimulator
@@ -122,7 +124,7 @@ def measure(n: int, warmup: int, sim_args: list[str]) -> None:
         original_send = client_mod.DeviceClient._send
         original_read_fd = link_mod.SerialLink._read_fd
         original_set = client_mod._Done.set
-        original_wait = client_mod._Done.wait
+        original_await = client_mod.DeviceClient._await_reply
         original_write = link_mod.SerialLink.write
         select_mod = link_mod.select
 
@@ -135,19 +137,21 @@ def measure(n: int, warmup: int, sim_args: list[str]) -> None:
             original_write(self, data)  # type: ignore[arg-type]
             cur[2] = clock()
 
-        def read_fd(self: object, fd: int) -> bytes:
-            ready, _, _ = select_mod.select([fd], [], [], 0.05)
+        def read_fd(self: object, fd: int, timeout_s: float) -> bytes:
+            wake = self._wake_r  # type: ignore[attr-defined]
+            ready, _, _ = select_mod.select([fd, wake], [], [], min(timeout_s, 0.05))
+            if fd in ready:
+                cur[3] = clock()
             if not ready:
                 return b""
-            cur[3] = clock()
-            return original_read_fd(self, fd)  # type: ignore[arg-type]
+            return original_read_fd(self, fd, 0.0)  # type: ignore[arg-type]
 
         def done_set(self: object) -> None:
             cur[4] = clock()
             original_set(self)  # type: ignore[arg-type]
 
-        def done_wait(self: object, timeout: float) -> bool:
-            result = original_wait(self, timeout)  # type: ignore[arg-type]
+        def await_reply(self: object, pending: object, timeout_s: float) -> bool:
+            result = original_await(self, pending, timeout_s)  # type: ignore[arg-type]
             cur[5] = clock()
             return result
 
@@ -155,10 +159,10 @@ def measure(n: int, warmup: int, sim_args: list[str]) -> None:
         link_mod.SerialLink.write = link_write  # type: ignore[method-assign]
         link_mod.SerialLink._read_fd = read_fd  # type: ignore[method-assign]
         client_mod._Done.set = done_set  # type: ignore[method-assign]
-        client_mod._Done.wait = done_wait  # type: ignore[method-assign]
+        client_mod.DeviceClient._await_reply = await_reply  # type: ignore[method-assign]
         totals: list[int] = []
         try:
-            with Stimulator.open(sim.port, telemetry_hz=0) as stim:
+            with Stimulator.open(sim.port, telemetry_hz=0, caller_reads=caller_reads) as stim:
                 for i in range(warmup + n):
                     t0 = clock()
                     stim.status()
@@ -197,7 +201,8 @@ def measure(n: int, warmup: int, sim_args: list[str]) -> None:
     total = np.asarray(totals, dtype=np.float64) / 1000.0
     print(
         f"rtt_stages: python {platform.python_version()}, {os.cpu_count()} cpus, load "
-        f"{os.getloadavg()[0]:.2f}; {len(rows)} of {n} requests paired; simulator args: {sim_args or 'none'}"
+        f"{os.getloadavg()[0]:.2f}; {len(rows)} of {n} requests paired; sim args: {sim_args or 'none'}; "
+        f"{'the caller reads its reply' if caller_reads else 'the reader thread reads every reply'}"
     )
     print(f"{'stage':<30} {'median us':>10} {'mean us':>10}")
     for name, column in zip(STAGES, data.T, strict=True):
@@ -254,8 +259,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("-n", "--requests", type=int, default=3000, help="measured requests (default 3000)")
     parser.add_argument("--warmup", type=int, default=300, help="unmeasured requests first (default 300)")
     parser.add_argument("--sim-arg", action="append", default=[], metavar="ARG", help="extra simulator arg")
+    parser.add_argument(
+        "--reader-thread",
+        action="store_true",
+        help="open the client with caller_reads=False (the reader thread reads every reply)",
+    )
     args = parser.parse_args(argv)
-    measure(args.requests, args.warmup, args.sim_arg)
+    measure(args.requests, args.warmup, args.sim_arg, caller_reads=not args.reader_thread)
     return 0
 
 

@@ -373,3 +373,28 @@ def test_pulsed_dc_at_compliance_declares_the_resistance_limit_and_meets_the_dos
     setpoint = rec.columns["setpoint_ua"]
     fastest = float(np.max(np.abs(np.diff(setpoint)))) / device.dt
     assert fastest <= device.model.slew_limit_ua_per_s * 1.001
+
+
+def test_a_power_cut_between_the_sessions_end_and_its_final_status_keeps_the_ended_dose(
+    tmp_path: Path,
+) -> None:
+    """Campaign defect 15 (``power_cycle``, seed 20206), made deterministic: the power is cut exactly when the
+    driver's first status read after the session's end arrives, so that read answers from the new boot
+    (session 0, no charge). The completed session was recorded with 0 µA·s."""
+    with _open(tmp_path, speed=20) as stim:
+        device = stim.link.port.device
+        original = device._on_frame
+        cut_at: list[float] = []
+
+        def on_frame(frame: Frame) -> None:
+            if isinstance(frame.message, GetStatus) and not cut_at and device.state == DeviceState.DONE:
+                cut_at.append(device.charge_uas)
+                device.power_cycle()
+            original(frame)
+
+        device._on_frame = on_frame
+        record = stim.deliver(QUICK, record_path=tmp_path / "r.jsonl")
+    assert cut_at, "the device never reached DONE with a status read after it"
+    assert record.summary is not None and record.summary["end_reason"] == "completed"
+    assert record.delivered_uas == pytest.approx(cut_at[0], abs=2)
+    assert record.delivered_uas == pytest.approx(60_000, rel=0.01)
