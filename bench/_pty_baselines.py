@@ -22,6 +22,7 @@ import tempfile
 import threading
 import time
 import tty
+from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -245,14 +246,26 @@ class Peer:
 # ----------------------------------------------------------------------------------------- clients
 
 
-class RoundTripCase:
+def time_calls(call: Callable[[], object], n: int) -> list[int]:
+    """Call ``call()`` ``n`` times; the duration of each call in nanoseconds."""
+    clock = time.perf_counter_ns
+    out: list[int] = []
+    for _ in range(n):
+        t0 = clock()
+        call()
+        out.append(clock() - t0)
+    return out
+
+
+class RoundTripCase(ABC):
     """One measured thing: ``measure(n)`` returns ``n`` round-trip times in nanoseconds."""
 
     label = ""
 
-    def measure(self, n: int) -> list[int]:
-        raise NotImplementedError
+    @abstractmethod
+    def measure(self, n: int) -> list[int]: ...
 
+    @abstractmethod
     def close(self) -> None:
         """Release ports, peers and processes."""
 
@@ -560,6 +573,42 @@ class SimFloorCase(RoundTripCase):
         with contextlib.suppress(OSError):
             os.close(self.fd)
         self.sim.stop()
+
+
+class StimulatorCase(RoundTripCase):
+    """``Stimulator.status()`` round trips to ``python -m firmware_sim --pty`` (one simulator per case).
+
+    ``caller_reads`` is passed to ``Stimulator.open`` (False: the reader thread reads every reply).
+    """
+
+    def __init__(
+        self,
+        label: str,
+        *,
+        model: str = "clinic-4",
+        speed: float | None = None,
+        sim_args: list[str] | None = None,
+        caller_reads: bool = True,
+    ) -> None:
+        from iontodrive import Stimulator
+
+        self.label = label
+        self.sim = SimulatorProcess(model=model, speed=speed, extra_args=sim_args)
+        try:
+            self.stim = Stimulator.open(self.sim.port, telemetry_hz=0, caller_reads=caller_reads)
+        except BaseException:
+            print(f"simulator stderr:\n{self.sim.stderr_tail()}", file=sys.stderr)
+            self.sim.stop()
+            raise
+
+    def measure(self, n: int) -> list[int]:
+        return time_calls(self.stim.status, n)
+
+    def close(self) -> None:
+        try:
+            self.stim.close()
+        finally:
+            self.sim.stop()
 
 
 def verdict(ok: bool) -> str:

@@ -25,7 +25,6 @@ import argparse
 import os
 import platform
 import sys
-import time
 
 import serial
 from _pty_baselines import (
@@ -36,45 +35,13 @@ from _pty_baselines import (
     RawEchoCase,
     RoundTripCase,
     SimFloorCase,
-    SimulatorProcess,
+    StimulatorCase,
     verdict,
 )
-
-from iontodrive import Stimulator
 
 TARGET_VS_PYSERIAL = 2.5
 TARGET_VS_PYMODBUS = 0.5
 STATUS_REPLY_REGISTERS = 26  # a 57-byte RTU reply, against the 58-byte StatusReport frame
-
-
-class OursCase(RoundTripCase):
-    """(d) ``Stimulator.status()`` round trips to the simulator over its pty."""
-
-    label = "iontodrive status() (sim, pty)"
-
-    def __init__(self, model: str, speed: float | None, sim_args: list[str]) -> None:
-        self.sim = SimulatorProcess(model=model, speed=speed, extra_args=sim_args)
-        try:
-            self.stim = Stimulator.open(self.sim.port, telemetry_hz=0)
-        except BaseException:
-            print(f"simulator stderr:\n{self.sim.stderr_tail()}", file=sys.stderr)
-            self.sim.stop()
-            raise
-
-    def measure(self, n: int) -> list[int]:
-        clock, status = time.perf_counter_ns, self.stim.status
-        out: list[int] = []
-        for _ in range(n):
-            t0 = clock()
-            status()
-            out.append(clock() - t0)
-        return out
-
-    def close(self) -> None:
-        try:
-            self.stim.close()
-        finally:
-            self.sim.stop()
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -137,7 +104,11 @@ def main(argv: list[str] | None = None) -> int:
             cases.append(ModbusSyncCase(args.peer, STATUS_REPLY_REGISTERS))
         if args.sim_floor:
             cases.append(floor := SimFloorCase(args.model, args.speed, args.sim_arg))
-        cases.append(ours := OursCase(args.model, args.speed, args.sim_arg))
+        cases.append(
+            ours := StimulatorCase(
+                "iontodrive status() (sim, pty)", model=args.model, speed=args.speed, sim_args=args.sim_arg
+            )
+        )
 
         for case in cases:
             case.measure(args.warmup)

@@ -17,37 +17,8 @@ import argparse
 import os
 import platform
 import sys
-import time
 
-from _pty_baselines import LatencyStats, PyserialEchoCase, RoundTripCase, SimulatorProcess
-
-from iontodrive import Stimulator
-
-
-class ClientCase(RoundTripCase):
-    def __init__(self, label: str, *, caller_reads: bool) -> None:
-        self.label = label
-        self.sim = SimulatorProcess(model="clinic-4")
-        try:
-            self.stim = Stimulator.open(self.sim.port, telemetry_hz=0, caller_reads=caller_reads)
-        except BaseException:
-            self.sim.stop()
-            raise
-
-    def measure(self, n: int) -> list[int]:
-        clock, status = time.perf_counter_ns, self.stim.status
-        out = []
-        for _ in range(n):
-            t0 = clock()
-            status()
-            out.append(clock() - t0)
-        return out
-
-    def close(self) -> None:
-        try:
-            self.stim.close()
-        finally:
-            self.sim.stop()
+from _pty_baselines import LatencyStats, PyserialEchoCase, RoundTripCase, StimulatorCase
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -65,8 +36,8 @@ def main(argv: list[str] | None = None) -> int:
     cases: list[RoundTripCase] = []
     try:
         cases.append(pyser := PyserialEchoCase("thread"))
-        cases.append(thread := ClientCase("iontodrive status() reader thread", caller_reads=False))
-        cases.append(caller := ClientCase("iontodrive status() caller reads", caller_reads=True))
+        cases.append(thread := StimulatorCase("iontodrive status() reader thread", caller_reads=False))
+        cases.append(caller := StimulatorCase("iontodrive status() caller reads", caller_reads=True))
         for case in cases:
             case.measure(args.warmup)
         samples: dict[str, list[int]] = {case.label: [] for case in cases}

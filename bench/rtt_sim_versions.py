@@ -19,7 +19,7 @@ import sys
 import time
 from pathlib import Path
 
-from _pty_baselines import REPO, LatencyStats, PyserialEchoCase
+from _pty_baselines import REPO, LatencyStats, PyserialEchoCase, time_calls
 
 from iontodrive import Stimulator
 
@@ -52,16 +52,6 @@ class SimVersion:
         self.proc.wait(timeout=10)
         if self.proc.stdout is not None:
             self.proc.stdout.close()
-
-
-def round_trips(stim: Stimulator, n: int) -> list[int]:
-    clock, status = time.perf_counter_ns, stim.status
-    out = []
-    for _ in range(n):
-        t0 = clock()
-        status()
-        out.append(clock() - t0)
-    return out
 
 
 def idle_cpu_percent(label: str, cwd: Path, speed: float, seconds: float) -> float:
@@ -99,11 +89,11 @@ def main(argv: list[str] | None = None) -> int:
         samples: dict[str, list[int]] = {echo.label: []} | {sim.label: [] for sim in sims}
         echo.measure(200)
         for stim in clients:
-            round_trips(stim, 200)
+            time_calls(stim.status, 200)
         for _ in range(args.rounds):
             samples[echo.label] += echo.measure(args.requests // args.rounds)
             for sim, stim in zip(sims, clients, strict=True):
-                samples[sim.label] += round_trips(stim, args.requests // args.rounds)
+                samples[sim.label] += time_calls(stim.status, args.requests // args.rounds)
     finally:
         for stim in clients:
             stim.close()

@@ -113,21 +113,32 @@ def test_telemetry_keeps_arriving_between_requests() -> None:
         sim.close()
 
 
+def ask_in_thread(stim: Stimulator) -> tuple[threading.Thread, list[BaseException | object]]:
+    """Start ``stim.status()`` in a thread; return once its request is on the wire (the thread then waits
+    for the reply, reading the link itself). The list receives the reply or the exception."""
+    outcome: list[BaseException | object] = []
+
+    def ask() -> None:
+        try:
+            outcome.append(stim.status())
+        except BaseException as exc:
+            outcome.append(exc)
+
+    sent_before = stim.stats.requests
+    asker = threading.Thread(target=ask)
+    asker.start()
+    deadline = time.monotonic() + 5.0
+    while stim.stats.requests == sent_before and time.monotonic() < deadline:
+        time.sleep(0.001)
+    assert stim.stats.requests > sent_before, "the request was never sent"
+    return asker, outcome
+
+
 def test_a_link_that_dies_while_a_caller_reads_raises_within_the_deadline(pty_device: PtyDevice) -> None:
     stim = Stimulator.open(pty_device.path, telemetry_hz=0, watchdog_ms=None)
     try:
         pty_device.runner.stop()  # the device stops answering
-        outcome: list[BaseException | object] = []
-
-        def ask() -> None:
-            try:
-                outcome.append(stim.status())
-            except BaseException as exc:
-                outcome.append(exc)
-
-        asker = threading.Thread(target=ask)
-        asker.start()
-        time.sleep(0.05)  # the asker is now waiting for its reply with the lead
+        asker, outcome = ask_in_thread(stim)
         started = time.monotonic()
         pty_device.transport.close()  # the port goes away under it (EIO)
         asker.join(5)
@@ -143,17 +154,7 @@ def test_a_link_that_dies_while_a_caller_reads_raises_within_the_deadline(pty_de
 def test_closing_the_client_releases_a_caller_waiting_with_the_lead(pty_device: PtyDevice) -> None:
     stim = Stimulator.open(pty_device.path, telemetry_hz=0, watchdog_ms=None, timeout_s=5.0, retries=0)
     pty_device.runner.stop()
-    outcome: list[BaseException | object] = []
-
-    def ask() -> None:
-        try:
-            outcome.append(stim.status())
-        except BaseException as exc:
-            outcome.append(exc)
-
-    asker = threading.Thread(target=ask)
-    asker.start()
-    time.sleep(0.05)
+    asker, outcome = ask_in_thread(stim)
     started = time.monotonic()
     stim.close()
     asker.join(5)

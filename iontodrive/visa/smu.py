@@ -18,6 +18,7 @@ source list by itself sets ``SUPPORTS_FALLBACK`` and implements :meth:`SourceMet
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import ClassVar
@@ -75,7 +76,7 @@ def parse_pair(command: str, reply: str) -> tuple[float, float]:
         raise RemoteProtocolError(f"{command!r} returned {reply!r}, not two numbers") from None
 
 
-class SourceMeter(ScpiInstrument):
+class SourceMeter(ScpiInstrument, ABC):
     """Base of the family drivers. Construct through :func:`iontodrive.visa.drivers.connect`.
 
     Class attributes a driver sets: ``FAMILY`` (display name), ``VENDOR`` (short manufacturer name for the
@@ -156,9 +157,9 @@ class SourceMeter(ScpiInstrument):
                 [(0, f"asked for {compliance_v:g} V, instrument reports {accepted:g} V")],
             )
 
+    @abstractmethod
     def configuration_commands(self, *, range_a: float, compliance_v: float) -> Sequence[str]:
         """The commands :meth:`configure` sends, in order (documented per family in ``docs/visa.md``)."""
-        raise NotImplementedError
 
     @property
     def level_query(self) -> str:
@@ -179,9 +180,9 @@ class SourceMeter(ScpiInstrument):
         """True if the output is on."""
         return self.query_bool(self.output_query)
 
+    @abstractmethod
     def source_is_current(self) -> bool:
         """True if the source function is current."""
-        raise NotImplementedError
 
     def source_level_a(self) -> float:
         """The programmed source current (A, signed): the read-back every ramp starts from."""
@@ -191,29 +192,31 @@ class SourceMeter(ScpiInstrument):
         """The voltage compliance the instrument holds (V)."""
         return self.query_float(self.compliance_query)
 
+    @abstractmethod
     def set_level_a(self, amps: float) -> None:
         """Program the source current (A, signed). Steps at once: only the ramp controller calls this."""
-        raise NotImplementedError
 
+    @abstractmethod
     def output_on(self) -> None:
-        raise NotImplementedError
+        """Switch the output on (at the programmed level)."""
 
+    @abstractmethod
     def output_off(self) -> None:
-        raise NotImplementedError
+        """Switch the output off."""
 
+    @abstractmethod
     def measure(self) -> Reading:
         """Take one reading of output voltage and current (the output must be on)."""
-        raise NotImplementedError
 
     # ------------------------------------------------------------------- pyvisa-sim load model
 
     @classmethod
+    @abstractmethod
     def measurement_reply(cls, command: str, reading: Reading) -> str | None:
         """The reply this family gives to ``command`` if it is one of its measurement queries, else None.
 
         Used by :class:`~iontodrive.visa.simload.SimulatedLoad` to answer as a real instrument would.
         """
-        raise NotImplementedError
 
     # ------------------------------------------------------------------- hardware-side fallback
 
