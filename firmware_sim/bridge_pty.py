@@ -80,6 +80,14 @@ class PtyTransport(OutputCounters):
         if self._fd < 0:
             time.sleep(timeout)
             return b""
+        if not self._out:  # the usual case: nothing waits to go out, so only input can wake the poll
+            if self._polling_out:
+                self._want_out(False)
+            if not self._poll.poll(timeout * 1000.0 if timeout > 0 else 0):
+                if not self.connected:
+                    self._mark(True)  # a host holds the slave open (otherwise the master would report EIO)
+                return b""
+            return self._read_now(timeout)
         deadline = time.monotonic() + timeout
         while True:
             self._want_out(bool(self._out))
@@ -108,7 +116,8 @@ class PtyTransport(OutputCounters):
             self._mark(False)
             time.sleep(min(timeout, _POLL_DISCONNECTED_S) if timeout > 0 else 0)
             return b""
-        self._mark(True)
+        if not self.connected:
+            self._mark(True)
         return data
 
     def write(self, data: bytes) -> None:

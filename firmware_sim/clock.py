@@ -75,11 +75,11 @@ class WallClock:
         if not 0.0 < speed < float("inf"):
             raise ValueError(f"speed = {speed!r} is out of range: must be a finite number > 0")
         self.speed = float(speed)
-        self._t0 = time.monotonic()
+        self.origin_s = time.monotonic()  # link() = time.monotonic() - origin_s
 
     def link(self) -> float:
         """Real seconds since creation (drives the host watchdog)."""
-        return time.monotonic() - self._t0
+        return time.monotonic() - self.origin_s
 
     def session(self) -> float:
         """Accelerated seconds since creation (drives ramps, dose and skin)."""

@@ -18,6 +18,7 @@ from __future__ import annotations
 import logging
 import re
 import struct
+from collections.abc import Callable
 from pathlib import Path
 
 from cobs.cobs import DecodeError as CobsDecodeError
@@ -115,6 +116,7 @@ class Device:
         self._cache = ReplyCache(64)
         self._tx = bytearray()
         self._tx_overflowed = 0
+        self._sink: Callable[[bytes], None] | None = None
         self.link_faults = link_faults
         self._link = (
             LinkChannel(link_faults, self.seed) if link_faults is not None and link_faults.active else None
@@ -140,12 +142,30 @@ class Device:
 
     def read_output(self) -> bytes:
         """Drain the bytes the device has sent (replies, telemetry, events); b"" if none."""
-        if not self._tx:
+        tx = self._tx
+        if not tx:
             return b""
-        size = len(self._tx) if self._link is None else self._link.read_size(len(self._tx))
-        out = bytes(self._tx[:size])
-        del self._tx[:size]
+        if self._link is None:
+            out = bytes(tx)
+            tx.clear()
+            return out
+        size = self._link.read_size(len(tx))
+        out = bytes(tx[:size])
+        del tx[:size]
         return out
+
+    def connect_output(self, sink: Callable[[bytes], None] | None) -> None:
+        """Hand everything the device sends to ``sink`` as it is sent, instead of keeping it for
+        :meth:`read_output` (``None``: keep it again). A real-time transport uses this so that a reply
+        leaves the moment it is encoded, not after the request's bookkeeping. Ignored while link faults
+        are configured: their channel delays, drops and splits output, which needs the buffer.
+        ``sink`` must not block and must not raise on a dead link (the transports count what they drop).
+        """
+        self._sink = sink if self._link is None else None
+        if self._sink is not None and self._tx:
+            pending = bytes(self._tx)
+            self._tx.clear()
+            self._sink(pending)
 
     @property
     def output_pending(self) -> int:
@@ -153,6 +173,9 @@ class Device:
         return len(self._tx)
 
     def _send(self, frame: bytes) -> None:
+        if self._sink is not None:
+            self._sink(frame)
+            return
         if self._link is not None:
             frame = self._link.outbound(frame, self.firmware.link_now)
         self._tx += frame
@@ -199,21 +222,20 @@ class Device:
         self.frames_in += 1
         fw = self.firmware
         fw.feed_watchdog()
-        cached = self._cache.lookup(frame.seq, message)
+        seq = frame.seq
+        cached = self._cache.lookup(seq, message)
         if cached is not None:
             self._flush_outbox()
             self._send(cached)
             return
         replies = fw.handle(message)
         if len(replies) == 1:  # the reply itself (always a reply type)
-            encoded = encode(replies[0], frame.seq)
+            encoded = encode(replies[0], seq)
         else:  # FetchEvents: the report, then the replayed events (unsolicited, seq 0)
-            encoded = b"".join(
-                encode(r, frame.seq if r.__class__ in _REPLY_CLASSES else None) for r in replies
-            )
-        self._cache.store(frame.seq, message, encoded)
+            encoded = b"".join(encode(r, seq if r.__class__ in _REPLY_CLASSES else None) for r in replies)
         self._send(encoded)
-        self._flush_outbox()
+        self._cache.store(seq, message, encoded)
+        self._flush_outbox()  # events the request caused go out after its reply
 
     def _on_decode_error(self, error: DecodeError) -> None:
         """NACK a frame whose header is trustworthy (CRC good, this version) and carries a sequence number."""

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Callable
 from typing import Protocol, TypeVar
 
@@ -100,6 +101,7 @@ class DeviceRunner:
         self.lock = threading.RLock()
         self.error: BaseException | None = None
         self._stop = threading.Event()
+        self._stopping = False  # mirrors _stop for the loop's own check (a plain read, no call)
         self._thread: threading.Thread | None = None
         self.ticks = 0
         self.requests_without_advance = 0  # host writes answered without simulating physics first
@@ -120,10 +122,12 @@ class DeviceRunner:
 
     def request_stop(self) -> None:
         """Ask the loop to end after the current tick (safe from a signal handler)."""
+        self._stopping = True
         self._stop.set()
 
     def stop(self, timeout: float = 5.0) -> None:
         """Stop the thread and wait for it; re-raises an error the loop died with."""
+        self._stopping = True
         self._stop.set()
         if self._thread is not None and self._thread is not threading.current_thread():
             self._thread.join(timeout)
@@ -150,32 +154,36 @@ class DeviceRunner:
         self.stop()
 
     def _drain(self) -> list[bytes]:
-        pieces = []
-        read_output = self.device.read_output
-        while True:
-            piece = read_output()
-            if not piece:
-                return pieces
-            pieces.append(piece)
+        device = self.device
+        piece = device.read_output()
+        if not piece:
+            return []
+        pieces = [piece]
+        while device.output_pending:  # a link-fault channel hands the output over in pieces
+            pieces.append(device.read_output())
+        return pieces
 
     def _run(self) -> None:
         device = self.device
         transport = self.transport
-        link = self.clock.link
+        lock = self.lock
+        monotonic = time.monotonic
+        origin = self.clock.origin_s  # link time = monotonic() - origin (WallClock.link, without the call)
         speed = self.speed
         period = self.period_s
         request_lag = self.request_lag_s
         late_after = 2.0 * self.advance_s + self.tick_s
-        last_phys = last_link = link()  # wall times up to which physics / link time were simulated
+        last_phys = last_link = monotonic() - origin  # link times up to which physics / link were simulated
         wait = period
+        with lock:
+            device.connect_output(transport.write)  # replies leave as soon as they are encoded
         try:
-            while not self._stop.is_set():
-                read_from = link()
+            while not self._stopping:
+                read_from = monotonic() - origin
                 data = transport.read(max(0.0, last_phys + wait - read_from))
-                pieces: list[bytes] = []
                 if data:
-                    with self.lock:
-                        now = link()
+                    with lock:
+                        now = monotonic() - origin
                         handed = False
                         if read_from - last_link > late_after:
                             # the loop fell behind (a busy machine): the bytes arrived somewhere in the
@@ -190,15 +198,19 @@ class DeviceRunner:
                             self.requests_without_advance += 1
                         last_link = now
                         if not handed:
-                            device.receive(data)
-                        pieces = self._drain()
+                            device.receive(data)  # the reply is written from in here (connect_output)
+                        pieces = self._drain() if device.output_pending else ()
                     for piece in pieces:
                         transport.write(piece)
-                    wait = min(wait, period)  # the request may have started something: look again soon
-                now = link()
+                    if wait > period:
+                        wait = period  # the request may have started something: look again soon
+                    # `now` is kept: it is at most this request's handling old, which only delays the
+                    # physics check below by as much
+                else:
+                    now = monotonic() - origin
                 if now - last_phys >= wait:
-                    with self.lock:
-                        now = link()
+                    with lock:
+                        now = monotonic() - origin
                         device.advance((now - last_phys) * speed, now - last_link)
                         last_phys = last_link = now
                         horizon = device.idle_horizon_s()
@@ -210,3 +222,6 @@ class DeviceRunner:
         except BaseException as exc:  # delivered to the caller through stop()/check()
             log.exception("simulator loop failed")
             self.error = exc
+        finally:
+            with self.lock:
+                device.connect_output(None)

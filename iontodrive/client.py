@@ -14,11 +14,12 @@ Threads (all daemon, all owned by the client, all stopped by :meth:`DeviceClient
   exactly as long as this process is alive.
 
 Locking contract: every public method may be called from any thread, concurrently. Requests from
-different threads are in flight at the same time, each matched to its reply by sequence number; the only
-lock held across I/O is the link's write lock. Listener callbacks run on the dispatcher thread, one at a
-time; they may call the client (e.g. ``status()``), but must not block for long. An exception raised by a
-listener is logged, delivered to the error listeners and re-raised to the session that owns the listener.
-A failure of the reader thread (the link died) is stored and raised by the next call in any thread.
+different threads are in flight at the same time, each matched to its reply by sequence number; the locks
+held across I/O are the link's write lock and the *lead* (below). Listener callbacks run on the dispatcher
+thread, one at a time; they may call the client (e.g. ``status()``), but must not block for long. An
+exception raised by a listener is logged, delivered to the error listeners and re-raised to the session
+that owns the listener. A failure of the reader thread (the link died) is stored and raised by the next
+call in any thread.
 
 Who reads the link: one thread at a time, whichever holds the client's *lead* lock, so frames are decoded
 in order. On a POSIX port or pty a thread that sent a request takes the lead and reads (and dispatches)
@@ -47,7 +48,7 @@ import random
 import threading
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Self, TypeVar
@@ -65,13 +66,13 @@ from iontodrive.errors import (
 from iontodrive.frametrace import FrameTrace
 from iontodrive.link import SerialLink
 from iontodrive.protocol import (
+    MESSAGE_CLASSES,
     PROTOCOL_VERSION,
     Ack,
     CheckContact,
     ClearFault,
     ConfigureTelemetry,
     ContactReport,
-    DecodeError,
     Decoder,
     EncodeError,
     Event,
@@ -97,6 +98,7 @@ from iontodrive.protocol import (
 logger = logging.getLogger(__name__)
 
 SUPPORTED_PROTOCOL_VERSIONS: tuple[int, ...] = (PROTOCOL_VERSION,)
+_REQUEST_CLASSES = frozenset(c for c in MESSAGE_CLASSES if c.TYPE.kind is MessageKind.REQUEST)
 DEFAULT_TIMEOUT_S = 0.25
 DEFAULT_RETRIES = 3
 DEFAULT_WATCHDOG_MS = 2000
@@ -127,16 +129,20 @@ class _Done:
     def set(self) -> None:
         if not self._flag:
             self._flag = True
-            with contextlib.suppress(RuntimeError):  # a concurrent set() released it first
+            try:  # noqa: SIM105 -- contextlib.suppress costs more than the rest of the call, on every reply
                 self._lock.release()
+            except RuntimeError:  # a concurrent set() released it first
+                pass
 
     def is_set(self) -> bool:
         return self._flag
 
     def wait(self, timeout: float) -> bool:
         if not self._flag and self._lock.acquire(timeout=timeout):
-            with contextlib.suppress(RuntimeError):  # keep it released so later waits return at once
-                self._lock.release()
+            try:  # noqa: SIM105 -- as in set()
+                self._lock.release()  # keep it released so later waits return at once
+            except RuntimeError:
+                pass
         return self._flag
 
 
@@ -152,14 +158,16 @@ class _DispatchMark:
 _Dispatched = Message | BaseException | _DispatchMark | None  # None stops the dispatcher
 
 
-@dataclass
 class _Pending:
     """One request waiting for its reply."""
 
-    seq: int
-    request: Message
-    done: _Done = field(default_factory=_Done)
-    reply: Message | None = None
+    __slots__ = ("done", "reply", "request", "seq")
+
+    def __init__(self, seq: int, request: Message) -> None:
+        self.seq = seq
+        self.request = request
+        self.done = _Done()
+        self.reply: Message | None = None
 
 
 @dataclass
@@ -272,11 +280,13 @@ class DeviceClient:
         self._decoder = Decoder()
         self._seq = SequenceCounter(random.randint(1, 0xFFFF))  # a new host never reuses a recent seq
         self._seq_lock = threading.Lock()
+        # seq -> request awaiting its reply. Single dict operations only (atomic under the GIL); code that
+        # walks it takes a snapshot first (``list(d.values())`` is one operation too).
         self._pending: dict[int, _Pending] = {}
-        self._pending_lock = threading.Lock()
         self._last_sent = time.monotonic()
         self._last_received = time.monotonic()
         self._closed = threading.Event()
+        self._closing = False  # the same as _closed.is_set(), readable without a call on hot paths
         self._failure: BaseException | None = None
         self._telemetry_listeners: list[TelemetryListener] = []
         self._event_listeners: list[EventListener] = []
@@ -413,6 +423,7 @@ class DeviceClient:
         self._shutdown()
 
     def _shutdown(self) -> None:
+        self._closing = True
         self._closed.set()
         self._reader_resume.set()
         self._link.close()
@@ -420,9 +431,8 @@ class DeviceClient:
         for thread in (self._reader, self._dispatcher, self._heartbeat):
             if thread.is_alive() and thread is not threading.current_thread():
                 thread.join(timeout=2.0)
-        with self._pending_lock:
-            for pending in self._pending.values():
-                pending.done.set()
+        for pending in list(self._pending.values()):
+            pending.done.set()
         with self._listener_lock:
             subscriptions = list(self._subscriptions)
         for sub in subscriptions:
@@ -442,8 +452,11 @@ class DeviceClient:
             LinkClosedError: the link is closed or failed (also raised for an earlier reader failure).
             LocalProtocolError: ``message`` cannot be encoded (out-of-range field).
         """
-        self._raise_if_failed()
-        if message.TYPE.kind is not MessageKind.REQUEST:
+        if self._failure is not None or self._closing:
+            self._raise_if_failed()
+        if message.__class__ not in _REQUEST_CLASSES and (
+            getattr(getattr(message, "TYPE", None), "kind", None) is not MessageKind.REQUEST
+        ):
             raise LocalProtocolError(f"{type(message).__name__} is not a request")
         deadline = self.timeout_s if timeout_s is None else timeout_s
         attempts = 1 + (self.retries if retries is None else retries)
@@ -454,8 +467,7 @@ class DeviceClient:
         except EncodeError as exc:
             raise LocalProtocolError(str(exc)) from exc
         pending = _Pending(seq, message)
-        with self._pending_lock:
-            self._pending[seq] = pending
+        self._pending[seq] = pending
         try:
             for attempt in range(attempts):
                 if attempt:
@@ -470,8 +482,7 @@ class DeviceClient:
                 self.stats.timeouts += 1
                 raise LinkTimeoutError(type(message).__name__, seq, attempts, deadline)
         finally:
-            with self._pending_lock:
-                self._pending.pop(seq, None)
+            self._pending.pop(seq, None)
         reply = pending.reply
         if reply is None:
             self._raise_if_failed()
@@ -499,14 +510,16 @@ class DeviceClient:
             self._link.interrupt()  # the reader thread holds the lead: wake it from its wait
             if not lead.acquire(timeout=timeout_s):
                 return pending.done.is_set()
+        done = pending.done
+        monotonic = time.monotonic
         try:
-            link = self._link
-            while not pending.done.is_set():
-                left = end - time.monotonic()
-                if left <= 0 or self._closed.is_set():
+            read = self._link.read
+            while not done._flag:
+                left = end - monotonic()
+                if left <= 0 or self._closing:
                     break
-                data = link.read(left)
-                self._lease_until = time.monotonic() + LEASE_S
+                data = read(left)
+                self._lease_until = monotonic() + LEASE_S
                 if data:
                     self._process(data)
         except LinkClosedError as exc:
@@ -515,15 +528,17 @@ class DeviceClient:
         except Exception as exc:  # a bug while decoding: fail loudly, like the reader thread
             self._fail(exc)
         finally:
-            if pending.done.is_set():
+            if done._flag:
                 self.stats.caller_reads += 1
-            with self._pending_lock:
-                others_wait = any(not p.done.is_set() for p in self._pending.values() if p is not pending)
+            others_wait = False
+            if len(self._pending) > 1:  # ours is one of them
+                waiting = list(self._pending.values())
+                others_wait = any(not p.done.is_set() for p in waiting if p is not pending)
             lead.release()
             if others_wait:  # hand the lead straight back to the reader thread
                 self._lease_until = 0.0
                 self._reader_resume.set()
-        return pending.done.is_set()
+        return done._flag
 
     def _request_typed(self, message: Message, reply_type: type[M], **kwargs: Any) -> M:
         reply = self.request(message, **kwargs)
@@ -682,9 +697,8 @@ class DeviceClient:
             logger.error("link failure on %s: %s", self.url, exc)
             with contextlib.suppress(queue.Full):
                 self._dispatch_queue.put_nowait(exc)
-        with self._pending_lock:
-            for pending in self._pending.values():
-                pending.done.set()
+        for pending in list(self._pending.values()):
+            pending.done.set()
 
     def _raise_if_failed(self) -> None:
         if self._failure is not None:
@@ -737,23 +751,23 @@ class DeviceClient:
     def _process(self, data: bytes) -> None:
         """Decode ``data`` and act on every frame in it; called only by the thread holding the lead."""
         trace = self._trace
+        tracing = trace.active
         for item in self._decoder.feed(data):
-            if trace.active:
+            if tracing:
                 trace.received(item)
-            if isinstance(item, DecodeError):
+            if item.__class__ is not Frame:
                 self.stats.decode_errors += 1
-                logger.debug("dropped bad frame: %s %s", item.kind.value, item.detail)
+                logger.debug("dropped bad frame: %s %s", item.kind.value, item.detail)  # type: ignore[union-attr]
                 continue
-            self._on_frame(item)
+            self._on_frame(item)  # type: ignore[arg-type]
 
     def _on_frame(self, frame: Frame) -> None:
         self.stats.frames_received += 1
         self._last_received = time.monotonic()
-        message = frame.message
-        if frame.seq:
-            with self._pending_lock:
-                pending = self._pending.get(frame.seq)
-            if pending is None or pending.done.is_set():
+        seq, message = frame
+        if seq:
+            pending = self._pending.get(seq)  # one dict lookup: atomic, no lock needed
+            if pending is None or pending.done._flag:
                 return  # a late duplicate answer to a retried request
             pending.reply = message
             pending.done.set()

@@ -56,10 +56,13 @@ class SerialLink:
         self._read_timeout_s = DEFAULT_READ_TIMEOUT_S if timeout is None else float(timeout)
         self._wake_r = self._wake_w = -1
         self._wake_lock = threading.Lock()  # interrupt() never writes to a pipe close() has closed
+        self._poller = select.poll()  # the port's fd and the wake-up pipe (poll: no fd lists to build)
+        self._polled_fd = -1
         if self._posix:
             self._wake_r, self._wake_w = os.pipe()
             os.set_blocking(self._wake_r, False)
             os.set_blocking(self._wake_w, False)
+            self._poller.register(self._wake_r, select.POLLIN)
 
     @property
     def interruptible(self) -> bool:
@@ -142,13 +145,18 @@ class SerialLink:
     def _read_fd(self, fd: int, timeout_s: float) -> bytes:
         """Wait up to ``timeout_s`` for data on ``fd`` (or an interrupt), then return what is there."""
         try:
-            ready, _, _ = select.select([fd, self._wake_r], [], [], max(0.0, timeout_s))
+            if fd != self._polled_fd:
+                if self._polled_fd >= 0:
+                    self._poller.unregister(self._polled_fd)
+                self._poller.register(fd, select.POLLIN)
+                self._polled_fd = fd
+            ready = self._poller.poll(timeout_s * 1000.0 if timeout_s > 0 else 0)
             if not ready:
                 return b""
-            if ready[-1] == self._wake_r:
+            if len(ready) > 1 or ready[0][0] != fd:  # woken through the pipe (closed fds report POLLNVAL)
                 with contextlib.suppress(BlockingIOError):
                     os.read(self._wake_r, 64)
-                if ready[0] != fd:
+                if all(ready_fd != fd for ready_fd, _ in ready):
                     return b""
             if self._closed or self._port.fd != fd:  # closed while waiting: the number may be reused
                 raise LinkClosedError(f"link {self.url} is closed")
@@ -169,7 +177,7 @@ class SerialLink:
         if self._closed and not self._port.is_open:
             return
         self._closed = True
-        self.interrupt()  # a reader blocked in select() sees the closed flag at once
+        self.interrupt()  # a reader blocked in poll() sees the closed flag at once
         try:
             self._port.close()
         except (serial.SerialException, OSError) as exc:  # closing a dead port: nothing more to do

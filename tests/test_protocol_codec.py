@@ -386,6 +386,23 @@ def test_reply_cache_keys_on_sequence_number_and_identical_request() -> None:
         ReplyCache(0)
 
 
+def test_reply_cache_answer_to_a_reused_number_replaces_the_remembered_one() -> None:
+    """Protocol §7.3: a request reusing a remembered seq with new content is new, and replaces the answer."""
+    cache = ReplyCache(capacity=3)
+    first = SetCurrent(1000, 5000)
+    second = SetCurrent(2000, 5000)
+    cache.store(7, first, b"first")
+    cache.store(8, Heartbeat(), b"heartbeat")
+    cache.store(7, second, b"second")
+    assert len(cache) == 2, "one answer per number"
+    assert cache.lookup(7, first) is None, "replaced: a late retry of the first runs as a new request"
+    assert cache.lookup(7, second) == b"second"
+    cache.store(9, Heartbeat(), b"nine")
+    cache.store(10, Heartbeat(), b"ten")
+    assert cache.lookup(8, Heartbeat()) is None, "8 became the oldest number when 7 was re-stored: evicted"
+    assert cache.lookup(7, second) == b"second"
+
+
 def test_decode_body_never_raises_on_non_bytes_wire_types() -> None:
     frame = encode(SetCurrent(1000, 5000), 5)[:-1]
     assert decode_body(bytearray(frame)) == Frame(5, SetCurrent(1000, 5000))

@@ -51,6 +51,14 @@ class Decoder:
             data = self._pending + bytes(data)
         elif data.__class__ is not bytes:
             data = bytes(data)
+        elif not self._discarding and 1 < len(data) <= MAX_FRAME_BYTES and data.find(0) == len(data) - 1:
+            # the common case, one whole frame and nothing else: the general path below gives the same
+            item = decode_body(data[:-1])
+            if item.__class__ is Frame:
+                self.frames_ok += 1
+            else:
+                self.frames_bad += 1
+            return [item]
         parts = data.split(DELIMITER)
         tail = parts.pop()
         if self._discarding and parts:

@@ -4,12 +4,10 @@
 * A retry resends the *same* request with the *same* number. The device remembers its recent answers keyed
   by (sequence number, request), so a repeat takes effect at most once and gets the identical answer
   (S17). Keying on the request as well as the number means a new host that happens to reuse a number
-  for a different request is not answered from the cache.
+  for a different request is not answered from the cache; that request's answer replaces the old one.
 """
 
 from __future__ import annotations
-
-from collections import OrderedDict
 
 from .constants import MAX_SEQ, MIN_REQUEST_SEQ
 from .messages import Message
@@ -34,7 +32,9 @@ class SequenceCounter:
 class ReplyCache:
     """The device's memory of recent answers, for at-most-once execution of retried requests.
 
-    Bounded: holds the last ``capacity`` answers (default 64), evicting the oldest.
+    One answer per sequence number (``docs/protocol.md`` §7.3): a request that reuses a remembered number
+    with different content is a new request, and its answer replaces the remembered one. Bounded: holds
+    the answers to the last ``capacity`` numbers (default 64), evicting the oldest.
     """
 
     __slots__ = ("_capacity", "_entries")
@@ -43,19 +43,23 @@ class ReplyCache:
         if capacity < 1:
             raise ValueError(f"capacity = {capacity!r} is out of range: must be >= 1")
         self._capacity = capacity
-        self._entries: OrderedDict[tuple[int, Message], bytes] = OrderedDict()
+        # seq -> (request, encoded answer), oldest first. Keyed on the number alone so that a lookup
+        # hashes an int; the request is compared only when the number is remembered (a retry).
+        self._entries: dict[int, tuple[Message, bytes]] = {}
 
     def lookup(self, seq: int, request: Message) -> bytes | None:
-        """Return the encoded answer given earlier to this exact request, or None."""
-        return self._entries.get((seq, request))
+        """Return the encoded answer given earlier to this exact request with this number, or None."""
+        entry = self._entries.get(seq)
+        if entry is not None and entry[0] == request:
+            return entry[1]
+        return None
 
     def store(self, seq: int, request: Message, reply_frame: bytes) -> None:
-        """Remember the encoded answer to ``request`` numbered ``seq``."""
-        key = (seq, request)
-        self._entries[key] = reply_frame
-        self._entries.move_to_end(key)
-        while len(self._entries) > self._capacity:
-            self._entries.popitem(last=False)
+        """Remember the encoded answer to ``request`` numbered ``seq`` (replacing any for ``seq``)."""
+        entries = self._entries
+        if entries.pop(seq, None) is None and len(entries) >= self._capacity:
+            del entries[next(iter(entries))]
+        entries[seq] = (request, reply_frame)
 
     def clear(self) -> None:
         self._entries.clear()
