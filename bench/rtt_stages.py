@@ -13,12 +13,12 @@ Stages (client = bench process, sim = simulator process):
   client: status() -> write      encode, sequence number, pending-reply registration
   client: os.write               the request frame into the pty
   wake: client write -> sim      until the simulator's poll returns (kernel + scheduler)
-  sim: os.read                   reading the request
+  sim: os.read                   from the end of its poll to the request read
   sim: read -> frame             link-time update, lock, protocol decoder
   sim: handle                    at-most-once cache, firmware handler, reply encoding
   sim: frame -> write            draining the device's output
   sim: os.write                  the reply frame into the pty
-  wake: sim write -> reading     until the thread reading the client's link returns from select (the
+  wake: sim write -> reading     until the thread reading the client's link returns from poll (the
                                  calling thread itself by default; the reader thread with --reader-thread)
   client: read+decode+match      os.read, decoder, matching the reply to the waiting request
   hand-over: reader -> caller    until the calling thread has its reply (0 when it read the reply itself;
@@ -39,6 +39,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -72,15 +73,34 @@ def run_instrumented_simulator(out_path: str, sim_argv: list[str]) -> int:
     records: dict[int, list[int]] = {}  # seq -> [wake, read_end, frame, frame_end, write, write_end]
     last = {"wake": 0, "read_end": 0, "seq": -1}
 
-    original_read_now = PtyTransport._read_now
+    original_init = PtyTransport.__init__
+    original_read = PtyTransport.read
     original_write = PtyTransport.write
     original_on_frame = Device._on_frame
 
-    def read_now(self: PtyTransport, timeout: float) -> bytes:
-        wake = clock()
-        data = original_read_now(self, timeout)
+    class TimedPoll:
+        """The transport's poll object, noting when each poll() returns (the simulator's wake-up)."""
+
+        def __init__(self, inner: Any) -> None:
+            self._inner = inner
+            self.woke = 0
+
+        def poll(self, timeout: float) -> list[tuple[int, int]]:
+            events = self._inner.poll(timeout)
+            self.woke = clock()
+            return events  # type: ignore[no-any-return]
+
+        def __getattr__(self, name: str) -> Any:  # register, modify, unregister
+            return getattr(self._inner, name)
+
+    def init(self: PtyTransport, *args: Any, **kwargs: Any) -> None:
+        original_init(self, *args, **kwargs)
+        self._poll = TimedPoll(self._poll)  # type: ignore[assignment]
+
+    def read(self: PtyTransport, timeout: float) -> bytes:
+        data = original_read(self, timeout)
         if data:
-            last["wake"], last["read_end"] = wake, clock()
+            last["wake"], last["read_end"] = self._poll.woke, clock()  # type: ignore[attr-defined]
         return data
 
     def on_frame(self: Device, frame: object) -> None:
@@ -98,7 +118,8 @@ def run_instrumented_simulator(out_path: str, sim_argv: list[str]) -> int:
         if rec is not None and not rec[4]:
             rec[4], rec[5] = start, clock()
 
-    PtyTransport._read_now = read_now  # type: ignore[method-assign]
+    PtyTransport.__init__ = init  # type: ignore[method-assign]
+    PtyTransport.read = read  # type: ignore[method-assign]
     PtyTransport.write = write  # type: ignore[method-assign]
     Device._on_frame = on_frame  # type: ignore[method-assign]
     status = sim_main.main(sim_argv)
@@ -123,11 +144,25 @@ def measure(n: int, warmup: int, sim_args: list[str], caller_reads: bool = True)
         cur: list[int] = [0] * 8  # t0, write, write_end, reader_wake, read_end, set, woke, end
 
         original_send = client_mod.DeviceClient._send
-        original_read_fd = link_mod.SerialLink._read_fd
-        original_set = client_mod._Done.set
+        original_on_frame = client_mod.DeviceClient._on_frame
         original_await = client_mod.DeviceClient._await_reply
         original_write = link_mod.SerialLink.write
-        select_mod = link_mod.select
+
+        class TimedPoller:
+            """The link's poller, noting when a poll() returns with the port readable (the wake-up)."""
+
+            def __init__(self, inner: Any, port_fd: int) -> None:
+                self._inner = inner
+                self._port_fd = port_fd
+
+            def poll(self, timeout: float) -> list[tuple[int, int]]:
+                events = self._inner.poll(timeout)
+                if any(fd == self._port_fd for fd, _ in events):
+                    cur[3] = clock()
+                return events  # type: ignore[no-any-return]
+
+            def __getattr__(self, name: str) -> Any:  # register, unregister
+                return getattr(self._inner, name)
 
         def send(self: object, seq: int, message: object, frame: bytes) -> None:
             state["seq"] = seq
@@ -138,18 +173,10 @@ def measure(n: int, warmup: int, sim_args: list[str], caller_reads: bool = True)
             original_write(self, data)  # type: ignore[arg-type]
             cur[2] = clock()
 
-        def read_fd(self: object, fd: int, timeout_s: float) -> bytes:
-            wake = self._wake_r  # type: ignore[attr-defined]
-            ready, _, _ = select_mod.select([fd, wake], [], [], min(timeout_s, 0.05))
-            if fd in ready:
-                cur[3] = clock()
-            if not ready:
-                return b""
-            return original_read_fd(self, fd, 0.0)  # type: ignore[arg-type]
-
-        def done_set(self: object) -> None:
-            cur[4] = clock()
-            original_set(self)  # type: ignore[arg-type]
+        def on_frame(self: object, frame: Any) -> None:
+            original_on_frame(self, frame)  # type: ignore[arg-type]
+            if frame[0] == state["seq"]:
+                cur[4] = clock()  # the reply is matched and its waiter released
 
         def await_reply(self: object, pending: object, timeout_s: float) -> bool:
             result = original_await(self, pending, timeout_s)  # type: ignore[arg-type]
@@ -158,12 +185,13 @@ def measure(n: int, warmup: int, sim_args: list[str], caller_reads: bool = True)
 
         client_mod.DeviceClient._send = send  # type: ignore[method-assign]
         link_mod.SerialLink.write = link_write  # type: ignore[method-assign]
-        link_mod.SerialLink._read_fd = read_fd  # type: ignore[method-assign]
-        client_mod._Done.set = done_set  # type: ignore[method-assign]
+        client_mod.DeviceClient._on_frame = on_frame  # type: ignore[method-assign]
         client_mod.DeviceClient._await_reply = await_reply  # type: ignore[method-assign]
         totals: list[int] = []
         try:
             with Stimulator.open(sim.port, telemetry_hz=0, caller_reads=caller_reads) as stim:
+                link = stim.link
+                link._poller = TimedPoller(link._poller, link.port.fd)  # type: ignore[attr-defined]
                 for i in range(warmup + n):
                     t0 = clock()
                     stim.status()

@@ -191,8 +191,11 @@ class Device:
         if fw.outbox:
             messages = fw.outbox
             fw.outbox = []
-            for message in messages:
-                self._send(encode(message))
+            if self._link is None:  # a block's telemetry and events leave in one write
+                self._send(b"".join([encode(message) for message in messages]))
+            else:  # the link-fault channel works frame by frame
+                for message in messages:
+                    self._send(encode(message))
 
     def _process(self, data: bytes) -> None:
         fw = self.firmware

@@ -564,7 +564,11 @@ class DeviceClient:
 
     def status(self) -> StatusReport:
         """A snapshot of the device's state, output and session."""
-        return self._request_typed(GetStatus(), StatusReport)
+        reply = self.request(GetStatus())
+        if reply.__class__ is not StatusReport:
+            got = type(reply).__name__
+            raise RemoteProtocolError(f"GetStatus answered with {got}, expected StatusReport")
+        return reply  # type: ignore[return-value]
 
     def check_contact(self, target_current_ua: int, probe_current_ua: int = 50) -> ContactReport:
         """Measure electrode-skin impedance with ``probe_current_ua`` (<= 50 uA, S3).
@@ -767,10 +771,17 @@ class DeviceClient:
         seq, message = frame
         if seq:
             pending = self._pending.get(seq)  # one dict lookup: atomic, no lock needed
-            if pending is None or pending.done._flag:
+            if pending is None:
                 return  # a late duplicate answer to a retried request
+            done = pending.done
+            if done._flag:
+                return
             pending.reply = message
-            pending.done.set()
+            done._flag = True  # done.set(), inline: the reply path is this thread's hottest code
+            try:  # noqa: SIM105 -- as in _Done.set()
+                done._lock.release()
+            except RuntimeError:  # a concurrent set() (closing) released it first
+                pass
             return
         try:
             self._dispatch_queue.put_nowait(message)

@@ -130,20 +130,12 @@ class SerialLink:
         if self._closed:
             raise LinkClosedError(f"link {self.url} is closed")
         fd = self._port.fd if self._posix else None  # None once pyserial closed the port
-        if fd is not None:
-            return self._read_fd(fd, self._read_timeout_s if timeout_s is None else timeout_s)
-        try:
-            waiting = self._port.in_waiting
-            data = self._port.read(waiting if waiting > 0 else 1)
-        except (serial.SerialException, OSError, AttributeError, TypeError) as exc:
-            if self._closed:
-                raise LinkClosedError(f"link {self.url} is closed") from exc
-            self._closed = True
-            raise LinkClosedError(f"read from {self.url} failed: {exc}") from exc
-        return bytes(data)
-
-    def _read_fd(self, fd: int, timeout_s: float) -> bytes:
-        """Wait up to ``timeout_s`` for data on ``fd`` (or an interrupt), then return what is there."""
+        if fd is None:
+            return self._read_port()
+        # A POSIX port or pty: wait on the fd (or an interrupt), then read what is there. Inline, not a
+        # helper: this is the first code a caller runs when its reply arrives.
+        if timeout_s is None:
+            timeout_s = self._read_timeout_s
         try:
             if fd != self._polled_fd:
                 if self._polled_fd >= 0:
@@ -172,6 +164,18 @@ class SerialLink:
             self._closed = True
             raise LinkClosedError(f"read from {self.url} failed: end of file")
         return data
+
+    def _read_port(self) -> bytes:
+        """Read through pyserial (socket://, loop://, sim:// and non-POSIX ports)."""
+        try:
+            waiting = self._port.in_waiting
+            data = self._port.read(waiting if waiting > 0 else 1)
+        except (serial.SerialException, OSError, AttributeError, TypeError) as exc:
+            if self._closed:
+                raise LinkClosedError(f"link {self.url} is closed") from exc
+            self._closed = True
+            raise LinkClosedError(f"read from {self.url} failed: {exc}") from exc
+        return bytes(data)
 
     def close(self) -> None:
         if self._closed and not self._port.is_open:

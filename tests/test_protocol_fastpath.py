@@ -28,7 +28,13 @@ from iontodrive.protocol import (
     decode_body,
     encode,
 )
-from iontodrive.protocol.fastpath import COMPILED, COMPILED_BY_CLASS, CompiledLayout, compile_layout
+from iontodrive.protocol.fastpath import (
+    COMPILED,
+    COMPILED_BY_CLASS,
+    CompiledLayout,
+    compile_layout,
+    trusted_constructor,
+)
 
 
 def _id(cls: type[Message]) -> str:
@@ -145,6 +151,27 @@ def test_decoded_messages_are_real_frozen_instances() -> None:
         if layout.specs:
             with pytest.raises(dataclasses.FrozenInstanceError):
                 setattr(built, layout.specs[0].name, 1)
+
+
+@pytest.mark.parametrize("cls", MESSAGE_CLASSES, ids=_id)
+@PER_TYPE
+@given(data=st.data())
+def test_trusted_constructor_builds_what_the_dataclass_and_the_decoder_build(
+    cls: type[Message], data: st.DataObject
+) -> None:
+    """Same values, same message: a frozen instance of ``cls``, with plain ints turned into enum members."""
+    _, message = data.draw(frames_of(cls))
+    names = [spec.name for spec in COMPILED_BY_CLASS[cls].specs]
+    values = [getattr(message, name) for name in names]
+    as_plain_ints = [int(v) if isinstance(v, int) and not isinstance(v, bool) else v for v in values]
+    built = trusted_constructor(cls)(*as_plain_ints)
+    assert type(built) is cls
+    assert built == message == cls(*values)
+    for name in names:
+        assert type(getattr(built, name)) is type(getattr(message, name)), name
+    if names:
+        with pytest.raises(dataclasses.FrozenInstanceError):
+            setattr(built, names[0], getattr(built, names[0]))
 
 
 def test_flag_table_caches_only_valid_values() -> None:

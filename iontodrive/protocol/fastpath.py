@@ -189,17 +189,23 @@ def _mutable_twin(cls: type[Message]) -> type | None:
     return twin
 
 
-def _make_builder(cls: type[Message], specs: list[FieldSpec], offset: int) -> Callable[..., Message]:
+def _make_builder(cls: type[Message], specs: list[FieldSpec], offset: int | None) -> Callable[..., Message]:
     """Generate a constructor that fills slots directly; frozen dataclasses forbid normal assignment.
 
-    The generated function takes the whole unpacked frame tuple; payload values start at ``offset``.
+    With an ``offset``, the generated function takes the whole unpacked frame tuple, whose payload values
+    start at ``offset``; with ``offset=None`` it takes the field values as positional arguments.
     It bypasses ``__init__``, so message classes must not rely on ``__post_init__``.
     """
     twin = _mutable_twin(cls)
     namespace: dict[str, Any] = {"_new": object.__new__, "_cls": cls, "_twin": twin}
-    lines = ["def build(values):", f"    obj = _new({'_cls' if twin is None else '_twin'})"]
+    params = "values" if offset is not None else ", ".join(f"a{index}" for index in range(len(specs)))
+    lines = [f"def build({params}):", f"    obj = _new({'_cls' if twin is None else '_twin'})"]
     for index, spec in enumerate(specs):
-        value = _conversion(spec, index, namespace, f"values[{index + offset}]")
+        if offset is None and spec.text_bytes is not None:
+            value = f"a{index}"  # a sender's text is already str
+        else:
+            source = f"values[{index + offset}]" if offset is not None else f"a{index}"
+            value = _conversion(spec, index, namespace, source)
         if twin is None:
             namespace[f"_set_{index}"] = getattr(cls, spec.name).__set__
             lines.append(f"    _set_{index}(obj, {value})")
@@ -330,15 +336,10 @@ COMPILED_BY_CLASS: dict[type[Message], CompiledLayout] = {c.cls: c for c in COMP
 
 
 def trusted_constructor(cls: type[Message]) -> Callable[..., Message]:
-    """``cls(*values)`` without the dataclass constructor, through the generated slot builder.
+    """``cls(*values)`` without the dataclass constructor: a generated slot builder taking the fields as
+    positional arguments, with the same conversions as decoding (plain ints become enumeration members).
 
     For a sender's own well-formed values at high rates (a device's status replies and telemetry). It does
     not validate: :func:`~iontodrive.protocol.encode` still checks every field when the message is sent.
     """
-    build = COMPILED_BY_CLASS[cls].build
-    header = (0,) * HEADER_VALUES
-
-    def construct(*values: Any) -> Message:
-        return build(header + values)
-
-    return construct
+    return _make_builder(cls, list(COMPILED_BY_CLASS[cls].specs), offset=None)
