@@ -6,13 +6,18 @@ Cases (each over its own raw-mode pty pair from ``pty.openpty()``):
 (b) pyserial echo floor   the same echo, client side a ``serial.Serial`` on the slave path
 (c) pymodbus async RTU    ``AsyncModbusSerialClient.read_holding_registers`` against a minimal Modbus RTU
                           responder on the master (reply sized like our StatusReport frame)
-(c') pymodbus sync RTU    ``ModbusSerialClient``, same responder (informational; ``--no-sync`` skips it)
+(c') pymodbus sync RTU    ``ModbusSerialClient``, same responder (informational; ``--no-sync`` skips it;
+                          measured after the interleaved rounds, see below)
 (d) iontodrive            ``Stimulator.open(pty)`` against ``python -m firmware_sim --pty``; ``status()``
 (e) simulator floor       ``GetStatus`` frames over raw fds by one thread, against a second simulator:
                           what no host client can beat (informational, with ``--sim-floor``)
 
 All cases are set up first, warmed up, then measured in interleaved rounds so that background load on
-the machine falls on every case alike. Targets (issue 4): median(d) <= 2.5 x median(b) and
+the machine falls on every case alike. The pymodbus sync client is the exception: at about 2.3 ms a
+request its share of a round lasts about a second, during which every other peer idles, and on this
+virtual machine the case measured after such a pause was 10-60 % slower (the simulator and driver cases
+more than the echo; see bench/README.md). It sets no target, so it is measured on its own, after the
+rounds. Targets (issue 4): median(d) <= 2.5 x median(b) and
 median(d) <= 0.5 x median(c). Prints PASS/FAIL per target; exits 1 on FAIL unless ``--no-check``.
 
     .venv/bin/python bench/rtt.py              # N=2000 per case, 200 warm-up, 5 rounds
@@ -96,12 +101,12 @@ def main(argv: list[str] | None = None) -> int:
         f"N={args.requests} per case after {args.warmup} warm-up, {args.rounds} rounds, peers in {args.peer}"
     )
     cases: list[RoundTripCase] = []
+    sync: RoundTripCase | None = None
     try:
         cases.append(raw := RawEchoCase(args.peer))
         cases.append(pyser := PyserialEchoCase(args.peer))
         cases.append(mb_async := ModbusAsyncCase(args.peer, STATUS_REPLY_REGISTERS))
-        if not args.no_sync:
-            cases.append(ModbusSyncCase(args.peer, STATUS_REPLY_REGISTERS))
+        sync = None if args.no_sync else ModbusSyncCase(args.peer, STATUS_REPLY_REGISTERS)
         if args.sim_floor:
             cases.append(floor := SimFloorCase(args.model, args.speed, args.sim_arg))
         cases.append(
@@ -121,11 +126,17 @@ def main(argv: list[str] | None = None) -> int:
         stats = {label: LatencyStats.from_ns(ns) for label, ns in samples.items()}
         for case in cases:
             print(stats[case.label].line(case.label))
+        if sync is not None:  # informational, on its own (module docstring)
+            sync.measure(args.warmup)
+            sync_stats = LatencyStats.from_ns(sync.measure(args.requests))
+            print(sync_stats.line(sync.label) + "   (after the rounds)")
         link = ours.stim.stats
         print(f"iontodrive link: requests {link.requests}, retries {link.retries}, timeouts {link.timeouts}")
     finally:
         for case in reversed(cases):
             case.close()
+        if sync is not None:
+            sync.close()
 
     ours_median = stats[ours.label].median_us
     vs_pyserial = ours_median / stats[pyser.label].median_us

@@ -452,6 +452,14 @@ class Firmware:
         return [self.status()]
 
     def status(self) -> StatusReport:
+        return _new_status(*self.status_fields())  # type: ignore[no-any-return]
+
+    def status_fields(self) -> tuple[Any, ...]:
+        """The fields of :meth:`status` in layout order, without building the message.
+
+        The device encodes its ``GetStatus`` replies straight from them
+        (:func:`~iontodrive.protocol.encode_fields`).
+        """
         # On every GetStatus: the properties it needs (setpoint, flags, device time, charge) inlined.
         s = self.session
         state = self.state
@@ -465,7 +473,7 @@ class Firmware:
                 flags |= StatusFlags.DOSE_BASED
         if not (sp == 0.0 and self.ramp_done_at is None and state in QUIET_STATES):
             flags |= StatusFlags.OUTPUT_ON
-        return _new_status(  # type: ignore[no-any-return]
+        return (
             round((n - self.boot_n) * dt * 1000.0) & 0xFFFF_FFFF,  # device_time_ms
             state,
             flags,

@@ -303,7 +303,9 @@ class DeviceClient:
         self.watchdog_ms = watchdog_ms or DEFAULT_WATCHDOG_MS
         self._heartbeat_s = heartbeat_s
         self._caller_reads = bool(caller_reads) and link.interruptible
-        self._lead = threading.Lock()  # held by whichever thread reads the link
+        # Held by whichever thread reads the link. An RLock, never taken twice, only so that a thread can ask
+        # whether it holds it (_await_reply: Ctrl-C or SIGTERM may strike just after it was taken).
+        self._lead = threading.RLock()
         self._lease_until = 0.0  # monotonic time until which the reader thread stays parked
         self._reader_resume = threading.Event()
 
@@ -467,8 +469,8 @@ class DeviceClient:
         except EncodeError as exc:
             raise LocalProtocolError(str(exc)) from exc
         pending = _Pending(seq, message)
-        self._pending[seq] = pending
         try:
+            self._pending[seq] = pending
             for attempt in range(attempts):
                 if attempt:
                     self.stats.retries += 1
@@ -504,15 +506,22 @@ class DeviceClient:
         another_caller_reads = self._lease_until > now
         self._lease_until = now + LEASE_S
         lead = self._lead
-        if not lead.acquire(blocking=False):
-            if another_caller_reads:  # it reads (and completes) our reply too
-                return pending.done.wait(timeout_s)
-            self._link.interrupt()  # the reader thread holds the lead: wake it from its wait
-            if not lead.acquire(timeout=timeout_s):
-                return pending.done.is_set()
-        done = pending.done
-        monotonic = time.monotonic
+        # Ctrl-C and SIGTERM (session.Terminated) are raised in the main thread wherever it is, also just
+        # after an acquire() has returned. So the lead is taken inside `try` and released in `finally` if
+        # this thread holds it; and since Python cannot close every such gap (one can strike between any
+        # two calls), a lead this thread still holds from an interrupted request is given back here, by
+        # its next request -- such as the Stop that a session sends when interrupted.
+        while lead._is_owned():  # type: ignore[attr-defined]  # (RLock's own test, as Condition uses it)
+            lead.release()
         try:
+            if not lead.acquire(blocking=False):
+                if another_caller_reads:  # it reads (and completes) our reply too
+                    return pending.done.wait(timeout_s)
+                self._link.interrupt()  # the reader thread holds the lead: wake it from its wait
+                if not lead.acquire(timeout=timeout_s):
+                    return pending.done.is_set()
+            done = pending.done
+            monotonic = time.monotonic
             read = self._link.read
             while not done._flag:
                 left = end - monotonic()
@@ -528,17 +537,20 @@ class DeviceClient:
         except Exception as exc:  # a bug while decoding: fail loudly, like the reader thread
             self._fail(exc)
         finally:
-            if done._flag:
-                self.stats.caller_reads += 1
-            others_wait = False
-            if len(self._pending) > 1:  # ours is one of them
-                waiting = list(self._pending.values())
-                others_wait = any(not p.done.is_set() for p in waiting if p is not pending)
-            lead.release()
-            if others_wait:  # hand the lead straight back to the reader thread
-                self._lease_until = 0.0
-                self._reader_resume.set()
-        return done._flag
+            if lead._is_owned():  # type: ignore[attr-defined]
+                others_wait = False
+                try:  # the release in a finally of its own: a signal during this bookkeeping must not keep it
+                    if pending.done._flag:
+                        self.stats.caller_reads += 1
+                    if len(self._pending) > 1:  # ours is one of them
+                        waiting = list(self._pending.values())
+                        others_wait = any(not p.done.is_set() for p in waiting if p is not pending)
+                finally:
+                    lead.release()
+                if others_wait:  # hand the lead straight back to the reader thread
+                    self._lease_until = 0.0
+                    self._reader_resume.set()
+        return pending.done._flag
 
     def _request_typed(self, message: Message, reply_type: type[M], **kwargs: Any) -> M:
         reply = self.request(message, **kwargs)

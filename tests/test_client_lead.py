@@ -7,10 +7,12 @@ with a :class:`firmware_sim.runner.DeviceRunner`), so the client takes the same 
 
 from __future__ import annotations
 
+import inspect
 import sys
 import threading
 import time
-from collections.abc import Iterator
+import types
+from collections.abc import Callable, Iterator
 
 import pytest
 
@@ -19,7 +21,7 @@ from firmware_sim.bridge_pty import PtyTransport
 from firmware_sim.runner import DeviceRunner
 from iontodrive import Stimulator
 from iontodrive.errors import LinkClosedError
-from iontodrive.protocol import DeviceState, Telemetry
+from iontodrive.protocol import DeviceState, GetStatus, StatusReport, Telemetry
 
 pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="needs POSIX pseudo-terminals")
 
@@ -160,3 +162,65 @@ def test_closing_the_client_releases_a_caller_waiting_with_the_lead(pty_device: 
     asker.join(5)
     assert time.monotonic() - started < 1.0  # not the 5 s deadline
     assert len(outcome) == 1 and isinstance(outcome[0], LinkClosedError)
+
+
+def _lines_after_the_lead_is_taken() -> list[int]:
+    """Line numbers of DeviceClient._await_reply from the first acquire of the lead to its end."""
+    from iontodrive.client import DeviceClient
+
+    code = DeviceClient._await_reply.__code__
+    lines = sorted({line for _, _, line in code.co_lines() if line is not None})
+    source = inspect.getsource(DeviceClient._await_reply).splitlines()
+    first = code.co_firstlineno
+    taken = min(first + i for i, text in enumerate(source) if "lead.acquire(" in text)
+    return [line for line in lines if line >= taken]
+
+
+def _interrupt_at(code: types.CodeType, line: int) -> Callable[..., object]:
+    """A trace function raising KeyboardInterrupt once, when ``code`` is about to run ``line``."""
+    fired: list[int] = []
+
+    def tracer(frame: types.FrameType, event: str, arg: object) -> object:
+        if frame.f_code is not code:
+            return None
+        if event == "line" and frame.f_lineno == line and not fired:
+            fired.append(line)
+            raise KeyboardInterrupt
+        return tracer
+
+    return tracer
+
+
+def test_an_interrupt_anywhere_after_the_lead_is_taken_leaves_the_link_usable(pty_device: PtyDevice) -> None:
+    """Ctrl-C and SIGTERM (raised in the main thread wherever it is) must never leave the link unusable: a
+    KeyboardInterrupt is raised, by a trace hook, at each line of the request's read path in turn; every
+    time the next request from that thread is answered, and then the lead is free for other threads."""
+    from iontodrive.client import DeviceClient
+
+    code = DeviceClient._await_reply.__code__
+    with Stimulator.open(pty_device.path, telemetry_hz=0) as stim:
+        for line in _lines_after_the_lead_is_taken():
+            sys.settrace(_interrupt_at(code, line))
+            try:
+                stim.status()
+            except KeyboardInterrupt:
+                pass
+            finally:
+                sys.settrace(None)
+            try:
+                reply = stim.request(GetStatus(), timeout_s=0.5, retries=0)
+            except Exception as exc:
+                raise AssertionError(f"interrupted at line {line}: {exc!r}") from exc
+            assert isinstance(reply, StatusReport), f"interrupted at line {line}"
+            taken_elsewhere: list[bool] = []
+
+            def try_lead(out: list[bool] = taken_elsewhere) -> None:  # another thread, as the reader would
+                got = stim._lead.acquire(timeout=0.5)
+                out.append(got)
+                if got:
+                    stim._lead.release()
+
+            helper = threading.Thread(target=try_lead)
+            helper.start()
+            helper.join()
+            assert taken_elsewhere == [True], f"lead kept after an interrupt at line {line}"

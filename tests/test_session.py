@@ -289,7 +289,9 @@ def test_sigterm_in_a_script_ramps_down(pty_sim: PtySim, tmp_path: Path) -> None
     host.wait(30)
     assert host.returncode != 0  # the script ends with SessionInterrupted, after the ramp
     record = SessionRecord.load(record_path)
-    assert record.complete and record.summary is not None and record.summary["end_reason"] == "interrupted"
+    stderr = host.stderr.read() if host.stderr else ""
+    assert record.complete, stderr
+    assert record.summary is not None and record.summary["end_reason"] == "interrupted", stderr
     assert_ramped_to_zero(pty_sim.finish(), 2000 / 5, 2000 / 10)
 
 

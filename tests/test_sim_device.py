@@ -488,6 +488,40 @@ def test_retried_status_is_answered_from_the_cache() -> None:
     assert isinstance(host.request(GetStatus()), StatusReport)
 
 
+def test_status_replies_are_the_encoded_status_in_every_kind_of_state() -> None:
+    """GetStatus is answered from the firmware's status fields without building the message: the bytes
+    must be exactly those of encoding Firmware.status(), through idle, ramp, hold, pause and a fault."""
+    device = Device()
+    host = SimHost(device)
+    seen_states = set()
+    seq = 100
+
+    def check() -> None:
+        nonlocal seq
+        seq += 1
+        device.read_output()  # telemetry and events so far
+        device.receive(encode(GetStatus(), seq))
+        assert device.read_output() == encode(device.firmware.status(), seq)
+        seen_states.add(device.state)
+
+    check()
+    assert isinstance(host.request(start_msg(dose_uas=2_400_000, duration_ms=0)), Ack)
+    for _ in range(8):  # contact check, ramp up (dose-based: remaining time and DOSE_BASED flag)
+        host.run(3.0, step_s=1.0)
+        check()
+    host.run(40.0, step_s=1.0, until=lambda d: d.state == S.HOLD)
+    check()
+    assert isinstance(host.request(Pause()), Ack)
+    host.run(40.0, step_s=1.0, until=lambda d: d.state == S.PAUSED)
+    check()
+    assert isinstance(host.request(Resume()), Ack)
+    host.run(60.0, step_s=1.0, until=lambda d: d.state == S.HOLD)
+    device.inject(OverCurrent(gain=2.0, rise_s=0.1))
+    host.run(5.0, step_s=0.5, until=lambda d: d.state == S.FAULT)
+    check()
+    assert {S.IDLE, S.RAMP_UP, S.HOLD, S.PAUSED, S.FAULT} <= seen_states, seen_states
+
+
 # ---------------------------------------------------------------------------------- events, telemetry
 
 

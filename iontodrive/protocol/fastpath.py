@@ -71,6 +71,7 @@ class CompiledLayout:
     build: Callable[[tuple[Any, ...]], Message]  # unpacked header + payload values -> message
     getter: Callable[[Message], tuple[Any, ...]]  # message -> wire values in layout order (validating)
     pack: Callable[[Message, int], bytes]  # (message, seq) -> header + payload bytes (validating), no CRC
+    pack_fields: Callable[..., bytes]  # (seq, *field values in layout order) -> the same bytes as pack
     unsolicited: bool  # type 0xC0-0xFF: sequence number 0
 
 
@@ -261,8 +262,9 @@ def _check_lines(spec: FieldSpec, index: int, namespace: dict[str, Any]) -> list
 
 def _make_encoders(
     cls: type[Message], specs: list[FieldSpec], frame_struct: struct.Struct
-) -> tuple[Callable[[Message], tuple[Any, ...]], Callable[[Message, int], bytes]]:
-    """Generate ``m -> payload values`` and ``(m, seq) -> header + payload bytes``, both validating.
+) -> tuple[Callable[[Message], tuple[Any, ...]], Callable[[Message, int], bytes], Callable[..., bytes]]:
+    """Generate ``m -> payload values``, ``(m, seq) -> header + payload bytes`` and the same from the field
+    values, ``(seq, v0, v1, ...) -> header + payload bytes``; all three validating alike.
 
     Integer ranges are left to :mod:`struct`, which raises ``struct.error`` on overflow; every other rule
     raises :class:`InvalidFieldValue`, ``TypeError``, ``AttributeError`` or ``UnicodeError``. The codec
@@ -273,25 +275,33 @@ def _make_encoders(
         "_int_and": int.__and__,
         "_pack": frame_struct.pack,
     }
-    body: list[str] = []
+    loads: list[str] = []
+    checks: list[str] = []
     for index, spec in enumerate(specs):
-        body.append(f"    v{index} = m.{spec.name}")
-        body.extend(_check_lines(spec, index, namespace))
+        loads.append(f"    v{index} = m.{spec.name}")
+        checks.extend(_check_lines(spec, index, namespace))
     names = "".join(f", v{index}" for index in range(len(specs)))
+    packed = f"    return _pack({PROTOCOL_VERSION}, {int(cls.TYPE)}, seq{names})"
     source = "\n".join(
         [
             "def get(m):",
-            *body,
+            *loads,
+            *checks,
             f"    return ({names[2:]}{',' if specs else ''})",
             "def pack(m, seq):",
-            *body,
-            f"    return _pack({PROTOCOL_VERSION}, {int(cls.TYPE)}, seq{names})",
+            *loads,
+            *checks,
+            packed,
+            f"def pack_fields(seq{names}):",
+            *checks,
+            packed,
         ]
     )
     exec(source, namespace)  # generated from trusted, import-time layout data only
     return (
         typing.cast(Callable[[Message], tuple[Any, ...]], namespace["get"]),
         typing.cast(Callable[[Message, int], bytes], namespace["pack"]),
+        typing.cast(Callable[..., bytes], namespace["pack_fields"]),
     )
 
 
@@ -318,7 +328,7 @@ def compile_layout(cls: type[Message]) -> CompiledLayout:
     if payload_size != cls.LAYOUT.sizeof():
         expected = cls.LAYOUT.sizeof()
         raise TypeError(f"{cls.__name__}: derived size {payload_size} != construct size {expected}")
-    getter, pack = _make_encoders(cls, specs, frame_struct)
+    getter, pack, pack_fields = _make_encoders(cls, specs, frame_struct)
     return CompiledLayout(
         cls=cls,
         frame_struct=frame_struct,
@@ -327,6 +337,7 @@ def compile_layout(cls: type[Message]) -> CompiledLayout:
         build=_make_builder(cls, specs, offset=HEADER_VALUES),
         getter=getter,
         pack=pack,
+        pack_fields=pack_fields,
         unsolicited=cls.TYPE.kind is MessageKind.UNSOLICITED,
     )
 
