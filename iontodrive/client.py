@@ -65,6 +65,7 @@ from iontodrive.errors import (
 )
 from iontodrive.frametrace import FrameTrace
 from iontodrive.link import SerialLink
+from iontodrive.oneshot import OneShot
 from iontodrive.protocol import (
     MESSAGE_CLASSES,
     PROTOCOL_VERSION,
@@ -113,46 +114,13 @@ EventListener = Callable[[Event], None]
 ErrorListener = Callable[[BaseException], None]
 
 
-class _Done:
-    """A one-shot flag like :class:`threading.Event`, on a single pre-acquired lock (no Condition).
-
-    ``set`` may be called from any number of threads, any number of times; ``wait`` returns True once set.
-    """
-
-    __slots__ = ("_flag", "_lock")
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._lock.acquire()
-        self._flag = False
-
-    def set(self) -> None:
-        if not self._flag:
-            self._flag = True
-            try:  # noqa: SIM105 -- contextlib.suppress costs more than the rest of the call, on every reply
-                self._lock.release()
-            except RuntimeError:  # a concurrent set() released it first
-                pass
-
-    def is_set(self) -> bool:
-        return self._flag
-
-    def wait(self, timeout: float) -> bool:
-        if not self._flag and self._lock.acquire(timeout=timeout):
-            try:  # noqa: SIM105 -- as in set()
-                self._lock.release()  # keep it released so later waits return at once
-            except RuntimeError:
-                pass
-        return self._flag
-
-
 class _DispatchMark:
     """Put in the dispatch queue to learn when everything queued before it has reached the listeners."""
 
     __slots__ = ("reached",)
 
     def __init__(self) -> None:
-        self.reached = threading.Event()
+        self.reached = OneShot()  # waited for in the caller's thread: see iontodrive.oneshot
 
 
 _Dispatched = Message | BaseException | _DispatchMark | None  # None stops the dispatcher
@@ -166,7 +134,7 @@ class _Pending:
     def __init__(self, seq: int, request: Message) -> None:
         self.seq = seq
         self.request = request
-        self.done = _Done()
+        self.done = OneShot()
         self.reply: Message | None = None
 
 
@@ -790,7 +758,7 @@ class DeviceClient:
                 return
             pending.reply = message
             done._flag = True  # done.set(), inline: the reply path is this thread's hottest code
-            try:  # noqa: SIM105 -- as in _Done.set()
+            try:  # noqa: SIM105 -- as in OneShot.set()
                 done._lock.release()
             except RuntimeError:  # a concurrent set() (closing) released it first
                 pass

@@ -177,7 +177,10 @@ class Session:
         self.record_path = Path(record_path)
         self.start_message = prescription.to_start(self.identity)  # SafetyRefusal before anything is sent
         self._plan = prescription.expected_plan(self.identity)
-        self._lock = threading.Lock()
+        # An RLock: Ctrl-C and SIGTERM can strike inside Condition.__enter__ after it took the lock, so that
+        # the `with` block never runs and never releases it. Reentrant, this thread can still take it to
+        # send its Stop, and every Condition.wait() releases it whole so the dispatcher is not shut out.
+        self._lock = threading.RLock()
         self._changed = threading.Condition(self._lock)
         self._state = DeviceState.IDLE
         self._flags = StatusFlags.NONE

@@ -15,7 +15,8 @@ import sys
 import textwrap
 import threading
 import time
-from collections.abc import Iterator
+import types
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -239,6 +240,49 @@ def test_keyboard_interrupt_ramps_down_before_raising(tmp_path: Path) -> None:
         with pytest.raises(SessionInterrupted, match="KeyboardInterrupt"):
             stim.deliver(LONG, record_path=tmp_path / "r.jsonl")
         assert stim.status().setpoint_ua == 0
+    record = SessionRecord.load(tmp_path / "r.jsonl")
+    assert record.complete and record.summary is not None and record.summary["end_reason"] == "interrupted"
+    assert_ramped_to_zero(settle_trace(trace_path), 2000 / 5, 2000 / 10)
+
+
+def test_an_interrupt_just_as_the_session_lock_is_taken_still_ramps_down(tmp_path: Path) -> None:
+    """Ctrl-C can strike inside ``threading.Condition.__enter__`` after the lock was taken, so that the
+    ``with`` block never starts and never releases it. The session must still send its Stop, ramp down
+    and finish its record, not deadlock on its own lock (a SIGTERM'd script used to hang for ever)."""
+    trace_path = tmp_path / "trace.csv"
+    outcome: list[BaseException | str] = []
+    stim = Stimulator.open(sim_url(trace_path, speed=50))
+    session = stim.start(LONG, record_path=tmp_path / "r.jsonl")
+    wait_for_state(stim, DeviceState.HOLD)
+    condition = session._changed
+    enter_code = threading.Condition.__enter__.__code__
+
+    def tracer(frame: types.FrameType, event: str, arg: object) -> object:
+        if frame.f_code is enter_code and event == "return" and frame.f_locals.get("self") is condition:
+            sys.settrace(None)
+            raise KeyboardInterrupt  # the lock is held, and the caller's `with` will never release it
+        return tracer if frame.f_code is enter_code else None
+
+    def waiter() -> None:
+        sys.settrace(tracer)
+        try:
+            session.wait(timeout_s=30)
+            outcome.append("returned")
+        except BaseException as exc:
+            outcome.append(exc)
+        finally:
+            sys.settrace(None)
+
+    def in_a_thread(target: Callable[[], None], timeout_s: float) -> bool:
+        """Run ``target`` on a daemon thread; False if it is still running after ``timeout_s``."""
+        thread = threading.Thread(target=target, daemon=True)
+        thread.start()
+        thread.join(timeout_s)
+        return not thread.is_alive()
+
+    assert in_a_thread(waiter, 20), "the session deadlocked on its own lock"
+    assert in_a_thread(stim.close, 10), "closing the client deadlocked"
+    assert len(outcome) == 1 and isinstance(outcome[0], SessionInterrupted), outcome
     record = SessionRecord.load(tmp_path / "r.jsonl")
     assert record.complete and record.summary is not None and record.summary["end_reason"] == "interrupted"
     assert_ramped_to_zero(settle_trace(trace_path), 2000 / 5, 2000 / 10)

@@ -67,6 +67,7 @@ from iontodrive.errors import (
     SafetyRefusal,
     SessionInterrupted,
 )
+from iontodrive.oneshot import OneShot
 from iontodrive.prescription import Prescription, contact_limits_ohm
 from iontodrive.protocol import (
     OPEN_CIRCUIT_OHM,
@@ -193,7 +194,7 @@ class _Request:
     kind: str  # pause, resume, set_current, stop, abort
     value: Any = None
     detail: str = ""
-    done: threading.Event = dataclasses.field(default_factory=threading.Event)
+    done: OneShot = dataclasses.field(default_factory=OneShot)
     error: BaseException | None = None
 
 
@@ -242,7 +243,7 @@ class VisaSession:
             slew_limit_ua_per_s=self.identity.slew_limit_ua_per_s, rate_hz=rate, stretch=True
         )
         self._requests: queue.SimpleQueue[_Request] = queue.SimpleQueue()
-        self._done = threading.Event()
+        self._done = OneShot()  # the main thread waits on it (see iontodrive.oneshot)
         self._thread: threading.Thread | None = None
         self._record: _RecordPump | None = None
         # state

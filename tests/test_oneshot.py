@@ -1,0 +1,60 @@
+"""OneShot: the flag the client and the VISA session wait on in the caller's thread, where Ctrl-C and
+SIGTERM strike. An interrupt anywhere inside ``wait()`` must leave it usable, and ``set()`` must never block
+(a ``threading.Event`` can be left with its lock taken by such an interrupt: ``iontodrive.oneshot``)."""
+
+from __future__ import annotations
+
+import sys
+import threading
+import time
+import types
+from collections.abc import Callable
+
+from iontodrive.oneshot import OneShot
+
+
+def _interrupt_at(code: types.CodeType, line: int) -> Callable[..., object]:
+    """A trace function raising KeyboardInterrupt once, when ``code`` is about to run ``line``."""
+    fired: list[int] = []
+
+    def tracer(frame: types.FrameType, event: str, arg: object) -> object:
+        if frame.f_code is not code:
+            return None
+        if event == "line" and frame.f_lineno == line and not fired:
+            fired.append(line)
+            raise KeyboardInterrupt
+        return tracer
+
+    return tracer
+
+
+def test_set_wakes_a_waiter_and_later_waits_return_at_once() -> None:
+    flag = OneShot()
+    assert not flag.is_set() and flag.wait(0.01) is False
+    threading.Timer(0.02, flag.set).start()
+    started = time.monotonic()
+    assert flag.wait(5.0) is True
+    assert time.monotonic() - started < 1.0
+    flag.set()  # again: no error, no effect
+    assert flag.is_set() and flag.wait(0.0) is True
+
+
+def test_an_interrupt_anywhere_in_wait_leaves_it_usable_and_set_never_blocks() -> None:
+    code = OneShot.wait.__code__
+    lines = sorted({line for _, _, line in code.co_lines() if line is not None})
+    for line in lines:
+        flag = OneShot()
+        setter = threading.Timer(0.02, flag.set)
+        setter.start()
+        sys.settrace(_interrupt_at(code, line))
+        try:
+            flag.wait(2.0)
+        except KeyboardInterrupt:
+            pass
+        finally:
+            sys.settrace(None)
+        setter.join(2.0)
+        assert not setter.is_alive(), f"set() blocked after an interrupt at line {line}"
+        started = time.monotonic()
+        assert flag.wait(2.0) is True, f"line {line}"
+        assert time.monotonic() - started < 0.5, f"a later wait was slow (interrupt at line {line})"
