@@ -11,10 +11,10 @@ import inspect
 import sys
 import threading
 import time
-import types
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 
 import pytest
+from interrupts import interrupt_at, lines_of
 
 from firmware_sim import Device
 from firmware_sim.bridge_pty import PtyTransport
@@ -169,26 +169,11 @@ def _lines_after_the_lead_is_taken() -> list[int]:
     from iontodrive.client import DeviceClient
 
     code = DeviceClient._await_reply.__code__
-    lines = sorted({line for _, _, line in code.co_lines() if line is not None})
+    lines = lines_of(code)
     source = inspect.getsource(DeviceClient._await_reply).splitlines()
     first = code.co_firstlineno
     taken = min(first + i for i, text in enumerate(source) if "lead.acquire(" in text)
     return [line for line in lines if line >= taken]
-
-
-def _interrupt_at(code: types.CodeType, line: int) -> Callable[..., object]:
-    """A trace function raising KeyboardInterrupt once, when ``code`` is about to run ``line``."""
-    fired: list[int] = []
-
-    def tracer(frame: types.FrameType, event: str, arg: object) -> object:
-        if frame.f_code is not code:
-            return None
-        if event == "line" and frame.f_lineno == line and not fired:
-            fired.append(line)
-            raise KeyboardInterrupt
-        return tracer
-
-    return tracer
 
 
 def test_an_interrupt_anywhere_after_the_lead_is_taken_leaves_the_link_usable(pty_device: PtyDevice) -> None:
@@ -200,7 +185,7 @@ def test_an_interrupt_anywhere_after_the_lead_is_taken_leaves_the_link_usable(pt
     code = DeviceClient._await_reply.__code__
     with Stimulator.open(pty_device.path, telemetry_hz=0) as stim:
         for line in _lines_after_the_lead_is_taken():
-            sys.settrace(_interrupt_at(code, line))
+            sys.settrace(interrupt_at(code, line))
             try:
                 stim.status()
             except KeyboardInterrupt:

@@ -7,25 +7,10 @@ from __future__ import annotations
 import sys
 import threading
 import time
-import types
-from collections.abc import Callable
+
+from interrupts import interrupt_at, lines_of
 
 from iontodrive.oneshot import OneShot
-
-
-def _interrupt_at(code: types.CodeType, line: int) -> Callable[..., object]:
-    """A trace function raising KeyboardInterrupt once, when ``code`` is about to run ``line``."""
-    fired: list[int] = []
-
-    def tracer(frame: types.FrameType, event: str, arg: object) -> object:
-        if frame.f_code is not code:
-            return None
-        if event == "line" and frame.f_lineno == line and not fired:
-            fired.append(line)
-            raise KeyboardInterrupt
-        return tracer
-
-    return tracer
 
 
 def test_set_wakes_a_waiter_and_later_waits_return_at_once() -> None:
@@ -41,12 +26,11 @@ def test_set_wakes_a_waiter_and_later_waits_return_at_once() -> None:
 
 def test_an_interrupt_anywhere_in_wait_leaves_it_usable_and_set_never_blocks() -> None:
     code = OneShot.wait.__code__
-    lines = sorted({line for _, _, line in code.co_lines() if line is not None})
-    for line in lines:
+    for line in lines_of(code):
         flag = OneShot()
         setter = threading.Timer(0.02, flag.set)
         setter.start()
-        sys.settrace(_interrupt_at(code, line))
+        sys.settrace(interrupt_at(code, line))
         try:
             flag.wait(2.0)
         except KeyboardInterrupt:

@@ -328,9 +328,14 @@ def wait_for_line(proc: subprocess.Popen[str], text: str, timeout_s: float = 20.
 def test_sigterm_in_a_script_ramps_down(pty_sim: PtySim, tmp_path: Path) -> None:
     record_path = tmp_path / "r.jsonl"
     host = run_host(pty_sim.port, record_path)
-    wait_for_line(host, "STATE HOLD")
-    host.send_signal(signal.SIGTERM)
-    host.wait(30)
+    try:
+        wait_for_line(host, "STATE HOLD")
+        host.send_signal(signal.SIGTERM)
+        host.wait(30)
+    finally:
+        if host.poll() is None:  # a host that hangs must not outlive the test
+            host.kill()
+            host.wait()
     assert host.returncode != 0  # the script ends with SessionInterrupted, after the ramp
     record = SessionRecord.load(record_path)
     stderr = host.stderr.read() if host.stderr else ""
