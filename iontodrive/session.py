@@ -252,7 +252,7 @@ class Session:
             self._record.close()
             raise
         self._removers.append(stim._register_session_closer(self._close_from_client))
-        status = stim.status()
+        status = self._first_status(stim)
         self.session_id = status.session_id
         self._apply_status(status)
         self._record.note(
@@ -262,6 +262,22 @@ class Session:
             start=self._start_dict(),
         )
         logger.info("session %d started: %s", status.session_id, self.prescription)
+
+    @staticmethod
+    def _first_status(stim: Any) -> StatusReport:
+        """The status right after ``Start`` was acknowledged: the session is running from here on, so an
+        unanswered poll must not abandon it. As in :meth:`_wait_step`, one that goes unanswered while the
+        device's frames keep arriving is asked again (for up to the watchdog time); a link that is really
+        gone raises ``LinkTimeoutError``, and the device's watchdog ramps down (S10)."""
+        watchdog_s = stim.watchdog_ms / 1000.0
+        deadline = time.monotonic() + watchdog_s
+        while True:
+            try:
+                return stim.status()  # type: ignore[no-any-return]
+            except LinkTimeoutError:
+                if stim.last_frame_age_s >= watchdog_s or time.monotonic() > deadline:
+                    raise
+                logger.warning("status after Start unanswered, but the device is still sending: asking again")
 
     def _settle_unconfirmed_start(self, session_before: int) -> None:
         """``Start`` got no answer: the device may have started anyway. Stop it (a ramp) and record its dose.

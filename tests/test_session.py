@@ -19,6 +19,7 @@ import types
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 from trace_tools import Trace, load_trace, max_slew_ua_per_s
@@ -34,7 +35,7 @@ from iontodrive import (
     Stimulator,
 )
 from iontodrive.cli.simproc import SimulatorProcess
-from iontodrive.protocol import DeviceState, EventCode, StatusFlags
+from iontodrive.protocol import DeviceState, EventCode, Start, StatusFlags, StatusReport
 from iontodrive.record import SessionRecord
 
 SPEED = 100
@@ -243,6 +244,37 @@ def test_keyboard_interrupt_ramps_down_before_raising(tmp_path: Path) -> None:
     record = SessionRecord.load(tmp_path / "r.jsonl")
     assert record.complete and record.summary is not None and record.summary["end_reason"] == "interrupted"
     assert_ramped_to_zero(settle_trace(trace_path), 2000 / 5, 2000 / 10)
+
+
+def test_an_unanswered_status_right_after_start_does_not_abandon_the_session(tmp_path: Path) -> None:
+    """The fault campaign (seed 10115, 0.3 % of bytes corrupted) lost the first status poll after an
+    acknowledged Start four times running: ``start()`` raised and left the running session without its
+    driver (no summary; the device finished it alone). The device's frames were still arriving, so the poll
+    is asked again, as a poll during the session already was."""
+    trace_path = tmp_path / "trace.csv"
+    with Stimulator.open(sim_url(trace_path, speed=50)) as stim:
+        real_request, real_status = stim.request, stim.status
+        started: list[bool] = []
+        unanswered: list[bool] = []
+
+        def request(message: Any, **options: Any) -> Any:
+            reply = real_request(message, **options)
+            if isinstance(message, Start):
+                started.append(True)
+            return reply
+
+        def status() -> StatusReport:
+            if started and not unanswered:
+                unanswered.append(True)
+                raise LinkTimeoutError("GetStatus", 1, 4, 0.25)
+            return real_status()
+
+        stim.request = request  # type: ignore[method-assign]
+        stim.status = status  # type: ignore[method-assign]
+        record = stim.deliver(QUICK, record_path=tmp_path / "r.jsonl")
+    assert unanswered == [True]
+    assert record.complete and record.summary is not None and record.summary["end_reason"] == "completed"
+    assert_ramped_to_zero(settle_trace(trace_path), 1000 / 5, 1000 / 5)
 
 
 def test_an_interrupt_just_as_the_session_lock_is_taken_still_ramps_down(tmp_path: Path) -> None:
