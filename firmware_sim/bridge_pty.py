@@ -87,11 +87,6 @@ class PtyTransport(OutputCounters):
                 if not self.connected:
                     self._mark(True)  # a host holds the slave open (otherwise the master would report EIO)
                 return b""
-            if self.connected:  # a request arrived: read it at once (what _read_now does, without the call)
-                try:
-                    return os.read(self._fd, 65536)
-                except OSError:
-                    pass  # EAGAIN, or EIO once the host has gone: _read_now sorts them out
             return self._read_now(timeout)
         deadline = time.monotonic() + timeout
         while True:

@@ -34,7 +34,6 @@ from iontodrive.protocol import (
     Event,
     Field,
     Frame,
-    GetStatus,
     IdentityReport,
     MessageKind,
     MessageType,
@@ -45,7 +44,6 @@ from iontodrive.protocol import (
     StatusReport,
     Waveform,
     encode,
-    encode_fields,
 )
 
 from .faults import FaultSchedule, PlantFault
@@ -233,16 +231,11 @@ class Device:
             self._flush_outbox()
             self._send(cached)
             return
-        if message.__class__ is GetStatus:
-            # what hosts send most (every poll): encoded straight from the firmware's status fields, the
-            # same bytes as handling it and encoding the StatusReport (tests/test_sim_device.py)
-            encoded = encode_fields(StatusReport, seq, *fw.status_fields())
-        else:
-            replies = fw.handle(message)
-            if len(replies) == 1:  # the reply itself (always a reply type)
-                encoded = encode(replies[0], seq)
-            else:  # FetchEvents: the report, then the replayed events (unsolicited, seq 0)
-                encoded = b"".join(encode(r, seq if r.__class__ in _REPLY_CLASSES else None) for r in replies)
+        replies = fw.handle(message)
+        if len(replies) == 1:  # the reply itself (always a reply type)
+            encoded = encode(replies[0], seq)
+        else:  # FetchEvents: the report, then the replayed events (unsolicited, seq 0)
+            encoded = b"".join(encode(r, seq if r.__class__ in _REPLY_CLASSES else None) for r in replies)
         self._send(encoded)
         self._cache.store(seq, message, encoded)
         self._flush_outbox()  # events the request caused go out after its reply

@@ -452,14 +452,6 @@ class Firmware:
         return [self.status()]
 
     def status(self) -> StatusReport:
-        return _new_status(*self.status_fields())  # type: ignore[no-any-return]
-
-    def status_fields(self) -> tuple[Any, ...]:
-        """The fields of :meth:`status` in layout order, without building the message.
-
-        The device encodes its ``GetStatus`` replies straight from them
-        (:func:`~iontodrive.protocol.encode_fields`).
-        """
         # On every GetStatus: the properties it needs (setpoint, flags, device time, charge) inlined.
         s = self.session
         state = self.state
@@ -473,7 +465,7 @@ class Firmware:
                 flags |= StatusFlags.DOSE_BASED
         if not (sp == 0.0 and self.ramp_done_at is None and state in QUIET_STATES):
             flags |= StatusFlags.OUTPUT_ON
-        return (
+        return _new_status(  # type: ignore[no-any-return]
             round((n - self.boot_n) * dt * 1000.0) & 0xFFFF_FFFF,  # device_time_ms
             state,
             flags,
@@ -1131,6 +1123,14 @@ class Firmware:
         t0 = (idx - s.pulse_anchor) * self.dt
         return (on_time(t0 + self.dt) - on_time(t0)) / self.dt
 
+    def _pulse_step_geometry(self, idx: Any) -> tuple[float, float, float, Any]:
+        """Pulse period and on-time (s), the rounding margin, and the session time at the start of step(s)
+        ``idx`` since the pulse anchor: what :meth:`_pulse_judged` and its scalar twin share."""
+        s = self.session
+        assert s is not None
+        period = 1.0 / s.pulse_frequency_hz
+        return period, s.duty * period, 1e-9 * self.dt, (idx - s.pulse_anchor) * self.dt
+
     def _pulse_judged(self, idx: np.ndarray, frac: np.ndarray) -> np.ndarray:
         """Steps whose voltage shows a pulse's settled on-phase: the last on-step of each pulse (S5).
 
@@ -1139,14 +1139,8 @@ class Firmware:
         declared. A step is judged when it is on (``frac > 0.05``) and either a pulse ends inside it (this
         covers pulses as short as one step) or the next step is off.
         """
-        s = self.session
-        assert s is not None
-        period = 1.0 / s.pulse_frequency_hz
-        on = s.duty * period
-        eps = 1e-9 * self.dt
-        t0 = (idx - s.pulse_anchor) * self.dt
-        t1 = t0 + self.dt
-        last_end = np.floor((t1 - on + eps) / period) * period + on
+        period, on, eps, t0 = self._pulse_step_geometry(idx)
+        last_end = np.floor((t0 + self.dt - on + eps) / period) * period + on
         ends_inside = last_end > t0 + eps
         next_off = self._pulse_fraction(idx + 1) <= 0.05  # type: ignore[operator]
         return (frac > 0.05) & (ends_inside | next_off)
@@ -1155,14 +1149,8 @@ class Firmware:
         """Scalar twin of :meth:`_pulse_judged` for one global step (same arithmetic)."""
         if frac <= 0.05:
             return False
-        s = self.session
-        assert s is not None
-        period = 1.0 / s.pulse_frequency_hz
-        on = s.duty * period
-        eps = 1e-9 * self.dt
-        t0 = (n - s.pulse_anchor) * self.dt
-        t1 = t0 + self.dt
-        last_end = math.floor((t1 - on + eps) / period) * period + on
+        period, on, eps, t0 = self._pulse_step_geometry(n)
+        last_end = math.floor((t0 + self.dt - on + eps) / period) * period + on
         if last_end > t0 + eps:
             return True
         following = self._pulse_fraction_at(n + 1)

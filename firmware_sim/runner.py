@@ -100,8 +100,7 @@ class DeviceRunner:
         self.period_s = min(advance_s, lag_wall / 2.0) if lag_wall / 2.0 >= tick_s else advance_s
         self.lock = threading.RLock()
         self.error: BaseException | None = None
-        self._stop = threading.Event()
-        self._stopping = False  # mirrors _stop for the loop's own check (a plain read, no call)
+        self._stopping = False  # set by request_stop()/stop(): the loop ends after the current tick
         self._thread: threading.Thread | None = None
         self.ticks = 0
         self.requests_without_advance = 0  # host writes answered without simulating physics first
@@ -123,12 +122,10 @@ class DeviceRunner:
     def request_stop(self) -> None:
         """Ask the loop to end after the current tick (safe from a signal handler)."""
         self._stopping = True
-        self._stop.set()
 
     def stop(self, timeout: float = 5.0) -> None:
         """Stop the thread and wait for it; re-raises an error the loop died with."""
         self._stopping = True
-        self._stop.set()
         if self._thread is not None and self._thread is not threading.current_thread():
             self._thread.join(timeout)
         self.check()

@@ -254,7 +254,6 @@ class DeviceClient:
         self._last_sent = time.monotonic()
         self._last_received = time.monotonic()
         self._closed = threading.Event()
-        self._closing = False  # the same as _closed.is_set(), readable without a call on hot paths
         self._failure: BaseException | None = None
         self._telemetry_listeners: list[TelemetryListener] = []
         self._event_listeners: list[EventListener] = []
@@ -393,7 +392,6 @@ class DeviceClient:
         self._shutdown()
 
     def _shutdown(self) -> None:
-        self._closing = True
         self._closed.set()
         self._reader_resume.set()
         self._link.close()
@@ -422,7 +420,7 @@ class DeviceClient:
             LinkClosedError: the link is closed or failed (also raised for an earlier reader failure).
             LocalProtocolError: ``message`` cannot be encoded (out-of-range field).
         """
-        if self._failure is not None or self._closing:
+        if self._failure is not None or self._closed.is_set():
             self._raise_if_failed()
         if message.__class__ not in _REQUEST_CLASSES and (
             getattr(getattr(message, "TYPE", None), "kind", None) is not MessageKind.REQUEST
@@ -491,9 +489,9 @@ class DeviceClient:
             done = pending.done
             monotonic = time.monotonic
             read = self._link.read
-            while not done._flag:
+            while not done.is_set():
                 left = end - monotonic()
-                if left <= 0 or self._closing:
+                if left <= 0 or self._closed.is_set():
                     break
                 data = read(left)
                 self._lease_until = monotonic() + LEASE_S
@@ -508,7 +506,7 @@ class DeviceClient:
             if lead._is_owned():  # type: ignore[attr-defined]
                 others_wait = False
                 try:  # the release in a finally of its own: a signal during this bookkeeping must not keep it
-                    if pending.done._flag:
+                    if pending.done.is_set():
                         self.stats.caller_reads += 1
                     if len(self._pending) > 1:  # ours is one of them
                         waiting = list(self._pending.values())
@@ -518,7 +516,7 @@ class DeviceClient:
                 if others_wait:  # hand the lead straight back to the reader thread
                     self._lease_until = 0.0
                     self._reader_resume.set()
-        return pending.done._flag
+        return pending.done.is_set()
 
     def _request_typed(self, message: Message, reply_type: type[M], **kwargs: Any) -> M:
         reply = self.request(message, **kwargs)
@@ -585,7 +583,7 @@ class DeviceClient:
         called from any thread but the dispatcher, they have reached the listeners when it returns.
         """
         collector: list[Event] = []
-        done = threading.Event()
+        done = OneShot()  # waited for in the caller's thread: see iontodrive.oneshot
         report: list[EventsReport] = []
 
         def collect(event: Event) -> None:
@@ -753,15 +751,10 @@ class DeviceClient:
             pending = self._pending.get(seq)  # one dict lookup: atomic, no lock needed
             if pending is None:
                 return  # a late duplicate answer to a retried request
-            done = pending.done
-            if done._flag:
+            if pending.done.is_set():
                 return
             pending.reply = message
-            done._flag = True  # done.set(), inline: the reply path is this thread's hottest code
-            try:  # noqa: SIM105 -- as in OneShot.set()
-                done._lock.release()
-            except RuntimeError:  # a concurrent set() (closing) released it first
-                pass
+            pending.done.set()
             return
         try:
             self._dispatch_queue.put_nowait(message)

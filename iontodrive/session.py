@@ -252,7 +252,7 @@ class Session:
             self._record.close()
             raise
         self._removers.append(stim._register_session_closer(self._close_from_client))
-        status = self._first_status(stim)
+        status = self._first_status()
         self.session_id = status.session_id
         self._apply_status(status)
         self._record.note(
@@ -263,19 +263,22 @@ class Session:
         )
         logger.info("session %d started: %s", status.session_id, self.prescription)
 
-    @staticmethod
-    def _first_status(stim: Any) -> StatusReport:
+    def _device_still_sending(self) -> bool:
+        """Whether the device's frames keep arriving (within the watchdog time): an unanswered poll is then
+        a lost frame, not a lost link."""
+        return self._stim.last_frame_age_s < self._stim.watchdog_ms / 1000.0
+
+    def _first_status(self) -> StatusReport:
         """The status right after ``Start`` was acknowledged: the session is running from here on, so an
         unanswered poll must not abandon it. As in :meth:`_wait_step`, one that goes unanswered while the
         device's frames keep arriving is asked again (for up to the watchdog time); a link that is really
         gone raises ``LinkTimeoutError``, and the device's watchdog ramps down (S10)."""
-        watchdog_s = stim.watchdog_ms / 1000.0
-        deadline = time.monotonic() + watchdog_s
+        deadline = time.monotonic() + self._stim.watchdog_ms / 1000.0
         while True:
             try:
-                return stim.status()  # type: ignore[no-any-return]
+                return self._stim.status()
             except LinkTimeoutError:
-                if stim.last_frame_age_s >= watchdog_s or time.monotonic() > deadline:
+                if not self._device_still_sending() or time.monotonic() > deadline:
                     raise
                 logger.warning("status after Start unanswered, but the device is still sending: asking again")
 
@@ -449,8 +452,7 @@ class Session:
         try:
             status = self._stim.status()
         except LinkTimeoutError:
-            # One unanswered poll is not a lost link while the device's frames keep arriving.
-            if self._stim.last_frame_age_s < self._stim.watchdog_ms / 1000.0:
+            if self._device_still_sending():
                 logger.warning("status poll unanswered, but the device is still sending: waiting on")
                 return False
             raise

@@ -47,7 +47,6 @@ from iontodrive.protocol import (
     WaveformSet,
     decode_body,
     encode,
-    encode_fields,
 )
 from iontodrive.protocol.constants import HEADER_BYTES, MAX_BODY_BYTES
 from iontodrive.protocol.fastpath import COMPILED_BY_CLASS, FieldSpec
@@ -181,26 +180,6 @@ def _bad_values(spec: FieldSpec) -> list[Any]:
         return bad
     assert spec.minimum is not None and spec.maximum is not None
     return [spec.maximum + 1, spec.minimum - 1, -1 if spec.minimum == 0 else spec.minimum - 10, True, *common]
-
-
-@pytest.mark.parametrize("item", ALL_SPECS, ids=_id)
-def test_encode_fields_refuses_exactly_what_encode_refuses(item: tuple[type[Message], FieldSpec]) -> None:
-    """encode_fields(cls, seq, *values) is encode(cls(*values), seq): same bytes, same errors."""
-    cls, spec = item
-    good = baseline(cls)
-    names = [f.name for f in dataclasses.fields(cls)]
-    values = [getattr(good, name) for name in names]
-    assert encode_fields(cls, seq_for(cls), *values) == encode(good, seq_for(cls))
-    for bad in _bad_values(spec):
-        with pytest.raises(FieldRangeError) as expected:
-            encode(dataclasses.replace(good, **{spec.name: bad}), seq_for(cls))
-        bad_values = [bad if name == spec.name else value for name, value in zip(names, values, strict=True)]
-        with pytest.raises(FieldRangeError) as caught:
-            encode_fields(cls, seq_for(cls), *bad_values)
-        assert str(caught.value) == str(expected.value)
-        assert (caught.value.field, caught.value.value) == (spec.name, bad)
-    with pytest.raises(TypeError):
-        encode_fields(cls, seq_for(cls), *values, 0)  # one value too many
 
 
 @pytest.mark.parametrize("item", ALL_SPECS, ids=_id)

@@ -27,7 +27,6 @@ from iontodrive.protocol import (
     crc16_ccitt_false,
     decode_body,
     encode,
-    encode_fields,
 )
 from iontodrive.protocol.fastpath import (
     COMPILED,
@@ -173,15 +172,6 @@ def test_trusted_constructor_builds_what_the_dataclass_and_the_decoder_build(
     if names:
         with pytest.raises(dataclasses.FrozenInstanceError):
             setattr(built, names[0], getattr(built, names[0]))
-
-
-@pytest.mark.parametrize("cls", MESSAGE_CLASSES, ids=_id)
-@PER_TYPE
-@given(data=st.data())
-def test_encode_fields_gives_the_bytes_of_encode(cls: type[Message], data: st.DataObject) -> None:
-    seq, message = data.draw(frames_of(cls))
-    values = [getattr(message, f.name) for f in dataclasses.fields(cls)]
-    assert encode_fields(cls, seq, *values) == encode(message, seq)
 
 
 def test_flag_table_caches_only_valid_values() -> None:

@@ -489,8 +489,8 @@ def test_retried_status_is_answered_from_the_cache() -> None:
 
 
 def test_status_replies_are_the_encoded_status_in_every_kind_of_state() -> None:
-    """GetStatus is answered from the firmware's status fields without building the message: the bytes
-    must be exactly those of encoding Firmware.status(), through idle, ramp, hold, pause and a fault."""
+    """A GetStatus reply is exactly the encoding of Firmware.status(), through idle, ramp, hold, pause and
+    a fault (its fields are computed inline on the reply path)."""
     device = Device()
     host = SimHost(device)
     seen_states = set()

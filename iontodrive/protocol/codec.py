@@ -116,10 +116,7 @@ def _raise_precise_error(layout: CompiledLayout, message: Message) -> None:
 
 def _check_seq(message: Message, unsolicited: bool, seq: object) -> int:
     """Return the header sequence number for ``message`` or raise SequenceError (slow path)."""
-    return _check_seq_named(type(message).__name__, unsolicited, seq)
-
-
-def _check_seq_named(name: str, unsolicited: bool, seq: object) -> int:
+    name = type(message).__name__
     if unsolicited:
         if seq is None or (_is_int(seq) and seq == UNSOLICITED_SEQ):
             return UNSOLICITED_SEQ
@@ -155,37 +152,6 @@ def encode(message: Message, seq: int | None = None) -> bytes:
         body = layout.pack(message, seq)  # type: ignore[arg-type]
     except _PACK_ERRORS:
         _raise_precise_error(layout, message)
-        raise  # unreachable unless the fast and slow checks disagree (the test suite asserts they agree)
-    return _cobs_encode(body + _crc(body, CRC_INIT).to_bytes(2, "big")) + DELIMITER
-
-
-def encode_fields(cls: type[Message], seq: int | None, *values: Any) -> bytes:
-    """``encode(cls(*values), seq)`` without building the message: the same bytes, the same checks.
-
-    For a sender's hottest replies (a device answering ``GetStatus`` polls from its state). ``values``
-    are the fields in layout order (``dataclasses.fields(cls)``).
-
-    Raises:
-        FieldRangeError, SequenceError: exactly as :func:`encode` would for ``cls(*values)``.
-        TypeError: ``cls`` is not a protocol message, or the number of values is wrong.
-    """
-    layout = COMPILED_BY_CLASS.get(cls)
-    if layout is None:
-        raise TypeError(f"not a protocol message: {cls.__name__}")
-    if len(values) != len(layout.specs):
-        raise TypeError(f"{cls.__name__} has {len(layout.specs)} fields, got {len(values)} values")
-    if layout.unsolicited:
-        if seq is not None and not (seq.__class__ is int and seq == UNSOLICITED_SEQ):
-            seq = _check_seq_named(cls.__name__, True, seq)
-        seq = UNSOLICITED_SEQ
-    elif not (seq.__class__ is int and MIN_REQUEST_SEQ <= seq <= MAX_SEQ):  # type: ignore[operator]
-        seq = _check_seq_named(cls.__name__, False, seq)
-    try:
-        body = layout.pack_fields(seq, *values)
-    except _PACK_ERRORS:
-        name = cls.__name__
-        for spec, value in zip(layout.specs, values, strict=True):
-            _check_value(name, spec, value)
         raise  # unreachable unless the fast and slow checks disagree (the test suite asserts they agree)
     return _cobs_encode(body + _crc(body, CRC_INIT).to_bytes(2, "big")) + DELIMITER
 

@@ -71,7 +71,6 @@ class CompiledLayout:
     build: Callable[[tuple[Any, ...]], Message]  # unpacked header + payload values -> message
     getter: Callable[[Message], tuple[Any, ...]]  # message -> wire values in layout order (validating)
     pack: Callable[[Message, int], bytes]  # (message, seq) -> header + payload bytes (validating), no CRC
-    pack_fields: Callable[..., bytes]  # (seq, *field values in layout order) -> the same bytes as pack
     unsolicited: bool  # type 0xC0-0xFF: sequence number 0
 
 
@@ -262,9 +261,8 @@ def _check_lines(spec: FieldSpec, index: int, namespace: dict[str, Any]) -> list
 
 def _make_encoders(
     cls: type[Message], specs: list[FieldSpec], frame_struct: struct.Struct
-) -> tuple[Callable[[Message], tuple[Any, ...]], Callable[[Message, int], bytes], Callable[..., bytes]]:
-    """Generate ``m -> payload values``, ``(m, seq) -> header + payload bytes`` and the same from the field
-    values, ``(seq, v0, v1, ...) -> header + payload bytes``; all three validating alike.
+) -> tuple[Callable[[Message], tuple[Any, ...]], Callable[[Message, int], bytes]]:
+    """Generate ``m -> payload values`` and ``(m, seq) -> header + payload bytes``, both validating.
 
     Integer ranges are left to :mod:`struct`, which raises ``struct.error`` on overflow; every other rule
     raises :class:`InvalidFieldValue`, ``TypeError``, ``AttributeError`` or ``UnicodeError``. The codec
@@ -292,16 +290,12 @@ def _make_encoders(
             *loads,
             *checks,
             packed,
-            f"def pack_fields(seq{names}):",
-            *checks,
-            packed,
         ]
     )
     exec(source, namespace)  # generated from trusted, import-time layout data only
     return (
         typing.cast(Callable[[Message], tuple[Any, ...]], namespace["get"]),
         typing.cast(Callable[[Message, int], bytes], namespace["pack"]),
-        typing.cast(Callable[..., bytes], namespace["pack_fields"]),
     )
 
 
@@ -328,7 +322,7 @@ def compile_layout(cls: type[Message]) -> CompiledLayout:
     if payload_size != cls.LAYOUT.sizeof():
         expected = cls.LAYOUT.sizeof()
         raise TypeError(f"{cls.__name__}: derived size {payload_size} != construct size {expected}")
-    getter, pack, pack_fields = _make_encoders(cls, specs, frame_struct)
+    getter, pack = _make_encoders(cls, specs, frame_struct)
     return CompiledLayout(
         cls=cls,
         frame_struct=frame_struct,
@@ -337,7 +331,6 @@ def compile_layout(cls: type[Message]) -> CompiledLayout:
         build=_make_builder(cls, specs, offset=HEADER_VALUES),
         getter=getter,
         pack=pack,
-        pack_fields=pack_fields,
         unsolicited=cls.TYPE.kind is MessageKind.UNSOLICITED,
     )
 
