@@ -197,10 +197,12 @@ class DeviceRunner:
                         if not handed:
                             device.receive(data)  # the reply is written from in here (connect_output)
                         pieces = self._drain() if device.output_pending else ()
+                        horizon = device.idle_horizon_s()
                     for piece in pieces:
                         transport.write(piece)
-                    if wait > period:
-                        wait = period  # the request may have started something: look again soon
+                    # the request may have started something (a session, faster telemetry): look again
+                    # as soon as that needs; one that started nothing (a status poll) leaves the wait alone
+                    wait = min(wait, period if horizon <= 0 else max(period, horizon / speed))
                     # `now` is kept: it is at most this request's handling old, which only delays the
                     # physics check below by as much
                 else:

@@ -106,6 +106,7 @@ DEFAULT_WATCHDOG_MS = 2000
 FETCH_BATCH = 32
 LEASE_S = 0.01  # the reader thread stays parked this long after a requesting thread last read the link
 _FLUSH = b"\x00"  # a lone delimiter makes the device drop any partial frame
+_GET_STATUS = GetStatus()  # messages are immutable: the most frequent request is made once
 
 M = TypeVar("M", bound=Message)
 
@@ -126,16 +127,11 @@ class _DispatchMark:
 _Dispatched = Message | BaseException | _DispatchMark | None  # None stops the dispatcher
 
 
-class _Pending:
-    """One request waiting for its reply."""
+class _Pending(OneShot):
+    """One request waiting for its reply: set once :attr:`reply` is in, or once the client failed or closed
+    (then :attr:`reply` stays None)."""
 
-    __slots__ = ("done", "reply", "request", "seq")
-
-    def __init__(self, seq: int, request: Message) -> None:
-        self.seq = seq
-        self.request = request
-        self.done = OneShot()
-        self.reply: Message | None = None
+    reply: Message | None = None  # a class default, so that making one runs no __init__ of its own
 
 
 @dataclass
@@ -246,8 +242,8 @@ class DeviceClient:
         self.stats = LinkStatistics()
         self._trace = FrameTrace(trace_path)
         self._decoder = Decoder()
-        self._seq = SequenceCounter(random.randint(1, 0xFFFF))  # a new host never reuses a recent seq
-        self._seq_lock = threading.Lock()
+        # a new host never reuses a recent seq; shared by all threads without a lock (see SequenceCounter)
+        self._seq = SequenceCounter(random.randint(1, 0xFFFF))
         # seq -> request awaiting its reply. Single dict operations only (atomic under the GIL); code that
         # walks it takes a snapshot first (``list(d.values())`` is one operation too).
         self._pending: dict[int, _Pending] = {}
@@ -400,7 +396,7 @@ class DeviceClient:
             if thread.is_alive() and thread is not threading.current_thread():
                 thread.join(timeout=2.0)
         for pending in list(self._pending.values()):
-            pending.done.set()
+            pending.set()
         with self._listener_lock:
             subscriptions = list(self._subscriptions)
         for sub in subscriptions:
@@ -428,21 +424,21 @@ class DeviceClient:
             raise LocalProtocolError(f"{type(message).__name__} is not a request")
         deadline = self.timeout_s if timeout_s is None else timeout_s
         attempts = 1 + (self.retries if retries is None else retries)
-        with self._seq_lock:
-            seq = self._seq.next()
+        seq = self._seq.next()
         try:
             frame = encode(message, seq)
         except EncodeError as exc:
             raise LocalProtocolError(str(exc)) from exc
-        pending = _Pending(seq, message)
+        tracing = self._trace.active  # asked once per request: a logging level lookup is not free
+        pending = _Pending()
         try:
             self._pending[seq] = pending
             for attempt in range(attempts):
                 if attempt:
                     self.stats.retries += 1
                     logger.debug("retry %d of %s seq %d", attempt, type(message).__name__, seq)
-                self._send(seq, message, frame)
-                if self._await_reply(pending, deadline):
+                self._send(seq, message, frame, tracing)
+                if self._await_reply(pending, deadline, tracing):
                     break
                 if self._closed.is_set():
                     break
@@ -461,14 +457,14 @@ class DeviceClient:
             )
         return reply
 
-    def _await_reply(self, pending: _Pending, timeout_s: float) -> bool:
+    def _await_reply(self, pending: _Pending, timeout_s: float, tracing: bool) -> bool:
         """Wait up to ``timeout_s`` for ``pending``'s reply, reading the link ourselves when we can take
         the lead (see "Who reads the link" in the module docstring). True once the reply (or a failure)
         is in."""
         if not self._caller_reads:
-            return pending.done.wait(timeout_s)
-        now = time.monotonic()
-        end = now + timeout_s
+            return pending.wait(timeout_s)
+        monotonic = time.monotonic
+        now = monotonic()
         another_caller_reads = self._lease_until > now
         self._lease_until = now + LEASE_S
         lead = self._lead
@@ -482,21 +478,24 @@ class DeviceClient:
         try:
             if not lead.acquire(blocking=False):
                 if another_caller_reads:  # it reads (and completes) our reply too
-                    return pending.done.wait(timeout_s)
+                    return pending.wait(timeout_s)
                 self._link.interrupt()  # the reader thread holds the lead: wake it from its wait
                 if not lead.acquire(timeout=timeout_s):
-                    return pending.done.is_set()
-            done = pending.done
-            monotonic = time.monotonic
+                    return pending.is_set()
+            end = now + timeout_s
+            left = timeout_s
             read = self._link.read
-            while not done.is_set():
-                left = end - monotonic()
-                if left <= 0 or self._closed.is_set():
-                    break
+            while not pending.is_set():  # (the reader thread may have completed it before we took the lead)
                 data = read(left)
-                self._lease_until = monotonic() + LEASE_S
                 if data:
-                    self._process(data)
+                    self._process(data, tracing)
+                    if pending.is_set():
+                        break
+                elif self._closed.is_set():
+                    break
+                left = end - monotonic()
+                if left <= 0:
+                    break
         except LinkClosedError as exc:
             if not self._closed.is_set():
                 self._fail(exc)
@@ -506,17 +505,18 @@ class DeviceClient:
             if lead._is_owned():  # type: ignore[attr-defined]
                 others_wait = False
                 try:  # the release in a finally of its own: a signal during this bookkeeping must not keep it
-                    if pending.done.is_set():
+                    self._lease_until = monotonic() + LEASE_S  # the reader thread stays parked after our read
+                    if pending.is_set():
                         self.stats.caller_reads += 1
                     if len(self._pending) > 1:  # ours is one of them
                         waiting = list(self._pending.values())
-                        others_wait = any(not p.done.is_set() for p in waiting if p is not pending)
+                        others_wait = any(not p.is_set() for p in waiting if p is not pending)
                 finally:
                     lead.release()
                 if others_wait:  # hand the lead straight back to the reader thread
                     self._lease_until = 0.0
                     self._reader_resume.set()
-        return pending.done.is_set()
+        return pending.is_set()
 
     def _request_typed(self, message: Message, reply_type: type[M], **kwargs: Any) -> M:
         reply = self.request(message, **kwargs)
@@ -525,16 +525,17 @@ class DeviceClient:
             raise RemoteProtocolError(f"{type(message).__name__} answered with {got}, expected {want}")
         return reply
 
-    def _send(self, seq: int, message: Message, frame: bytes) -> None:
-        self.stats.requests += 1
-        if self._trace.active:
-            self._trace.sent(seq, message, frame)
-        self._last_sent = time.monotonic()
+    def _send(self, seq: int, message: Message, frame: bytes, tracing: bool) -> None:
         try:
             self._link.write(frame)
         except LinkClosedError as exc:
             self._fail(exc)
             raise
+        # the bookkeeping after the write: the device is already at work on the request meanwhile
+        self._last_sent = time.monotonic()
+        self.stats.requests += 1
+        if tracing:
+            self._trace.sent(seq, message, frame)
 
     def identify(self) -> IdentityReport:
         """Identity and hard limits (S12)."""
@@ -542,7 +543,7 @@ class DeviceClient:
 
     def status(self) -> StatusReport:
         """A snapshot of the device's state, output and session."""
-        reply = self.request(GetStatus())
+        reply = self.request(_GET_STATUS)
         if reply.__class__ is not StatusReport:
             got = type(reply).__name__
             raise RemoteProtocolError(f"GetStatus answered with {got}, expected StatusReport")
@@ -680,7 +681,7 @@ class DeviceClient:
             with contextlib.suppress(queue.Full):
                 self._dispatch_queue.put_nowait(exc)
         for pending in list(self._pending.values()):
-            pending.done.set()
+            pending.set()
 
     def _raise_if_failed(self) -> None:
         if self._failure is not None:
@@ -718,7 +719,7 @@ class DeviceClient:
             try:
                 data = link.read()
                 if data:
-                    self._process(data)
+                    self._process(data, self._trace.active)
             except LinkClosedError as exc:
                 if not self._closed.is_set():
                     self._fail(exc)
@@ -730,13 +731,12 @@ class DeviceClient:
                 if caller_reads:
                     lead.release()
 
-    def _process(self, data: bytes) -> None:
-        """Decode ``data`` and act on every frame in it; called only by the thread holding the lead."""
-        trace = self._trace
-        tracing = trace.active
+    def _process(self, data: bytes, tracing: bool) -> None:
+        """Decode ``data`` and act on every frame in it (and trace it, if ``tracing``); called only by the
+        thread holding the lead."""
         for item in self._decoder.feed(data):
             if tracing:
-                trace.received(item)
+                self._trace.received(item)
             if item.__class__ is not Frame:
                 self.stats.decode_errors += 1
                 logger.debug("dropped bad frame: %s %s", item.kind.value, item.detail)  # type: ignore[union-attr]
@@ -751,10 +751,10 @@ class DeviceClient:
             pending = self._pending.get(seq)  # one dict lookup: atomic, no lock needed
             if pending is None:
                 return  # a late duplicate answer to a retried request
-            if pending.done.is_set():
+            if pending.is_set():
                 return
             pending.reply = message
-            pending.done.set()
+            pending.set()
             return
         try:
             self._dispatch_queue.put_nowait(message)

@@ -42,3 +42,32 @@ def test_an_interrupt_anywhere_in_wait_leaves_it_usable_and_set_never_blocks() -
         started = time.monotonic()
         assert flag.wait(2.0) is True, f"line {line}"
         assert time.monotonic() - started < 0.5, f"a later wait was slow (interrupt at line {line})"
+
+
+def test_one_set_wakes_every_thread_waiting_at_once() -> None:
+    """The lock a waiter sleeps on is made by the first wait(): waiters arriving together must share it."""
+
+    def wait_on(flag: OneShot, woke: list[bool]) -> None:
+        woke.append(flag.wait(5.0))
+
+    for _ in range(20):
+        flag = OneShot()
+        woke: list[bool] = []
+        waiters = [threading.Thread(target=wait_on, args=(flag, woke)) for _ in range(4)]
+        for waiter in waiters:
+            waiter.start()
+        time.sleep(0.005)
+        started = time.monotonic()
+        flag.set()
+        for waiter in waiters:
+            waiter.join(5.0)
+        assert woke == [True] * 4
+        assert time.monotonic() - started < 1.0
+
+
+def test_a_flag_set_before_anyone_waits_is_never_waited_for() -> None:
+    flag = OneShot()
+    flag.set()
+    started = time.monotonic()
+    assert flag.wait(5.0) is True and flag.is_set()
+    assert time.monotonic() - started < 0.5

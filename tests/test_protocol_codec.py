@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import threading
 from enum import IntEnum
 from typing import Any
 
@@ -363,6 +364,23 @@ def test_sequence_counter_runs_1_to_65535_and_wraps_to_1() -> None:
     for start in (0, 65536, -1):
         with pytest.raises(ValueError):
             SequenceCounter(start)
+
+
+def test_sequence_counter_shared_by_threads_never_hands_out_a_number_twice() -> None:
+    counter = SequenceCounter(60_000)
+    taken: list[list[int]] = [[] for _ in range(4)]
+
+    def take(into: list[int]) -> None:
+        for _ in range(10_000):
+            into.append(counter.next())
+
+    threads = [threading.Thread(target=take, args=(into,)) for into in taken]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    numbers = [n for into in taken for n in into]
+    assert sorted(numbers) == sorted([*range(60_000, 65_536), *range(1, 40_000 - 5_536 + 1)])
 
 
 def test_reply_cache_keys_on_sequence_number_and_identical_request() -> None:

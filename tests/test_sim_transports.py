@@ -244,6 +244,43 @@ def test_runner_sleeps_when_nothing_is_scheduled() -> None:
     assert session >= 0.4  # time still passed for the device
 
 
+def test_status_polls_at_idle_leave_the_loop_asleep_and_still_find_the_physics_fresh() -> None:
+    """A request that starts nothing (a status poll) does not make the loop tick every physics period: the
+    physics is brought up to date by the requests themselves, at most every ``request_lag_s``."""
+    device = Device("clinic-4", telemetry_hz=0, seed=1)
+    transport = MemoryTransport()
+    decoder = Decoder()
+    advances = 0
+    advance = device.advance
+
+    def counted_advance(session_dt_s: float, link_dt_s: float | None = None) -> None:
+        nonlocal advances
+        advances += 1
+        advance(session_dt_s, link_dt_s)
+
+    device.advance = counted_advance  # type: ignore[method-assign]
+    device_ms: list[int] = []
+    with DeviceRunner(device, transport, idle_s=0.05) as runner:
+        lag_s = runner.request_lag_s
+        started = time.monotonic()
+        seq = 0
+        while time.monotonic() - started < 0.5:  # status polls back to back, each waiting for its reply
+            seq += 1
+            transport.to_device.write(encode(GetStatus(), seq))
+            while not (replies := [i for i in decoder.feed(transport.to_host.read(None, 1.0))
+                                   if isinstance(i, Frame) and i.seq == seq]):  # fmt: skip
+                pass
+            device_ms.append(replies[0].message.device_time_ms)  # type: ignore[attr-defined]
+        elapsed = time.monotonic() - started
+        period_s = runner.period_s
+    assert seq > 100 and period_s < lag_s  # the loop would tick every period_s if polls woke it
+    # at most one catch-up per request_lag_s, plus a wake-up per idle_s: not one per period_s
+    assert advances <= elapsed / lag_s + elapsed / 0.05 + 5, (advances, elapsed)
+    # and every reply saw the device time move on with the wall clock, never more than the lag behind
+    assert device_ms == sorted(device_ms)
+    assert device_ms[-1] / 1000.0 >= elapsed - lag_s - 0.05
+
+
 def test_telemetry_reply_reaches_host_promptly_at_5000_hz() -> None:
     device = Device("clinic-4", telemetry_hz=5000, seed=1)
     transport = MemoryTransport()

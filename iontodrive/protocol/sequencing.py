@@ -9,24 +9,29 @@
 
 from __future__ import annotations
 
+import itertools
+
 from .constants import MAX_SEQ, MIN_REQUEST_SEQ
 from .messages import Message
 
 
 class SequenceCounter:
-    """Hands out request sequence numbers 1..65535, wrapping to 1. Not thread-safe on its own."""
+    """Hands out request sequence numbers 1..65535, wrapping to 1.
 
-    __slots__ = ("_next",)
+    Safe to share between threads without a lock: each number is one step of an :func:`itertools.count`,
+    which the interpreter takes as a single operation (as it does a dict's ``get``/``pop``), so two threads
+    never get the same number from one pass.
+    """
+
+    __slots__ = ("_steps",)
 
     def __init__(self, start: int = MIN_REQUEST_SEQ) -> None:
         if not MIN_REQUEST_SEQ <= start <= MAX_SEQ:
             raise ValueError(f"start = {start!r} is out of range: must be in [1, 65535]")
-        self._next = start
+        self._steps = itertools.count(start - MIN_REQUEST_SEQ)
 
     def next(self) -> int:
-        seq = self._next
-        self._next = MIN_REQUEST_SEQ if seq == MAX_SEQ else seq + 1
-        return seq
+        return next(self._steps) % MAX_SEQ + MIN_REQUEST_SEQ
 
 
 class ReplyCache:
