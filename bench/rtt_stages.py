@@ -164,9 +164,9 @@ def measure(n: int, warmup: int, sim_args: list[str], caller_reads: bool = True)
             def __getattr__(self, name: str) -> Any:  # register, unregister
                 return getattr(self._inner, name)
 
-        def send(self: object, seq: int, message: object, frame: bytes, tracing: bool) -> None:
+        def send(self: object, seq: int, message: object, frame: bytes) -> None:
             state["seq"] = seq
-            original_send(self, seq, message, frame, tracing)  # type: ignore[arg-type]
+            original_send(self, seq, message, frame)  # type: ignore[arg-type]
 
         def link_write(self: object, data: bytes) -> None:
             cur[1] = clock()
@@ -178,8 +178,8 @@ def measure(n: int, warmup: int, sim_args: list[str], caller_reads: bool = True)
             if frame[0] == state["seq"]:
                 cur[4] = clock()  # the reply is matched and its waiter released
 
-        def await_reply(self: object, pending: object, timeout_s: float, tracing: bool) -> bool:
-            result = original_await(self, pending, timeout_s, tracing)  # type: ignore[arg-type]
+        def await_reply(self: object, pending: object, timeout_s: float) -> bool:
+            result = original_await(self, pending, timeout_s)  # type: ignore[arg-type]
             cur[5] = clock()
             return result
 

@@ -429,7 +429,6 @@ class DeviceClient:
             frame = encode(message, seq)
         except EncodeError as exc:
             raise LocalProtocolError(str(exc)) from exc
-        tracing = self._trace.active  # asked once per request: a logging level lookup is not free
         pending = _Pending()
         try:
             self._pending[seq] = pending
@@ -437,8 +436,8 @@ class DeviceClient:
                 if attempt:
                     self.stats.retries += 1
                     logger.debug("retry %d of %s seq %d", attempt, type(message).__name__, seq)
-                self._send(seq, message, frame, tracing)
-                if self._await_reply(pending, deadline, tracing):
+                self._send(seq, message, frame)
+                if self._await_reply(pending, deadline):
                     break
                 if self._closed.is_set():
                     break
@@ -457,7 +456,7 @@ class DeviceClient:
             )
         return reply
 
-    def _await_reply(self, pending: _Pending, timeout_s: float, tracing: bool) -> bool:
+    def _await_reply(self, pending: _Pending, timeout_s: float) -> bool:
         """Wait up to ``timeout_s`` for ``pending``'s reply, reading the link ourselves when we can take
         the lead (see "Who reads the link" in the module docstring). True once the reply (or a failure)
         is in."""
@@ -485,6 +484,7 @@ class DeviceClient:
             end = now + timeout_s
             left = timeout_s
             read = self._link.read
+            tracing = self._trace.active  # asked here, while the device works, not when the reply is in
             while not pending.is_set():  # (the reader thread may have completed it before we took the lead)
                 data = read(left)
                 if data:
@@ -525,7 +525,7 @@ class DeviceClient:
             raise RemoteProtocolError(f"{type(message).__name__} answered with {got}, expected {want}")
         return reply
 
-    def _send(self, seq: int, message: Message, frame: bytes, tracing: bool) -> None:
+    def _send(self, seq: int, message: Message, frame: bytes) -> None:
         try:
             self._link.write(frame)
         except LinkClosedError as exc:
@@ -534,7 +534,7 @@ class DeviceClient:
         # the bookkeeping after the write: the device is already at work on the request meanwhile
         self._last_sent = time.monotonic()
         self.stats.requests += 1
-        if tracing:
+        if self._trace.active:
             self._trace.sent(seq, message, frame)
 
     def identify(self) -> IdentityReport:
