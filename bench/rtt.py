@@ -131,7 +131,10 @@ def main(argv: list[str] | None = None) -> int:
             sync_stats = LatencyStats.from_ns(sync.measure(args.requests))
             print(sync_stats.line(sync.label) + "   (after the rounds)")
         link = ours.stim.stats
-        print(f"iontodrive link: requests {link.requests}, retries {link.retries}, timeouts {link.timeouts}")
+        print(
+            f"iontodrive link: requests {link.requests}, retries {link.retries}, timeouts {link.timeouts},"
+            f" replies read by the calling thread {link.caller_reads}"
+        )
     finally:
         for case in reversed(cases):
             case.close()
