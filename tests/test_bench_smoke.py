@@ -124,3 +124,25 @@ def test_telemetry_quick_counts_samples_and_reports_verdicts() -> None:
     for name in ("lost", "cpu", "rate"):
         assert re.search(rf"^{name} = .* (PASS|FAIL)$", out, re.MULTILINE), f"no {name} verdict in:\n{out}"
     assert re.search(r"^telemetry: (PASS|FAIL)$", out, re.MULTILINE), out
+
+
+def test_driver_overhead_reports_both_cases_and_their_difference() -> None:
+    proc = subprocess.run(
+        [sys.executable, str(BENCH / "driver_overhead.py"), "--number", "200", "--repeat", "2"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=90.0,
+    )
+    assert proc.returncode == 0, f"exited {proc.returncode}\n{proc.stdout}\n{proc.stderr}"
+    figures = {
+        name: float(m[1])
+        for name in ("floor (write, read, decode)", "DeviceClient.status()", "the driver's own work")
+        if (m := re.search(re.escape(name) + rf"\s+{FLOAT} us per call", proc.stdout))
+    }
+    assert len(figures) == 3, proc.stdout
+    floor, status = figures["floor (write, read, decode)"], figures["DeviceClient.status()"]
+    assert floor > 0 and status > 0
+    assert abs(figures["the driver's own work"] - (status - floor)) <= 0.011
+    ratio = re.search(rf"ratio status\(\)/floor = {FLOAT}", proc.stdout)
+    assert ratio and abs(float(ratio[1]) - status / floor) <= 0.01 + 0.01 * status / floor
