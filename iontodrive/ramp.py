@@ -211,7 +211,9 @@ def plan_ramp(
             reason=f"a {duration:g} s ramp at {rate:g} Hz would need {steps + 1} points",
         )
     times = np.linspace(0.0, duration, steps + 1)
-    setpoints = start + (target - start) * profile_fraction(shape, times / duration)
+    # A difference so small (a few 1e-324 µA) that its shortest ramp underflows to 0 s is one step.
+    fractions = profile_fraction(shape, times / duration) if duration > 0 else np.ones_like(times)
+    setpoints = start + (target - start) * fractions
     setpoints[0] = start
     setpoints[-1] = target
     return RampPlan(

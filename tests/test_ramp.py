@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import math
+import warnings
 
 import numpy as np
 import pytest
@@ -146,6 +147,18 @@ def test_zero_length_ramp_when_already_at_target() -> None:
     assert plan.duration_s == 0.0
     assert plan.setpoints_ua.tolist() == [1234.5]
     assert plan.charge_uas == 0.0
+
+
+def test_a_difference_whose_shortest_ramp_underflows_is_one_step_without_nan() -> None:
+    # 5e-324 µA at 1e10 µA/s: the shortest ramp is 0.0 s in floating point. The plan divided 0 by 0 (the
+    # "invalid value encountered in divide" warning some test runs showed), and only overwriting both end
+    # points hid the NaN set-points.
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        plan = plan_ramp(0.0, 5e-324, 0.0, slew_limit_ua_per_s=1e10)
+    assert plan.duration_s == 0.0
+    assert list(plan.setpoints_ua) == [0.0, 5e-324]
+    assert not np.isnan(plan.setpoints_ua).any()
 
 
 def test_plan_arrays_are_read_only() -> None:
