@@ -481,20 +481,17 @@ class DeviceClient:
                 self._link.interrupt()  # the reader thread holds the lead: wake it from its wait
                 if not lead.acquire(timeout=timeout_s):
                     return pending.is_set()
-            end = now + timeout_s
-            left = timeout_s
+            end = now + timeout_s  # the request's deadline: time spent waiting for the lead counts too
             read = self._link.read
             tracing = self._trace.active  # asked here, while the device works, not when the reply is in
             while not pending.is_set():  # (the reader thread may have completed it before we took the lead)
+                left = end - monotonic()
+                if left <= 0:
+                    break
                 data = read(left)
                 if data:
                     self._process(data, tracing)
-                    if pending.is_set():
-                        break
                 elif self._closed.is_set():
-                    break
-                left = end - monotonic()
-                if left <= 0:
                     break
         except LinkClosedError as exc:
             if not self._closed.is_set():

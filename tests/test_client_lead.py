@@ -20,7 +20,8 @@ from firmware_sim import Device
 from firmware_sim.bridge_pty import PtyTransport
 from firmware_sim.runner import DeviceRunner
 from iontodrive import Stimulator
-from iontodrive.errors import LinkClosedError
+from iontodrive import client as client_module
+from iontodrive.errors import LinkClosedError, LinkTimeoutError
 from iontodrive.protocol import DeviceState, GetStatus, StatusReport, Telemetry
 
 pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="needs POSIX pseudo-terminals")
@@ -154,6 +155,30 @@ def test_a_link_that_dies_while_a_caller_reads_raises_within_the_deadline(pty_de
             stim.status()  # the failure sticks, in any thread
     finally:
         stim.close()
+
+
+def test_time_spent_waiting_for_the_lead_counts_against_the_deadline(
+    pty_device: PtyDevice, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A request that has to wait for the reader thread to hand over the lead has that much less time left
+    for its reply: the deadline is the request's, not the read's."""
+    stim = Stimulator.open(
+        pty_device.path, telemetry_hz=0, watchdog_ms=None, timeout_s=0.5, retries=0, read_timeout_s=0.4
+    )
+    try:
+        pty_device.runner.stop()  # the device stops answering
+        time.sleep(0.05)  # the lease has run out: the reader thread holds the lead, reading
+        # the reader thread is woken 0.3 s late, and then stays out of the way
+        wake = stim.link.interrupt
+        monkeypatch.setattr(stim.link, "interrupt", lambda: threading.Timer(0.3, wake).start())
+        monkeypatch.setattr(client_module, "LEASE_S", 1.0)
+        started = time.monotonic()
+        with pytest.raises(LinkTimeoutError):
+            stim.status()
+        elapsed = time.monotonic() - started
+    finally:
+        stim.close()
+    assert elapsed < 0.5 + 0.15, f"{elapsed:.3f} s for a 0.5 s deadline"
 
 
 def test_closing_the_client_releases_a_caller_waiting_with_the_lead(pty_device: PtyDevice) -> None:
