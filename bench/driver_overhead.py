@@ -37,10 +37,10 @@ class AnsweringLink:
     url = "answering://"
     interruptible = True  # so that the calling thread reads its own reply, as on a pty
 
-    def __init__(self, device: Device) -> None:
+    def __init__(self, device: Device, answers: dict[tuple[int, type], bytes]) -> None:
         self._device = device
         self._decoder = Decoder()
-        self._answers: dict[tuple[int, type], bytes] = {}
+        self._answers = answers  # (seq, request type) -> encoded reply; shared by the links of one run
         self._queue: list[bytes] = []
 
     def write(self, data: bytes) -> None:
@@ -53,10 +53,14 @@ class AnsweringLink:
             self._queue.append(answer)
 
     def read(self, timeout_s: float | None = None) -> bytes:
-        if self._queue:
+        try:
             return self._queue.pop(0)
-        time.sleep(0.001)  # never reached while measuring: every request is answered at once
-        return b""
+        except IndexError:
+            # Nothing was asked. The client's reader thread reads here between requests (never while a
+            # caller is timed: requesting back to back keeps it parked); like a real link, wait a little
+            # for nothing rather than spin.
+            time.sleep(min(timeout_s, 0.01) if timeout_s else 0.01)
+            return b""
 
     def interrupt(self) -> None:
         pass
@@ -77,8 +81,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.number < 1 or args.repeat < 1:
         parser.error("--number and --repeat must be >= 1")
     device = Device("clinic-4", telemetry_hz=0)
-    link = AnsweringLink(device)
-    client = DeviceClient(link, watchdog_ms=None)  # type: ignore[arg-type]
+    answers: dict[tuple[int, type], bytes] = {}
+    client = DeviceClient(AnsweringLink(device, answers), watchdog_ms=None)  # type: ignore[arg-type]
+    link = AnsweringLink(device, answers)  # the floor's own: the client's reader thread never reads it
     try:
         for _ in range(MAX_SEQ + 10):  # every sequence number once: the table is full, the code warm
             client.status()

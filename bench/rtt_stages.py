@@ -60,6 +60,25 @@ STAGES = [
 ]
 
 
+class TimedPoll:
+    """A ``select.poll`` object that notes in :attr:`woke` when ``poll()`` last returned -- with ``fd``
+    ready, if given: the moment the thread polling it woke up (``perf_counter_ns``)."""
+
+    def __init__(self, inner: Any, fd: int | None = None) -> None:
+        self._inner = inner
+        self._fd = fd
+        self.woke = 0
+
+    def poll(self, timeout: float) -> list[tuple[int, int]]:
+        events = self._inner.poll(timeout)
+        if self._fd is None or any(fd == self._fd for fd, _ in events):
+            self.woke = time.perf_counter_ns()
+        return events  # type: ignore[no-any-return]
+
+    def __getattr__(self, name: str) -> Any:  # register, modify, unregister
+        return getattr(self._inner, name)
+
+
 # ------------------------------------------------------------------------------- simulator side
 
 
@@ -78,24 +97,9 @@ def run_instrumented_simulator(out_path: str, sim_argv: list[str]) -> int:
     original_write = PtyTransport.write
     original_on_frame = Device._on_frame
 
-    class TimedPoll:
-        """The transport's poll object, noting when each poll() returns (the simulator's wake-up)."""
-
-        def __init__(self, inner: Any) -> None:
-            self._inner = inner
-            self.woke = 0
-
-        def poll(self, timeout: float) -> list[tuple[int, int]]:
-            events = self._inner.poll(timeout)
-            self.woke = clock()
-            return events  # type: ignore[no-any-return]
-
-        def __getattr__(self, name: str) -> Any:  # register, modify, unregister
-            return getattr(self._inner, name)
-
     def init(self: PtyTransport, *args: Any, **kwargs: Any) -> None:
         original_init(self, *args, **kwargs)
-        self._poll = TimedPoll(self._poll)  # type: ignore[assignment]
+        self._poll = TimedPoll(self._poll)  # type: ignore[assignment]  (any return is the wake-up)
 
     def read(self: PtyTransport, timeout: float) -> bytes:
         data = original_read(self, timeout)
@@ -148,22 +152,6 @@ def measure(n: int, warmup: int, sim_args: list[str], caller_reads: bool = True)
         original_await = client_mod.DeviceClient._await_reply
         original_write = link_mod.SerialLink.write
 
-        class TimedPoller:
-            """The link's poller, noting when a poll() returns with the port readable (the wake-up)."""
-
-            def __init__(self, inner: Any, port_fd: int) -> None:
-                self._inner = inner
-                self._port_fd = port_fd
-
-            def poll(self, timeout: float) -> list[tuple[int, int]]:
-                events = self._inner.poll(timeout)
-                if any(fd == self._port_fd for fd, _ in events):
-                    cur[3] = clock()
-                return events  # type: ignore[no-any-return]
-
-            def __getattr__(self, name: str) -> Any:  # register, unregister
-                return getattr(self._inner, name)
-
         def send(self: object, seq: int, message: object, frame: bytes) -> None:
             state["seq"] = seq
             original_send(self, seq, message, frame)  # type: ignore[arg-type]
@@ -191,13 +179,13 @@ def measure(n: int, warmup: int, sim_args: list[str], caller_reads: bool = True)
         try:
             with Stimulator.open(sim.port, telemetry_hz=0, caller_reads=caller_reads) as stim:
                 link = stim.link
-                link._poller = TimedPoller(link._poller, link.port.fd)  # type: ignore[attr-defined]
+                poller = link._poller = TimedPoll(link._poller, link.port.fd)  # type: ignore[attr-defined]
                 for i in range(warmup + n):
                     t0 = clock()
                     stim.status()
                     end = clock()
                     if i >= warmup:
-                        client_side[state["seq"]] = [t0, cur[1], cur[2], cur[3], cur[4], cur[5], end]
+                        client_side[state["seq"]] = [t0, cur[1], cur[2], poller.woke, cur[4], cur[5], end]
                         totals.append(end - t0)
         finally:
             sim.stop()

@@ -468,22 +468,14 @@ class Firmware:
         return [self.status()]
 
     def status(self) -> StatusReport:
-        # On every GetStatus: the properties it needs (setpoint, flags, device time, charge) inlined.
         s = self.session
-        state = self.state
-        n = self.n
-        dt = self.dt
-        sp = self.ramp.value_at(n - 1, dt)
-        flags = self.flags
-        if state in SESSION_STATES:
-            flags |= StatusFlags.SESSION_ACTIVE
-            if s is not None and s.dose_based:
-                flags |= StatusFlags.DOSE_BASED
-        if not (sp == 0.0 and self.ramp_done_at is None and state in QUIET_STATES):
+        sp = self.setpoint
+        flags = self._flags_now()
+        if not (sp == 0.0 and self.ramp_done_at is None and self.state in QUIET_STATES):
             flags |= StatusFlags.OUTPUT_ON
         return _new_status(  # type: ignore[no-any-return]
-            round((n - self.boot_n) * dt * 1000.0) & 0xFFFF_FFFF,  # device_time_ms
-            state,
+            self.device_time_ms,
+            self.state,
             flags,
             self.polarity,
             s.target_ua if s is not None else 0,  # target_current_ua
@@ -491,9 +483,9 @@ class Firmware:
             int(self.last_i_meas),
             int(self.last_v_meas),
             int(self.last_impedance),
-            min(int(self.charge_sum * dt), 0xFFFF_FFFF),  # delivered_uas
+            min(int(self.charge), 0xFFFF_FFFF),
             s.dose_uas if s is not None else 0,  # target_charge_uas
-            self._remaining_ms() if s is not None else 0,
+            self._remaining_ms(),
             self.session_id & 0xFFFF,
             (self.next_event_no - 1) & 0xFFFF_FFFF,  # last_event_no
             self.watchdog_ms,

@@ -160,6 +160,13 @@ class DeviceRunner:
             pieces.append(device.read_output())
         return pieces
 
+    def _wait_s(self, horizon_s: float) -> float:
+        """Wall seconds the loop may sleep after the physics, given the device's idle horizon (session s):
+        a physics period while anything is under way, else until the horizon, within [period, idle_s]."""
+        if horizon_s <= 0:
+            return self.period_s
+        return min(self.idle_s, max(self.period_s, horizon_s / self.speed))
+
     def _run(self) -> None:
         device = self.device
         transport = self.transport
@@ -167,11 +174,10 @@ class DeviceRunner:
         monotonic = time.monotonic
         origin = self.clock.origin_s  # link time = monotonic() - origin (WallClock.link, without the call)
         speed = self.speed
-        period = self.period_s
         request_lag = self.request_lag_s
         late_after = 2.0 * self.advance_s + self.tick_s
         last_phys = last_link = monotonic() - origin  # link times up to which physics / link were simulated
-        wait = period
+        wait = self.period_s
         with lock:
             device.connect_output(transport.write)  # replies leave as soon as they are encoded
         try:
@@ -202,7 +208,7 @@ class DeviceRunner:
                         transport.write(piece)
                     # the request may have started something (a session, faster telemetry): look again
                     # as soon as that needs; one that started nothing (a status poll) leaves the wait alone
-                    wait = min(wait, period if horizon <= 0 else max(period, horizon / speed))
+                    wait = min(wait, self._wait_s(horizon))
                     # `now` is kept: it is at most this request's handling old, which only delays the
                     # physics check below by as much
                 else:
@@ -216,7 +222,7 @@ class DeviceRunner:
                         pieces = self._drain()
                     for piece in pieces:
                         transport.write(piece)
-                    wait = period if horizon <= 0 else min(self.idle_s, max(period, horizon / speed))
+                    wait = self._wait_s(horizon)
                 self.ticks += 1
         except BaseException as exc:  # delivered to the caller through stop()/check()
             log.exception("simulator loop failed")

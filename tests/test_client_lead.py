@@ -157,6 +157,15 @@ def test_a_link_that_dies_while_a_caller_reads_raises_within_the_deadline(pty_de
         stim.close()
 
 
+def wait_until_the_reader_thread_reads(stim: Stimulator) -> None:
+    """Wait (up to 5 s) until another thread -- the reader thread, no request being made -- holds the lead."""
+    deadline = time.monotonic() + 5.0
+    while stim._lead.acquire(blocking=False):
+        stim._lead.release()
+        assert time.monotonic() < deadline, "the reader thread never took the lead"
+        time.sleep(0.001)
+
+
 def test_time_spent_waiting_for_the_lead_counts_against_the_deadline(
     pty_device: PtyDevice, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -167,7 +176,7 @@ def test_time_spent_waiting_for_the_lead_counts_against_the_deadline(
     )
     try:
         pty_device.runner.stop()  # the device stops answering
-        time.sleep(0.05)  # the lease has run out: the reader thread holds the lead, reading
+        wait_until_the_reader_thread_reads(stim)  # the lease has run out: it holds the lead, reading
         # the reader thread is woken 0.3 s late, and then stays out of the way
         wake = stim.link.interrupt
         monkeypatch.setattr(stim.link, "interrupt", lambda: threading.Timer(0.3, wake).start())

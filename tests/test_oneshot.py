@@ -4,6 +4,7 @@ SIGTERM strike. An interrupt anywhere inside ``wait()`` must leave it usable, an
 
 from __future__ import annotations
 
+import inspect
 import sys
 import threading
 import time
@@ -44,6 +45,27 @@ def test_an_interrupt_anywhere_in_wait_leaves_it_usable_and_set_never_blocks() -
         assert time.monotonic() - started < 0.5, f"a later wait was slow (interrupt at line {line})"
 
 
+def wait_until_blocked_in_wait(threads: list[threading.Thread]) -> None:
+    """Wait (up to 5 s) until every one of ``threads`` is blocked on the flag's lock inside ``wait()``."""
+    code = OneShot.wait.__code__
+    source = inspect.getsource(OneShot.wait).splitlines()
+    acquire_line = code.co_firstlineno + next(
+        i for i, text in enumerate(source) if "lock.acquire(timeout" in text
+    )
+    deadline = time.monotonic() + 5.0
+    while True:
+        frames = sys._current_frames()
+        if all(
+            (frame := frames.get(thread.ident)) is not None  # type: ignore[arg-type]
+            and frame.f_code is code
+            and frame.f_lineno == acquire_line
+            for thread in threads
+        ):
+            return
+        assert time.monotonic() < deadline, "the waiters never blocked in wait()"
+        time.sleep(0.001)
+
+
 def test_one_set_wakes_every_thread_waiting_at_once() -> None:
     """The lock a waiter sleeps on is made by the first wait(): waiters arriving together must share it."""
 
@@ -56,7 +78,7 @@ def test_one_set_wakes_every_thread_waiting_at_once() -> None:
         waiters = [threading.Thread(target=wait_on, args=(flag, woke)) for _ in range(4)]
         for waiter in waiters:
             waiter.start()
-        time.sleep(0.005)
+        wait_until_blocked_in_wait(waiters)
         started = time.monotonic()
         flag.set()
         for waiter in waiters:

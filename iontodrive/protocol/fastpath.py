@@ -273,23 +273,19 @@ def _make_encoders(
         "_int_and": int.__and__,
         "_pack": frame_struct.pack,
     }
-    loads: list[str] = []
-    checks: list[str] = []
+    body: list[str] = []
     for index, spec in enumerate(specs):
-        loads.append(f"    v{index} = m.{spec.name}")
-        checks.extend(_check_lines(spec, index, namespace))
+        body.append(f"    v{index} = m.{spec.name}")
+        body.extend(_check_lines(spec, index, namespace))
     names = "".join(f", v{index}" for index in range(len(specs)))
-    packed = f"    return _pack({PROTOCOL_VERSION}, {int(cls.TYPE)}, seq{names})"
     source = "\n".join(
         [
             "def get(m):",
-            *loads,
-            *checks,
+            *body,
             f"    return ({names[2:]}{',' if specs else ''})",
             "def pack(m, seq):",
-            *loads,
-            *checks,
-            packed,
+            *body,
+            f"    return _pack({PROTOCOL_VERSION}, {int(cls.TYPE)}, seq{names})",
         ]
     )
     exec(source, namespace)  # generated from trusted, import-time layout data only
