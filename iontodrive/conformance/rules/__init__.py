@@ -1,0 +1,10 @@
+"""Every rule of the suite, one module per group, in the order they run (``docs/conformance.md`` §2)."""
+
+from __future__ import annotations
+
+from ..rule import Rule
+from . import framing, nacks
+
+ALL_RULES: tuple[Rule, ...] = (*framing.RULES, *nacks.RULES)
+
+__all__ = ["ALL_RULES"]
