@@ -70,12 +70,14 @@ def run_suite(
     *,
     port: str = "",
     with_load: bool = True,
+    on_connect: Callable[[SuiteReport], None] | None = None,
     on_result: Callable[[RuleResult], None] | None = None,
 ) -> SuiteReport:
     """Run ``rules`` in order against the device behind ``probe`` and return the report.
 
     ``with_load=False`` reports the rules that need a load as NOT_RUN instead of running them (no load
-    connected). ``on_result`` is called with each row as soon as it is known (for live printing).
+    connected). ``on_connect`` is called once the device is identified (or could not be);
+    ``on_result`` is called with each row as soon as it is known (for live printing).
     Never raises for what the device does; a failure of the suite itself (:class:`SuiteError`)
     propagates.
     """
@@ -93,6 +95,8 @@ def run_suite(
         restore_safe_idle(probe)
     except (RuleFailed, UnsafeDevice, IontodriveError) as exc:
         report.fatal = f"cannot start: {exc}"
+    if on_connect is not None:
+        on_connect(report)
     for index, rule in enumerate(rules):
         if report.fatal is not None:
             emit(_row(rule, Outcome.NOT_RUN, report.fatal, 0.0))

@@ -3,8 +3,16 @@
 from __future__ import annotations
 
 from ..rule import Rule
-from . import framing, nacks
+from . import device, framing, nacks, polarity, ramps, sequencing, watchdog
 
-ALL_RULES: tuple[Rule, ...] = (*framing.RULES, *nacks.RULES)
+ALL_RULES: tuple[Rule, ...] = (
+    *framing.RULES,
+    *nacks.RULES,
+    *sequencing.RULES,
+    *device.RULES,
+    *ramps.RULES,
+    *polarity.RULES,
+    *watchdog.RULES,
+)
 
 __all__ = ["ALL_RULES"]
