@@ -45,8 +45,10 @@ def restore_safe_idle(probe: Probe) -> StatusReport:
         status = probe.status()
         if status.state in SESSION_STATES:
             probe.request(Abort())
+            # Abort should take setpoint/slew; a slower device is still safe, so wait as long as the
+            # longest ramp the identity allows before calling it stuck.
             slew = max(1, probe.ident.slew_limit_ua_per_s)
-            budget = status.setpoint_ua / slew + SETTLE_DEVICE_S
+            budget = max(status.setpoint_ua / slew, probe.ident.max_ramp_ms / 1000) + SETTLE_DEVICE_S
             status = probe.wait_state((DeviceState.IDLE, DeviceState.DONE, DeviceState.FAULT), budget)
         if status.state == DeviceState.FAULT:
             reply = probe.request(ClearFault())

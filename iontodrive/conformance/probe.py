@@ -293,15 +293,20 @@ class Probe:
         while self.clock() < end:
             self.poll(min(POLL_S, max(0.0, end - self.clock())))
 
-    def replies_to(self, seq: int, since: float | None = None) -> list[Received]:
-        """Every reply received with sequence number ``seq`` (optionally only those read at/after ``since``)."""
-        return [r for r in self.replies if r.seq == seq and (since is None or r.t >= since)]
+    def mark(self) -> int:
+        """A position in :attr:`replies`: pass it to :meth:`replies_to` / :meth:`await_reply` to see only
+        replies filed after this moment (host times can be equal on a virtual clock; positions cannot)."""
+        return len(self.replies)
 
-    def await_reply(self, seq: int, timeout_s: float, since: float) -> Received | None:
-        """Wait up to ``timeout_s`` host seconds for a reply with ``seq`` read at or after ``since``."""
+    def replies_to(self, seq: int, after: int = 0) -> list[Received]:
+        """Every reply with sequence number ``seq`` filed at or after position ``after`` (see :meth:`mark`)."""
+        return [r for r in self.replies[after:] if r.seq == seq]
+
+    def await_reply(self, seq: int, timeout_s: float, after: int) -> Received | None:
+        """Wait up to ``timeout_s`` host seconds for a reply with ``seq`` filed after position ``after``."""
         deadline = self.clock() + timeout_s
         while True:
-            found = self.replies_to(seq, since)
+            found = self.replies_to(seq, after)
             if found:
                 return found[0]
             left = deadline - self.clock()
@@ -327,9 +332,9 @@ class Probe:
         frame = encode(message, seq)
         attempts = 1 + (self.retries if retries is None else retries)
         for _ in range(attempts):
-            sent = self.clock()
+            sent, after = self.clock(), self.mark()
             self.write(frame)
-            reply = self.await_reply(seq, self.reply_timeout_s, sent)
+            reply = self.await_reply(seq, self.reply_timeout_s, after)
             if reply is not None:
                 self.reply_times_s.append(reply.t - sent)
                 return reply

@@ -62,6 +62,8 @@ class Rule:
         needs_load: True if the rule starts output, so that a load must be connected (the simulator's
             plant provides one; on a bench board, the resistor of ``docs/conformance.md`` §3).
         min_version: the lowest protocol version the rule applies to.
+        needs_identity: False for the few rules that only read what the device sends, so that they still
+            run (and explain why) when the device's replies cannot even be decoded.
     """
 
     id: str
@@ -70,6 +72,7 @@ class Rule:
     check: CheckFunction
     needs_load: bool = False
     min_version: int = 1
+    needs_identity: bool = True
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,11 +94,17 @@ class RuleResult:
 
 
 def rule(
-    rule_id: str, section: str, description: str, *, needs_load: bool = False, min_version: int = 1
+    rule_id: str,
+    section: str,
+    description: str,
+    *,
+    needs_load: bool = False,
+    min_version: int = 1,
+    needs_identity: bool = True,
 ) -> Callable[[CheckFunction], Rule]:
-    """Decorator: turn a check function into a :class:`Rule` (the function's name stays free to reuse)."""
+    """Decorator: turn a check function into a :class:`Rule`."""
 
     def make(check: CheckFunction) -> Rule:
-        return Rule(rule_id, section, description, check, needs_load, min_version)
+        return Rule(rule_id, section, description, check, needs_load, min_version, needs_identity)
 
     return make

@@ -5,6 +5,9 @@ Order of work: connect (flush, ``Identify``, measure the device's speed), bring 
 run the check, judge any safety violation the probe saw while it ran (a current above the ceiling fails
 the rule whatever the check said), and restore safe idle. If safe idle cannot be restored, the remaining
 rules are reported NOT_RUN and the suite ends: nothing more is sent to a device in an unknown state.
+If the device cannot even be identified (its replies do not decode, or it is silent), only the rules
+that read what it sends without needing an answer run (``needs_identity=False``: they say what is wrong
+with its frames); the others are NOT_RUN.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ from datetime import UTC, datetime
 from iontodrive.errors import IontodriveError
 from iontodrive.protocol import IdentityReport
 
+from . import frames
 from .idle import UnsafeDevice, restore_safe_idle
 from .probe import Probe, SuiteError
 from .rule import NotApplicable, Outcome, Rule, RuleFailed, RuleResult
@@ -94,13 +98,19 @@ def run_suite(
         report.speed = probe.measure_speed()
         restore_safe_idle(probe)
     except (RuleFailed, UnsafeDevice, IontodriveError) as exc:
-        report.fatal = f"cannot start: {exc}"
+        report.fatal = f"cannot start: {exc}{diagnose_undecodable(probe)}"
     if on_connect is not None:
         on_connect(report)
+    if report.fatal is not None:
+        # The device cannot be talked to: the rules that only read what it sends still say why.
+        for rule in rules:
+            if rule.needs_identity:
+                emit(_row(rule, Outcome.NOT_RUN, report.fatal, 0.0))
+            else:
+                emit(run_rule(probe, rule))
+        report.duration_s = time.monotonic() - started
+        return report
     for index, rule in enumerate(rules):
-        if report.fatal is not None:
-            emit(_row(rule, Outcome.NOT_RUN, report.fatal, 0.0))
-            continue
         if rule.needs_load and not with_load:
             emit(_row(rule, Outcome.NOT_RUN, "needs a load; run without --no-load to check it", 0.0))
             continue
@@ -115,6 +125,17 @@ def run_suite(
             break
     report.duration_s = time.monotonic() - started
     return report
+
+
+def diagnose_undecodable(probe: Probe) -> str:
+    """A hint for a device that sends bytes the probe cannot decode ("" if it sent nothing or all was well)."""
+    seen = frames.split_raw(bytes(probe.raw))
+    if not seen or not probe.decode_errors:
+        return "" if seen else " (nothing at all came back)"
+    swapped = sum(1 for f in seen if f.crc_swapped)
+    kinds = sorted({error.kind.value for _, error in probe.decode_errors})
+    hint = f"; {swapped} carry their CRC little-endian" if swapped else ""
+    return f" ({len(seen)} frames came back, {len(probe.decode_errors)} failed to decode: {', '.join(kinds)}{hint})"
 
 
 def run_rule(probe: Probe, rule: Rule) -> RuleResult:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import struct
 
 from iontodrive.protocol import (
+    DEFAULT_TELEMETRY_HZ,
     MAX_FRAME_BYTES,
     PROTOCOL_VERSION,
     ConfigureTelemetry,
@@ -30,19 +31,22 @@ from ..rule import Rule, RuleFailed, expect, rule
 
 _U16 = struct.Struct("<H")
 TRAFFIC_DEVICE_S = 0.5  # device time of telemetry collected by :func:`traffic`
+TRAFFIC_FALLBACK_HZ = 20  # telemetry rate asked for when the identity is unknown
 
 
 def traffic(probe: Probe) -> list[RawFrame]:
     """Make the device send every kind of frame it has at idle (replies, a NACK, telemetry at a high rate,
-    live and replayed events) and return everything it sent, split at the delimiters."""
-    probe.ack(ConfigureTelemetry(probe.observe_hz()))
-    probe.request(Identify())
-    probe.request(GetStatus())
-    probe.request(SetWatchdog(0))  # refused: a NACK
-    probe.request(FetchEvents(0, 255))
-    probe.wait(probe.host_s(TRAFFIC_DEVICE_S))
-    probe.ack(ConfigureTelemetry(2))
-    probe.drain(0.0)
+    live and replayed events) and return everything it sent, split at the delimiters.
+
+    Sends without waiting for replies, so that it works (and gives evidence) even when the device's
+    replies cannot be decoded."""
+    rate = probe.observe_hz() if probe.identity is not None else TRAFFIC_FALLBACK_HZ
+    for message in (ConfigureTelemetry(rate), Identify(), GetStatus(), SetWatchdog(0), FetchEvents(0, 255)):
+        probe.send(message)  # SetWatchdog(0) is refused: a NACK
+        probe.drain(probe.reply_timeout_s / 5)
+    probe.drain(probe.host_s(TRAFFIC_DEVICE_S))
+    probe.send(ConfigureTelemetry(DEFAULT_TELEMETRY_HZ))
+    probe.drain(probe.reply_timeout_s / 5)
     return frames.split_raw(bytes(probe.raw))
 
 
@@ -50,7 +54,7 @@ def _examples(items: list[RawFrame], limit: int = 2) -> str:
     return "; ".join(item.encoded[:24].hex(" ") for item in items[:limit])
 
 
-@rule("FRAME-COBS", "§2.2", "every frame from the device is valid COBS, uniquely encoded, ending in one 0x00")
+@rule("FRAME-COBS", "§2.2", "every frame from the device is valid COBS, uniquely encoded, ending in one 0x00", needs_identity=False)
 def frame_cobs(probe: Probe) -> str:
     seen = traffic(probe)
     expect(len(seen) >= 5, f"only {len(seen)} frame(s) seen; expected replies, telemetry and events")
@@ -61,7 +65,7 @@ def frame_cobs(probe: Probe) -> str:
     return f"{len(seen)} frames, all valid, canonical COBS"
 
 
-@rule("FRAME-CRC", "§2.3", "every frame from the device carries CRC-16/CCITT-FALSE of its body, big-endian")
+@rule("FRAME-CRC", "§2.3", "every frame from the device carries CRC-16/CCITT-FALSE of its body, big-endian", needs_identity=False)
 def frame_crc(probe: Probe) -> str:
     seen = [f for f in traffic(probe) if f.body is not None]
     expect(len(seen) >= 5, f"only {len(seen)} decodable frame(s) seen")
@@ -77,7 +81,7 @@ def frame_crc(probe: Probe) -> str:
     return f"{len(seen)} frames, CRC right and big-endian (checked with the bitwise reference CRC)"
 
 
-@rule("FRAME-HEADER", "§2.1", "device frames: version byte, known type, payload length of the type, seq rules")
+@rule("FRAME-HEADER", "§2.1", "device frames: version byte, known type, payload length of the type, seq rules", needs_identity=False)
 def frame_header(probe: Probe) -> str:
     seen = [f for f in traffic(probe) if f.body is not None and f.crc_ok]
     expect(len(seen) >= 5, f"only {len(seen)} frame(s) with a good CRC seen")
@@ -88,7 +92,7 @@ def frame_header(probe: Probe) -> str:
     return f"{len(seen)} frames: version {PROTOCOL_VERSION}, known types, right lengths and sequence numbers"
 
 
-@rule("FRAME-SIZE", "§2.4", "no frame from the device is longer than MAX_FRAME_BYTES (128) with its delimiter")
+@rule("FRAME-SIZE", "§2.4", "no frame from the device is longer than MAX_FRAME_BYTES (128) with its delimiter", needs_identity=False)
 def frame_size(probe: Probe) -> str:
     seen = traffic(probe)
     longest = max((len(f.encoded) + 1 for f in seen), default=0)
@@ -190,13 +194,13 @@ def frame_torn(probe: Probe) -> str:
 def frame_chunks(probe: Probe) -> str:
     seq = probe.next_seq()
     data = encode(GetStatus(), seq)
-    t = probe.clock()
+    mark = probe.mark()
     for index in range(len(data)):
         probe.write(data[index : index + 1], request=index == len(data) - 1)
-    first = probe.await_reply(seq, probe.reply_timeout_s, t)
+    first = probe.await_reply(seq, probe.reply_timeout_s, mark)
     expect(first is not None, "a GetStatus written byte by byte got no reply")
     probe.drain(probe.reply_timeout_s)
-    answers = probe.replies_to(seq, t)
+    answers = probe.replies_to(seq, mark)
     expect(len(answers) == 1, f"{len(answers)} replies to one request written byte by byte")
     expect(isinstance(answers[0].message, StatusReport), f"answered by {answers[0].message!r}")
     return f"{len(data)} one-byte writes: one StatusReport"

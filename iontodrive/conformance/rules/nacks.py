@@ -89,9 +89,9 @@ def _stable(status: StatusReport) -> dict[str, object]:
 def _send_case(probe: Probe, case: NackCase) -> Message:
     built = case.build(probe)
     if isinstance(built, bytes):
-        sent = probe.clock()
+        mark = probe.mark()
         probe.write(built)
-        found = probe.await_reply(_seq_of(built), probe.reply_timeout_s, sent)
+        found = probe.await_reply(_seq_of(built), probe.reply_timeout_s, mark)
         if found is None:
             raise RuleFailed(f"{case.what}: no reply; the spec requires a NACK (§3.5)")
         return found.message
@@ -213,6 +213,22 @@ def _start_raw(probe: Probe, **changes: int) -> bytes:
 
 
 _OOR = (ErrorCode.OUT_OF_RANGE,)
+DOSE_PROBE_HEADROOM = 1.2  # the dose-cap probe's current delivers 20 % more than the cap in max_duration_ms
+
+
+def dose_probe_ua(ident: IdentityReport) -> int:
+    """The current at which a dose just above the cap could be delivered within ``max_duration_ms``
+    (longest ramps), with headroom, so that only the cap can be the reason to refuse it; at most
+    ``max_current_ua``. A limit probe: if the device wrongly accepts it, the suite aborts at once."""
+    on_s = max(1.0, (ident.max_duration_ms - 2 * ident.max_ramp_ms) / 1000)
+    needed = DOSE_PROBE_HEADROOM * (ident.dose_cap_uas + 1) / on_s
+    return max(1, min(ident.max_current_ua, int(needed) + 1))
+
+
+def dose_cap_binds(ident: IdentityReport) -> bool:
+    """True when :func:`dose_probe_ua` could deliver more than the cap, so the NACK's maximum must be the cap."""
+    on_s = (ident.max_duration_ms - 2 * ident.max_ramp_ms) / 1000
+    return dose_probe_ua(ident) * on_s > ident.dose_cap_uas * DOSE_PROBE_HEADROOM * 0.99
 
 
 def start_limit_cases(ident: IdentityReport) -> list[NackCase]:
@@ -238,12 +254,15 @@ def start_limit_cases(ident: IdentityReport) -> list[NackCase]:
             maximum=top,
         ),
         NackCase(
-            f"Start dose {ident.dose_cap_uas + 1} uA*s (dose_cap_uas {ident.dose_cap_uas})",
-            lambda p: _safe_start(p, dose_uas=ident.dose_cap_uas + 1, duration_ms=0),
+            f"Start dose {ident.dose_cap_uas + 1} uA*s at {dose_probe_ua(ident)} uA (dose_cap_uas {ident.dose_cap_uas})",
+            lambda p: _safe_start(
+                p, target_current_ua=dose_probe_ua(ident), dose_uas=ident.dose_cap_uas + 1, duration_ms=0
+            ),
             MessageType.START,
             _OOR,
             (Field.DOSE_UAS,),
             ident.dose_cap_uas + 1,
+            maximum=ident.dose_cap_uas if dose_cap_binds(ident) else None,
         ),
         NackCase(
             f"Start duration {ident.max_duration_ms + 1} ms (max_duration_ms {ident.max_duration_ms})",

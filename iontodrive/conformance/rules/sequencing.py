@@ -33,14 +33,14 @@ DUPLICATE_WATCH_S = 0.1  # host time watched after each reply for a second, dupl
 def _one_reply(probe: Probe, message: Message, seq: int | None = None) -> Received:
     """Send once (no retry), require exactly one reply of an allowed type with the same seq."""
     number = probe.next_seq() if seq is None else seq
-    sent = probe.clock()
+    mark = probe.mark()
     probe.write(encode(message, number))
-    reply = probe.await_reply(number, probe.reply_timeout_s, sent)
+    reply = probe.await_reply(number, probe.reply_timeout_s, mark)
     name = type(message).__name__
     if reply is None:
         raise RuleFailed(f"{name} (seq {number}) got no reply within {probe.reply_timeout_s * 1000:.0f} ms")
     probe.drain(DUPLICATE_WATCH_S)
-    count = len(probe.replies_to(number, sent))
+    count = len(probe.replies_to(number, mark))
     expect(count == 1, f"{name} (seq {number}) got {count} replies; exactly one is allowed (§7.2)")
     allowed = REPLY_TYPES_FOR_REQUEST[message.TYPE]
     expect(reply.message.TYPE in allowed, f"{name} answered by {type(reply.message).__name__}; allowed {[t.name for t in allowed]}")
@@ -131,4 +131,18 @@ def seq_retry_start(probe: Probe) -> str:
     return f"one session (id {status.session_id}), one SESSION_STARTED for a Start sent twice with seq {seq}"
 
 
-RULES: tuple[Rule, ...] = (seq_one_reply, seq_retry_once, seq_reset_clears, seq_retry_start)
+@rule("SEQ-NEW-CONTENT", "§7.3", "a remembered seq reused with different content is a new request: executed")
+def seq_new_content(probe: Probe) -> str:
+    ident = probe.ident
+    seq = probe.next_seq()
+    probe.ack(SetWatchdog(ident.min_watchdog_ms), seq)
+    reply = probe.request(SetWatchdog(ident.max_watchdog_ms), seq)
+    expect(isinstance(reply, Ack), f"SetWatchdog({ident.max_watchdog_ms}) with a reused seq answered {describe(reply)}")
+    got = probe.status().watchdog_ms
+    expect(got == ident.max_watchdog_ms, f"the new request with a reused seq was answered from memory, not executed: watchdog {got} ms")
+    again = probe.request(GetStatus(), seq)
+    expect(type(again).__name__ == "StatusReport", f"GetStatus with the same seq answered {describe(again)}")
+    return f"seq {seq}: SetWatchdog({ident.min_watchdog_ms}), then SetWatchdog({ident.max_watchdog_ms}) and GetStatus, each executed"
+
+
+RULES: tuple[Rule, ...] = (seq_one_reply, seq_retry_once, seq_new_content, seq_reset_clears, seq_retry_start)
