@@ -158,7 +158,9 @@ RULES: Mapping[MessageType, Mapping[DeviceState, Rule]] = {
         IDLE=_accept("restarts the firmware as at power-up (§8.5)", S.IDLE),
         PAUSED=_accept("restarts the firmware as at power-up; the paused session is lost", S.IDLE),
         DONE=_accept("restarts the firmware as at power-up (§8.5)", S.IDLE),
-        FAULT=_accept("restarts the firmware as at power-up; clears every latch", S.IDLE, needs_zero_output=True),
+        FAULT=_accept(
+            "restarts the firmware as at power-up; clears every latch", S.IDLE, needs_zero_output=True
+        ),
     ),
 }
 
