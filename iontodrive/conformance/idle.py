@@ -2,7 +2,7 @@
 
 "Safe idle" is: no session, output at zero (state IDLE, ``setpoint_ua`` 0, ``OUTPUT_ON`` clear), and the
 power-up settings (watchdog 2 s, telemetry 2 Hz, a fresh event ring and memory of answers), reached by a
-``Reset`` (§4.2, S15) once output is at zero. The way there only ever lowers the output, and always by the
+``Reset`` (§4.2, S15) once output is at zero, followed by a new host session (``OpenSession``). The way there only ever lowers the output, and always by the
 device's own ramps: ``Abort`` for any session state (the fastest ramp the device allows, never a step),
 then ``ClearFault`` for a latched fault, then ``Reset``.
 """
@@ -60,6 +60,7 @@ def restore_safe_idle(probe: Probe) -> StatusReport:
             raise UnsafeDevice(f"Reset was not acknowledged in {status.state.name}: {detail}")
         probe.drain(RESET_SETTLE_HOST_S)
         probe.decoder.reset()
+        probe.open_session()  # a restart ends the host session (§7.3); the next rule starts a fresh one
         status = probe.status()
     except RuleFailed as exc:
         raise UnsafeDevice(f"could not bring the device to idle: {exc}") from exc

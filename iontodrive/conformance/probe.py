@@ -36,6 +36,7 @@ from iontodrive.protocol import (
     DEFAULT_RETRIES,
     DEFAULT_WATCHDOG_MS,
     HEARTBEAT_DIVISOR,
+    MAX_HOST_NONCE,
     MAX_SEQ,
     Abort,
     Ack,
@@ -52,7 +53,9 @@ from iontodrive.protocol import (
     Message,
     MessageKind,
     Nack,
+    OpenSession,
     Polarity,
+    SessionOpened,
     Start,
     StatusReport,
     Telemetry,
@@ -159,6 +162,7 @@ class Probe:
         self.watchdog_ms = DEFAULT_WATCHDOG_MS
         self.heartbeats = True
         self.identity: IdentityReport | None = None
+        self.nonce = 0  # the host nonce of the probe's present host session (0: none opened)
         self.speed = 1.0
         self.ceiling_ua = SUITE_CEILING_UA
 
@@ -184,7 +188,7 @@ class Probe:
         return max(CEILING_MARGIN_MIN_UA, round(CEILING_MARGIN_FRACTION * top))
 
     def identify(self) -> IdentityReport:
-        """Flush the device's receiver, ask Identify, set the ceiling and measure :attr:`speed`.
+        """Flush the device's receiver, ask Identify, open a host session and set the ceiling.
 
         Raises:
             NoReply: the device does not answer Identify.
@@ -194,8 +198,30 @@ class Probe:
         self.decoder.reset()
         ident = self.expect_reply(Identify(), IdentityReport)
         self.identity = ident
+        self.open_session()
         self.ceiling_ua = min(SUITE_CEILING_UA, ident.max_current_ua)
         return ident
+
+    def new_nonce(self) -> int:
+        """A fresh random host nonce, 1..MAX_HOST_NONCE, different from the present one."""
+        while True:
+            nonce = self._rng.randint(1, MAX_HOST_NONCE)
+            if nonce != self.nonce:
+                return nonce
+
+    def open_session(self, nonce: int | None = None) -> SessionOpened:
+        """Open a host session (§7.3, §8.1): OpenSession with a fresh nonce; require SessionOpened echoing it.
+
+        Raises:
+            NoReply: no answer.
+            RuleFailed: any other answer, or a SessionOpened for another nonce.
+        """
+        nonce = self.new_nonce() if nonce is None else nonce
+        reply = self.expect_reply(OpenSession(nonce), SessionOpened)
+        if reply.host_nonce != nonce:
+            raise RuleFailed(f"OpenSession({nonce}) was answered for nonce {reply.host_nonce}")
+        self.nonce = nonce
+        return reply
 
     def measure_speed(self, host_s: float = 0.25) -> float:
         """Device seconds per host second, from two StatusReports ``host_s`` apart (1.0 for real hardware).

@@ -3,16 +3,18 @@
 from __future__ import annotations
 
 from ..rule import Rule
-from . import device, framing, nacks, polarity, ramps, sequencing, watchdog
+from . import device, framing, hosts, nacks, polarity, ramps, sequencing, states, watchdog
 
 ALL_RULES: tuple[Rule, ...] = (
     *framing.RULES,
     *nacks.RULES,
     *sequencing.RULES,
+    *hosts.RULES,
     *device.RULES,
     *ramps.RULES,
     *polarity.RULES,
     *watchdog.RULES,
+    *states.RULES,
 )
 
 __all__ = ["ALL_RULES"]
