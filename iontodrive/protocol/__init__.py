@@ -5,7 +5,7 @@ No serial ports, threads or clocks live here: :func:`encode` turns a message int
 and the firmware simulator use this package. The specification is ``docs/protocol.md``.
 """
 
-from .codec import Frame, decode_body, encode, encode_version_refusal
+from .codec import Frame, decode_body, encode, encode_version_probe, encode_version_refusal
 from .constants import (
     DEFAULT_REPLY_TIMEOUT_MS,
     DEFAULT_RETRIES,
@@ -88,6 +88,7 @@ __all__ = [
     "crc16_ccitt_false",
     "decode_body",
     "encode",
+    "encode_version_probe",
     "encode_version_refusal",
     "trusted_constructor",
 ]

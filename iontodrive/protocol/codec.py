@@ -243,6 +243,23 @@ def encode_version_refusal(request_type: int, seq: int, version: int = PREVIOUS_
     return bytes(_cobs_encode(body + _crc(body, CRC_INIT).to_bytes(2, "big")) + DELIMITER)
 
 
+def encode_version_probe(seq: int, version: int = PREVIOUS_PROTOCOL_VERSION) -> bytes:
+    """A version-1 ``Identify`` frame (header byte 0 = ``version``, type 0x01, empty payload).
+
+    A host sends it when a device does not answer ``OpenSession``: a version-1 device answers it with a
+    version-1 IdentityReport, which the host's decoder reports as ``WRONG_VERSION`` with ``version`` 1, so
+    the host can name the device's version (``docs/protocol.md`` §9). Identify changes nothing on any
+    device; a version-2 device answers the probe with its version refusal.
+
+    Raises:
+        ValueError: ``seq`` is not in 1..65535 or ``version`` is this version.
+    """
+    if not MIN_REQUEST_SEQ <= seq <= MAX_SEQ or version == PROTOCOL_VERSION or not 0 <= version <= 0xFF:
+        raise ValueError(f"seq = {seq!r} / version = {version!r} is out of range")
+    body = bytes([version, int(MessageType.IDENTIFY)]) + seq.to_bytes(2, "little")
+    return bytes(_cobs_encode(body + _crc(body, CRC_INIT).to_bytes(2, "big")) + DELIMITER)
+
+
 def _diagnose(encoded: bytes, body: bytes) -> DecodeError:
     """Name the first check a COBS-decoded body fails (slow path of :func:`decode_body`)."""
     raw = bytes(encoded[:_RAW_KEEP])
