@@ -14,12 +14,16 @@ from iontodrive.protocol import (
     ContactVerdict,
     DeviceState,
     EventCode,
+    Event,
     EventsReport,
     FetchEvents,
     GetStatus,
+    Message,
+    Pause,
     Reset,
     SetWatchdog,
     Start,
+    Stop,
 )
 
 from ..probe import Probe, describe
@@ -32,6 +36,7 @@ CONTACT_LOW_OHM = 200  # S3 (j): the short-circuit limit §4.2 ContactReport nam
 CONTACT_HIGH_CAP_OHM = 10_000  # S3 (j): the upper limit before the compliance term
 CONTACT_HIGH_FRACTION = 0.8  # S3: 0.8 × V_compliance / I_target
 DOSE_TOLERANCE = 0.01  # S11: within 1 %
+REACTION_WAIT_S = 0.02  # host time read after an Ack for the events of its reaction
 DOSE_HOLD_S = 10  # seconds at the target between the two ramps of the dose rule
 
 
@@ -88,24 +93,74 @@ def events_numbering(probe: Probe) -> str:
     return f"{len(numbers)} events 1..{numbers[-1]}, POWER_ON first, replayed in order, next {report.next_event_no}"
 
 
+#: What §5 says an event's ``state`` must be for events that always end in one state.
+_EVENT_STATES: dict[EventCode, frozenset[DeviceState]] = {
+    EventCode.SESSION_STARTED: frozenset({S.CONTACT_CHECK}),
+    EventCode.STOPPED: frozenset({S.RAMP_DOWN, S.DONE}),
+    EventCode.PAUSED: frozenset({S.PAUSED}),
+    EventCode.SESSION_ENDED: frozenset({S.DONE}),
+    EventCode.LINK_LOST: frozenset({S.PAUSING, S.RAMP_DOWN, S.FAULT}),
+}
+
+
+def judge_reaction(events: list[Event], before: DeviceState) -> DeviceState:
+    """Check the events of one reaction (one request, or one step of the device's own): every event
+    carries the state the reaction ends in, STATE_CHANGED's value is the state it left. Returns the state
+    the reaction ended in; raises RuleFailed."""
+    final = before
+    for event in events:
+        if event.code == EventCode.STATE_CHANGED:
+            expect(int(event.value) == int(final), f"STATE_CHANGED {event.event_no}: value {event.value}, but the state was {final.name}")
+            final = event.state
+    for event in events:
+        expect(
+            event.state == final,
+            f"{event.code.name} (event {event.event_no}) carries state {event.state.name}; the device was in "
+            f"{final.name} after reacting (§5: Event.state is the state after the event)",
+        )
+        allowed = _EVENT_STATES.get(event.code)
+        if allowed is not None:
+            expect(event.state in allowed, f"{event.code.name} carries state {event.state.name}; expected {sorted(a.name for a in allowed)}")
+    return final
+
+
+def _reaction(probe: Probe, message: Message) -> list[Event]:
+    """Send ``message`` (it must be acknowledged) and return the live events of its reaction: those that
+    arrive right after the Ack, at the device time of the first of them."""
+    mark = len(probe.events)
+    probe.ack(message)
+    probe.drain(REACTION_WAIT_S)
+    new = [e for _, e in probe.events[mark:] if not e.replayed]
+    return [e for e in new if e.device_time_ms == new[0].device_time_ms] if new else []
+
+
 @rule(
     "EVENTS-STATE-AFTER",
-    "§5 EventCode STATE_CHANGED, §4.2 Event",
-    "Event.state is the state after the event; STATE_CHANGED's value is the previous state",
+    "§5 EventCode, §4.2 Event",
+    "Event.state is the state after the device reacted; STATE_CHANGED's value is the previous state",
     needs_load=True,
 )
 def events_state_after(probe: Probe) -> str:
-    probe.start()
-    status = probe.status()
-    changes = [e for _, e in probe.events if e.code == EventCode.STATE_CHANGED and not e.replayed]
-    expect(len(changes) >= 2, f"{len(changes)} STATE_CHANGED events from IDLE to HOLD")
-    previous = DeviceState.IDLE
-    for event in changes:
-        expect(int(event.value) == int(previous), f"STATE_CHANGED {event.event_no}: value {event.value}, the previous state was {previous.name}")
-        expect(event.state != previous, f"STATE_CHANGED {event.event_no} carries state {event.state.name}, the state before the change (§5: the new state)")
-        previous = event.state
-    expect(previous == status.state, f"the last STATE_CHANGED says {previous.name}; the status says {status.state.name}")
-    return "STATE_CHANGED " + " -> ".join(["IDLE", *(e.state.name for e in changes)])
+    start = probe.session_request()
+    reactions = [_reaction(probe, start)]
+    probe.wait_state((S.HOLD,), start.ramp_up_ms / 1000 * 1.5 + 1)
+    reactions.append(_reaction(probe, Pause()))
+    probe.wait_state((S.PAUSED,), start.ramp_down_ms / 1000 * 1.5 + 1)
+    reactions.append(_reaction(probe, Stop()))
+    caused = {e.event_no for group in reactions for e in group}
+    own: dict[int, list[Event]] = {}
+    for _, event in probe.events:
+        if not event.replayed and event.event_no not in caused:
+            own.setdefault(event.device_time_ms, []).append(event)
+    groups = sorted([*reactions, *own.values()], key=lambda group: group[0].event_no if group else 0)
+    state = DeviceState.IDLE
+    for group in groups:
+        if group:
+            state = judge_reaction(sorted(group, key=lambda e: e.event_no), state)
+    names = [e.code.name for group in reactions for e in group]
+    expect(EventCode.SESSION_STARTED.name in names and EventCode.STOPPED.name in names, f"reaction events {names}")
+    count = sum(len(g) for g in groups)
+    return f"{count} events in {len(groups)} reactions (Start, Pause, Stop and the device's own) carry the state after"
 
 
 @rule("RESET-POWER-UP", "§4.2 Reset, S15", "Reset restarts: IDLE, watchdog 2000 ms, telemetry 2 Hz, events from 1")

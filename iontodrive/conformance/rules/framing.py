@@ -13,8 +13,11 @@ import struct
 from iontodrive.protocol import (
     DEFAULT_TELEMETRY_HZ,
     MAX_FRAME_BYTES,
+    PREVIOUS_PROTOCOL_VERSION,
     PROTOCOL_VERSION,
     ConfigureTelemetry,
+    ErrorCode,
+    Field,
     FetchEvents,
     GetStatus,
     Identify,
@@ -30,6 +33,7 @@ from ..probe import Probe, describe
 from ..rule import Rule, RuleFailed, expect, rule
 
 _U16 = struct.Struct("<H")
+_NACK = struct.Struct("<BBBqqq")  # request_type, code, field, value, minimum, maximum (§4.2 Nack)
 TRAFFIC_DEVICE_S = 0.5  # device time of telemetry collected by :func:`traffic`
 TRAFFIC_FALLBACK_HZ = 20  # telemetry rate asked for when the identity is unknown
 
@@ -149,11 +153,44 @@ def frame_bad_crc(probe: Probe) -> str:
     return "; ".join(notes)
 
 
-@rule("FRAME-VERSION", "§9", "a frame of another protocol version gets no reply and changes nothing")
+@rule("FRAME-VERSION", "§9", "a frame of an unknown (later) protocol version gets no reply and changes nothing")
 def frame_version(probe: Probe) -> str:
     return _silently_ignored(
         probe, _watchdog_frame(probe, version=(PROTOCOL_VERSION + 1) & 0xFF), f"SetWatchdog as version {PROTOCOL_VERSION + 1}"
     )
+
+
+@rule(
+    "VERSION-REFUSAL",
+    "§9",
+    f"a version-{PREVIOUS_PROTOCOL_VERSION} request gets the version refusal: a version-{PREVIOUS_PROTOCOL_VERSION} Nack UNSUPPORTED, nothing changed",
+    min_version=2,
+)
+def version_refusal(probe: Probe) -> str:
+    old = PREVIOUS_PROTOCOL_VERSION
+    before = probe.status()
+    seq = probe.next_seq()
+    raw_mark = len(probe.raw)
+    probe.write(_watchdog_frame(probe, seq=seq, version=old), request=False)
+    probe.drain(probe.reply_timeout_s)
+    answers = [f for f in frames.split_raw(bytes(probe.raw[raw_mark:])) if f.body is not None and f.body[0] == old]
+    expect(bool(answers), f"no version-{old} frame came back for a version-{old} SetWatchdog (§9: the device answers it with a refusal)")
+    body = answers[0].body
+    assert body is not None
+    expect(answers[0].crc_ok, f"the version-{old} refusal has a bad CRC: {answers[0].encoded.hex(' ')}")
+    expect(len(answers) == 1, f"{len(answers)} version-{old} frames came back for one request")
+    expect(body[1] == MessageType.NACK and len(body) == 4 + _NACK.size + 2, f"the version-{old} answer is type 0x{body[1]:02X}, {len(body)} bytes; expected a Nack")
+    got_seq = body[2] | (body[3] << 8)
+    request_type, code, fld, value, low, high = _NACK.unpack_from(body, 4)
+    evidence = f"version {old} Nack(request 0x{request_type:02X}, code {code}, field {fld}, value {value}, range {low}..{high}), seq {got_seq}"
+    expect(got_seq == seq and request_type == MessageType.SET_WATCHDOG, f"refusal for the wrong request: {evidence}")
+    expect(
+        (code, fld, value, low, high) == (ErrorCode.UNSUPPORTED, Field.NONE, old, PROTOCOL_VERSION, PROTOCOL_VERSION),
+        f"{evidence}; expected UNSUPPORTED, field NONE, value {old}, range {PROTOCOL_VERSION}..{PROTOCOL_VERSION}",
+    )
+    after = probe.status()
+    expect(after.watchdog_ms == before.watchdog_ms, f"the version-{old} SetWatchdog was executed: {before.watchdog_ms} -> {after.watchdog_ms} ms")
+    return evidence + "; nothing changed"
 
 
 @rule("FRAME-SEQ-ZERO", "§3.5, §7.1", "a request with sequence number 0 gets no reply and changes nothing")
@@ -213,6 +250,7 @@ RULES: tuple[Rule, ...] = (
     frame_size,
     frame_bad_crc,
     frame_version,
+    version_refusal,
     frame_seq_zero,
     frame_bad_cobs,
     frame_empty,

@@ -113,6 +113,11 @@ def check_case(probe: Probe, case: NackCase) -> None:
     if not isinstance(reply, Nack):
         raise RuleFailed(f"{case.what} was answered by {describe(reply)}; expected a Nack")
     got = describe(reply)
+    if reply.code in _CONTACT_CODES and case.request_type == MessageType.START:
+        raise RuleFailed(
+            f"{case.what} was refused for its contact ({got}) before its limit could be judged: connect the "
+            "load of docs/conformance.md §3"
+        )
     expect(
         reply.request_type == case.request_type,
         f"{case.what}: Nack names request type 0x{reply.request_type:02X}, not 0x{case.request_type:02X}: {got}",
@@ -213,6 +218,7 @@ def _start_raw(probe: Probe, **changes: int) -> bytes:
 
 
 _OOR = (ErrorCode.OUT_OF_RANGE,)
+_CONTACT_CODES = frozenset({ErrorCode.CONTACT_HIGH, ErrorCode.CONTACT_LOW, ErrorCode.CONTACT_OPEN})
 DOSE_PROBE_HEADROOM = 1.2  # the dose-cap probe's current delivers 20 % more than the cap in max_duration_ms
 
 
@@ -245,13 +251,14 @@ def start_limit_cases(ident: IdentityReport) -> list[NackCase]:
             maximum=top,
         ),
         NackCase(
-            "Start target 0 uA",
-            lambda p: _safe_start(p, target_current_ua=0),
+            f"Start target {ident.min_current_ua - 1} uA (min_current_ua {ident.min_current_ua})",
+            lambda p: _safe_start(p, target_current_ua=ident.min_current_ua - 1),
             MessageType.START,
             _OOR,
             (Field.TARGET_CURRENT_UA,),
-            0,
-            maximum=top,
+            ident.min_current_ua - 1,
+            ident.min_current_ua,
+            top,
         ),
         NackCase(
             f"Start dose {ident.dose_cap_uas + 1} uA*s at {dose_probe_ua(ident)} uA (dose_cap_uas {ident.dose_cap_uas})",
@@ -332,16 +339,20 @@ def pulse_cases(ident: IdentityReport) -> list[NackCase]:
         for f in (lo - 1, hi + 1)
         if 0 <= f <= 0xFFFF
     ]
+    dlo, dhi = ident.min_duty_percent, ident.max_duty_percent
     cases.extend(
         NackCase(
-            f"Start duty {d} %",
+            f"Start duty {d} % (duty {dlo}..{dhi} %)",
             lambda p, d=d: _safe_start(p, waveform=pulsed, pulse_frequency_hz=lo, duty_percent=d),
             MessageType.START,
             _OOR,
             (Field.DUTY_PERCENT,),
             d,
+            dlo,
+            dhi,
         )
-        for d in (0, 100)
+        for d in (dlo - 1, dhi + 1)
+        if 0 <= d <= 0xFF
     )
     return cases
 
@@ -494,12 +505,12 @@ def decode_cases(ident: IdentityReport) -> list[NackCase]:
     ]
 
 
-@rule("LIMIT-START", "§4.2, §6, S12", "Start outside the identity's limits is refused with field, value and range")
+@rule("LIMIT-START", "§4.2, §6, S12", "Start outside the identity's limits is refused with field, value and range", needs_load=True)
 def limit_start(probe: Probe) -> str:
     return check_cases(probe, start_limit_cases(probe.ident))
 
 
-@rule("LIMIT-PULSE", "§4.2, §6", "pulsed DC is UNSUPPORTED where the identity lacks it, else its ranges hold")
+@rule("LIMIT-PULSE", "§4.2, §6", "pulsed DC is UNSUPPORTED where the identity lacks it, else its ranges hold", needs_load=True)
 def limit_pulse(probe: Probe) -> str:
     return check_cases(probe, pulse_cases(probe.ident))
 
@@ -509,7 +520,7 @@ def limit_settings(probe: Probe) -> str:
     return check_cases(probe, setting_cases(probe.ident))
 
 
-@rule("NACK-INCONSISTENT", "§6", "contradicting Start fields are refused INCONSISTENT, naming one of them")
+@rule("NACK-INCONSISTENT", "§6", "contradicting Start fields are refused INCONSISTENT, naming one of them", needs_load=True)
 def nack_inconsistent(probe: Probe) -> str:
     return check_cases(probe, inconsistent_cases(probe.ident))
 
@@ -546,7 +557,7 @@ def events_fetch_zero(probe: Probe) -> str:
 
 
 def session_cases(ident: IdentityReport, setpoint_ua: int) -> list[NackCase]:
-    """SetCurrent out of range during a session."""
+    """SetCurrent out of range during a session (the current limits of the identity, the ramp range)."""
     top = ident.max_current_ua
     return [
         NackCase(
@@ -557,6 +568,16 @@ def session_cases(ident: IdentityReport, setpoint_ua: int) -> list[NackCase]:
             (Field.TARGET_CURRENT_UA,),
             top + 1,
             maximum=top,
+        ),
+        NackCase(
+            f"SetCurrent {ident.min_current_ua - 1} uA (min_current_ua {ident.min_current_ua})",
+            lambda p: SetCurrent(ident.min_current_ua - 1, ident.max_ramp_ms),
+            MessageType.SET_CURRENT,
+            _OOR,
+            (Field.TARGET_CURRENT_UA,),
+            ident.min_current_ua - 1,
+            ident.min_current_ua,
+            top,
         ),
         NackCase(
             f"SetCurrent ramp {ident.min_ramp_ms - 1} ms (ramps {ident.min_ramp_ms}..{ident.max_ramp_ms})",

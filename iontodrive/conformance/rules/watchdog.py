@@ -49,6 +49,9 @@ def _silence_and_judge(probe: Probe, timeout_ms: int, *, spoil: bool) -> str:
             next_spoil += BAD_FRAME_GAP_S
         probe.poll(0.01)
     fired = _link_lost(probe)
+    lost = [e for _, e in probe.events if e.code == EventCode.LINK_LOST and not e.replayed]
+    if lost:
+        expect(lost[0].state == S.PAUSING, f"the LINK_LOST event carries state {lost[0].state.name}; §8.2: PAUSING")
     expect(bool(fired), f"no LINK_LOST event within {(end - last):.2f} s of host silence (watchdog {timeout_ms} ms)")
     after = fired[0] - last
     expect(after >= timeout_ms / 1000 - EARLY_S, f"LINK_LOST {after * 1000:.0f} ms after the last request: before the {timeout_ms} ms timeout")
