@@ -30,18 +30,26 @@ from firmware_sim.firmware import Firmware
 from iontodrive.protocol import (
     DEFAULT_TELEMETRY_HZ,
     DEFAULT_WATCHDOG_MS,
+    SAFETY_REQUESTS,
     Abort,
     Ack,
+    CheckContact,
     ConfigureTelemetry,
+    ContactReport,
+    ContactVerdict,
+    DecodeError,
+    DecodeErrorKind,
     Decoder,
     DeviceState,
     Event,
+    EventCode,
     Field,
     Frame,
     IdentityReport,
     Message,
     MessageType,
     Nack,
+    OpenSession,
     ReplyCache,
     Reset,
     SetWatchdog,
@@ -298,10 +306,10 @@ class _SteppingFirmware(Firmware):
 
     __slots__ = ()
 
-    def _start_ramp(self, goal: float, rate: float, settle: bool = False) -> None:
+    def start_ramp(self, goal: float, rate: float, settle: bool = False) -> None:
         if goal > self.setpoint and goal > _PROBE_UA:  # the contact probe's own ramp stays as it is
             rate = 1e12
-        super()._start_ramp(goal, rate, settle)
+        super().start_ramp(goal, rate, settle)
 
 
 class StepInsteadOfRamp(Device):
@@ -315,8 +323,8 @@ class StepInsteadOfRamp(Device):
 class _StopStepsFirmware(Firmware):
     __slots__ = ()
 
-    def _end_session(self, reason: Any, rate: float | None) -> None:
-        super()._end_session(reason, 1e12)
+    def end_session(self, reason: Any, rate: float | None) -> None:
+        super().end_session(reason, 1e12)
 
 
 class StopStepsToZero(Device):
@@ -339,3 +347,84 @@ class ResetKeepsWatchdog(RequestInterceptor):
         return None
 
 
+
+
+# ------------------------------------------------------------------------------- version-2 variants
+
+
+class SharedCacheAcrossHosts(RequestInterceptor):
+    """OpenSession does not start a fresh memory of answers: a second host numbering its requests as
+    the first did is answered from the first host's memory (the flaw of version 1)."""
+
+    def intercept(self, frame: Frame) -> bytes | Message | None:
+        if isinstance(frame.message, OpenSession):
+            replies = self.firmware.handle(frame.message)
+            encoded = encode(replies[0], frame.seq)
+            self._cache.store(frame.seq, frame.message, encoded)
+            self._flush_outbox()
+            return encoded
+        return None
+
+
+class SafetyFromCache(RequestInterceptor):
+    """Stop, Abort and Pause repeated with a remembered number and bytes are answered from memory and
+    not executed (version 1's rule)."""
+
+    def intercept(self, frame: Frame) -> bytes | Message | None:
+        message = frame.message
+        if message.__class__ not in SAFETY_REQUESTS:
+            return None
+        cached = self._cache.lookup(frame.seq, message)
+        if cached is not None:
+            return cached
+        before = len(self._tx)
+        self.pass_on(message, frame.seq)
+        self._cache.store(frame.seq, message, bytes(self._tx[before:]))
+        return b""
+
+
+class NoVersionRefusal(Device):
+    """Drops version-1 requests silently instead of answering the version refusal."""
+
+    def _on_decode_error(self, error: DecodeError) -> None:
+        if error.kind is DecodeErrorKind.WRONG_VERSION:
+            return
+        super()._on_decode_error(error)
+
+
+class EventStateBefore(OutputRewriter):
+    """Stamps each event (but STATE_CHANGED) with the state *before* its reaction, as version 1 did."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._state = DeviceState.IDLE
+
+    def rewrite(self, body: bytes) -> list[bytes]:
+        frame = self.decoded(body)
+        if frame is None or not isinstance(frame.message, Event) or frame.message.replayed:
+            return super().rewrite(body)
+        event = frame.message
+        if event.code == EventCode.STATE_CHANGED:
+            self._state = event.state
+            return super().rewrite(body)
+        return [encode(replace(event, state=self._state))]
+
+
+class MinCurrentOverReported(IdentityUnderReports):
+    """Reports twice the minimum current it enforces: a target between the two is accepted."""
+
+    limit_field = "min_current_ua"
+    lowered_by = -1.0
+
+
+class ContactCheckDuringOutput(RequestInterceptor):
+    """Answers CheckContact with a measurement while output flows (the table says BAD_STATE)."""
+
+    def intercept(self, frame: Frame) -> bytes | Message | None:
+        if isinstance(frame.message, CheckContact) and self.firmware.state in (
+            DeviceState.RAMP_UP,
+            DeviceState.HOLD,
+            DeviceState.ADJUST,
+        ):
+            return encode(ContactReport(1000, ContactVerdict.OK, 200, 10_000, 50), frame.seq)
+        return None

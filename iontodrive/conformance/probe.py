@@ -417,12 +417,11 @@ class Probe:
             now = self.clock()
             if now >= end:
                 break
-            if beat and now - self.last_request_t >= interval:
+            due = self.last_request_t + interval  # one expression for both tests: no float gap between them
+            if beat and now >= due:
                 self.request(Heartbeat())
                 continue
-            step = min(POLL_S, end - now)
-            if beat:
-                step = min(step, max(0.0, self.last_request_t + interval - now))
+            step = min(POLL_S, end - now, due - now) if beat else min(POLL_S, end - now)
             self.poll(step)
         if what is not None:
             raise RuleFailed(f"timed out after {host_s:.2f} s (host clock) waiting for {what}")
@@ -449,6 +448,21 @@ class Probe:
                     f"the device stayed in {status.state.name} for {device_s:.1f} s of device time; expected {names}"
                 )
             self.wait(gap)
+
+    def await_telemetry_state(self, states: Iterable[DeviceState], device_s: float) -> Telemetry:
+        """Wait, sending only heartbeats, until a telemetry sample shows one of ``states``; fail the rule
+        after ``device_s`` of device time (+1 s of host slack). Telemetry must be on (the rules that use
+        this ask for :meth:`observe_hz`). Unlike :meth:`wait_state` it sends no GetStatus, so that the
+        device's memory of answers keeps what a rule put there (§7.3: at least the last 64)."""
+        wanted = frozenset(states)
+        mark = len(self.telemetry)
+
+        def seen() -> bool:
+            return any(sample.state in wanted for _, sample in self.telemetry[mark:])
+
+        names = ", ".join(sorted(s.name for s in wanted))
+        self.wait_until(seen, self.host_s(device_s) + 1.0, what=f"telemetry showing {names}")
+        return next(sample for _, sample in self.telemetry[mark:] if sample.state in wanted)
 
     # ------------------------------------------------------------------------------------ sessions
 

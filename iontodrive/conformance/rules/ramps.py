@@ -88,14 +88,15 @@ def ramp_up(probe: Probe) -> str:
     start = probe.start()
     probe.wait(probe.host_s(HOLD_OBSERVE_DEVICE_S))
     seen = samples(probe)
+    slew_note = check_measured_slew(probe, seen)
     up = in_states(seen, (S.RAMP_UP,))
-    expect(bool(up), "no telemetry sample in RAMP_UP")
+    expect(bool(up), "no telemetry sample in RAMP_UP: the output reached its target at once")
     first_step = start.target_current_ua / start.ramp_up_ms * 1000 * max(period_s(seen), 0.01) * 2 + ROUNDING_UA
     expect(up[0].setpoint_ua <= first_step, f"the ramp up began at {up[0].setpoint_ua} uA, not from zero (S4)")
     rate = start.target_current_ua * 1000 / start.ramp_up_ms
     note = check_ramp(seen, S.RAMP_UP, rate, start.ramp_up_ms / 1000, "ramp up")
     _stable_at(seen, S.HOLD, start.target_current_ua, "after the ramp")
-    return f"{note}, from zero to {start.target_current_ua} uA; " + check_measured_slew(probe, seen)
+    return f"{note}, from zero to {start.target_current_ua} uA; {slew_note}"
 
 
 @rule("RAMP-STOP", "§4.2 Stop, S1, S2", "Stop ramps the output to zero over ramp_down_ms, then DONE", needs_load=True)
