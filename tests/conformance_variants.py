@@ -347,8 +347,6 @@ class ResetKeepsWatchdog(RequestInterceptor):
         return None
 
 
-
-
 # ------------------------------------------------------------------------------- version-2 variants
 
 

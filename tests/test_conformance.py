@@ -17,9 +17,9 @@ import subprocess
 import sys
 from collections.abc import Iterator
 
+import conformance_variants as cv
 import pytest
 
-import conformance_variants as cv
 from firmware_sim import Device
 from iontodrive.cli import main
 from iontodrive.conformance import ALL_RULES, Outcome, Probe, Rule, SuiteReport, run_suite, select_rules
@@ -167,7 +167,9 @@ def test_the_probe_aborts_when_the_device_drives_more_than_its_ceiling() -> None
     device = _TooMuchCurrent("clinic-4", seed=1)
     report = run(device, select_rules(ALL_RULES, ["RAMP-UP", "FRAME-CRC"]))
     ramp = next(r for r in report.results if r.rule_id == "RAMP-UP")
-    assert ramp.outcome is Outcome.FAIL and ramp.evidence.startswith("SAFETY:") and "Abort sent" in ramp.evidence
+    assert (
+        ramp.outcome is Outcome.FAIL and ramp.evidence.startswith("SAFETY:") and "Abort sent" in ramp.evidence
+    )
     assert device.state in (DeviceState.IDLE, DeviceState.DONE)  # safe idle restored afterwards
     assert next(r for r in report.results if r.rule_id == "FRAME-CRC").outcome is Outcome.PASS
 
@@ -185,7 +187,11 @@ class _ResetRefused(cv.RequestInterceptor):
 def test_rules_are_not_run_once_the_device_cannot_be_made_safe() -> None:
     report = run(_ResetRefused("clinic-4"), select_rules(ALL_RULES, ["FRAME-"]))
     assert report.fatal is not None and "Reset was not acknowledged" in report.fatal
-    assert {r.outcome for r in report.results if r.rule_id != "FRAME-CRC"} <= {Outcome.NOT_RUN, Outcome.PASS, Outcome.FAIL}
+    assert {r.outcome for r in report.results if r.rule_id != "FRAME-CRC"} <= {
+        Outcome.NOT_RUN,
+        Outcome.PASS,
+        Outcome.FAIL,
+    }
     assert not report.ok
 
 
@@ -245,7 +251,10 @@ def test_cli_rows_json_and_exit_codes(capsys: pytest.CaptureFixture[str]) -> Non
     assert main(["conformance", url, "--rule", "FRAME-", "--rule", "SEQ-ONE"]) == 0
     text = capsys.readouterr().out
     assert "hydro-30" in text and "FRAME-CRC" in text and "PASS" in text and "CONFORMS" in text
-    assert main(["conformance", url, "--json", "--rule", "LIMIT-SETTINGS", "--rule", "RAMP-UP", "--no-load"]) == 1
+    assert (
+        main(["conformance", url, "--json", "--rule", "LIMIT-SETTINGS", "--rule", "RAMP-UP", "--no-load"])
+        == 1
+    )
     report = json.loads(capsys.readouterr().out)
     assert report["suite"] == "iontodrive-conformance" and report["format"] == 1
     assert report["device"]["model"] == "hydro-30" and report["ok"] is False

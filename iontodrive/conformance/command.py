@@ -45,7 +45,11 @@ def add_parser(subparsers: Any) -> None:
     )
     parser.add_argument("--json", action="store_true", help="print one JSON report (docs/conformance.md §5)")
     parser.add_argument(
-        "--baud", type=int, default=DEFAULT_BAUDRATE, metavar="N", help=f"baud rate (default {DEFAULT_BAUDRATE})"
+        "--baud",
+        type=int,
+        default=DEFAULT_BAUDRATE,
+        metavar="N",
+        help=f"baud rate (default {DEFAULT_BAUDRATE})",
     )
     parser.add_argument(
         "--rule",
@@ -54,8 +58,12 @@ def add_parser(subparsers: Any) -> None:
         metavar="ID",
         help="run only this rule, or every rule whose id starts with ID (repeatable; e.g. --rule FRAME-)",
     )
-    parser.add_argument("--no-load", action="store_true", help="no load connected: report the [load] rules as not run")
-    parser.add_argument("--list", action="store_true", help="list the rules (id, section, description) and exit")
+    parser.add_argument(
+        "--no-load", action="store_true", help="no load connected: report the [load] rules as not run"
+    )
+    parser.add_argument(
+        "--list", action="store_true", help="list the rules (id, section, description) and exit"
+    )
     parser.add_argument("--seed", type=int, default=None, metavar="N", help="seed the first sequence number")
     parser.set_defaults(func=run)
 

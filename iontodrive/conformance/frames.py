@@ -12,7 +12,7 @@ from __future__ import annotations
 import struct
 from dataclasses import dataclass
 
-from cobs.cobs import DecodeError as CobsDecodeError
+from cobs.cobs import DecodeError as CobsDecodeError  # type: ignore[import-untyped]
 from cobs.cobs import decode as cobs_decode
 from cobs.cobs import encode as cobs_encode
 
@@ -53,7 +53,8 @@ def frame(
     """
     head = body(type_id, seq, payload, version=version)
     crc = (crc16_reference(head) ^ crc_xor) & 0xFFFF
-    return cobs_encode(head + crc.to_bytes(2, "big" if crc_order == "big" else "little")) + DELIMITER
+    encoded: bytes = cobs_encode(head + crc.to_bytes(2, "big" if crc_order == "big" else "little"))
+    return encoded + DELIMITER
 
 
 @dataclass(frozen=True, slots=True)

@@ -2,9 +2,10 @@
 
 "Safe idle" is: no session, output at zero (state IDLE, ``setpoint_ua`` 0, ``OUTPUT_ON`` clear), and the
 power-up settings (watchdog 2 s, telemetry 2 Hz, a fresh event ring and memory of answers), reached by a
-``Reset`` (§4.2, S15) once output is at zero, followed by a new host session (``OpenSession``). The way there only ever lowers the output, and always by the
-device's own ramps: ``Abort`` for any session state (the fastest ramp the device allows, never a step),
-then ``ClearFault`` for a latched fault, then ``Reset``.
+``Reset`` (§4.2, S15) once output is at zero, followed by a new host session (``OpenSession``). The way
+there only ever lowers the output, and always by the device's own ramps: ``Abort`` for any session state
+(the fastest ramp the device allows, never a step), then ``ClearFault`` for a latched fault, then
+``Reset``.
 """
 
 from __future__ import annotations

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from itertools import pairwise
 
 from iontodrive.protocol import DeviceState, Telemetry
 
@@ -58,7 +59,7 @@ def worst_jump(
     does, the one closest to it); None for fewer than two samples."""
     worst: Jump | None = None
     worst_score = -float("inf")
-    for a, b in zip(samples, samples[1:], strict=False):
+    for a, b in pairwise(samples):
         dt = t_s(b) - t_s(a)
         if dt <= 0:
             continue
@@ -79,7 +80,7 @@ def in_states(samples: Sequence[Telemetry], states: Sequence[DeviceState]) -> li
 
 def period_s(samples: Sequence[Telemetry]) -> float:
     """Median spacing of the samples (device s); 0 for fewer than two."""
-    gaps = sorted(t_s(b) - t_s(a) for a, b in zip(samples, samples[1:], strict=False))
+    gaps = sorted(t_s(b) - t_s(a) for a, b in pairwise(samples))
     return gaps[len(gaps) // 2] if gaps else 0.0
 
 
@@ -89,7 +90,9 @@ def length_ok(measured_s: float, expected_s: float, sample_period_s: float) -> b
     return abs(measured_s - expected_s) <= slack
 
 
-def ramp_span(samples: Sequence[Telemetry], state: DeviceState, *, include_next: bool = True) -> tuple[float, float]:
+def ramp_span(
+    samples: Sequence[Telemetry], state: DeviceState, *, include_next: bool = True
+) -> tuple[float, float]:
     """(first, last) device time of the run of samples in ``state``; with ``include_next`` the end is the
     first sample after the run (where the ramp is known to be over). (0, 0) if there is none."""
     first = last = None

@@ -325,7 +325,8 @@ class Probe:
         return len(self.replies)
 
     def replies_to(self, seq: int, after: int = 0) -> list[Received]:
-        """Every reply with sequence number ``seq`` filed at or after position ``after`` (see :meth:`mark`)."""
+        """Every reply with sequence number ``seq`` filed at or after position ``after`` (see "
+        ":meth:`mark`)."""
         return [r for r in self.replies[after:] if r.seq == seq]
 
     def await_reply(self, seq: int, timeout_s: float, after: int) -> Received | None:
@@ -351,7 +352,9 @@ class Probe:
         received = self.request_frame(message, seq, retries=retries)
         return received.message
 
-    def request_frame(self, message: Message, seq: int | None = None, *, retries: int | None = None) -> Received:
+    def request_frame(
+        self, message: Message, seq: int | None = None, *, retries: int | None = None
+    ) -> Received:
         """:meth:`request`, returning the reply with its host time and sequence number."""
         if seq is None:
             seq = self.next_seq()
@@ -373,7 +376,9 @@ class Probe:
         """:meth:`request`, failing the rule unless the reply is a ``reply_type``."""
         reply = self.request(message, seq)
         if not isinstance(reply, reply_type):
-            raise RuleFailed(f"{describe(message)} was answered by {describe(reply)}, expected {reply_type.__name__}")
+            raise RuleFailed(
+                f"{describe(message)} was answered by {describe(reply)}, expected {reply_type.__name__}"
+            )
         return reply
 
     def ack(self, message: Message, seq: int | None = None) -> Ack:
@@ -431,7 +436,9 @@ class Probe:
         """The newest telemetry sample, or None."""
         return self.telemetry[-1][1] if self.telemetry else None
 
-    def wait_state(self, states: Iterable[DeviceState], device_s: float, *, via_status: bool = True) -> StatusReport:
+    def wait_state(
+        self, states: Iterable[DeviceState], device_s: float, *, via_status: bool = True
+    ) -> StatusReport:
         """Poll GetStatus (about every 50 ms of device time, at most every 20 ms of host time) until the
         state is one of ``states``; fail the rule after ``device_s`` seconds of device time (+1 s of host
         slack)."""
@@ -445,7 +452,8 @@ class Probe:
             if self.clock() >= end:
                 names = ", ".join(sorted(s.name for s in wanted))
                 raise RuleFailed(
-                    f"the device stayed in {status.state.name} for {device_s:.1f} s of device time; expected {names}"
+                    f"the device stayed in {status.state.name} for {device_s:.1f} s of device time; "
+                    f"expected {names}"
                 )
             self.wait(gap)
 
@@ -487,14 +495,18 @@ class Probe:
         ident = self.ident
         target = self.test_current_ua if target_ua is None else target_ua
         if target > self.test_current_ua and not limit_probe:
-            raise SuiteError(f"the suite asked for {target} uA, above its test current {self.test_current_ua} uA")
+            raise SuiteError(
+                f"the suite asked for {target} uA, above its test current {self.test_current_ua} uA"
+            )
         up = ident.min_ramp_ms if ramp_up_ms is None else ramp_up_ms
         down = ident.min_ramp_ms if ramp_down_ms is None else ramp_down_ms
         if duration_ms is None and dose_uas == 0:
             duration_ms = default_duration_ms(ident, target, up + down)
         return Start(target, dose_uas, duration_ms or 0, up, down, polarity)
 
-    def start(self, start: Start | None = None, *, until: Sequence[DeviceState] = (DeviceState.HOLD,)) -> Start:
+    def start(
+        self, start: Start | None = None, *, until: Sequence[DeviceState] = (DeviceState.HOLD,)
+    ) -> Start:
         """Send a Start (default :meth:`session_request`), require an Ack, and wait for one of ``until``.
 
         Raises:
@@ -507,7 +519,11 @@ class Probe:
             raise SuiteError(f"start() with {start.target_current_ua} uA, above the test current")
         reply = self.request(start)
         if isinstance(reply, Nack):
-            hint = " (is a load connected? see docs/conformance.md)" if reply.code.name.startswith("CONTACT") else ""
+            hint = (
+                " (is a load connected? see docs/conformance.md)"
+                if reply.code.name.startswith("CONTACT")
+                else ""
+            )
             raise RuleFailed(f"{describe(start)} was refused: {describe(reply)}{hint}")
         if not isinstance(reply, Ack):
             raise RuleFailed(f"{describe(start)} was answered by {describe(reply)}, expected Ack")

@@ -128,14 +128,18 @@ def run_suite(
 
 
 def diagnose_undecodable(probe: Probe) -> str:
-    """A hint for a device that sends bytes the probe cannot decode ("" if it sent nothing or all was well)."""
+    """A hint for a device that sends bytes the probe cannot decode ("" if it sent nothing or all was "
+    "well)."""
     seen = frames.split_raw(bytes(probe.raw))
     if not seen or not probe.decode_errors:
         return "" if seen else " (nothing at all came back)"
     swapped = sum(1 for f in seen if f.crc_swapped)
     kinds = sorted({error.kind.value for _, error in probe.decode_errors})
     hint = f"; {swapped} carry their CRC little-endian" if swapped else ""
-    return f" ({len(seen)} frames came back, {len(probe.decode_errors)} failed to decode: {', '.join(kinds)}{hint})"
+    return (
+        f" ({len(seen)} frames came back, {len(probe.decode_errors)} failed to decode: "
+        f"{', '.join(kinds)}{hint})"
+    )
 
 
 def run_rule(probe: Probe, rule: Rule) -> RuleResult:
@@ -163,7 +167,13 @@ def run_rule(probe: Probe, rule: Rule) -> RuleResult:
     if probe.safety_violations:
         outcome = Outcome.FAIL
         evidence = "SAFETY: " + "; ".join(probe.safety_violations[:3]) + f" (check said: {evidence})"
-    log.info("%s %s in %.3f s (host clock %.3f s)", rule.id, outcome.value, time.monotonic() - wall0, probe.clock() - t0)
+    log.info(
+        "%s %s in %.3f s (host clock %.3f s)",
+        rule.id,
+        outcome.value,
+        time.monotonic() - wall0,
+        probe.clock() - t0,
+    )
     return _row(rule, outcome, evidence, time.monotonic() - wall0)
 
 

@@ -4,6 +4,8 @@ power-up (§4.2 Reset, S15), the contact check (§4.2 CheckContact, S3), the dos
 
 from __future__ import annotations
 
+from itertools import pairwise
+
 from iontodrive.protocol import (
     DEFAULT_REPLY_TIMEOUT_MS,
     DEFAULT_TELEMETRY_HZ,
@@ -13,8 +15,8 @@ from iontodrive.protocol import (
     ContactReport,
     ContactVerdict,
     DeviceState,
-    EventCode,
     Event,
+    EventCode,
     EventsReport,
     FetchEvents,
     GetStatus,
@@ -28,7 +30,6 @@ from iontodrive.protocol import (
 
 from ..probe import Probe, describe
 from ..rule import Rule, RuleFailed, expect, rule
-from .ramps import observe, samples
 
 S = DeviceState
 RATE_TOLERANCE = 0.1
@@ -52,15 +53,22 @@ def _rate_check(probe: Probe, rate: int, device_s: float) -> str:
     expect(len(got) >= 3, f"{len(got)} samples in {device_s} s at {rate} Hz")
     span = (got[-1].device_time_ms - got[0].device_time_ms) / 1000
     measured = (len(got) - 1) / span if span > 0 else 0.0
-    expect(abs(measured - rate) <= RATE_TOLERANCE * rate + 1 / device_s, f"{measured:.2f} Hz of device time for ConfigureTelemetry({rate})")
+    expect(
+        abs(measured - rate) <= RATE_TOLERANCE * rate + 1 / device_s,
+        f"{measured:.2f} Hz of device time for ConfigureTelemetry({rate})",
+    )
     numbers = [s.sample_no for s in got]
-    gaps = [(a, b) for a, b in zip(numbers, numbers[1:], strict=False) if (b - a) & 0xFFFF_FFFF != 1]
+    gaps = [(a, b) for a, b in pairwise(numbers) if (b - a) & 0xFFFF_FFFF != 1]
     expect(not gaps, f"sample_no does not go up by one: {gaps[:3]}")
     expect(probe.status().telemetry_hz == rate, "status telemetry_hz differs from the rate set")
     return f"{rate} Hz: {measured:.2f} Hz measured, sample_no +1 each"
 
 
-@rule("TELEMETRY-RATE", "§8.4, S14", "2 Hz after power-up; ConfigureTelemetry sets the rate in device time; 0 is off")
+@rule(
+    "TELEMETRY-RATE",
+    "§8.4, S14",
+    "2 Hz after power-up; ConfigureTelemetry sets the rate in device time; 0 is off",
+)
 def telemetry_rate(probe: Probe) -> str:
     notes = [_rate_check(probe, DEFAULT_TELEMETRY_HZ, 4.0)]
     fast = probe.observe_hz()
@@ -69,7 +77,11 @@ def telemetry_rate(probe: Probe) -> str:
     return "; ".join(notes)
 
 
-@rule("EVENTS-NUMBERING", "§5 EventCode, §7.4", "event 1 is POWER_ON; numbers +1; FetchEvents replays them in order")
+@rule(
+    "EVENTS-NUMBERING",
+    "§5 EventCode, §7.4",
+    "event 1 is POWER_ON; numbers +1; FetchEvents replays them in order",
+)
 def events_numbering(probe: Probe) -> str:
     probe.ack(SetWatchdog(probe.ident.min_watchdog_ms))
     probe.ack(ConfigureTelemetry(DEFAULT_TELEMETRY_HZ))
@@ -81,16 +93,34 @@ def events_numbering(probe: Probe) -> str:
         raise RuleFailed(f"FetchEvents answered {describe(report)}")
     probe.drain(0.1)
     replayed = [e for t, e in probe.events if e.replayed and t >= sent]
-    expect(len(replayed) == report.count, f"EventsReport count {report.count}, {len(replayed)} replayed events followed")
-    expect(bool(replayed) and replayed[0].event_no == 1 and replayed[0].code == EventCode.POWER_ON, f"the first event after Reset is {replayed[0] if replayed else None!r}; expected event 1 POWER_ON")
+    expect(
+        len(replayed) == report.count,
+        f"EventsReport count {report.count}, {len(replayed)} replayed events followed",
+    )
+    expect(
+        bool(replayed) and replayed[0].event_no == 1 and replayed[0].code == EventCode.POWER_ON,
+        f"the first event after Reset is {replayed[0] if replayed else None!r}; expected event 1 POWER_ON",
+    )
     numbers = [e.event_no for e in replayed]
     expect(numbers == list(range(1, len(numbers) + 1)), f"event numbers {numbers}")
-    expect(report.next_event_no == numbers[-1] + 1, f"next_event_no {report.next_event_no} after event {numbers[-1]}")
+    expect(
+        report.next_event_no == numbers[-1] + 1,
+        f"next_event_no {report.next_event_no} after event {numbers[-1]}",
+    )
     live = [e.event_no for _, e in probe.events if not e.replayed]
-    expect(live == sorted(live) and all(n in numbers for n in live), f"live events {live} do not match the ring {numbers}")
+    expect(
+        live == sorted(live) and all(n in numbers for n in live),
+        f"live events {live} do not match the ring {numbers}",
+    )
     codes = [e.code for e in replayed]
-    expect(codes.count(EventCode.WATCHDOG_CHANGED) == 2 and EventCode.TELEMETRY_CHANGED in codes, f"events {[c.name for c in codes]}")
-    return f"{len(numbers)} events 1..{numbers[-1]}, POWER_ON first, replayed in order, next {report.next_event_no}"
+    expect(
+        codes.count(EventCode.WATCHDOG_CHANGED) == 2 and EventCode.TELEMETRY_CHANGED in codes,
+        f"events {[c.name for c in codes]}",
+    )
+    return (
+        f"{len(numbers)} events 1..{numbers[-1]}, POWER_ON first, replayed in order, next "
+        f"{report.next_event_no}"
+    )
 
 
 #: What §5 says an event's ``state`` must be for events that always end in one state.
@@ -110,7 +140,10 @@ def judge_reaction(events: list[Event], before: DeviceState) -> DeviceState:
     final = before
     for event in events:
         if event.code == EventCode.STATE_CHANGED:
-            expect(int(event.value) == int(final), f"STATE_CHANGED {event.event_no}: value {event.value}, but the state was {final.name}")
+            expect(
+                int(event.value) == int(final),
+                f"STATE_CHANGED {event.event_no}: value {event.value}, but the state was {final.name}",
+            )
             final = event.state
     for event in events:
         expect(
@@ -120,7 +153,11 @@ def judge_reaction(events: list[Event], before: DeviceState) -> DeviceState:
         )
         allowed = _EVENT_STATES.get(event.code)
         if allowed is not None:
-            expect(event.state in allowed, f"{event.code.name} carries state {event.state.name}; expected {sorted(a.name for a in allowed)}")
+            expect(
+                event.state in allowed,
+                f"{event.code.name} carries state {event.state.name}; expected "
+                f"{sorted(a.name for a in allowed)}",
+            )
     return final
 
 
@@ -158,12 +195,22 @@ def events_state_after(probe: Probe) -> str:
         if group:
             state = judge_reaction(sorted(group, key=lambda e: e.event_no), state)
     names = [e.code.name for group in reactions for e in group]
-    expect(EventCode.SESSION_STARTED.name in names and EventCode.STOPPED.name in names, f"reaction events {names}")
+    expect(
+        EventCode.SESSION_STARTED.name in names and EventCode.STOPPED.name in names,
+        f"reaction events {names}",
+    )
     count = sum(len(g) for g in groups)
-    return f"{count} events in {len(groups)} reactions (Start, Pause, Stop and the device's own) carry the state after"
+    return (
+        f"{count} events in {len(groups)} reactions (Start, Pause, Stop and the device's own) carry the "
+        "state after"
+    )
 
 
-@rule("RESET-POWER-UP", "§4.2 Reset, S15", "Reset restarts: IDLE, watchdog 2000 ms, telemetry 2 Hz, events from 1")
+@rule(
+    "RESET-POWER-UP",
+    "§4.2 Reset, S15",
+    "Reset restarts: IDLE, watchdog 2000 ms, telemetry 2 Hz, events from 1",
+)
 def reset_power_up(probe: Probe) -> str:
     ident = probe.ident
     probe.ack(SetWatchdog(ident.max_watchdog_ms))
@@ -173,15 +220,29 @@ def reset_power_up(probe: Probe) -> str:
     probe.decoder.reset()
     status = probe.status()
     expect(status.state == S.IDLE, f"state {status.state.name} after Reset")
-    expect(status.watchdog_ms == DEFAULT_WATCHDOG_MS, f"watchdog {status.watchdog_ms} ms after Reset; expected {DEFAULT_WATCHDOG_MS}")
+    expect(
+        status.watchdog_ms == DEFAULT_WATCHDOG_MS,
+        f"watchdog {status.watchdog_ms} ms after Reset; expected {DEFAULT_WATCHDOG_MS}",
+    )
     expect(status.telemetry_hz == DEFAULT_TELEMETRY_HZ, f"telemetry {status.telemetry_hz} Hz after Reset")
-    expect(status.session_id == 0 and status.setpoint_ua == 0, f"session {status.session_id}, set-point {status.setpoint_ua} uA after Reset")
+    expect(
+        status.session_id == 0 and status.setpoint_ua == 0,
+        f"session {status.session_id}, set-point {status.setpoint_ua} uA after Reset",
+    )
     report = probe.request(FetchEvents(0, 1))
-    expect(isinstance(report, EventsReport) and report.first_available_no == 1, f"after Reset the ring starts at {describe(report)}")
+    expect(
+        isinstance(report, EventsReport) and report.first_available_no == 1,
+        f"after Reset the ring starts at {describe(report)}",
+    )
     return f"IDLE, watchdog {status.watchdog_ms} ms, telemetry {status.telemetry_hz} Hz, ring from event 1"
 
 
-@rule("CONTACT-REPORT", "§4.2 CheckContact, ContactReport, S3", "a contact check reports its limits and a verdict that follows them", needs_load=True)
+@rule(
+    "CONTACT-REPORT",
+    "§4.2 CheckContact, ContactReport, S3",
+    "a contact check reports its limits and a verdict that follows them",
+    needs_load=True,
+)
 def contact_report(probe: Probe) -> str:
     ident = probe.ident
     target = probe.test_current_ua
@@ -190,18 +251,41 @@ def contact_report(probe: Probe) -> str:
         raise RuleFailed(f"CheckContact(50, {target}) answered by {describe(report)}")
     high = min(CONTACT_HIGH_CAP_OHM, int(CONTACT_HIGH_FRACTION * ident.compliance_mv * 1000 / target))
     expect(report.probe_current_ua <= 50, f"probe {report.probe_current_ua} uA; S3 allows at most 50")
-    expect(report.low_limit_ohm == CONTACT_LOW_OHM, f"low limit {report.low_limit_ohm} ohm; §4.2 says {CONTACT_LOW_OHM}")
-    expect(abs(report.high_limit_ohm - high) <= 1, f"high limit {report.high_limit_ohm} ohm; min(10 kohm, 0.8 x compliance / target) = {high}")
+    expect(
+        report.low_limit_ohm == CONTACT_LOW_OHM,
+        f"low limit {report.low_limit_ohm} ohm; §4.2 says {CONTACT_LOW_OHM}",
+    )
+    expect(
+        abs(report.high_limit_ohm - high) <= 1,
+        f"high limit {report.high_limit_ohm} ohm; min(10 kohm, 0.8 x compliance / target) = {high}",
+    )
     z = report.impedance_ohm
     expected = (
-        ContactVerdict.OPEN if z == 0xFFFF_FFFF else ContactVerdict.LOW if z < report.low_limit_ohm else ContactVerdict.HIGH if z > report.high_limit_ohm else ContactVerdict.OK
+        ContactVerdict.OPEN
+        if z == 0xFFFF_FFFF
+        else ContactVerdict.LOW
+        if z < report.low_limit_ohm
+        else ContactVerdict.HIGH
+        if z > report.high_limit_ohm
+        else ContactVerdict.OK
     )
-    expect(report.verdict == expected, f"verdict {report.verdict.name} for {z} ohm within {report.low_limit_ohm}..{report.high_limit_ohm}")
-    expect(report.verdict == ContactVerdict.OK, f"verdict {report.verdict.name} at {z} ohm: connect the load of docs/conformance.md §3")
+    expect(
+        report.verdict == expected,
+        f"verdict {report.verdict.name} for {z} ohm within {report.low_limit_ohm}..{report.high_limit_ohm}",
+    )
+    expect(
+        report.verdict == ContactVerdict.OK,
+        f"verdict {report.verdict.name} at {z} ohm: connect the load of docs/conformance.md §3",
+    )
     return f"{z} ohm, OK within {report.low_limit_ohm}..{report.high_limit_ohm} ohm at {target} uA"
 
 
-@rule("DOSE-LANDS", "§4.2 Start, S11", "a dose-based session ends on its own with the charge within 1 % of the dose", needs_load=True)
+@rule(
+    "DOSE-LANDS",
+    "§4.2 Start, S11",
+    "a dose-based session ends on its own with the charge within 1 % of the dose",
+    needs_load=True,
+)
 def dose_lands(probe: Probe) -> str:
     ident = probe.ident
     target = probe.test_current_ua
@@ -212,9 +296,16 @@ def dose_lands(probe: Probe) -> str:
     budget = 2 * ramp / 1000 + DOSE_HOLD_S
     status = probe.wait_state((S.DONE,), budget * 1.5 + 2)
     error = abs(status.charge_uas - dose) / dose
-    expect(error <= DOSE_TOLERANCE, f"delivered {status.charge_uas} uA*s for a dose of {dose} uA*s ({error * 100:.2f} % off; S11 allows 1 %)")
+    expect(
+        error <= DOSE_TOLERANCE,
+        f"delivered {status.charge_uas} uA*s for a dose of {dose} uA*s ({error * 100:.2f} % off; S11 allows "
+        "1 %)",
+    )
     codes = [e.code for _, e in probe.events if not e.replayed]
-    expect(EventCode.DOSE_COMPLETE in codes and EventCode.SESSION_ENDED in codes, f"events {[c.name for c in codes]}: expected DOSE_COMPLETE and SESSION_ENDED")
+    expect(
+        EventCode.DOSE_COMPLETE in codes and EventCode.SESSION_ENDED in codes,
+        f"events {[c.name for c in codes]}: expected DOSE_COMPLETE and SESSION_ENDED",
+    )
     return f"{status.charge_uas} uA*s for {dose} uA*s ({error * 100:.2f} % off)"
 
 

@@ -17,8 +17,8 @@ from iontodrive.protocol import (
     PROTOCOL_VERSION,
     ConfigureTelemetry,
     ErrorCode,
-    Field,
     FetchEvents,
+    Field,
     GetStatus,
     Identify,
     MessageType,
@@ -58,7 +58,12 @@ def _examples(items: list[RawFrame], limit: int = 2) -> str:
     return "; ".join(item.encoded[:24].hex(" ") for item in items[:limit])
 
 
-@rule("FRAME-COBS", "§2.2", "every frame from the device is valid COBS, uniquely encoded, ending in one 0x00", needs_identity=False)
+@rule(
+    "FRAME-COBS",
+    "§2.2",
+    "every frame from the device is valid COBS, uniquely encoded, ending in one 0x00",
+    needs_identity=False,
+)
 def frame_cobs(probe: Probe) -> str:
     seen = traffic(probe)
     expect(len(seen) >= 5, f"only {len(seen)} frame(s) seen; expected replies, telemetry and events")
@@ -69,7 +74,12 @@ def frame_cobs(probe: Probe) -> str:
     return f"{len(seen)} frames, all valid, canonical COBS"
 
 
-@rule("FRAME-CRC", "§2.3", "every frame from the device carries CRC-16/CCITT-FALSE of its body, big-endian", needs_identity=False)
+@rule(
+    "FRAME-CRC",
+    "§2.3",
+    "every frame from the device carries CRC-16/CCITT-FALSE of its body, big-endian",
+    needs_identity=False,
+)
 def frame_crc(probe: Probe) -> str:
     seen = [f for f in traffic(probe) if f.body is not None]
     expect(len(seen) >= 5, f"only {len(seen)} decodable frame(s) seen")
@@ -81,11 +91,18 @@ def frame_crc(probe: Probe) -> str:
             if swapped
             else "the CRC does not match in either byte order"
         )
-        raise RuleFailed(f"{len(wrong)} of {len(seen)} frames fail the CRC check; {why}; e.g. {_examples(wrong)}")
+        raise RuleFailed(
+            f"{len(wrong)} of {len(seen)} frames fail the CRC check; {why}; e.g. {_examples(wrong)}"
+        )
     return f"{len(seen)} frames, CRC right and big-endian (checked with the bitwise reference CRC)"
 
 
-@rule("FRAME-HEADER", "§2.1", "device frames: version byte, known type, payload length of the type, seq rules", needs_identity=False)
+@rule(
+    "FRAME-HEADER",
+    "§2.1",
+    "device frames: version byte, known type, payload length of the type, seq rules",
+    needs_identity=False,
+)
 def frame_header(probe: Probe) -> str:
     seen = [f for f in traffic(probe) if f.body is not None and f.crc_ok]
     expect(len(seen) >= 5, f"only {len(seen)} frame(s) with a good CRC seen")
@@ -96,7 +113,12 @@ def frame_header(probe: Probe) -> str:
     return f"{len(seen)} frames: version {PROTOCOL_VERSION}, known types, right lengths and sequence numbers"
 
 
-@rule("FRAME-SIZE", "§2.4", "no frame from the device is longer than MAX_FRAME_BYTES (128) with its delimiter", needs_identity=False)
+@rule(
+    "FRAME-SIZE",
+    "§2.4",
+    "no frame from the device is longer than MAX_FRAME_BYTES (128) with its delimiter",
+    needs_identity=False,
+)
 def frame_size(probe: Probe) -> str:
     seen = traffic(probe)
     longest = max((len(f.encoded) + 1 for f in seen), default=0)
@@ -119,7 +141,9 @@ def _silently_ignored(probe: Probe, data: bytes, what: str) -> str:
     probe.drain(probe.reply_timeout_s)
     answers = probe.replies[mark:]
     if answers:
-        raise RuleFailed(f"{what} was answered by {describe(answers[0].message)}; no frame may answer it (§3.5)")
+        raise RuleFailed(
+            f"{what} was answered by {describe(answers[0].message)}; no frame may answer it (§3.5)"
+        )
     after = probe.status()
     expect(
         after.watchdog_ms == before.watchdog_ms and after.telemetry_hz == before.telemetry_hz,
@@ -144,26 +168,39 @@ def _watchdog_frame(
     )
 
 
-@rule("FRAME-BAD-CRC", "§3.5", "a request with a wrong CRC, or its CRC little-endian, gets no reply and changes nothing")
+@rule(
+    "FRAME-BAD-CRC",
+    "§3.5",
+    "a request with a wrong CRC, or its CRC little-endian, gets no reply and changes nothing",
+)
 def frame_bad_crc(probe: Probe) -> str:
     notes = [
-        _silently_ignored(probe, _watchdog_frame(probe, crc_xor=0x0001), "SetWatchdog with one CRC bit flipped"),
-        _silently_ignored(probe, _watchdog_frame(probe, crc_order="little"), "SetWatchdog with its CRC little-endian"),
+        _silently_ignored(
+            probe, _watchdog_frame(probe, crc_xor=0x0001), "SetWatchdog with one CRC bit flipped"
+        ),
+        _silently_ignored(
+            probe, _watchdog_frame(probe, crc_order="little"), "SetWatchdog with its CRC little-endian"
+        ),
     ]
     return "; ".join(notes)
 
 
-@rule("FRAME-VERSION", "§9", "a frame of an unknown (later) protocol version gets no reply and changes nothing")
+@rule(
+    "FRAME-VERSION", "§9", "a frame of an unknown (later) protocol version gets no reply and changes nothing"
+)
 def frame_version(probe: Probe) -> str:
     return _silently_ignored(
-        probe, _watchdog_frame(probe, version=(PROTOCOL_VERSION + 1) & 0xFF), f"SetWatchdog as version {PROTOCOL_VERSION + 1}"
+        probe,
+        _watchdog_frame(probe, version=(PROTOCOL_VERSION + 1) & 0xFF),
+        f"SetWatchdog as version {PROTOCOL_VERSION + 1}",
     )
 
 
 @rule(
     "VERSION-REFUSAL",
     "§9",
-    f"a version-{PREVIOUS_PROTOCOL_VERSION} request gets the version refusal: a version-{PREVIOUS_PROTOCOL_VERSION} Nack UNSUPPORTED, nothing changed",
+    f"a version-{PREVIOUS_PROTOCOL_VERSION} request gets the version refusal: a "
+    f"version-{PREVIOUS_PROTOCOL_VERSION} Nack UNSUPPORTED, nothing changed",
     min_version=2,
 )
 def version_refusal(probe: Probe) -> str:
@@ -173,23 +210,43 @@ def version_refusal(probe: Probe) -> str:
     raw_mark = len(probe.raw)
     probe.write(_watchdog_frame(probe, seq=seq, version=old), request=False)
     probe.drain(probe.reply_timeout_s)
-    answers = [f for f in frames.split_raw(bytes(probe.raw[raw_mark:])) if f.body is not None and f.body[0] == old]
-    expect(bool(answers), f"no version-{old} frame came back for a version-{old} SetWatchdog (§9: the device answers it with a refusal)")
+    answers = [
+        f for f in frames.split_raw(bytes(probe.raw[raw_mark:])) if f.body is not None and f.body[0] == old
+    ]
+    expect(
+        bool(answers),
+        f"no version-{old} frame came back for a version-{old} SetWatchdog (§9: the device answers it with "
+        "a refusal)",
+    )
     body = answers[0].body
     assert body is not None
     expect(answers[0].crc_ok, f"the version-{old} refusal has a bad CRC: {answers[0].encoded.hex(' ')}")
     expect(len(answers) == 1, f"{len(answers)} version-{old} frames came back for one request")
-    expect(body[1] == MessageType.NACK and len(body) == 4 + _NACK.size + 2, f"the version-{old} answer is type 0x{body[1]:02X}, {len(body)} bytes; expected a Nack")
+    expect(
+        body[1] == MessageType.NACK and len(body) == 4 + _NACK.size + 2,
+        f"the version-{old} answer is type 0x{body[1]:02X}, {len(body)} bytes; expected a Nack",
+    )
     got_seq = body[2] | (body[3] << 8)
     request_type, code, fld, value, low, high = _NACK.unpack_from(body, 4)
-    evidence = f"version {old} Nack(request 0x{request_type:02X}, code {code}, field {fld}, value {value}, range {low}..{high}), seq {got_seq}"
-    expect(got_seq == seq and request_type == MessageType.SET_WATCHDOG, f"refusal for the wrong request: {evidence}")
+    evidence = (
+        f"version {old} Nack(request 0x{request_type:02X}, code {code}, field {fld}, value {value}, range "
+        f"{low}..{high}), seq {got_seq}"
+    )
     expect(
-        (code, fld, value, low, high) == (ErrorCode.UNSUPPORTED, Field.NONE, old, PROTOCOL_VERSION, PROTOCOL_VERSION),
-        f"{evidence}; expected UNSUPPORTED, field NONE, value {old}, range {PROTOCOL_VERSION}..{PROTOCOL_VERSION}",
+        got_seq == seq and request_type == MessageType.SET_WATCHDOG,
+        f"refusal for the wrong request: {evidence}",
+    )
+    expect(
+        (code, fld, value, low, high)
+        == (ErrorCode.UNSUPPORTED, Field.NONE, old, PROTOCOL_VERSION, PROTOCOL_VERSION),
+        f"{evidence}; expected UNSUPPORTED, field NONE, value {old}, range "
+        f"{PROTOCOL_VERSION}..{PROTOCOL_VERSION}",
     )
     after = probe.status()
-    expect(after.watchdog_ms == before.watchdog_ms, f"the version-{old} SetWatchdog was executed: {before.watchdog_ms} -> {after.watchdog_ms} ms")
+    expect(
+        after.watchdog_ms == before.watchdog_ms,
+        f"the version-{old} SetWatchdog was executed: {before.watchdog_ms} -> {after.watchdog_ms} ms",
+    )
     return evidence + "; nothing changed"
 
 
@@ -198,7 +255,11 @@ def frame_seq_zero(probe: Probe) -> str:
     return _silently_ignored(probe, _watchdog_frame(probe, seq=0), "SetWatchdog with seq 0")
 
 
-@rule("FRAME-BAD-COBS", "§2.2, §3.5", "a frame whose COBS code overruns the frame, or an oversize run, is dropped")
+@rule(
+    "FRAME-BAD-COBS",
+    "§2.2, §3.5",
+    "a frame whose COBS code overruns the frame, or an oversize run, is dropped",
+)
 def frame_bad_cobs(probe: Probe) -> str:
     good = _watchdog_frame(probe)
     overrun = bytes([0x40]) + good[1:]  # first code byte announces 63 bytes; far fewer follow

@@ -34,34 +34,51 @@ from .ramps import observe
 S = DeviceState
 
 
-@rule("HOST-SESSION-OPEN", "§7.3, §8.1", "OpenSession answers SessionOpened: nonce echoed, sessions counted, previous nonce named", min_version=2)
+@rule(
+    "HOST-SESSION-OPEN",
+    "§7.3, §8.1",
+    "OpenSession answers SessionOpened: nonce echoed, sessions counted, previous nonce named",
+    min_version=2,
+)
 def host_session_open(probe: Probe) -> str:
     first_nonce = probe.nonce
     opened = probe.open_session()
     expect(
         opened.previous_nonce == first_nonce,
-        f"SessionOpened names previous nonce {opened.previous_nonce}; the host session it replaced had {first_nonce}",
+        f"SessionOpened names previous nonce {opened.previous_nonce}; the host session it replaced had "
+        f"{first_nonce}",
     )
     second = probe.open_session()
     expect(
         second.host_session_no == (opened.host_session_no + 1) & 0xFFFF_FFFF,
         f"host_session_no {opened.host_session_no} then {second.host_session_no}; expected +1",
     )
-    expect(second.previous_nonce == opened.host_nonce, f"previous_nonce {second.previous_nonce}, expected {opened.host_nonce}")
+    expect(
+        second.previous_nonce == opened.host_nonce,
+        f"previous_nonce {second.previous_nonce}, expected {opened.host_nonce}",
+    )
     refused = probe.request(OpenSession(0))
     if not isinstance(refused, Nack):
-        raise RuleFailed(f"OpenSession(0) was answered by {describe(refused)}; nonce 0 means no session (§7.3)")
+        raise RuleFailed(
+            f"OpenSession(0) was answered by {describe(refused)}; nonce 0 means no session (§7.3)"
+        )
     expect(
         refused.code == ErrorCode.OUT_OF_RANGE and refused.field == Field.HOST_NONCE,
         f"OpenSession(0) refused with {describe(refused)}; expected OUT_OF_RANGE naming HOST_NONCE",
     )
     expect(
         (refused.minimum, refused.maximum) == (1, MAX_HOST_NONCE),
-        f"OpenSession(0) refused with range {refused.minimum}..{refused.maximum}; expected 1..{MAX_HOST_NONCE}",
+        f"OpenSession(0) refused with range {refused.minimum}..{refused.maximum}; expected "
+        f"1..{MAX_HOST_NONCE}",
     )
     opened_events = [e for _, e in probe.events if e.code == EventCode.HOST_SESSION_OPENED and not e.replayed]
-    expect(len(opened_events) >= 2, f"{len(opened_events)} HOST_SESSION_OPENED events for two sessions opened")
-    return f"sessions {opened.host_session_no} and {second.host_session_no}, previous nonces named; nonce 0 refused naming HOST_NONCE"
+    expect(
+        len(opened_events) >= 2, f"{len(opened_events)} HOST_SESSION_OPENED events for two sessions opened"
+    )
+    return (
+        f"sessions {opened.host_session_no} and {second.host_session_no}, previous nonces named; nonce 0 "
+        "refused naming HOST_NONCE"
+    )
 
 
 @rule(
@@ -79,18 +96,25 @@ def host_cache_scope(probe: Probe) -> str:
     probe.ack(SetWatchdog(ident.max_watchdog_ms))  # the first host leaves the watchdog elsewhere
     probe.open_session()  # "the second host" connects
     reply = probe.request(SetWatchdog(first_value), seq_a)  # the very same frame the first host sent
-    expect(isinstance(reply, Ack), f"the second host's SetWatchdog({first_value}) was answered {describe(reply)}")
+    expect(
+        isinstance(reply, Ack), f"the second host's SetWatchdog({first_value}) was answered {describe(reply)}"
+    )
     again = probe.request(GetStatus(), seq_b)
     if not isinstance(again, StatusReport):
         raise RuleFailed(f"the second host's GetStatus was answered {describe(again)}")
-    expect(again != stale, "the second host's GetStatus got the first host's StatusReport again, byte for byte")
+    expect(
+        again != stale, "the second host's GetStatus got the first host's StatusReport again, byte for byte"
+    )
     status = probe.status()
     expect(
         status.watchdog_ms == first_value,
         f"the second host's SetWatchdog({first_value}) (same seq and bytes as the first host's) was answered "
         f"from the first host's memory and not executed: watchdog {status.watchdog_ms} ms",
     )
-    return f"seq {seq_a} and {seq_b} reused by a second host: executed afresh (watchdog {status.watchdog_ms} ms, fresh status)"
+    return (
+        f"seq {seq_a} and {seq_b} reused by a second host: executed afresh (watchdog {status.watchdog_ms} "
+        "ms, fresh status)"
+    )
 
 
 @rule(
@@ -125,9 +149,13 @@ def host_cache_start(probe: Probe) -> str:
     after = probe.status()
     expect(
         after.state in (S.RAMP_DOWN, S.DONE),
-        f"the second host's Stop (same seq as the first host's Stop) was acknowledged but not executed: {after.state.name}, set-point {after.setpoint_ua} uA",
+        "the second host's Stop (same seq as the first host's Stop) was acknowledged but not executed: "
+        f"{after.state.name}, set-point {after.setpoint_ua} uA",
     )
-    return f"second host: Start seq {seq_start} started session {status.session_id}; Stop seq {seq_stop} stopped it"
+    return (
+        f"second host: Start seq {seq_start} started session {status.session_id}; Stop seq {seq_stop} "
+        "stopped it"
+    )
 
 
 @rule(
@@ -157,11 +185,15 @@ def safety_always(probe: Probe) -> str:
         probe.ack(start)
         probe.await_telemetry_state((S.HOLD,), up)
         reply = probe.request(message, seq)  # the same frame again
-        expect(isinstance(reply, Ack), f"{type(message).__name__} repeated with seq {seq} answered {describe(reply)}")
+        expect(
+            isinstance(reply, Ack),
+            f"{type(message).__name__} repeated with seq {seq} answered {describe(reply)}",
+        )
         status = probe.status()
         expect(
             status.state in (S.RAMP_DOWN, S.PAUSING, S.DONE, S.PAUSED),
-            f"{type(message).__name__} repeated with its remembered seq {seq} was acknowledged but not executed: "
+            f"{type(message).__name__} repeated with its remembered seq {seq} was acknowledged but not "
+            "executed: "
             f"{status.state.name}, set-point {status.setpoint_ua} uA",
         )
         probe.request(Abort())

@@ -16,7 +16,7 @@ import struct
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from cobs.cobs import decode as cobs_decode
+from cobs.cobs import decode as cobs_decode  # type: ignore[import-untyped]
 
 from iontodrive.protocol import (
     Abort,
@@ -99,7 +99,7 @@ def _send_case(probe: Probe, case: NackCase) -> Message:
 
 
 def _seq_of(raw: bytes) -> int:
-    body = cobs_decode(raw[:-1])
+    body: bytes = cobs_decode(raw[:-1])
     return body[2] | (body[3] << 8)
 
 
@@ -120,9 +120,12 @@ def check_case(probe: Probe, case: NackCase) -> None:
         )
     expect(
         reply.request_type == case.request_type,
-        f"{case.what}: Nack names request type 0x{reply.request_type:02X}, not 0x{case.request_type:02X}: {got}",
+        f"{case.what}: Nack names request type 0x{reply.request_type:02X}, not 0x{case.request_type:02X}: "
+        f"{got}",
     )
-    expect(reply.code in case.codes, f"{case.what}: code {reply.code.name}, expected {_names(case.codes)}: {got}")
+    expect(
+        reply.code in case.codes, f"{case.what}: code {reply.code.name}, expected {_names(case.codes)}: {got}"
+    )
     expect(
         reply.field in case.fields,
         f"{case.what}: the Nack names field {reply.field.name}, expected {_names(case.fields)}: {got}",
@@ -130,9 +133,15 @@ def check_case(probe: Probe, case: NackCase) -> None:
     if case.value is not None:
         expect(reply.value == case.value, f"{case.what}: value {reply.value}, expected {case.value}: {got}")
     if case.minimum is not None:
-        expect(reply.minimum == case.minimum, f"{case.what}: minimum {reply.minimum}, expected {case.minimum}: {got}")
+        expect(
+            reply.minimum == case.minimum,
+            f"{case.what}: minimum {reply.minimum}, expected {case.minimum}: {got}",
+        )
     if case.maximum is not None:
-        expect(reply.maximum == case.maximum, f"{case.what}: maximum {reply.maximum}, expected {case.maximum}: {got}")
+        expect(
+            reply.maximum == case.maximum,
+            f"{case.what}: maximum {reply.maximum}, expected {case.maximum}: {got}",
+        )
     if case.outside and case.value is not None:
         expect(reply.minimum <= reply.maximum, f"{case.what}: an empty range: {got}")
         expect(
@@ -187,6 +196,19 @@ def _safe_start(probe: Probe, **changes: int) -> Start:
     )
 
 
+def _start_with(**changes: int) -> Callable[[Probe], Message]:
+    """A case builder: :func:`_safe_start` with these changes."""
+    return lambda p: _safe_start(p, **changes)
+
+
+def _constant(message: Message) -> Callable[[Probe], Message]:
+    return lambda p: message
+
+
+def _contact_probe(probe_ua: int) -> Callable[[Probe], Message]:
+    return lambda p: CheckContact(probe_ua, p.test_current_ua)
+
+
 def _start_raw(probe: Probe, **changes: int) -> bytes:
     """:func:`_safe_start` as a raw frame, so enumerated fields can hold values with no meaning."""
     start = _safe_start(probe)
@@ -232,7 +254,8 @@ def dose_probe_ua(ident: IdentityReport) -> int:
 
 
 def dose_cap_binds(ident: IdentityReport) -> bool:
-    """True when :func:`dose_probe_ua` could deliver more than the cap, so the NACK's maximum must be the cap."""
+    """True when :func:`dose_probe_ua` could deliver more than the cap, so the NACK's maximum must be the "
+    "cap."""
     on_s = (ident.max_duration_ms - 2 * ident.max_ramp_ms) / 1000
     return dose_probe_ua(ident) * on_s > ident.dose_cap_uas * DOSE_PROBE_HEADROOM * 0.99
 
@@ -261,7 +284,8 @@ def start_limit_cases(ident: IdentityReport) -> list[NackCase]:
             top,
         ),
         NackCase(
-            f"Start dose {ident.dose_cap_uas + 1} uA*s at {dose_probe_ua(ident)} uA (dose_cap_uas {ident.dose_cap_uas})",
+            f"Start dose {ident.dose_cap_uas + 1} uA*s at {dose_probe_ua(ident)} uA (dose_cap_uas "
+            f"{ident.dose_cap_uas})",
             lambda p: _safe_start(
                 p, target_current_ua=dose_probe_ua(ident), dose_uas=ident.dose_cap_uas + 1, duration_ms=0
             ),
@@ -287,7 +311,7 @@ def start_limit_cases(ident: IdentityReport) -> list[NackCase]:
             cases.append(
                 NackCase(
                     f"Start {name} {value} (ramps {ident.min_ramp_ms}..{ident.max_ramp_ms})",
-                    lambda p, n=name, v=value: _safe_start(p, **{n: v}),
+                    _start_with(**{name: value}),
                     MessageType.START,
                     _OOR,
                     (fld,),
@@ -328,7 +352,7 @@ def pulse_cases(ident: IdentityReport) -> list[NackCase]:
     cases = [
         NackCase(
             f"Start pulse frequency {f} Hz (pulse {lo}..{hi} Hz)",
-            lambda p, f=f: _safe_start(p, waveform=pulsed, pulse_frequency_hz=f, duty_percent=50),
+            _start_with(waveform=pulsed, pulse_frequency_hz=f, duty_percent=50),
             MessageType.START,
             _OOR,
             (Field.PULSE_FREQUENCY_HZ,),
@@ -343,7 +367,7 @@ def pulse_cases(ident: IdentityReport) -> list[NackCase]:
     cases.extend(
         NackCase(
             f"Start duty {d} % (duty {dlo}..{dhi} %)",
-            lambda p, d=d: _safe_start(p, waveform=pulsed, pulse_frequency_hz=lo, duty_percent=d),
+            _start_with(waveform=pulsed, pulse_frequency_hz=lo, duty_percent=d),
             MessageType.START,
             _OOR,
             (Field.DUTY_PERCENT,),
@@ -403,7 +427,7 @@ def setting_cases(ident: IdentityReport) -> list[NackCase]:
     cases = [
         NackCase(
             f"SetWatchdog {v} ms (watchdog {lo}..{hi} ms)",
-            lambda p, v=v: SetWatchdog(v),
+            _constant(SetWatchdog(v)),
             MessageType.SET_WATCHDOG,
             _OOR,
             (Field.TIMEOUT_MS,),
@@ -431,7 +455,7 @@ def setting_cases(ident: IdentityReport) -> list[NackCase]:
     cases.extend(
         NackCase(
             f"CheckContact probe {v} uA (at most {_PROBE_MAX_UA})",
-            lambda p, v=v: CheckContact(v, p.test_current_ua),
+            _contact_probe(v),
             MessageType.CHECK_CONTACT,
             _OOR,
             (Field.PROBE_CURRENT_UA,),
@@ -505,39 +529,64 @@ def decode_cases(ident: IdentityReport) -> list[NackCase]:
     ]
 
 
-@rule("LIMIT-START", "§4.2, §6, S12", "Start outside the identity's limits is refused with field, value and range", needs_load=True)
+@rule(
+    "LIMIT-START",
+    "§4.2, §6, S12",
+    "Start outside the identity's limits is refused with field, value and range",
+    needs_load=True,
+)
 def limit_start(probe: Probe) -> str:
     return check_cases(probe, start_limit_cases(probe.ident))
 
 
-@rule("LIMIT-PULSE", "§4.2, §6", "pulsed DC is UNSUPPORTED where the identity lacks it, else its ranges hold", needs_load=True)
+@rule(
+    "LIMIT-PULSE",
+    "§4.2, §6",
+    "pulsed DC is UNSUPPORTED where the identity lacks it, else its ranges hold",
+    needs_load=True,
+)
 def limit_pulse(probe: Probe) -> str:
     return check_cases(probe, pulse_cases(probe.ident))
 
 
-@rule("LIMIT-SETTINGS", "§4.2, §6, S10, S14, S3", "watchdog, telemetry and probe limits refused with their range")
+@rule(
+    "LIMIT-SETTINGS",
+    "§4.2, §6, S10, S14, S3",
+    "watchdog, telemetry and probe limits refused with their range",
+)
 def limit_settings(probe: Probe) -> str:
     return check_cases(probe, setting_cases(probe.ident))
 
 
-@rule("NACK-INCONSISTENT", "§6", "contradicting Start fields are refused INCONSISTENT, naming one of them", needs_load=True)
+@rule(
+    "NACK-INCONSISTENT",
+    "§6",
+    "contradicting Start fields are refused INCONSISTENT, naming one of them",
+    needs_load=True,
+)
 def nack_inconsistent(probe: Probe) -> str:
     return check_cases(probe, inconsistent_cases(probe.ident))
 
 
-@rule("NACK-DECODE", "§3.5, §6", "unknown type, wrong length, undefined enum value: NACKed naming what is wrong")
+@rule(
+    "NACK-DECODE", "§3.5, §6", "unknown type, wrong length, undefined enum value: NACKed naming what is wrong"
+)
 def nack_decode(probe: Probe) -> str:
     return check_cases(probe, decode_cases(probe.ident))
 
 
-@rule("LIMIT-BOUNDS-ACCEPTED", "§4.2, S10, S14", "the identity's own watchdog and telemetry bounds are accepted")
+@rule(
+    "LIMIT-BOUNDS-ACCEPTED", "§4.2, S10, S14", "the identity's own watchdog and telemetry bounds are accepted"
+)
 def limit_bounds_accepted(probe: Probe) -> str:
     ident = probe.ident
     for value in (ident.min_watchdog_ms, ident.max_watchdog_ms):
         probe.ack(SetWatchdog(value))
         got = probe.status().watchdog_ms
         expect(got == value, f"SetWatchdog({value}) acknowledged but the status says {got} ms")
-    probe.ack(SetWatchdog(2000 if ident.min_watchdog_ms <= 2000 <= ident.max_watchdog_ms else ident.min_watchdog_ms))
+    probe.ack(
+        SetWatchdog(2000 if ident.min_watchdog_ms <= 2000 <= ident.max_watchdog_ms else ident.min_watchdog_ms)
+    )
     probe.ack(ConfigureTelemetry(0))
     probe.ack(ConfigureTelemetry(ident.max_telemetry_hz))
     probe.ack(ConfigureTelemetry(0))
@@ -547,7 +596,11 @@ def limit_bounds_accepted(probe: Probe) -> str:
     )
 
 
-@rule("EVENTS-FETCH-ZERO", "§4.2 FetchEvents", "FetchEvents with max_count 0 (in its range 0-255) is answered, count 0")
+@rule(
+    "EVENTS-FETCH-ZERO",
+    "§4.2 FetchEvents",
+    "FetchEvents with max_count 0 (in its range 0-255) is answered, count 0",
+)
 def events_fetch_zero(probe: Probe) -> str:
     reply = probe.request(FetchEvents(0, 0))
     if not isinstance(reply, EventsReport):

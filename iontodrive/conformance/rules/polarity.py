@@ -6,8 +6,8 @@ from __future__ import annotations
 from iontodrive.protocol import DeviceState, ErrorCode, Field, Nack, Polarity, StatusFlags, Stop
 
 from ..probe import Probe, describe
-from .ramps import HOLD_OBSERVE_DEVICE_S, observe, samples
 from ..rule import Rule, RuleFailed, expect, rule
+from .ramps import HOLD_OBSERVE_DEVICE_S, observe, samples
 
 S = DeviceState
 
@@ -34,10 +34,14 @@ def polarity_lock(probe: Probe) -> str:
     flip = probe.session_request(polarity=other)
     reply = probe.request(flip)
     if not isinstance(reply, Nack):
-        raise RuleFailed(f"a Start with polarity {other.name} during output was answered by {describe(reply)}")
+        raise RuleFailed(
+            f"a Start with polarity {other.name} during output was answered by {describe(reply)}"
+        )
     expect(
-        (reply.code, reply.field) in ((ErrorCode.POLARITY_LOCKED, Field.POLARITY), (ErrorCode.BAD_STATE, Field.STATE)),
-        f"refused with {describe(reply)}; expected POLARITY_LOCKED (field POLARITY) or BAD_STATE (field STATE)",
+        (reply.code, reply.field)
+        in ((ErrorCode.POLARITY_LOCKED, Field.POLARITY), (ErrorCode.BAD_STATE, Field.STATE)),
+        f"refused with {describe(reply)}; expected POLARITY_LOCKED (field POLARITY) or BAD_STATE (field "
+        "STATE)",
     )
     probe.wait(probe.host_s(HOLD_OBSERVE_DEVICE_S))
     status = probe.status()
@@ -45,7 +49,10 @@ def polarity_lock(probe: Probe) -> str:
     expect(status.state == S.HOLD, f"the refused Start moved the session to {status.state.name}")
     wrong = _output_samples_with_other_polarity(probe, start.polarity)
     expect(not wrong, f"telemetry shows the polarity change during output: {'; '.join(wrong[:3])}")
-    return f"refused with {reply.code.name}; all {len(samples(probe))} samples with output carry {start.polarity.name}"
+    return (
+        f"refused with {reply.code.name}; all {len(samples(probe))} samples with output carry "
+        f"{start.polarity.name}"
+    )
 
 
 @rule(

@@ -61,7 +61,10 @@ def check_ramp(
     expect(len(run) >= 2, f"{what}: {len(run)} telemetry sample(s) in {state.name}; expected a ramp")
     jump = worst_jump(run, lambda s: s.setpoint_ua, rate_ua_per_s, ROUNDING_UA)
     assert jump is not None
-    expect(jump.ok, f"{what}: " + jump.describe("the set-point") + f"; the ramp's rate is {rate_ua_per_s:.0f} uA/s")
+    expect(
+        jump.ok,
+        f"{what}: " + jump.describe("the set-point") + f"; the ramp's rate is {rate_ua_per_s:.0f} uA/s",
+    )
     first, last = ramp_span(seen, state)
     period = period_s(seen)
     expect(
@@ -75,14 +78,22 @@ def _stable_at(seen: Sequence[Telemetry], state: DeviceState, setpoint_ua: int, 
     run = in_states(seen, (state,))
     expect(bool(run), f"{what}: no telemetry sample in {state.name}")
     off = [s for s in run if abs(s.setpoint_ua - setpoint_ua) > ROUNDING_UA]
-    expect(not off, f"{what}: set-point {off[0].setpoint_ua if off else 0} uA in {state.name}, expected {setpoint_ua}")
+    expect(
+        not off,
+        f"{what}: set-point {off[0].setpoint_ua if off else 0} uA in {state.name}, expected {setpoint_ua}",
+    )
 
 
 def _events(probe: Probe) -> list[EventCode]:
     return [event.code for _, event in probe.events if not event.replayed]
 
 
-@rule("RAMP-UP", "§4.2 Start, S1, S2, S4", "output starts from zero and ramps to the target over ramp_up_ms", needs_load=True)
+@rule(
+    "RAMP-UP",
+    "§4.2 Start, S1, S2, S4",
+    "output starts from zero and ramps to the target over ramp_up_ms",
+    needs_load=True,
+)
 def ramp_up(probe: Probe) -> str:
     observe(probe)
     start = probe.start()
@@ -91,15 +102,24 @@ def ramp_up(probe: Probe) -> str:
     slew_note = check_measured_slew(probe, seen)
     up = in_states(seen, (S.RAMP_UP,))
     expect(bool(up), "no telemetry sample in RAMP_UP: the output reached its target at once")
-    first_step = start.target_current_ua / start.ramp_up_ms * 1000 * max(period_s(seen), 0.01) * 2 + ROUNDING_UA
-    expect(up[0].setpoint_ua <= first_step, f"the ramp up began at {up[0].setpoint_ua} uA, not from zero (S4)")
+    first_step = (
+        start.target_current_ua / start.ramp_up_ms * 1000 * max(period_s(seen), 0.01) * 2 + ROUNDING_UA
+    )
+    expect(
+        up[0].setpoint_ua <= first_step, f"the ramp up began at {up[0].setpoint_ua} uA, not from zero (S4)"
+    )
     rate = start.target_current_ua * 1000 / start.ramp_up_ms
     note = check_ramp(seen, S.RAMP_UP, rate, start.ramp_up_ms / 1000, "ramp up")
     _stable_at(seen, S.HOLD, start.target_current_ua, "after the ramp")
     return f"{note}, from zero to {start.target_current_ua} uA; {slew_note}"
 
 
-@rule("RAMP-STOP", "§4.2 Stop, S1, S2", "Stop ramps the output to zero over ramp_down_ms, then DONE", needs_load=True)
+@rule(
+    "RAMP-STOP",
+    "§4.2 Stop, S1, S2",
+    "Stop ramps the output to zero over ramp_down_ms, then DONE",
+    needs_load=True,
+)
 def ramp_stop(probe: Probe) -> str:
     observe(probe)
     start = probe.start()
@@ -114,14 +134,23 @@ def ramp_stop(probe: Probe) -> str:
     expect(bool(done), "no telemetry sample in DONE")
     expect(
         all(s.setpoint_ua == 0 and s.measured_ua <= probe.margin_ua for s in done),
-        f"in DONE the output is not zero: set-point {done[-1].setpoint_ua} uA, measured {done[-1].measured_ua} uA",
+        f"in DONE the output is not zero: set-point {done[-1].setpoint_ua} uA, measured "
+        f"{done[-1].measured_ua} uA",
     )
     codes = _events(probe)
-    expect(EventCode.STOPPED in codes and EventCode.SESSION_ENDED in codes, f"events {[c.name for c in codes]}: expected STOPPED and SESSION_ENDED")
+    expect(
+        EventCode.STOPPED in codes and EventCode.SESSION_ENDED in codes,
+        f"events {[c.name for c in codes]}: expected STOPPED and SESSION_ENDED",
+    )
     return f"{note}; " + check_measured_slew(probe, seen)
 
 
-@rule("RAMP-ABORT", "§4.2 Abort, S1, S2", "Abort ramps to zero at the slew limit: fast, but never a step", needs_load=True)
+@rule(
+    "RAMP-ABORT",
+    "§4.2 Abort, S1, S2",
+    "Abort ramps to zero at the slew limit: fast, but never a step",
+    needs_load=True,
+)
 def ramp_abort(probe: Probe) -> str:
     observe(probe)
     start = probe.start()
@@ -154,7 +183,11 @@ def ramp_setcurrent(probe: Probe) -> str:
     after = [s for s in seen if s.state in (S.ADJUST, S.HOLD)]
     rate = (start.target_current_ua - new) * 1000 / ramp_ms
     note = check_ramp(after, S.ADJUST, rate, ramp_ms / 1000, "set-point change")
-    tail = [s for s in after if s.state == S.HOLD and s.device_time_ms > in_states(after, (S.ADJUST,))[-1].device_time_ms]
+    tail = [
+        s
+        for s in after
+        if s.state == S.HOLD and s.device_time_ms > in_states(after, (S.ADJUST,))[-1].device_time_ms
+    ]
     _stable_at(tail, S.HOLD, new, "after SetCurrent")
     expect(EventCode.SETPOINT_CHANGED in _events(probe), "no SETPOINT_CHANGED event")
     return f"{note}, {start.target_current_ua} -> {new} uA; " + check_measured_slew(probe, seen)
@@ -174,11 +207,16 @@ def ramp_pause_resume(probe: Probe) -> str:
     paused = probe.wait_state((S.PAUSED,), start.ramp_down_ms / 1000 * 1.5 + 1)
     charge_paused = paused.charge_uas
     expect(charge_paused > 0, "PAUSED with charge_uas 0: the delivered dose was not kept")
-    expect(bool(paused.flags & StatusFlags.SESSION_ACTIVE), f"PAUSED without SESSION_ACTIVE: {paused.flags!r}")
+    expect(
+        bool(paused.flags & StatusFlags.SESSION_ACTIVE), f"PAUSED without SESSION_ACTIVE: {paused.flags!r}"
+    )
     probe.wait(probe.host_s(PAUSED_OBSERVE_DEVICE_S))
     still = probe.status()
     expect(still.state == S.PAUSED, f"a paused session moved to {still.state.name} by itself")
-    expect(still.charge_uas == charge_paused, f"charge moved while paused: {charge_paused} -> {still.charge_uas} uA*s")
+    expect(
+        still.charge_uas == charge_paused,
+        f"charge moved while paused: {charge_paused} -> {still.charge_uas} uA*s",
+    )
     seen_pause = samples(probe)
     rate = start.target_current_ua * 1000 / start.ramp_down_ms
     note = check_ramp(seen_pause, S.PAUSING, rate, start.ramp_down_ms / 1000, "pause ramp")
@@ -189,9 +227,18 @@ def ramp_pause_resume(probe: Probe) -> str:
     states = [s.state for s in resumed]
     expect(S.CONTACT_CHECK in states, "Resume went to RAMP_UP without a contact check (S7)")
     up = in_states(resumed, (S.RAMP_UP,))
-    expect(bool(up) and up[0].setpoint_ua <= start.target_current_ua // 10, "the resumed ramp did not start from zero")
+    expect(
+        bool(up) and up[0].setpoint_ua <= start.target_current_ua // 10,
+        "the resumed ramp did not start from zero",
+    )
     expect(probe.status().charge_uas >= charge_paused, "the charge went back after Resume")
-    note2 = check_ramp(resumed, S.RAMP_UP, start.target_current_ua * 1000 / start.ramp_up_ms, start.ramp_up_ms / 1000, "resume ramp")
+    note2 = check_ramp(
+        resumed,
+        S.RAMP_UP,
+        start.target_current_ua * 1000 / start.ramp_up_ms,
+        start.ramp_up_ms / 1000,
+        "resume ramp",
+    )
     return f"{note}; dose {charge_paused} uA*s kept; {note2}; " + check_measured_slew(probe, samples(probe))
 
 

@@ -43,11 +43,15 @@ def _one_reply(probe: Probe, message: Message, seq: int | None = None) -> Receiv
     count = len(probe.replies_to(number, mark))
     expect(count == 1, f"{name} (seq {number}) got {count} replies; exactly one is allowed (§7.2)")
     allowed = REPLY_TYPES_FOR_REQUEST[message.TYPE]
-    expect(reply.message.TYPE in allowed, f"{name} answered by {type(reply.message).__name__}; allowed {[t.name for t in allowed]}")
+    expect(
+        reply.message.TYPE in allowed,
+        f"{name} answered by {type(reply.message).__name__}; allowed {[t.name for t in allowed]}",
+    )
     if isinstance(reply.message, Ack | Nack):
         expect(
             reply.message.request_type == message.TYPE,
-            f"{name} answered by {describe(reply.message)} naming request type 0x{reply.message.request_type:02X}",
+            f"{name} answered by {describe(reply.message)} naming request type "
+            f"0x{reply.message.request_type:02X}",
         )
     return reply
 
@@ -73,30 +77,55 @@ def seq_one_reply(probe: Probe) -> str:
     return f"{len(messages)} requests, one reply each with its seq (incl. a NACK and a CheckContact)"
 
 
-@rule("SEQ-RETRY-ONCE", "§7.3, S17", "a retried request (same seq, same bytes) is executed once and answered the same")
+@rule(
+    "SEQ-RETRY-ONCE",
+    "§7.3, S17",
+    "a retried request (same seq, same bytes) is executed once and answered the same",
+)
 def seq_retry_once(probe: Probe) -> str:
     ident = probe.ident
-    target = ident.min_watchdog_ms + 321 if ident.min_watchdog_ms + 321 <= ident.max_watchdog_ms else ident.max_watchdog_ms
+    target = (
+        ident.min_watchdog_ms + 321
+        if ident.min_watchdog_ms + 321 <= ident.max_watchdog_ms
+        else ident.max_watchdog_ms
+    )
     seq = probe.next_seq()
     first = _one_reply(probe, SetWatchdog(target), seq)
     probe.ack(SetWatchdog(ident.max_watchdog_ms))  # a change the retry must not undo
     second = _one_reply(probe, SetWatchdog(target), seq)
-    expect(first.message == second.message, f"the retry was answered {describe(second.message)}, the first time {describe(first.message)}")
+    expect(
+        first.message == second.message,
+        f"the retry was answered {describe(second.message)}, the first time {describe(first.message)}",
+    )
     status = probe.status()
     expect(
         status.watchdog_ms == ident.max_watchdog_ms,
-        f"the retried SetWatchdog({target}) was executed again: watchdog {status.watchdog_ms} ms, expected {ident.max_watchdog_ms}",
+        f"the retried SetWatchdog({target}) was executed again: watchdog {status.watchdog_ms} ms, expected "
+        f"{ident.max_watchdog_ms}",
     )
     fseq = probe.next_seq()
     report1 = _one_reply(probe, FetchEvents(0, 16), fseq)
     report2 = _one_reply(probe, FetchEvents(0, 16), fseq)
-    expect(report1.message == report2.message, f"a repeated FetchEvents got {describe(report2.message)} then {describe(report1.message)}")
+    expect(
+        report1.message == report2.message,
+        f"a repeated FetchEvents got {describe(report2.message)} then {describe(report1.message)}",
+    )
     changes = [e for _, e in probe.events if e.code == EventCode.WATCHDOG_CHANGED and not e.replayed]
-    expect(len(changes) == 2, f"{len(changes)} live WATCHDOG_CHANGED events for two executed SetWatchdog; expected 2")
-    return f"SetWatchdog retried after another change: same {type(first.message).__name__}, not re-executed; FetchEvents repeated: same report"
+    expect(
+        len(changes) == 2,
+        f"{len(changes)} live WATCHDOG_CHANGED events for two executed SetWatchdog; expected 2",
+    )
+    return (
+        f"SetWatchdog retried after another change: same {type(first.message).__name__}, not re-executed; "
+        "FetchEvents repeated: same report"
+    )
 
 
-@rule("SEQ-RESET-CLEARS", "§7.3, S15", "Reset clears the memory of answers: a number used before it is executed anew")
+@rule(
+    "SEQ-RESET-CLEARS",
+    "§7.3, S15",
+    "Reset clears the memory of answers: a number used before it is executed anew",
+)
 def seq_reset_clears(probe: Probe) -> str:
     ident = probe.ident
     value = ident.min_watchdog_ms
@@ -108,7 +137,10 @@ def seq_reset_clears(probe: Probe) -> str:
     expect(probe.status().watchdog_ms != value or value == 2000, "Reset did not restore the watchdog")
     probe.ack(SetWatchdog(value), seq)
     got = probe.status().watchdog_ms
-    expect(got == value, f"SetWatchdog({value}) re-sent with its old seq after Reset was not executed: watchdog {got} ms")
+    expect(
+        got == value,
+        f"SetWatchdog({value}) re-sent with its old seq after Reset was not executed: watchdog {got} ms",
+    )
     return f"SetWatchdog({value}) with seq {seq} executed again after Reset"
 
 
@@ -123,7 +155,10 @@ def seq_retry_start(probe: Probe) -> str:
     expect(first.message == second.message, f"the retried Start was answered {describe(second.message)}")
     probe.drain(0.05)
     status = probe.status()
-    expect(status.session_id == (before + 1) & 0xFFFF, f"session_id went from {before} to {status.session_id} for one Start retried")
+    expect(
+        status.session_id == (before + 1) & 0xFFFF,
+        f"session_id went from {before} to {status.session_id} for one Start retried",
+    )
     started = [e for _, e in probe.events if e.code == EventCode.SESSION_STARTED and not e.replayed]
     expect(len(started) == 1, f"{len(started)} SESSION_STARTED events for one Start retried")
     report = probe.request(FetchEvents(0, 255))
@@ -137,12 +172,21 @@ def seq_new_content(probe: Probe) -> str:
     seq = probe.next_seq()
     probe.ack(SetWatchdog(ident.min_watchdog_ms), seq)
     reply = probe.request(SetWatchdog(ident.max_watchdog_ms), seq)
-    expect(isinstance(reply, Ack), f"SetWatchdog({ident.max_watchdog_ms}) with a reused seq answered {describe(reply)}")
+    expect(
+        isinstance(reply, Ack),
+        f"SetWatchdog({ident.max_watchdog_ms}) with a reused seq answered {describe(reply)}",
+    )
     got = probe.status().watchdog_ms
-    expect(got == ident.max_watchdog_ms, f"the new request with a reused seq was answered from memory, not executed: watchdog {got} ms")
+    expect(
+        got == ident.max_watchdog_ms,
+        f"the new request with a reused seq was answered from memory, not executed: watchdog {got} ms",
+    )
     again = probe.request(GetStatus(), seq)
     expect(type(again).__name__ == "StatusReport", f"GetStatus with the same seq answered {describe(again)}")
-    return f"seq {seq}: SetWatchdog({ident.min_watchdog_ms}), then SetWatchdog({ident.max_watchdog_ms}) and GetStatus, each executed"
+    return (
+        f"seq {seq}: SetWatchdog({ident.min_watchdog_ms}), then SetWatchdog({ident.max_watchdog_ms}) and "
+        "GetStatus, each executed"
+    )
 
 
 RULES: tuple[Rule, ...] = (seq_one_reply, seq_retry_once, seq_new_content, seq_reset_clears, seq_retry_start)

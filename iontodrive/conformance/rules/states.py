@@ -45,7 +45,9 @@ from ..probe import Probe, describe
 from ..rule import Rule, RuleFailed, expect, rule
 
 S = DeviceState
-UNREACHABLE: dict[DeviceState, str] = {S.FAULT: "needs an over-current or hardware trip, which the suite never provokes"}
+UNREACHABLE: dict[DeviceState, str] = {
+    S.FAULT: "needs an over-current or hardware trip, which the suite never provokes"
+}
 TRANSIENT_TRIES = 3  # fresh CONTACT_CHECKs tried for one cell
 
 
@@ -132,7 +134,10 @@ def check_cell(probe: Probe, request_type: MessageType, state: DeviceState, cell
     reply = probe.request(message)
     after = probe.status()
     name = f"{type(message).__name__} in {state.name}"
-    refused_for_state = isinstance(reply, Nack) and reply.code in (ErrorCode.BAD_STATE, ErrorCode.FAULT_LATCHED)
+    refused_for_state = isinstance(reply, Nack) and reply.code in (
+        ErrorCode.BAD_STATE,
+        ErrorCode.FAULT_LATCHED,
+    )
     if cell.refusal is not None:
         if not isinstance(reply, Nack):
             if after.state != state and not cell.then and state == S.CONTACT_CHECK:
@@ -145,20 +150,33 @@ def check_cell(probe: Probe, request_type: MessageType, state: DeviceState, cell
         got = (reply.code, reply.field, reply.value)
         if got not in allowed and after.state != state:
             return False  # refused for the state it moved on to: judge it again on a fresh one
-        expect(got in allowed, f"{name} was refused with {describe(reply)}; the table says {cell.refusal.name}, field STATE, value {state.name}")
-        expect(after.state == state or state in (S.CONTACT_CHECK,), f"the refused {name} moved the device to {after.state.name}")
+        expect(
+            got in allowed,
+            f"{name} was refused with {describe(reply)}; the table says {cell.refusal.name}, field STATE, "
+            f"value {state.name}",
+        )
+        expect(
+            after.state == state or state in (S.CONTACT_CHECK,),
+            f"the refused {name} moved the device to {after.state.name}",
+        )
         return True
     if refused_for_state:
         if after.state != state:
             return False
-        raise RuleFailed(f"{name} was refused with {describe(reply)}; the table says it is accepted: {cell.effect}")
+        raise RuleFailed(
+            f"{name} was refused with {describe(reply)}; the table says it is accepted: {cell.effect}"
+        )
     if isinstance(reply, Nack):
-        raise RuleFailed(f"{name} was refused with {describe(reply)} although its fields are valid; the table says {cell.effect}")
+        raise RuleFailed(
+            f"{name} was refused with {describe(reply)} although its fields are valid; the table says "
+            f"{cell.effect}"
+        )
     targets = set(cell.then) or {state}
     natural = _next_states(state)
     expect(
         after.state in targets or (not cell.then and after.state in natural),
-        f"after {name} ({cell.effect}) the device is in {after.state.name}; the table allows {sorted(t.name for t in targets)}",
+        f"after {name} ({cell.effect}) the device is in {after.state.name}; the table allows "
+        f"{sorted(t.name for t in targets)}",
     )
     return True
 

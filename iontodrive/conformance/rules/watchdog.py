@@ -51,11 +51,24 @@ def _silence_and_judge(probe: Probe, timeout_ms: int, *, spoil: bool) -> str:
     fired = _link_lost(probe)
     lost = [e for _, e in probe.events if e.code == EventCode.LINK_LOST and not e.replayed]
     if lost:
-        expect(lost[0].state == S.PAUSING, f"the LINK_LOST event carries state {lost[0].state.name}; §8.2: PAUSING")
-    expect(bool(fired), f"no LINK_LOST event within {(end - last):.2f} s of host silence (watchdog {timeout_ms} ms)")
+        expect(
+            lost[0].state == S.PAUSING,
+            f"the LINK_LOST event carries state {lost[0].state.name}; §8.2: PAUSING",
+        )
+    expect(
+        bool(fired),
+        f"no LINK_LOST event within {(end - last):.2f} s of host silence (watchdog {timeout_ms} ms)",
+    )
     after = fired[0] - last
-    expect(after >= timeout_ms / 1000 - EARLY_S, f"LINK_LOST {after * 1000:.0f} ms after the last request: before the {timeout_ms} ms timeout")
-    expect(after <= timeout_ms / 1000 + late, f"LINK_LOST {after * 1000:.0f} ms after the last request; timeout {timeout_ms} ms (+{late * 1000:.0f} ms allowed)")
+    expect(
+        after >= timeout_ms / 1000 - EARLY_S,
+        f"LINK_LOST {after * 1000:.0f} ms after the last request: before the {timeout_ms} ms timeout",
+    )
+    expect(
+        after <= timeout_ms / 1000 + late,
+        f"LINK_LOST {after * 1000:.0f} ms after the last request; timeout {timeout_ms} ms "
+        f"(+{late * 1000:.0f} ms allowed)",
+    )
     status = probe.wait_state((S.PAUSED,), start_req.ramp_down_ms / 1000 * 1.5 + 1)
     expect(bool(status.flags & StatusFlags.LINK_LOST), f"PAUSED without the LINK_LOST flag: {status.flags!r}")
     expect(status.charge_uas > 0, "the dose was not kept after the watchdog paused the session")
@@ -66,11 +79,23 @@ def _silence_and_judge(probe: Probe, timeout_ms: int, *, spoil: bool) -> str:
     probe.wait(probe.host_s(1.0) + timeout_ms / 1000, heartbeat=False)
     probe.heartbeats = True
     again = probe.status()
-    expect(again.state == S.PAUSED and again.setpoint_ua == 0, f"after the watchdog the device went on to {again.state.name} with set-point {again.setpoint_ua} uA by itself")
-    return f"LINK_LOST {after * 1000:.0f} ms after the last request (timeout {timeout_ms} ms); {note}; PAUSED, dose {status.charge_uas} uA*s kept, did not resume"
+    expect(
+        again.state == S.PAUSED and again.setpoint_ua == 0,
+        f"after the watchdog the device went on to {again.state.name} with set-point {again.setpoint_ua} uA "
+        "by itself",
+    )
+    return (
+        f"LINK_LOST {after * 1000:.0f} ms after the last request (timeout {timeout_ms} ms); {note}; PAUSED, "
+        f"dose {status.charge_uas} uA*s kept, did not resume"
+    )
 
 
-@rule("WATCHDOG-FIRES", "§8.2, S10", "host silence for watchdog_ms ramps output to zero, LINK_LOST, PAUSED, never resumes", needs_load=True)
+@rule(
+    "WATCHDOG-FIRES",
+    "§8.2, S10",
+    "host silence for watchdog_ms ramps output to zero, LINK_LOST, PAUSED, never resumes",
+    needs_load=True,
+)
 def watchdog_fires(probe: Probe) -> str:
     timeout = _short_watchdog(probe)
     observe(probe)
@@ -78,15 +103,24 @@ def watchdog_fires(probe: Probe) -> str:
     return _silence_and_judge(probe, timeout, spoil=False)
 
 
-@rule("WATCHDOG-BAD-FRAMES", "§8.2, §3.5", "frames that fail to decode (bad CRC) do not feed the watchdog", needs_load=True)
+@rule(
+    "WATCHDOG-BAD-FRAMES",
+    "§8.2, §3.5",
+    "frames that fail to decode (bad CRC) do not feed the watchdog",
+    needs_load=True,
+)
 def watchdog_bad_frames(probe: Probe) -> str:
     timeout = _short_watchdog(probe)
     observe(probe)
     probe.start()
-    return "spoiled heartbeats every 100 ms during the silence; " + _silence_and_judge(probe, timeout, spoil=True)
+    return "spoiled heartbeats every 100 ms during the silence; " + _silence_and_judge(
+        probe, timeout, spoil=True
+    )
 
 
-@rule("WATCHDOG-FED", "§8.2", "requests every watchdog/4 keep a session running: no LINK_LOST", needs_load=True)
+@rule(
+    "WATCHDOG-FED", "§8.2", "requests every watchdog/4 keep a session running: no LINK_LOST", needs_load=True
+)
 def watchdog_fed(probe: Probe) -> str:
     timeout = _short_watchdog(probe)
     probe.start()
