@@ -426,3 +426,10 @@ class ContactCheckDuringOutput(RequestInterceptor):
         ):
             return encode(ContactReport(1000, ContactVerdict.OK, 200, 10_000, 50), frame.seq)
         return None
+
+
+class SlewUnderReported(IdentityUnderReports):
+    """Reports a tenth of the slew limit it enforces: a ramp faster than the reported limit is accepted."""
+
+    limit_field = "slew_limit_ua_per_s"
+    lowered_by = 0.9

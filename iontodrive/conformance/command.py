@@ -75,9 +75,11 @@ def run(args: argparse.Namespace) -> int:
     except ValueError as exc:
         raise exitcodes.UsageError(str(exc)) from exc
     if args.list:
+        id_width = max(len(r.id) for r in rules)
+        section_width = max(len(r.section) for r in rules)
         for item in rules:
             load = " [load]" if item.needs_load else ""
-            print(f"{item.id:<24} {item.section:<28} {item.description}{load}")
+            print(f"{item.id:<{id_width}}  {item.section:<{section_width}}  {item.description}{load}")
         return exitcodes.OK
     if not args.port:
         raise exitcodes.UsageError("PORT is required (or --list)")

@@ -33,6 +33,7 @@ from ..rule import Rule, RuleFailed, expect, rule
 
 S = DeviceState
 RATE_TOLERANCE = 0.1
+IN_FLIGHT_HOST_S = 0.05  # host time to let frames already sent arrive before judging a new rate
 CONTACT_LOW_OHM = 200  # S3 (j): the short-circuit limit §4.2 ContactReport names
 CONTACT_HIGH_CAP_OHM = 10_000  # S3 (j): the upper limit before the compliance term
 CONTACT_HIGH_FRACTION = 0.8  # S3: 0.8 × V_compliance / I_target
@@ -42,13 +43,13 @@ DOSE_HOLD_S = 10  # seconds at the target between the two ramps of the dose rule
 
 
 def _rate_check(probe: Probe, rate: int, device_s: float) -> str:
-    mark = len(probe.telemetry)
     probe.ack(ConfigureTelemetry(rate))
+    probe.drain(IN_FLIGHT_HOST_S)  # samples sent before the change may still be on the wire
+    mark = len(probe.telemetry)
     probe.wait(probe.host_s(device_s))
     got = [s for _, s in probe.telemetry[mark:]]
     if rate == 0:
-        late = [s for s in got[1:]]  # one sample may already have been on its way
-        expect(not late, f"{len(got)} samples after ConfigureTelemetry(0)")
+        expect(not got, f"{len(got)} samples after ConfigureTelemetry(0)")
         return "rate 0: no samples"
     expect(len(got) >= 3, f"{len(got)} samples in {device_s} s at {rate} Hz")
     span = (got[-1].device_time_ms - got[0].device_time_ms) / 1000

@@ -172,9 +172,10 @@ def check_cell(probe: Probe, request_type: MessageType, state: DeviceState, cell
             f"{cell.effect}"
         )
     targets = set(cell.then) or {state}
-    natural = _next_states(state)
+    # A fast device (or a simulator at --speed) may already have left a transient target by itself.
+    reachable = targets.union(*(_next_states(t) for t in targets))
     expect(
-        after.state in targets or (not cell.then and after.state in natural),
+        after.state in reachable,
         f"after {name} ({cell.effect}) the device is in {after.state.name}; the table allows "
         f"{sorted(t.name for t in targets)}",
     )
@@ -182,7 +183,8 @@ def check_cell(probe: Probe, request_type: MessageType, state: DeviceState, cell
 
 
 def _next_states(state: DeviceState) -> set[DeviceState]:
-    """Where a transient state moves on by itself, so that "no change" is not judged against that."""
+    """Where a transient state moves on by itself, so that the device having moved on before the status
+    was read is not judged a contradiction of the table."""
     return {
         S.CONTACT_CHECK: {S.RAMP_UP, S.IDLE, S.PAUSED},
         S.RAMP_UP: {S.HOLD},
