@@ -87,8 +87,8 @@ FIELD_NOTES: dict[str, str] = {
     "rate_hz": "Telemetry samples per second of device time; 0 = off, else 1-`max_telemetry_hz`. "
     "Power-up default 2.",
     "from_event_no": "First event number wanted; older events no longer in the ring are skipped.",
-    "max_count": "Maximum number of Event frames to replay after the EventsReport; 0-255 (0: the EventsReport "
-    "alone, to learn the ring's range).",
+    "max_count": "Maximum number of Event frames to replay after the EventsReport; 0-255 (0: the "
+    "EventsReport alone, to learn the ring's range).",
     "timeout_ms": "Host-silence timeout of the watchdog (S10); `min_watchdog_ms`-`max_watchdog_ms` "
     "(500-10 000). Power-up default 2000.",
     "request_type": "Type byte of the request this frame answers.",
@@ -103,8 +103,8 @@ FIELD_NOTES: dict[str, str] = {
     "firmware_minor": "Firmware version, minor part.",
     "firmware_patch": "Firmware version, patch part.",
     "protocol_version": "Protocol version the device speaks (this document: 2).",
-    "min_current_ua": "Hard limit: smallest non-zero target current accepted (Start, SetCurrent, CheckContact); "
-    "v2.",
+    "min_current_ua": "Hard limit: smallest non-zero target current accepted (Start, SetCurrent, "
+    "CheckContact); v2.",
     "min_duty_percent": "Smallest duty cycle accepted for PULSED_DC; 0 if pulsed DC is not supported; v2.",
     "max_duty_percent": "Largest duty cycle accepted for PULSED_DC; 0 if pulsed DC is not supported; v2.",
     "host_nonce": "Random number naming the host session, drawn once per connection; 1-4 294 967 295 (0 is "
