@@ -87,7 +87,7 @@ def seq_for(cls: type[Message]) -> int:
 # ------------------------------------------------------------------------------------------ round trip
 
 
-# Parametrised over all 23 types: a quarter of the profile's examples per type keeps the run short.
+# Parametrised over every message type: a quarter of the profile's examples per type keeps the run short.
 PER_TYPE = settings(max_examples=max(10, settings().max_examples // 4))
 
 
