@@ -581,7 +581,7 @@ def render_rules() -> str:
                 row.append(then + (" (at 0 output)" if cell.needs_zero_output else ""))
         rows.append(row)
     lines = _table(header, rows)
-    lines += ["", "What each accepted request does, per state (cells that differ from the row's first):", ""]
+    lines += ["", "What each accepted request does, grouped by the states where it does the same:", ""]
     effect_rows = []
     for request_type in sorted(RULES):
         seen: dict[str, list[str]] = {}
