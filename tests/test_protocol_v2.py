@@ -318,3 +318,12 @@ def test_the_reading_with_output_disabled_is_zero() -> None:
     assert host.telemetry and all(t.measured_ua == 0 and t.voltage_mv == 0 for t in host.telemetry)
     status = host.status()
     assert (status.measured_ua, status.voltage_mv) == (0, 0)
+
+
+def test_a_refused_open_session_leaves_the_cache_alone() -> None:
+    device = Device()
+    host = SimHost(device)
+    first = host.request(GetStatus(), 5)
+    host.run(1.0)
+    assert isinstance(host.request(OpenSession(0)), Nack)
+    assert host.request(GetStatus(), 5) == first  # still this host's session: the remembered answer
