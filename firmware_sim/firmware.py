@@ -731,8 +731,6 @@ class Firmware:
         self.link_now = link0 + link_dt
         self.commit_events()
 
-    # ------------------------------------------------------------------------------------------ blocks
-
     # --------------------------------------------------------------------------------- trigger reactions
 
     def handle_trigger(

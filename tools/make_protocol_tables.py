@@ -28,6 +28,7 @@ from dataclasses import fields
 from enum import IntEnum, IntFlag
 from pathlib import Path
 
+from cobs.cobs import decode as cobs_decode
 from cobs.cobs import encode as cobs_encode
 
 from iontodrive.protocol import (
@@ -53,6 +54,8 @@ from iontodrive.protocol import (
     WaveformSet,
     crc16_ccitt_false,
     encode,
+    encode_version_probe,
+    encode_version_refusal,
 )
 from iontodrive.protocol import constants as C
 from iontodrive.protocol.fastpath import COMPILED_BY_CLASS, FieldSpec
@@ -596,6 +599,26 @@ def render_rules() -> str:
     return "\n".join(lines)
 
 
+def render_version_frames() -> str:
+    """The version refusal and the version probe as bytes (§9)."""
+    refusal = encode_version_refusal(int(MessageType.IDENTIFY), 1)
+    probe = encode_version_probe(1)
+    body = cobs_decode(refusal[:-1])
+    return "\n".join(
+        [
+            "The refusal of a version-1 `Identify` numbered 1, and the version probe numbered 1:",
+            "",
+            *_table(
+                ["Frame", "Body (before COBS)", "On the wire"],
+                [
+                    ["version refusal", f"`{_hex(body)}`", f"`{_hex(refusal)}`"],
+                    ["version probe", f"`{_hex(cobs_decode(probe[:-1]))}`", f"`{_hex(probe)}`"],
+                ],
+            ),
+        ]
+    )
+
+
 def render_file_count() -> str:
     """The hand-edited files a new message type touches (§12)."""
     rows = [[f"`{path}`", why] for path, why in NEW_MESSAGE_FILES]
@@ -614,6 +637,7 @@ NEW_MESSAGE_FILES: tuple[tuple[str, str], ...] = (
 BLOCKS: dict[str, Callable[[], str]] = {
     "rules": render_rules,
     "new_message": render_file_count,
+    "version_frames": render_version_frames,
     "constants": render_constants,
     "catalog": render_catalog,
     "layouts": render_layouts,
