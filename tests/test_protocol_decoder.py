@@ -32,8 +32,8 @@ from test_protocol_vectors import (
 )
 
 from iontodrive.protocol import (
-    PROTOCOL_VERSION,
     MAX_FRAME_BYTES,
+    PROTOCOL_VERSION,
     DecodeError,
     DecodeErrorKind,
     Decoder,

@@ -402,7 +402,7 @@ def test_safety_commands_with_nothing_to_do_are_acknowledged_and_change_nothing(
 def test_fetch_events_with_max_count_zero_reports_the_ring_alone() -> None:
     device = Device()
     host = SimHost(device)
-    seq, frames = host.send(FetchEvents(1, 0))
+    _seq, frames = host.send(FetchEvents(1, 0))
     assert [f.message for f in frames] == [EventsReport(1, 2, 0)]
 
 
