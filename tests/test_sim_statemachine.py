@@ -24,6 +24,7 @@ from firmware_sim import (
     ElectrodeLift,
     ImpedanceRise,
     OverCurrent,
+    PlantFault,
     ShortCircuit,
     TraceRecorder,
 )
@@ -166,14 +167,14 @@ class FirmwareMachine(RuleBasedStateMachine):
 
     def inject(self, kind: str, delay: float, gain: float, factor: float) -> None:
         at = self.device.session_time_s + delay
-        fault = {
+        faults: dict[str, PlantFault] = {
             "lift": ElectrodeLift(at_s=at),
             "return": ContactReturn(at_s=at),
             "short": ShortCircuit(at_s=at, duration_s=2.0),
             "rise": ImpedanceRise(at_s=at, factor=factor, duration_s=15.0),
             "overcurrent": OverCurrent(at_s=at, gain=gain, rise_s=0.5, duration_s=5.0),
-        }[kind]
-        self.device.inject(fault)
+        }
+        self.device.inject(faults[kind])
 
     @rule(
         seconds=st.one_of(st.sampled_from([0.2, 2.0, 10.0, 30.0]), st.floats(0.01, 30.0)),

@@ -184,7 +184,7 @@ UNIT_SUFFIXES: tuple[tuple[str, str], ...] = (
 
 # ------------------------------------------------------------------------------------ enum member meanings
 
-ENUM_NOTES: dict[type, dict[str, str]] = {
+ENUM_NOTES: dict[type[IntEnum] | type[IntFlag], dict[str, str]] = {
     MessageKind: {
         "REQUEST": "0x01-0x3F: host to device; sequence number 1-65535; answered by exactly one reply.",
         "REPLY": "0x80-0xBF: device to host; echoes the request's sequence number.",
@@ -485,7 +485,7 @@ def _enum_table(enum_type: type[IntEnum] | type[IntFlag], hex_values: bool = Fal
     rows = []
     for member in enum_type.__members__.values():
         value = f"0x{int(member):04X}" if hex_values else str(int(member))
-        rows.append([value, f"`{member.name}`", notes[member.name]])
+        rows.append([value, f"`{member.name}`", notes[str(member.name)]])
     return _table(["Value", "Name", "Meaning"], rows)
 
 
