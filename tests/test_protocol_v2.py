@@ -335,3 +335,17 @@ def test_a_refused_open_session_leaves_the_cache_alone() -> None:
     host.run(1.0)
     assert isinstance(host.request(OpenSession(0)), Nack)
     assert host.request(GetStatus(), 5) == first  # still this host's session: the remembered answer
+
+
+def test_a_dose_smaller_than_its_ramps_peaks_below_the_target_and_lands_on_the_dose() -> None:
+    device = Device()
+    host = SimHost(device)
+    dose = 2_000  # 2000 uA*s; 2 mA with 5 s ramps would deliver 10 000 uA*s in the ramps alone
+    assert host.request(Start(2000, dose, 0, 5_000, 5_000, Polarity.CATHODE)) == Ack(Start.TYPE)
+    peak = 0.0
+    for _ in range(40):
+        host.run(0.5)
+        peak = max(peak, device.setpoint_ua)
+    assert state(device) == S.DONE
+    assert peak < 2000 * 0.8
+    assert abs(device.charge_uas - dose) <= 0.01 * dose
