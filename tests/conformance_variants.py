@@ -54,7 +54,9 @@ from iontodrive.protocol import (
     Reset,
     SetWatchdog,
     Start,
+    StatusReport,
     Stop,
+    Telemetry,
     encode,
 )
 
@@ -433,3 +435,18 @@ class SlewUnderReported(IdentityUnderReports):
 
     limit_field = "slew_limit_ua_per_s"
     lowered_by = 0.9
+
+
+class OffsetAtZeroOutput(OutputRewriter):
+    """Reports the measurement chain's offset (7 uA) instead of 0 while the output is disabled (§4.3)."""
+
+    def rewrite(self, body: bytes) -> list[bytes]:
+        frame = self.decoded(body)
+        if (
+            frame is not None
+            and isinstance(frame.message, Telemetry | StatusReport)
+            and frame.message.setpoint_ua == 0
+            and frame.message.state in (DeviceState.IDLE, DeviceState.DONE, DeviceState.PAUSED)
+        ):
+            return [encode(replace(frame.message, measured_ua=7), frame.seq)]
+        return super().rewrite(body)

@@ -91,10 +91,13 @@ VARIANTS: dict[str, tuple[type[Device], frozenset[str]]] = {
             }
         ),
     ),
-    "no-reply-cache": (cv.NoReplyCache, frozenset({"SEQ-RETRY-ONCE", "SEQ-RETRY-START"})),
+    "no-reply-cache": (
+        cv.NoReplyCache,
+        frozenset({"SEQ-RETRY-ONCE", "SEQ-RETRY-START", "HOST-SESSION-OPEN"}),
+    ),
     "cache-shared-across-hosts": (
         cv.SharedCacheAcrossHosts,
-        frozenset({"HOST-CACHE-SCOPE", "HOST-CACHE-START"}),
+        frozenset({"HOST-CACHE-SCOPE", "HOST-CACHE-START", "HOST-SESSION-OPEN"}),
     ),
     "safety-commands-from-cache": (cv.SafetyFromCache, frozenset({"SAFETY-ALWAYS"})),
     "no-version-refusal": (cv.NoVersionRefusal, frozenset({"VERSION-REFUSAL"})),
@@ -102,6 +105,7 @@ VARIANTS: dict[str, tuple[type[Device], frozenset[str]]] = {
     "reset-keeps-watchdog": (cv.ResetKeepsWatchdog, frozenset({"SEQ-RESET-CLEARS", "RESET-POWER-UP"})),
     "telemetry-at-half-rate": (cv.TelemetryAtHalfRate, frozenset({"TELEMETRY-RATE", "LIMIT-SETTINGS"})),
     "contact-check-during-output": (cv.ContactCheckDuringOutput, frozenset({"STATE-TABLE"})),
+    "offset-read-at-zero-output": (cv.OffsetAtZeroOutput, frozenset({"RAMP-STOP"})),
 }
 
 

@@ -38,6 +38,7 @@ from iontodrive.protocol import (
     HEARTBEAT_DIVISOR,
     MAX_HOST_NONCE,
     MAX_SEQ,
+    PROTOCOL_VERSION,
     Abort,
     Ack,
     DecodeError,
@@ -60,6 +61,7 @@ from iontodrive.protocol import (
     StatusReport,
     Telemetry,
     encode,
+    encode_version_probe,
 )
 
 from .rule import RuleFailed
@@ -188,17 +190,41 @@ class Probe:
         return max(CEILING_MARGIN_MIN_UA, round(CEILING_MARGIN_FRACTION * top))
 
     def identify(self) -> IdentityReport:
-        """Flush the device's receiver, ask Identify, open a host session and set the ceiling.
+        """Open the link as §8.1 says: flush the device's receiver, open a host session, ask Identify;
+        then set the ceiling.
 
         Raises:
-            NoReply: the device does not answer Identify.
-            RuleFailed: it answers with something else than an IdentityReport.
+            NoReply: the device does not answer OpenSession (after one version probe, §9, whose answer is
+                then in :attr:`decode_errors` as WRONG_VERSION) or Identify.
+            RuleFailed: it answers with something else, or speaks another protocol version.
         """
         self.write(b"\x00", request=False)
         self.decoder.reset()
+        try:
+            self.open_session()
+        except NoReply:
+            self.write(encode_version_probe(self.next_seq()), request=False)
+            self.drain(self.reply_timeout_s)
+            heard = sorted(
+                {
+                    e.version
+                    for _, e in self.decode_errors
+                    if e.version is not None and e.version != PROTOCOL_VERSION
+                }
+            )
+            if heard:
+                raise NoReply(
+                    f"no answer to OpenSession; the device answers protocol version {heard[0]} (this suite "
+                    f"checks version {PROTOCOL_VERSION}, §9)"
+                ) from None
+            raise
         ident = self.expect_reply(Identify(), IdentityReport)
+        if ident.protocol_version != PROTOCOL_VERSION:
+            raise RuleFailed(
+                f"IdentityReport says protocol version {ident.protocol_version}; this suite checks "
+                f"{PROTOCOL_VERSION}"
+            )
         self.identity = ident
-        self.open_session()
         self.ceiling_ua = min(SUITE_CEILING_UA, ident.max_current_ua)
         return ident
 

@@ -35,7 +35,8 @@ def header_lines(report: SuiteReport) -> list[str]:
 def row(result: RuleResult, width: int = 24, section_width: int = 36) -> str:
     """``ID  section  RESULT  evidence`` on one line (a rule needing a load is marked ``[load]``)."""
     load = " [load]" if result.needs_load else ""
-    return f"{result.rule_id:<{width}} {result.section:<{section_width}} {_MARK[result.outcome]:<7} {result.evidence}{load}"
+    mark = _MARK[result.outcome]
+    return f"{result.rule_id:<{width}} {result.section:<{section_width}} {mark:<7} {result.evidence}{load}"
 
 
 def summary_line(report: SuiteReport) -> str:

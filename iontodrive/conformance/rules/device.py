@@ -30,6 +30,7 @@ from iontodrive.protocol import (
 
 from ..probe import Probe, describe
 from ..rule import Rule, RuleFailed, expect, rule
+from .ramps import observe, samples
 
 S = DeviceState
 RATE_TOLERANCE = 0.1
@@ -240,7 +241,7 @@ def reset_power_up(probe: Probe) -> str:
 
 @rule(
     "CONTACT-REPORT",
-    "§4.2 CheckContact, ContactReport, S3",
+    "§4.2 CheckContact, §4.3, S3",
     "a contact check reports its limits and a verdict that follows them",
     needs_load=True,
 )
@@ -273,6 +274,17 @@ def contact_report(probe: Probe) -> str:
     expect(
         report.verdict == expected,
         f"verdict {report.verdict.name} for {z} ohm within {report.low_limit_ohm}..{report.high_limit_ohm}",
+    )
+    after = probe.status()
+    expect(
+        after.state == S.IDLE,
+        f"CheckContact moved the device to {after.state.name} (§4.3: a spot measurement)",
+    )
+    recorded = [e.code for _, e in probe.events if not e.replayed]
+    wanted = EventCode.CONTACT_OK if report.verdict == ContactVerdict.OK else EventCode.CONTACT_FAILED
+    expect(
+        wanted in recorded,
+        f"no {wanted.name} event for the contact check (§4.3); events {[c.name for c in recorded]}",
     )
     expect(
         report.verdict == ContactVerdict.OK,
@@ -323,6 +335,31 @@ def reply_deadline(probe: Probe) -> str:
     return f"20 GetStatus: median {times[10] * 1000:.1f} ms, slowest {worst * 1000:.1f} ms (host clock)"
 
 
+@rule(
+    "DOSE-SMALL",
+    "§4.3, S11",
+    "a dose smaller than its own ramps is accepted, peaks below the target and still lands on the dose",
+    needs_load=True,
+)
+def dose_small(probe: Probe) -> str:
+    ident = probe.ident
+    target = probe.test_current_ua
+    ramp = ident.min_ramp_ms
+    dose = max(1, int(target * ramp / 1000 / 4))  # a quarter of what the two ramps alone would deliver
+    observe(probe)
+    probe.start(Start(target, dose, 0, ramp, ramp, probe.session_request().polarity), until=())
+    status = probe.wait_state((S.DONE,), 2 * ramp / 1000 * 1.5 + 2)
+    error = abs(status.charge_uas - dose) / dose
+    peak = max((s.setpoint_ua for s in samples(probe)), default=0)
+    expect(
+        error <= DOSE_TOLERANCE,
+        f"delivered {status.charge_uas} uA*s for a dose of {dose} uA*s ({error * 100:.2f} % off; S11 allows "
+        "1 %)",
+    )
+    expect(0 < peak < target, f"the set-point peaked at {peak} uA; §4.3: below the target {target} uA")
+    return f"{status.charge_uas} uA*s for {dose} uA*s ({error * 100:.2f} % off), peak {peak} of {target} uA"
+
+
 RULES: tuple[Rule, ...] = (
     reply_deadline,
     telemetry_rate,
@@ -331,4 +368,5 @@ RULES: tuple[Rule, ...] = (
     contact_report,
     events_state_after,
     dose_lands,
+    dose_small,
 )

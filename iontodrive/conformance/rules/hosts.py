@@ -22,6 +22,7 @@ from iontodrive.protocol import (
     Nack,
     OpenSession,
     Pause,
+    SessionOpened,
     SetWatchdog,
     StatusReport,
     Stop,
@@ -48,7 +49,16 @@ def host_session_open(probe: Probe) -> str:
         f"SessionOpened names previous nonce {opened.previous_nonce}; the host session it replaced had "
         f"{first_nonce}",
     )
-    second = probe.open_session()
+    seq = probe.next_seq()
+    nonce = probe.new_nonce()
+    second = probe.expect_reply(OpenSession(nonce), SessionOpened, seq)
+    probe.nonce = nonce
+    retried = probe.expect_reply(OpenSession(nonce), SessionOpened, seq)
+    expect(
+        retried == second,
+        f"a retried OpenSession (same seq and nonce) was answered {describe(retried)}; the first time "
+        f"{describe(second)} (§7.3: the same answer, nothing new opened)",
+    )
     expect(
         second.host_session_no == (opened.host_session_no + 1) & 0xFFFF_FFFF,
         f"host_session_no {opened.host_session_no} then {second.host_session_no}; expected +1",

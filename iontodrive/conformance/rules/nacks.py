@@ -669,7 +669,8 @@ def limit_setcurrent(probe: Probe) -> str:
 @rule(
     "LIMIT-SLEW",
     "§6 SLEW_LIMIT, S1",
-    "a Start whose ramp would be faster than slew_limit_ua_per_s is refused SLEW_LIMIT with the shortest ramp",
+    "a Start whose ramp would be faster than slew_limit_ua_per_s is refused SLEW_LIMIT with the shortest "
+    "ramp",
     needs_load=True,
 )
 def limit_slew(probe: Probe) -> str:
@@ -677,14 +678,16 @@ def limit_slew(probe: Probe) -> str:
     fastest_ua_per_s = ident.max_current_ua * 1000 / max(1, ident.min_ramp_ms)
     if fastest_ua_per_s <= ident.slew_limit_ua_per_s:
         raise NotApplicable(
-            f"no request within the identity's limits can exceed the slew limit: max_current_ua / min_ramp_ms "
+            "no request within the identity's limits can exceed the slew limit: max_current_ua / "
+            "min_ramp_ms "
             f"= {fastest_ua_per_s:.0f} uA/s <= {ident.slew_limit_ua_per_s} uA/s"
         )
     target = min(ident.max_current_ua, ident.slew_limit_ua_per_s * ident.min_ramp_ms // 1000 + 1)
     shortest = -(-target * 1000 // ident.slew_limit_ua_per_s)
     duration = default_duration_ms(ident, target, ident.min_ramp_ms + ident.max_ramp_ms)
     case = NackCase(
-        f"Start {target} uA with ramp_up_ms {ident.min_ramp_ms} (slew limit {ident.slew_limit_ua_per_s} uA/s)",
+        f"Start {target} uA with ramp_up_ms {ident.min_ramp_ms} (slew limit {ident.slew_limit_ua_per_s} "
+        "uA/s)",
         lambda p: Start(target, 0, duration, ident.min_ramp_ms, ident.max_ramp_ms, Polarity.CATHODE),
         MessageType.START,
         (ErrorCode.SLEW_LIMIT,),

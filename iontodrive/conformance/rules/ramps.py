@@ -116,7 +116,7 @@ def ramp_up(probe: Probe) -> str:
 
 @rule(
     "RAMP-STOP",
-    "§4.2 Stop, S1, S2",
+    "§4.2 Stop, §4.3, S1, S2",
     "Stop ramps the output to zero over ramp_down_ms, then DONE",
     needs_load=True,
 )
@@ -132,11 +132,13 @@ def ramp_stop(probe: Probe) -> str:
     note = check_ramp(seen, S.RAMP_DOWN, rate, start.ramp_down_ms / 1000, "ramp down")
     done = in_states(seen, (S.DONE,))
     expect(bool(done), "no telemetry sample in DONE")
+    last = done[-1]
     expect(
-        all(s.setpoint_ua == 0 and s.measured_ua <= probe.margin_ua for s in done),
-        f"in DONE the output is not zero: set-point {done[-1].setpoint_ua} uA, measured "
-        f"{done[-1].measured_ua} uA",
+        all(s.setpoint_ua == 0 and s.measured_ua == 0 and s.voltage_mv == 0 for s in done[1:] or done),
+        f"in DONE the output reads set-point {last.setpoint_ua} uA, measured {last.measured_ua} uA, "
+        f"{last.voltage_mv} mV; §4.3: 0 while the output is disabled",
     )
+    expect(not last.flags & StatusFlags.OUTPUT_ON, f"OUTPUT_ON still set in DONE: {last.flags!r}")
     codes = _events(probe)
     expect(
         EventCode.STOPPED in codes and EventCode.SESSION_ENDED in codes,
