@@ -12,7 +12,8 @@ the writer thread. The queue is bounded:
   :data:`MAX_QUEUED_LINES` lines behind all the same (a stalled disk under an event flood), the record is
   declared failed as below, never left silently short.
 
-Failure. The first failure calls ``on_error(RecordWriteError)`` once, from the writer thread (or, for a
+Failure. A failed write or fsync, or a record file found removed from its directory (checked after every
+batch: writes to a removed file succeed but would vanish), is a failure. The first failure calls ``on_error(RecordWriteError)`` once, from the writer thread (or, for a
 writer that fell too far behind, from a short-lived thread of its own: never from the thread that queued
 the line), and is kept in :attr:`RecordWriter.error`. The writer then cuts the file back to its last whole
 line (best effort) and writes nothing more: later lines are dropped and counted
@@ -35,6 +36,7 @@ Every value is converted with :mod:`iontodrive.records.encoding`: enums by name,
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import threading
@@ -664,6 +666,10 @@ class RecordWriter:
                 _write_all(self._fd, data)
             if sync:
                 os.fsync(self._fd)
+            if data and os.fstat(self._fd).st_nlink == 0:
+                # Written, but to a file no longer in any directory (record or its directory removed):
+                # the lines would vanish on close. Not silently: this is a failure like any other.
+                raise FileNotFoundError(errno.ENOENT, "the record file was removed from its directory")
         except OSError as exc:
             self._cut_back()
             with self._lock:
