@@ -12,13 +12,14 @@ the writer thread. The queue is bounded:
   :data:`MAX_QUEUED_LINES` lines behind all the same (a stalled disk under an event flood), the record is
   declared failed as below, never left silently short.
 
-Failure. A failed write or fsync, or a record file found removed from its directory (checked after every
-batch: writes to a removed file succeed but would vanish), is a failure. The first failure calls ``on_error(RecordWriteError)`` once, from the writer thread (or, for a
-writer that fell too far behind, from a short-lived thread of its own: never from the thread that queued
-the line), and is kept in :attr:`RecordWriter.error`. The writer then cuts the file back to its last whole
-line (best effort) and writes nothing more: later lines are dropped and counted
-(:attr:`RecordWriter.lines_dropped`). :meth:`RecordWriter.close` raises the error. A record that stops
-short reads back with ``record.truncated`` saying where (:mod:`iontodrive.records.reader`).
+Failure. A failed write or fsync, or a record file found removed from its directory (checked after
+every batch: writes to a removed file succeed, then vanish), is a failure. The first failure calls
+``on_error(RecordWriteError)`` once, from the writer thread (or, for a writer that fell too far behind,
+from a short-lived thread of its own: never from the thread that queued the line), and is kept in
+:attr:`RecordWriter.error`. The writer then cuts the file back to its last whole line (best effort) and
+writes nothing more: later lines are dropped and counted (:attr:`RecordWriter.lines_dropped`).
+:meth:`RecordWriter.close` raises the error. A record that stops short reads back with ``record.truncated``
+saying where (:mod:`iontodrive.records.reader`).
 
 Durability (``durable=True``, the default). The header is written and fsync'd in the constructor, before
 a session sends anything; the file's directory is fsync'd when the file is created. Every batch that
