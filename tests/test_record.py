@@ -23,7 +23,8 @@ from devices import CLINIC
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from iontodrive.errors import IontodriveError, RecordDataError, RecordPathError
+from iontodrive import errors
+from iontodrive.errors import IontodriveError
 from iontodrive.prescription import Prescription
 from iontodrive.protocol import (
     DeviceState,
@@ -185,7 +186,7 @@ def test_existing_file_is_never_overwritten(tmp_path: Path) -> None:
     path = tmp_path / "s.jsonl"
     write_session(path)
     before = path.read_bytes()
-    with pytest.raises(RecordPathError) as info:
+    with pytest.raises(errors.RecordPathError) as info:
         new_writer(path, option="--record")
     assert isinstance(info.value, IontodriveError) and not isinstance(info.value, FileExistsError)
     assert info.value.option == "--record" and str(info.value).startswith(f"--record {path}: exists")
@@ -197,12 +198,12 @@ def test_a_link_planted_at_the_record_path_is_refused_and_not_followed(tmp_path:
     target.write_bytes(b"not yours\n")
     link = tmp_path / "s.jsonl"
     link.symlink_to(target)
-    with pytest.raises(RecordPathError):
+    with pytest.raises(errors.RecordPathError):
         new_writer(link)
     assert target.read_bytes() == b"not yours\n" and link.is_symlink()
     dangling = tmp_path / "d.jsonl"
     dangling.symlink_to(tmp_path / "created-through-the-link.jsonl")
-    with pytest.raises(RecordPathError):
+    with pytest.raises(errors.RecordPathError):
         new_writer(dangling)
     assert not (tmp_path / "created-through-the-link.jsonl").exists()
 
@@ -250,21 +251,21 @@ def test_writes_after_summary_or_close_are_refused(tmp_path: Path) -> None:
 def test_bad_data_is_refused_before_writing(tmp_path: Path) -> None:
     path = tmp_path / "s.jsonl"
     with new_writer(path) as writer:
-        with pytest.raises(RecordDataError):
+        with pytest.raises(errors.RecordDataError):
             writer.note("operator", value=float("nan"))
-        with pytest.raises(RecordDataError):
+        with pytest.raises(errors.RecordDataError):
             writer.note("operator", value=object())
         for kind in ("header", "event", "telemetry", "summary", "Bad Kind", "", "x" * 100):
-            with pytest.raises(RecordDataError):
+            with pytest.raises(errors.RecordDataError):
                 writer.note(kind)
-        with pytest.raises(RecordDataError):
+        with pytest.raises(errors.RecordDataError):
             writer.summary(delivered_uas=-1, end_reason="x")
-        with pytest.raises(RecordDataError):
+        with pytest.raises(errors.RecordDataError):
             writer.summary(delivered_uas=True, end_reason="x")  # type: ignore[arg-type]
     # Still a ValueError and a TypeError for callers that caught those.
-    assert issubclass(RecordDataError, ValueError) and issubclass(RecordDataError, TypeError)
-    assert issubclass(RecordDataError, IontodriveError)
-    with pytest.raises(RecordDataError):
+    assert issubclass(errors.RecordDataError, ValueError) and issubclass(errors.RecordDataError, TypeError)
+    assert issubclass(errors.RecordDataError, IontodriveError)
+    with pytest.raises(errors.RecordDataError):
         RecordWriter(tmp_path / "t.jsonl", prescription={}, identity={}, labels={"id": 17})  # type: ignore[dict-item]
     assert not (tmp_path / "t.jsonl").exists()
     assert SessionRecord.load(path).line_count == 1
@@ -766,9 +767,7 @@ def test_a_file_with_no_record_line_at_all_is_a_format_error(tmp_path: Path) -> 
 
 
 def test_a_missing_record_is_a_typed_read_error(tmp_path: Path) -> None:
-    from iontodrive.errors import RecordReadError
-
-    with pytest.raises(RecordReadError) as info:
+    with pytest.raises(errors.RecordReadError) as info:
         SessionRecord.load(tmp_path / "nothing.jsonl")
     assert isinstance(info.value, IontodriveError) and info.value.errno == 2
 

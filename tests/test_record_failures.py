@@ -20,13 +20,21 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-import iontodrive.records.writer as writer_module
-from iontodrive.errors import IontodriveError, RecordWriteError
+from iontodrive import errors
+from iontodrive.errors import IontodriveError
 from iontodrive.protocol import DeviceState, Event, EventCode, Polarity, StatusFlags, Telemetry
 from iontodrive.record import RecordWriter, SessionRecord
+
+
+def writer_module() -> Any:
+    """The writer's module (looked up at call time: on main at 4013fbb it does not exist)."""
+    import iontodrive.records.writer as module
+
+    return module
 
 
 def sample(no: int) -> Telemetry:
@@ -52,11 +60,11 @@ class ErrorSpy:
     """An ``on_error`` callback that records each call and the thread it ran on."""
 
     def __init__(self) -> None:
-        self.errors: list[RecordWriteError] = []
+        self.errors: list[errors.RecordWriteError] = []
         self.threads: list[threading.Thread] = []
         self.called = threading.Event()
 
-    def __call__(self, error: RecordWriteError) -> None:
+    def __call__(self, error: errors.RecordWriteError) -> None:
         self.errors.append(error)
         self.threads.append(threading.current_thread())
         self.called.set()
@@ -77,7 +85,7 @@ def new_writer(path: Path, spy: ErrorSpy, **kwargs: object) -> RecordWriter:
 def disk_fills_after(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[int]]:
     """The writer's disk takes ``budget[0]`` more bytes, then fails with ENOSPC part-way through a write."""
     budget = [0]
-    real_write_all = writer_module._write_all
+    real_write_all = writer_module()._write_all
 
     def filling_write_all(fd: int, data: bytes) -> None:
         room = budget[0]
@@ -89,7 +97,7 @@ def disk_fills_after(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[int]]:
         budget[0] = 0
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
-    monkeypatch.setattr(writer_module, "_write_all", filling_write_all)
+    monkeypatch.setattr(writer_module(), "_write_all", filling_write_all)
     yield budget
 
 
@@ -116,7 +124,7 @@ def test_a_full_disk_is_an_error_callback_never_an_exception_in_the_callers_thre
     writer.summary(delivered_uas=1, end_reason="completed")  # queued: no exception here either
     assert results[-2:] == [False, False]
 
-    with pytest.raises(RecordWriteError) as info:
+    with pytest.raises(errors.RecordWriteError) as info:
         writer.close()
     error = info.value
     assert isinstance(error, IontodriveError)
@@ -126,7 +134,7 @@ def test_a_full_disk_is_an_error_callback_never_an_exception_in_the_callers_thre
         error.errno == errno.ENOSPC and "No space left on device" in error.reason and error.path == str(path)
     )
     assert writer.lines_dropped > 0
-    with pytest.raises(RecordWriteError):
+    with pytest.raises(errors.RecordWriteError):
         writer.close()  # every close says so
 
     record = SessionRecord.load(path)
@@ -146,7 +154,7 @@ def test_the_header_on_a_full_disk_refuses_the_session_and_leaves_no_file(
     tmp_path: Path, disk_fills_after: list[int]
 ) -> None:
     disk_fills_after[0] = 20
-    with pytest.raises(RecordWriteError) as info:
+    with pytest.raises(errors.RecordWriteError) as info:
         new_writer(tmp_path / "never.jsonl", ErrorSpy())
     assert info.value.errno == errno.ENOSPC
     assert not (tmp_path / "never.jsonl").exists()
@@ -164,7 +172,7 @@ def test_a_removed_directory_is_a_failure_not_a_record_that_vanishes(tmp_path: P
     assert spy.called.wait(10)
     assert spy.errors[0].errno == errno.ENOENT and "removed" in spy.errors[0].reason
     assert writer.event(event(3)) is False
-    with pytest.raises(RecordWriteError):
+    with pytest.raises(errors.RecordWriteError):
         writer.close()
 
 
@@ -173,21 +181,21 @@ def test_close_is_bounded_when_the_disk_stalls(tmp_path: Path, monkeypatch: pyte
     writer = new_writer(tmp_path / "stalled.jsonl", spy)
     stuck = threading.Event()
     release = threading.Event()
-    real_write_all = writer_module._write_all
+    real_write_all = writer_module()._write_all
 
     def stalled_write_all(fd: int, data: bytes) -> None:
         stuck.set()
         release.wait(30)
         real_write_all(fd, data)
 
-    monkeypatch.setattr(writer_module, "_write_all", stalled_write_all)
+    monkeypatch.setattr(writer_module(), "_write_all", stalled_write_all)
     try:
         writer.event(event(1))
         assert stuck.wait(5)
         assert writer.backlog_s >= 0.0
         writer.summary(delivered_uas=0, end_reason="stopped")
         started = time.monotonic()
-        with pytest.raises(RecordWriteError) as info:
+        with pytest.raises(errors.RecordWriteError) as info:
             writer.close(timeout_s=0.3)
         took = time.monotonic() - started
         assert took < 3.0
@@ -203,14 +211,14 @@ def test_a_writer_that_falls_too_far_behind_fails_loudly_rather_than_dropping_ev
     spy = ErrorSpy()
     writer = new_writer(tmp_path / "flood.jsonl", spy)
     release = threading.Event()
-    real_write_all = writer_module._write_all
+    real_write_all = writer_module()._write_all
 
     def stalled_write_all(fd: int, data: bytes) -> None:
         release.wait(30)
         real_write_all(fd, data)
 
-    monkeypatch.setattr(writer_module, "_write_all", stalled_write_all)
-    monkeypatch.setattr(writer_module, "MAX_QUEUED_LINES", 100)
+    monkeypatch.setattr(writer_module(), "_write_all", stalled_write_all)
+    monkeypatch.setattr(writer_module(), "MAX_QUEUED_LINES", 100)
     try:
         accepted = [writer.event(event(no)) for no in range(1, 300)]  # an event flood on a stalled disk
         assert spy.called.wait(5)  # from a thread of its own: this thread is the session's
@@ -219,7 +227,7 @@ def test_a_writer_that_falls_too_far_behind_fails_loudly_rather_than_dropping_ev
         assert accepted.count(False) > 0 and writer.error is spy.errors[0]
     finally:
         release.set()
-    with pytest.raises(RecordWriteError):
+    with pytest.raises(errors.RecordWriteError):
         writer.close()
     assert len(spy.errors) == 1
 
@@ -227,14 +235,14 @@ def test_a_writer_that_falls_too_far_behind_fails_loudly_rather_than_dropping_ev
 def test_an_on_error_callback_that_raises_is_logged_and_changes_nothing(
     tmp_path: Path, disk_fills_after: list[int], caplog: pytest.LogCaptureFixture
 ) -> None:
-    def bad_callback(error: RecordWriteError) -> None:
+    def bad_callback(error: errors.RecordWriteError) -> None:
         raise RuntimeError("the UI crashed")
 
     disk_fills_after[0] = 10**9
     writer = RecordWriter(tmp_path / "r.jsonl", prescription={}, identity={}, on_error=bad_callback)
     disk_fills_after[0] = 0
     writer.event(event(1))
-    with pytest.raises(RecordWriteError):
+    with pytest.raises(errors.RecordWriteError):
         writer.close()
     assert "on_error callback failed" in caplog.text
 
@@ -274,7 +282,7 @@ def test_a_real_full_filesystem(tiny_filesystem: Path) -> None:
             writer.flush(5, sync=False)
     assert spy.called.wait(10), "a 64 KiB file system never filled"
     assert spy.errors[0].errno == errno.ENOSPC
-    with pytest.raises(RecordWriteError):
+    with pytest.raises(errors.RecordWriteError):
         writer.close()
     record = SessionRecord.load(path)
     assert record.problems == [] and record.truncated is not None and not record.complete

@@ -18,15 +18,26 @@ from pathlib import Path
 
 import pytest
 
-from iontodrive.errors import IontodriveError, RecordPathError
-from iontodrive.record import (
-    RECORD_DIR_ENV,
-    RecordWriter,
-    SessionRecord,
-    check_record_path,
-    default_record_dir,
-    default_record_path,
-)
+from iontodrive import errors
+from iontodrive import record as records
+from iontodrive.errors import IontodriveError
+from iontodrive.record import RecordWriter, SessionRecord
+
+# Looked up at call time, so that on a driver without them (main at 4013fbb) each test fails by itself.
+RECORD_DIR_ENV = "IONTODRIVE_RECORD_DIR"
+
+
+def default_record_dir() -> Path:
+    return records.default_record_dir()  # type: ignore[no-any-return]
+
+
+def default_record_path(serial: object = "device") -> Path:
+    return records.default_record_path(serial)  # type: ignore[no-any-return]
+
+
+def check_record_path(path: Path, option: str = "record_path") -> Path:
+    return records.check_record_path(path, option=option)  # type: ignore[no-any-return]
+
 
 OTHER_UID = 65534  # nobody
 
@@ -70,7 +81,7 @@ def test_a_directory_another_user_created_beforehand_is_refused(home: Path) -> N
     directory.mkdir(parents=True, mode=0o777)
     os.chmod(directory, 0o777)
     os.chown(directory, OTHER_UID, OTHER_UID)
-    with pytest.raises(RecordPathError) as info:
+    with pytest.raises(errors.RecordPathError) as info:
         default_record_path("SN17")
     assert isinstance(info.value, IontodriveError)
     assert "owned by" in str(info.value) and str(directory) in str(info.value)
@@ -81,7 +92,7 @@ def test_an_application_directory_of_another_user_is_refused(home: Path) -> None
     app_dir = home / ".local" / "share" / "iontodrive"
     app_dir.mkdir(parents=True)
     os.chown(app_dir, OTHER_UID, OTHER_UID)
-    with pytest.raises(RecordPathError, match="owned by"):
+    with pytest.raises(errors.RecordPathError, match="owned by"):
         default_record_dir()
     assert not (app_dir / "records").exists()
 
@@ -97,7 +108,7 @@ def test_a_link_planted_in_place_of_the_directory_is_refused(home: Path, tmp_pat
     if owner == "someone else":
         os.chown(trap, OTHER_UID, OTHER_UID)
         os.lchown(link, OTHER_UID, OTHER_UID)
-    with pytest.raises(RecordPathError, match="symbolic link"):
+    with pytest.raises(errors.RecordPathError, match="symbolic link"):
         default_record_path("SN17")
     assert list(trap.iterdir()) == []
 
@@ -119,7 +130,7 @@ def test_the_environment_can_name_the_directory_under_the_same_rules(
     monkeypatch.setenv(RECORD_DIR_ENV, str(chosen))
     assert default_record_dir() == chosen and mode(chosen) == 0o700
     os.chown(chosen, OTHER_UID, OTHER_UID)
-    with pytest.raises(RecordPathError) as info:
+    with pytest.raises(errors.RecordPathError) as info:
         default_record_dir()
     assert info.value.option == RECORD_DIR_ENV
 
@@ -180,7 +191,7 @@ def test_hundreds_of_sessions_a_second_from_several_processes_never_collide(tmp_
 
 def test_a_record_path_whose_directory_is_missing_is_refused_naming_the_option(tmp_path: Path) -> None:
     target = tmp_path / "tiny" / "full.jsonl"
-    with pytest.raises(RecordPathError) as info:
+    with pytest.raises(errors.RecordPathError) as info:
         check_record_path(target, option="--record")
     assert str(info.value) == f"--record {target}: the directory {target.parent} does not exist"
     assert info.value.option == "--record" and not target.parent.exists()
@@ -189,13 +200,13 @@ def test_a_record_path_whose_directory_is_missing_is_refused_naming_the_option(t
 def test_an_existing_file_or_a_file_as_directory_is_refused(tmp_path: Path) -> None:
     existing = tmp_path / "old.jsonl"
     existing.write_text("x")
-    with pytest.raises(RecordPathError, match="exists"):
+    with pytest.raises(errors.RecordPathError, match="exists"):
         check_record_path(existing)
-    with pytest.raises(RecordPathError, match="not a directory"):
+    with pytest.raises(errors.RecordPathError, match="not a directory"):
         check_record_path(existing / "r.jsonl")
     link = tmp_path / "link.jsonl"
     link.symlink_to(tmp_path / "nowhere")
-    with pytest.raises(RecordPathError, match="symbolic link"):
+    with pytest.raises(errors.RecordPathError, match="symbolic link"):
         check_record_path(link)
     assert check_record_path(tmp_path / "new.jsonl") == tmp_path / "new.jsonl"
 
@@ -219,8 +230,8 @@ def read_only_dir(tmp_path: Path) -> Iterator[Path]:
 
 def test_a_read_only_directory_is_refused_before_anything_is_written(read_only_dir: Path) -> None:
     target = read_only_dir / "r.jsonl"
-    with pytest.raises(RecordPathError) as info:
+    with pytest.raises(errors.RecordPathError) as info:
         check_record_path(target, option="--record")
     assert "read-only" in str(info.value) and str(info.value).startswith("--record ")
-    with pytest.raises(RecordPathError):
+    with pytest.raises(errors.RecordPathError):
         RecordWriter(target, prescription={}, identity={})
