@@ -860,3 +860,23 @@ def test_unknown_enum_integers_are_kept_as_given(tmp_path: Path) -> None:
     with new_writer(path) as writer:
         writer.note("started", start={"polarity": 9})
     assert SessionRecord.load(path).notes[0]["start"] == {"polarity": 9}
+
+
+def test_a_program_that_forgets_close_still_leaves_every_line_it_queued(tmp_path: Path) -> None:
+    path = tmp_path / "forgotten.jsonl"
+    script = textwrap.dedent(
+        f"""
+        from iontodrive.protocol import DeviceState, Event, EventCode, Polarity, StatusFlags, Telemetry
+        from iontodrive.record import RecordWriter
+        w = RecordWriter({str(path)!r}, prescription={{}}, identity={{}})
+        for no in range(3000):
+            w.telemetry(Telemetry(no, no, DeviceState.HOLD, StatusFlags.OUTPUT_ON, Polarity.CATHODE,
+                                  4000, 3999, 20000, 5000, 4 * no))
+        w.event(Event(1, 3000, EventCode.DOSE_COMPLETE, DeviceState.RAMP_DOWN, 12000))
+        print("queued", flush=True)
+        """
+    )
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0 and result.stdout.strip() == "queued", result.stderr
+    rec = SessionRecord.load(path)
+    assert len(rec.telemetry) == 3000 and [e["code"] for e in rec.events] == ["DOSE_COMPLETE"]

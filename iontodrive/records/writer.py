@@ -37,11 +37,13 @@ Every value is converted with :mod:`iontodrive.records.encoding`: enums by name,
 
 from __future__ import annotations
 
+import atexit
 import errno
 import logging
 import os
 import threading
 import time
+import weakref
 from collections import deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -208,8 +210,8 @@ class RecordWriter:
             max_queued_telemetry=max_queued_telemetry,
             now=now,
             clock=clock,
+            lines_written=1,
         )
-        self.lines_written = 1
 
     @classmethod
     def reopen(
@@ -280,6 +282,7 @@ class RecordWriter:
         max_queued_telemetry: int,
         now: Callable[[], datetime],
         clock: Callable[[], float],
+        lines_written: int = 0,
     ) -> None:
         if isinstance(max_queued_telemetry, bool) or not isinstance(max_queued_telemetry, int):
             raise RecordDataError(f"max_queued_telemetry must be an int, got {max_queued_telemetry!r}")
@@ -310,7 +313,7 @@ class RecordWriter:
         self._closed = False
         self._error: RecordWriteError | None = None
         self._error_reported = False
-        self.lines_written = 0
+        self.lines_written = lines_written
         self.lines_dropped = 0
         self.telemetry_overflow = 0
         self.late_lines = 0
@@ -318,6 +321,7 @@ class RecordWriter:
             target=self._run, name=f"iontodrive-record-{self.path.name[:40]}", daemon=True
         )
         self._thread.start()
+        _OPEN_WRITERS.add(self)
 
     # ------------------------------------------------------------------------------ public state
 
@@ -698,6 +702,19 @@ class RecordWriter:
             os.lseek(self._fd, self._offset, os.SEEK_SET)
         except OSError as exc:
             log.warning("record %s: could not cut a partial line off (%s)", self.path, exc)
+
+
+# Writers not yet closed: at interpreter exit their queued lines are written before the (daemon) writer
+# threads are stopped, so a program that forgets close() loses nothing it queued.
+_OPEN_WRITERS: weakref.WeakSet[RecordWriter] = weakref.WeakSet()
+EXIT_FLUSH_S: Final = 2.0
+
+
+@atexit.register
+def _flush_open_writers() -> None:
+    for writer in list(_OPEN_WRITERS):
+        if not writer.closed:
+            writer.flush(EXIT_FLUSH_S)
 
 
 def _write_all(fd: int, data: bytes) -> None:
