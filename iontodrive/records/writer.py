@@ -55,7 +55,7 @@ from iontodrive import __version__
 from iontodrive.errors import RecordClosedError, RecordDataError, RecordWriteError
 from iontodrive.protocol import DeviceState, Event, EventCode, Polarity, Telemetry
 from iontodrive.records.encoding import KIND_RE, dumps_line, encode_str, enum_name, to_json_value
-from iontodrive.records.paths import create_record_file
+from iontodrive.records.paths import NOFOLLOW, create_record_file
 from iontodrive.records.reader import SessionRecord
 
 __all__ = [
@@ -235,7 +235,7 @@ class RecordWriter:
         record = SessionRecord.load(path)
         target = Path(path)
         try:
-            fd = os.open(target, os.O_RDWR | os.O_NOFOLLOW | os.O_CLOEXEC)
+            fd = os.open(target, os.O_RDWR | NOFOLLOW)
         except OSError as exc:
             raise RecordWriteError.from_os_error(target, exc) from exc
         try:
@@ -395,7 +395,7 @@ class RecordWriter:
                     last.last_sample_no = int(t.sample_no)
                 else:
                     marker = _DropMarker(self._host_time(), 1, int(t.sample_no), int(t.sample_no))
-                    self._put_locked(marker, durable=False)
+                    self._put_locked(marker, durable=True)  # a note: fsync'd like the others
                 return False
             if self._put_locked(t, durable=False):
                 self._queued_telemetry += 1
