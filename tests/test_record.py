@@ -770,6 +770,7 @@ def test_a_missing_record_is_a_typed_read_error(tmp_path: Path) -> None:
     with pytest.raises(errors.RecordReadError) as info:
         SessionRecord.load(tmp_path / "nothing.jsonl")
     assert isinstance(info.value, IontodriveError) and info.value.errno == 2
+    assert isinstance(info.value, OSError)  # what callers caught before
 
 
 @pytest.mark.parametrize("content", [b"", b'{"kind": "header", "sche'])
