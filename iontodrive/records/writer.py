@@ -421,14 +421,15 @@ class RecordWriter:
             "recovered": bool(recovered),
         }
         key = _event_key(line)
+        line["host_time"] = self._host_time()
+        data = dumps_line(line)  # encoded outside the lock: the telemetry thread never waits for it
         with self._lock:
             if self._finished or self._closing:
                 self.late_lines += 1
                 return False
             if key in self._seen_events:
                 return False
-            line["host_time"] = self._host_time()
-            if not self._put_locked(dumps_line(line), durable=True):
+            if not self._put_locked(data, durable=True):
                 return False
             self._seen_events.add(key)
         return True
@@ -447,11 +448,11 @@ class RecordWriter:
                 f"note kind must be a lower-case identifier other than {sorted(RESERVED_KINDS)}; got {kind!r}"
             )
         payload = to_json_value(data, kind)
+        line = dumps_line({"kind": kind, "host_time": self._host_time(), **payload})
         with self._lock:
             if self._finished or self._closing:
                 raise RecordClosedError(f"record {self.path} is finished; nothing more can be written")
-            line = {"kind": kind, "host_time": self._host_time(), **payload}
-            self._put_locked(dumps_line(line), durable=True)
+            self._put_locked(line, durable=True)
 
     def recovery(self, **data: Any) -> None:
         """Shorthand for ``note("recovery", **data)``."""
@@ -474,17 +475,19 @@ class RecordWriter:
         extras = to_json_value(extra, "summary")
         if "kind" in extras:
             raise RecordDataError("summary extra key 'kind' is reserved")
-        with self._lock:
-            if self._finished or self._closing:
-                raise RecordClosedError(f"record {self.path} is finished; nothing more can be written")
-            line = {
+        line = dumps_line(
+            {
                 "kind": "summary",
                 "delivered_uas": delivered_uas,
                 "end_reason": end_reason,
                 "ended_at": (ended_at if ended_at is not None else self._now()).isoformat(),
                 **extras,
             }
-            self._put_locked(dumps_line(line), durable=True)
+        )
+        with self._lock:
+            if self._finished or self._closing:
+                raise RecordClosedError(f"record {self.path} is finished; nothing more can be written")
+            self._put_locked(line, durable=True)
             self._finished = True
 
     # ------------------------------------------------------------------------------ waiting, closing
