@@ -157,9 +157,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--events", type=int, default=300)
     parser.add_argument("--seconds", type=float, default=10.0)
     parser.add_argument("--quick", action="store_true", help="10 sessions, 100 events, 3 s of telemetry")
+    parser.add_argument("--no-check", action="store_true", help="always exit 0 (report only)")
     args = parser.parse_args(argv)
     if args.quick:
-        args.sessions, args.events, args.seconds = 10, 100, 3.0
+        args.sessions, args.events = 10, 100
+        args.seconds = min(args.seconds, 3.0)
     base = args.dir or default_record_dir().parent
     with tempfile.TemporaryDirectory(prefix="bench-records-", dir=base) as tmp:
         directory = Path(tmp)
@@ -188,7 +190,7 @@ def main(argv: list[str] | None = None) -> int:
         )
     ok = all(t.dropped == 0 for t in telemetry.values())
     print("PASS: no telemetry dropped at 5,000 samples/s" if ok else "FAIL: telemetry dropped")
-    return 0 if ok else 1
+    return 0 if ok or args.no_check else 1
 
 
 if __name__ == "__main__":
