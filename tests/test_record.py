@@ -444,6 +444,16 @@ def test_reopen_appends_recovery_and_summary_after_a_host_death(tmp_path: Path) 
     assert rec.labels == LABELS and rec.started_at == T0
 
 
+def test_reopen_makes_an_older_world_readable_record_private(tmp_path: Path) -> None:
+    path = tmp_path / "s.jsonl"
+    write_session(path, summary=False)
+    os.chmod(path, 0o644)  # as the driver before S21 left them
+    writer = RecordWriter.reopen(path)
+    writer.summary(delivered_uas=7, end_reason="recovered_after_host_loss")
+    writer.close()
+    assert path.stat().st_mode & 0o777 == 0o600 and SessionRecord.load(path).complete
+
+
 def test_reopen_repairs_a_partial_last_line(tmp_path: Path) -> None:
     path = tmp_path / "s.jsonl"
     write_session(path, summary=False)

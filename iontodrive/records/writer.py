@@ -228,7 +228,8 @@ class RecordWriter:
 
         The record is read first (:meth:`SessionRecord.load`: its torn lines are reported, not fatal). A
         partial last line left by a killed writer is cut off and replaced by a ``repair`` note giving its
-        byte count and text. Events already in the record are remembered, so :meth:`event` skips them.
+        byte count and text. Events already in the record are remembered, so :meth:`event` skips them. A
+        record of ours that others could read (written by an older driver) is made private (0600).
         Raises what :meth:`SessionRecord.load` raises, and :class:`RecordWriteError` if the file cannot be
         opened or cut (it must be a regular file: a link is refused).
         """
@@ -239,7 +240,11 @@ class RecordWriter:
         except OSError as exc:
             raise RecordWriteError.from_os_error(target, exc) from exc
         try:
-            size = os.fstat(fd).st_size
+            info = os.fstat(fd)
+            size = info.st_size
+            if hasattr(os, "fchmod") and info.st_mode & 0o077 and info.st_uid == os.geteuid():
+                log.warning("record %s was readable by others: made private (0600, S21)", target)
+                os.fchmod(fd, 0o600)
             dropped = b""
             if record.valid_bytes < size:
                 os.lseek(fd, record.valid_bytes, os.SEEK_SET)
