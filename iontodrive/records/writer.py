@@ -242,8 +242,8 @@ class RecordWriter:
         try:
             info = os.fstat(fd)
             size = info.st_size
-            private = hasattr(os, "geteuid") and info.st_uid == os.geteuid()
-            if private and info.st_mode & 0o077:
+            ours = hasattr(os, "geteuid") and info.st_uid == os.geteuid()
+            if ours and info.st_mode & 0o077:
                 log.warning("record %s was readable by others: made private (0600, S21)", target)
                 os.fchmod(fd, 0o600)
             dropped = b""
