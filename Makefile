@@ -12,7 +12,7 @@ $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "Python 3.11+ required"'
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[test,visa,plot,bench]'
+	$(BIN)/python -m pip install --quiet -e '.[test,visa,plot,bench,sim,browser]'
 	@touch $(STAMP)
 
 demo: $(STAMP)

@@ -72,6 +72,11 @@ class LinkChannel:
         self.corrupted_bytes = 0
         self.junk_chunks = 0
 
+    def mangle(self, data: bytes) -> bytes:
+        """``data`` with this channel's byte loss and corruption applied (no junk, no latency): the
+        run-time link faults of :class:`~firmware_sim.wired.WiredTransport` use it."""
+        return self._mangle(data, junk_here=False)
+
     def _mangle(self, data: bytes, junk_here: bool) -> bytes:
         f = self.faults
         if not data:
