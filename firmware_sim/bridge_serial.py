@@ -128,7 +128,11 @@ class SerialTransport(OutputCounters):
         port.timeout = max(0.0, timeout)
         if self._out:
             self._flush()
-        return bytes(port.read(65536))
+        first = bytes(port.read(1))
+        if not first:
+            return b""
+        waiting = int(getattr(port, "in_waiting", 0) or 0)
+        return first + bytes(port.read(waiting)) if waiting else first
 
     def _write_now(self, data: bytes | bytearray) -> int:
         if self._fd >= 0:
