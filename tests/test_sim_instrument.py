@@ -53,7 +53,7 @@ def wait_for(cond: Callable[[], bool], timeout_s: float = 10.0, what: str = "con
     while not cond():
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.01)  # noqa: TID251 - waiting on another thread's real-time loop, not a virtual clock
+        time.sleep(0.01)
 
 
 class SocketHost:
@@ -137,7 +137,7 @@ def test_tcp_refuses_a_second_client_and_the_first_keeps_its_session(
 def test_tcp_serves_the_next_client_once_the_first_has_gone(
     tcp_sim: tuple[TcpTransport, DeviceRunner],
 ) -> None:
-    tcp, runner = tcp_sim
+    tcp, _runner = tcp_sim
     first = SocketHost(socket.create_connection(("127.0.0.1", tcp.port)))
     first.request(GetStatus())
     first.sock.close()
@@ -329,7 +329,7 @@ def test_control_skin_change_reaches_the_plant(memory_sim: tuple[SimController, 
 def test_host_silence_trips_the_watchdog_and_is_undone(
     memory_sim: tuple[SimController, DeviceRunner],
 ) -> None:
-    control, runner = memory_sim
+    control, _runner = memory_sim
     transport = control.transport
     assert transport is not None
     control.act("host_silence")
