@@ -41,7 +41,9 @@ def wait_for(cond: Callable[[], Any], timeout_s: float = 20.0, what: str = "cond
 
 @pytest.fixture
 def browser() -> Iterator[Any]:
-    webdriver = pytest.importorskip("selenium.webdriver", reason="selenium is not installed (pip install '.[browser]')")
+    webdriver = pytest.importorskip(
+        "selenium.webdriver", reason="selenium is not installed (pip install '.[browser]')"
+    )
     if not (os.path.exists(CHROMIUM) and os.path.exists(CHROMEDRIVER)):
         pytest.skip("no browser: chromium and chromedriver are not installed (`make test` installs them)")
     from selenium.webdriver.chrome.service import Service
@@ -90,7 +92,9 @@ def test_console_charts_a_session_and_its_lift_button_pauses_it_within_a_second(
             runner.call(lambda d: d.receive(encode(Start(2000, 0, 900_000, 5000, 5000, Polarity.CATHODE), 2)))
             browser.get(server.url)
             state = browser.find_element(By.ID, "state")
-            first = wait_for(lambda: browser.execute_script("return window.consoleState.lastT"), what="a frame")
+            first = wait_for(
+                lambda: browser.execute_script("return window.consoleState.lastT"), what="a frame"
+            )
             wait_for(lambda: state.text == "HOLD", what="HOLD shown")
             cs = browser.execute_script("return window.consoleState")
             assert cs["lastT"] > first and cs["points"] > 10  # the chart moved with device time

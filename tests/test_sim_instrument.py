@@ -398,3 +398,23 @@ def test_http_api_is_a_shell_over_the_controller_and_guards_its_token(
         assert bad.value.code == 400 and "resistance_ohm" in json.loads(bad.value.read())["error"]
         assert any(e["code"] == "ELECTRODE_LIFT" for e in call("api/events?after=0"))
         assert call("api/log")[0]["action"] == "electrode_lift"
+
+
+def test_sim_url_ports_carry_a_controller_and_an_optional_wire() -> None:
+    import serial
+
+    import firmware_sim
+
+    firmware_sim.register_url_handler()
+    port = serial.serial_for_url("sim://clinic-4?speed=50&baud=9600", timeout=0.5)
+    try:
+        assert port.control is not None and port.control.transport.wire is not None
+        assert port.control.transport.wire.settings.baud == 9600
+        assert port.control.act("power_cut")["action"] == "power_cut"
+        wait_for(lambda: port.control.snapshot()["boot_count"] == 2, what="the power cut")
+    finally:
+        port.close()
+    with pytest.raises(serial.SerialException, match="baud needs clock=wall"):
+        serial.serial_for_url("sim://clinic-4?clock=virtual&baud=9600")
+    with pytest.raises(serial.SerialException, match="baud"):
+        serial.serial_for_url("sim://clinic-4?baud=3")

@@ -30,12 +30,17 @@ fault options may be repeated or comma-separated):
 ``split=1``               device output handed out in small random pieces
 ``latency_ms=F``          added delivery delay, link (wall) time
 ``silent_at_s=T``         from T on the host's bytes never reach the device (watchdog test)
+``baud=N``                wall clock only: the wire model of a serial line at N baud 8N1
+                          (``firmware_sim.wire``): output paced, telemetry beyond it shed
+``latency_timer_ms=F``    with ``baud``: a USB-serial chip's latency timer (FTDI: 16)
 ``logging=LEVEL``         debug, info, warning or error for the ``firmware_sim`` loggers
 ========================  ==================================================================
 
 The port object exposes the simulation for tests: ``port.device`` (:class:`~firmware_sim.Device`),
 ``port.runner`` (:class:`~firmware_sim.DeviceRunner`, wall clock only; hold ``port.runner.lock`` while
-touching the device) and ``port.clock`` (:class:`~firmware_sim.VirtualClock`, virtual clock only).
+touching the device), ``port.control`` (:class:`~firmware_sim.control.SimController`, wall clock only:
+faults, power, skin at run time) and ``port.clock`` (:class:`~firmware_sim.VirtualClock`, virtual clock
+only).
 Example: ``serial.serial_for_url("sim://hydro-30?speed=50&seed=1&lift_at_s=12", timeout=0.1)`` after
 :func:`firmware_sim.register_url_handler`.
 """
@@ -51,10 +56,12 @@ from typing import Any
 from serial.serialutil import PortNotOpenError, SerialBase, SerialException, to_bytes
 
 from ..clock import VirtualClock
+from ..control import SimController
 from ..device import Device
 from ..options import SimOptions
 from ..runner import DeviceRunner
 from ..streams import BytePipe, MemoryTransport
+from ..wired import WiredTransport
 
 log = logging.getLogger(__name__)
 
@@ -68,8 +75,9 @@ _FLOAT = {
     "junk_rate": "junk_rate",
     "latency_ms": "latency_ms",
     "silent_at_s": "silent_at_s",
+    "latency_timer_ms": "latency_timer_ms",
 }
-_INT = {"seed": "seed", "telemetry_hz": "telemetry_hz"}
+_INT = {"seed": "seed", "telemetry_hz": "telemetry_hz", "baud": "baud"}
 _FAULT_LISTS = ("lift_at_s", "contact_return_at_s", "impedance_rise_at_s", "short_at_s", "overcurrent_at_s")
 _LOG_LEVELS = {
     "debug": logging.DEBUG,
@@ -135,6 +143,7 @@ class Serial(SerialBase):
         self.device: Device | None = None
         self.runner: DeviceRunner | None = None
         self.clock: VirtualClock | None = None
+        self.control: SimController | None = None
         self.options: SimOptions | None = None
         self._to_host = BytePipe()
         self._transport: MemoryTransport | None = None
@@ -159,7 +168,10 @@ class Serial(SerialBase):
             self.clock.add_listener(self._on_virtual_time)
         else:
             self._transport = MemoryTransport(BytePipe(), self._to_host)
-            self.runner = DeviceRunner(self.device, self._transport, speed=self.options.speed).start()
+            wired = WiredTransport(self._transport, self.options.wire_settings(), seed=self.options.seed)
+            self.runner = DeviceRunner(self.device, wired, speed=self.options.speed)
+            self.control = SimController(self.runner, wired)
+            self.runner.start()
         self.is_open = True
 
     def close(self) -> None:
