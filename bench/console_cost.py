@@ -15,6 +15,7 @@ Target (issue 19): the stream at 20 Hz costs the simulator under 5 % of a core. 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import subprocess
 import sys
@@ -68,10 +69,8 @@ def main() -> int:
                 seq = seq % 60000 + 4
                 deadline = time.monotonic() + 0.5
                 while time.monotonic() < deadline:
-                    try:
+                    with contextlib.suppress(BlockingIOError):
                         os.read(fd, 65536)
-                    except BlockingIOError:
-                        pass
                     time.sleep(0.01)
 
         os.set_blocking(fd, False)

@@ -17,6 +17,7 @@ Target: real-time figures within 5 % of the model. Exit 1 if not (unless ``--no-
 from __future__ import annotations
 
 import argparse
+import itertools
 import os
 import select
 import statistics
@@ -36,7 +37,7 @@ TOLERANCE = 0.05
 
 def summarise(times: list[float], nbytes: int) -> tuple[float, float, float]:
     span = times[-1] - times[0]
-    gaps = [b - a for a, b in zip(times, times[1:], strict=False)]
+    gaps = [b - a for a, b in itertools.pairwise(times)]
     return (len(times) - 1) / span, statistics.median(gaps), nbytes / span
 
 
