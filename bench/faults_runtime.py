@@ -112,3 +112,30 @@ def run_replug(
     ctx.note_hang(dog)
     time.sleep(max(wait_s, UNPLUGGED_S + 0.5))
     recover(ctx, port, facts)
+
+
+_JUDGED_AS = {
+    "rt_lift": "lift",
+    "rt_short": "short",
+    "rt_overcurrent": "overcurrent",
+    "rt_power_cut": "power_cycle",
+}
+
+
+class judged_as_base:
+    """``with judged_as_base(ctx): check(ctx, facts)``: a run-time case is judged by exactly the rules of
+    the fault it injects (``rt_power_cut`` as ``power_cycle``...), its result keeps its own name."""
+
+    def __init__(self, ctx: Any) -> None:
+        self.ctx = ctx
+        self.saved = ctx.fault
+
+    def __enter__(self) -> None:
+        import dataclasses
+
+        base = _JUDGED_AS.get(self.saved.name)
+        if base is not None:
+            self.ctx.fault = dataclasses.replace(self.saved, name=base)
+
+    def __exit__(self, *exc: object) -> None:
+        self.ctx.fault = self.saved
