@@ -157,7 +157,7 @@ class SimController:
 
     def _plant_fault(self, name: str, at_s: float | None, params: dict[str, Any]) -> dict[str, Any]:
         cls = PLANT_FAULTS[name]
-        fields = {f.name for f in dataclasses.fields(cls)} - {"at_s"}  # type: ignore[arg-type]
+        fields = {f.name for f in dataclasses.fields(cls)} - {"at_s"}
         unknown = sorted(set(params) - fields)
         if unknown:
             raise ControlError(f"{name} has no parameter {unknown[0]!r}: it takes {sorted(fields)}")

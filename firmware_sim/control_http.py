@@ -62,7 +62,7 @@ def action_parameters() -> dict[str, list[str]]:
     out: dict[str, list[str]] = {}
     for name in ACTIONS:
         if name in PLANT_FAULTS:
-            out[name] = [f.name for f in dataclasses.fields(PLANT_FAULTS[name]) if f.name != "at_s"]  # type: ignore[arg-type]
+            out[name] = [f.name for f in dataclasses.fields(PLANT_FAULTS[name]) if f.name != "at_s"]
         else:
             out[name] = list(_OTHER_PARAMS[name])
     return out

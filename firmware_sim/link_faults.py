@@ -83,13 +83,14 @@ class LinkChannel:
             return data
         arr = np.frombuffer(data, dtype=np.uint8).copy()
         if f.corrupt_rate:
-            hit = self._rng.random(arr.shape[0]) < f.corrupt_rate
-            if hit.any():
-                arr[hit] ^= self._rng.integers(1, 256, int(hit.sum()), dtype=np.uint8)
-                self.corrupted_bytes += int(hit.sum())
+            hit = np.less(self._rng.random(arr.shape[0]), f.corrupt_rate)
+            n_hit = int(np.count_nonzero(hit))
+            if n_hit:
+                arr[hit] ^= self._rng.integers(1, 256, n_hit, dtype=np.uint8)
+                self.corrupted_bytes += n_hit
         if f.drop_rate:
-            keep = self._rng.random(arr.shape[0]) >= f.drop_rate
-            self.dropped_bytes += int((~keep).sum())
+            keep = np.greater_equal(self._rng.random(arr.shape[0]), f.drop_rate)
+            self.dropped_bytes += int(arr.shape[0] - np.count_nonzero(keep))
             arr = arr[keep]
         out = arr.tobytes()
         if junk_here and f.junk_rate and self._rng.random() < f.junk_rate:

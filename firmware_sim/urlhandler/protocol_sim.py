@@ -51,9 +51,9 @@ import logging
 import numbers
 import time
 import urllib.parse
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from serial.serialutil import PortNotOpenError, SerialBase, SerialException, to_bytes
+from serial.serialutil import PortNotOpenError, SerialBase, SerialException
 
 from ..clock import VirtualClock
 from ..control import SimController
@@ -62,6 +62,9 @@ from ..options import SimOptions
 from ..runner import DeviceRunner
 from ..streams import BytePipe, MemoryTransport
 from ..wired import WiredTransport
+
+if TYPE_CHECKING:
+    from typing_extensions import Buffer
 
 log = logging.getLogger(__name__)
 
@@ -155,13 +158,13 @@ class Serial(SerialBase):
         """Build the device from the URL and start it. Raises SerialException for a bad URL."""
         if self.is_open:
             raise SerialException("Port is already open.")
-        if self._port is None:
+        if self.port is None:
             raise SerialException("Port must be configured before it can be used.")
         try:
-            self.options = parse_url(str(self._port))
+            self.options = parse_url(str(self.port))
             self.device = self.options.build_device()
         except (ValueError, OSError) as exc:
-            raise SerialException(f"could not open {self._port!r}: {exc}") from exc
+            raise SerialException(f"could not open {self.port!r}: {exc}") from exc
         self._to_host = BytePipe()
         if self.options.clock == "virtual":
             self.clock = VirtualClock()
@@ -197,8 +200,9 @@ class Serial(SerialBase):
         return parse_url(url)
 
     def _reconfigure_port(self, force_update: bool = False) -> None:
-        if not isinstance(self._baudrate, numbers.Integral) or not 0 < self._baudrate < 2**32:
-            raise ValueError(f"invalid baudrate: {self._baudrate!r}")
+        baud = self.baudrate
+        if not isinstance(baud, numbers.Integral) or not 0 < int(baud) < 2**32:
+            raise ValueError(f"invalid baudrate: {baud!r}")
 
     # ----------------------------------------------------------------------------------------- data
 
@@ -239,9 +243,9 @@ class Serial(SerialBase):
         if size <= 0:
             return b""
         if self.clock is None:
-            return self._to_host.read_exactly(size, self._timeout)
+            return self._to_host.read_exactly(size, self.timeout)
         self._pump_virtual()
-        limit = VIRTUAL_MAX_BLOCK_S if self._timeout is None else float(self._timeout)
+        limit = VIRTUAL_MAX_BLOCK_S if self.timeout is None else float(self.timeout)
         waited = 0.0
         data = bytearray(self._to_host.read(size, 0.0))
         while len(data) < size and waited < limit - 1e-12:
@@ -251,9 +255,9 @@ class Serial(SerialBase):
             data += self._to_host.read(size - len(data), 0.0)
         return bytes(data)
 
-    def write(self, data: bytes | bytearray | memoryview) -> int:
+    def write(self, data: Buffer, /) -> int:
         self._check()
-        payload = to_bytes(data)
+        payload = bytes(data)
         if self.clock is not None:
             assert self.device is not None
             self.device.receive(payload)
