@@ -418,3 +418,49 @@ def test_sim_url_ports_carry_a_controller_and_an_optional_wire() -> None:
         serial.serial_for_url("sim://clinic-4?clock=virtual&baud=9600")
     with pytest.raises(serial.SerialException, match="baud"):
         serial.serial_for_url("sim://clinic-4?baud=3")
+
+
+def test_the_simulator_imports_nothing_of_the_driver_above_the_protocol() -> None:
+    import ast
+
+    root = Path(__file__).parent.parent / "firmware_sim"
+    offenders = []
+    for path in root.rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = (
+                [a.name for a in node.names]
+                if isinstance(node, ast.Import)
+                else [node.module or ""]
+                if isinstance(node, ast.ImportFrom) and node.level == 0
+                else []
+            )
+            offenders += [
+                f"{path.name}: {n}"
+                for n in names
+                if n.startswith("iontodrive") and not n.startswith("iontodrive.protocol")
+            ]
+    assert offenders == []
+
+
+def test_cli_wire_options() -> None:
+    from firmware_sim.__main__ import build_parser, wire_settings
+
+    def settings(*argv: str) -> Any:
+        return wire_settings(build_parser().parse_args(list(argv)))
+
+    assert settings("--pty") is None
+    s = settings("--pty", "--baud", "9600", "--latency-timer")
+    assert (s.baud, s.latency_timer_ms, str(s.framing)) == (9600, 16.0, "8N1")
+    assert settings("--serial", "/dev/null").baud == 115_200  # on by default with --serial
+    assert settings("--serial", "/dev/null", "--no-wire") is None
+    assert settings("--tcp", "127.0.0.1:0", "--baud", "57600", "--framing", "7E2").framing.bits_per_char == 11
+    with pytest.raises(ValueError, match="latency_timer_ms"):
+        settings("--pty", "--baud", "9600", "--latency-timer", "0.1")
+    with pytest.raises(ValueError, match="framing"):
+        settings("--pty", "--baud", "9600", "--framing", "9Q1")
+
+
+def test_cli_serial_port_that_cannot_be_opened_fails_with_status_1(tmp_path: Path) -> None:
+    from firmware_sim.__main__ import main
+
+    assert main(["--serial", str(tmp_path / "no-such-port"), "--run-for", "1"]) == 1
