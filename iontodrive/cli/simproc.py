@@ -104,7 +104,9 @@ class SimulatorProcess:
             line = second[0].strip() if second else ""
             if not line.startswith("CONTROL "):
                 self.stop()
-                raise SimulatorError(f"simulator {' '.join(self.args[1:])!r} printed no CONTROL line: {line!r}")
+                raise SimulatorError(
+                    f"simulator {' '.join(self.args[1:])!r} printed no CONTROL line: {line!r}"
+                )
             self.control_url = line.split(" ", 1)[1].strip()
         self._drain = threading.Thread(target=self._drain_output, name="sim-drain", daemon=True)
         self._drain.start()
