@@ -72,7 +72,10 @@ def simulator_args() -> list[str]:
 def unplug_for(control_url: str, seconds: float, facts: dict[str, Any]) -> None:
     """Unplug the simulator's port through its HTTP control API and plug it back ``seconds`` later."""
     req = urllib.request.Request(
-        control_url + "api/act/unplug", data=json.dumps({"duration_s": seconds}).encode(), method="POST"
+        control_url + "api/act/unplug",
+        data=json.dumps({"duration_s": seconds}).encode(),
+        method="POST",
+        headers={"Content-Type": "application/json"},
     )
     facts["fault_wall"] = time.monotonic()
     with urllib.request.urlopen(req, timeout=10) as r:

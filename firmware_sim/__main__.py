@@ -206,8 +206,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     control_server = None
     if args.control is not None:
         from .control import SimController
-        from .control_http import ControlServer
 
+        try:
+            from .control_http import ControlServer
+        except ImportError as exc:
+            print(f"iontodrive-sim: --control needs aiohttp (pip install '.[sim]'): {exc}", file=sys.stderr)
+            transport.close()
+            device.close()
+            return 1
         try:
             control_server = ControlServer(
                 SimController(runner, transport),

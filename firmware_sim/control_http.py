@@ -21,7 +21,10 @@ Access: the server listens on loopback unless ``allow_remote`` and a ``token`` a
 (:func:`~firmware_sim.bridge_tcp.check_listen_address`); with a token configured every request must carry
 it, as ``Authorization: Bearer TOKEN`` or ``?token=TOKEN`` (the console passes on the one in its URL),
 else 401. A request from a non-loopback peer without a configured token is refused (403) whatever the
-listening address.
+listening address, and so is one whose ``Host`` header names anything but a loopback address (a web page
+elsewhere cannot reach the API through DNS rebinding). ``POST`` requests must say ``Content-Type:
+application/json`` (415 otherwise), which a page on another origin cannot send without a CORS preflight
+that this server never grants.
 """
 
 from __future__ import annotations
@@ -66,6 +69,18 @@ def action_parameters() -> dict[str, list[str]]:
         else:
             out[name] = list(_OTHER_PARAMS[name])
     return out
+
+
+def _host_is_loopback(host_header: str | None) -> bool:
+    """True if a ``Host`` header names a loopback address (``localhost``, 127.x, ``[::1]``, any port)."""
+    if not host_header:
+        return False
+    host = host_header.strip()
+    if host.startswith("["):
+        host = host[1 : host.find("]")] if "]" in host else host
+    elif host.count(":") == 1:
+        host = host.split(":", 1)[0]
+    return host.lower() == "localhost" or _is_loopback(host)
 
 
 def _is_loopback(peer: str | None) -> bool:
@@ -188,6 +203,8 @@ class ControlServer:
         if self.token is None:
             if not _is_loopback(peer):
                 return web.json_response({"error": "refused: not a loopback client and no token"}, status=403)
+            if not _host_is_loopback(request.headers.get("Host")):
+                return web.json_response({"error": "refused: Host is not a loopback address"}, status=403)
         else:
             presented = request.query.get("token", "")
             auth = request.headers.get("Authorization", "")
@@ -195,6 +212,8 @@ class ControlServer:
                 presented = auth[len("Bearer ") :]
             if not hmac.compare_digest(presented.encode(), self.token.encode()):
                 return web.json_response({"error": "refused: a valid token is required"}, status=401)
+        if request.method == "POST" and request.content_type != "application/json":
+            return web.json_response({"error": "POST needs Content-Type: application/json"}, status=415)
         response: web.StreamResponse = await handler(request)
         return response
 

@@ -377,6 +377,7 @@ def test_http_api_is_a_shell_over_the_controller_and_guards_its_token(
             req = urllib.request.Request(server.url + path, method="GET" if body is None else "POST")
             if body is not None:
                 req.data = json.dumps(body).encode()
+                req.add_header("Content-Type", "application/json")
             if token:
                 req.add_header("Authorization", f"Bearer {token}")
             with urllib.request.urlopen(req, timeout=10) as r:
@@ -398,6 +399,19 @@ def test_http_api_is_a_shell_over_the_controller_and_guards_its_token(
         assert bad.value.code == 400 and "resistance_ohm" in json.loads(bad.value.read())["error"]
         assert any(e["code"] == "ELECTRODE_LIFT" for e in call("api/events?after=0"))
         assert call("api/log")[0]["action"] == "electrode_lift"
+        form = urllib.request.Request(
+            server.url + "api/act/power_cut?token=t0ken", data=b"x=1", method="POST"
+        )
+        with pytest.raises(urllib.error.HTTPError) as cross_site:  # what a form on another site could send
+            urllib.request.urlopen(form, timeout=10)
+        assert cross_site.value.code == 415 and control.snapshot()["boot_count"] == 1
+    with ControlServer(control, "127.0.0.1", 0) as open_server:  # no token: loopback only
+        rebound = urllib.request.Request(open_server.url + "api/status", headers={"Host": "evil.example:80"})
+        with pytest.raises(urllib.error.HTTPError) as rebinding:
+            urllib.request.urlopen(rebound, timeout=10)
+        assert rebinding.value.code == 403
+        with urllib.request.urlopen(open_server.url + "api/status", timeout=10) as ok:
+            assert json.loads(ok.read())["state"] in ("IDLE", "PAUSED")
 
 
 def test_sim_url_ports_carry_a_controller_and_an_optional_wire() -> None:
