@@ -11,13 +11,14 @@ import firmware_sim
 
 BENCH = Path(__file__).resolve().parents[1] / "bench"
 sys.path.insert(0, str(BENCH))
-import faults  # noqa: E402  (bench/faults.py)
+import faults  # type: ignore[import-not-found]  # noqa: E402  (bench/faults.py)
 
 
 def _seed(rep: int, scenario: str, fault: str) -> int:
     s = [x.name for x in faults.SCENARIOS].index(scenario)
     f = [x.name for x in faults.FAULTS].index(fault)
-    return faults.run_seed(rep, s, f)
+    seed: int = faults.run_seed(rep, s, f)
+    return seed
 
 
 @pytest.mark.parametrize(

@@ -28,7 +28,7 @@ def test_frame_bytes_is_the_encoded_size_of_every_message(cls: type, data: st.Da
 
 @given(n=st.integers(0, 2000), body=st.data())
 def test_cobs_size_is_exact(n: int, body: st.DataObject) -> None:
-    from cobs import cobs
+    from cobs import cobs  # type: ignore[import-untyped]
 
     raw = body.draw(st.binary(min_size=n, max_size=n))
     assert len(cobs.encode(raw)) <= cobs_encoded_bytes(n)
