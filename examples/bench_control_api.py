@@ -4,16 +4,16 @@ Usage::
 
     python examples/bench_control_api.py          # starts its own simulator subprocess
 
-It starts ``python -m firmware_sim --pty --link <tmp>/usb-sim --control 127.0.0.1:0`` and, as a bench tester's
-script would, drives it over HTTP while the driver runs sessions on the stable link:
+It starts ``python -m firmware_sim --pty --link <tmp>/usb-sim --control 127.0.0.1:0`` and, as a bench
+tester's script would, drives it over HTTP while the driver runs sessions on the stable link:
 
 1. a session holding 2 mA; ``POST /api/act/electrode_lift`` at a device time a few seconds ahead; the
    device ramps to zero and pauses, the driver reports ``DeviceFault(ELECTRODE_LIFT)`` and ends the
    session at zero;
 2. ``POST /api/act/contact_return`` (the electrode put back), a second session;
-   ``POST /api/act/unplug`` for 2 s: the path vanishes, the driver gets a typed link error, the device's watchdog pauses the session (``LINK_LOST``); the port comes back under
-   the same path, a new connection finds the session paused with its charge, and ``recover()``
-   completes the record.
+   ``POST /api/act/unplug`` for 2 s: the path vanishes, the driver gets a typed link error, the device's
+   watchdog pauses the session (``LINK_LOST``); the port comes back under the same path, a new
+   connection finds the session paused with its charge, and ``recover()`` completes the record.
 
 Resuming the remainder after the replug is the driver's part (issue 19 item 5) and not done here.
 Exit status 0 and ``PASS`` if every step held, ``FAIL: ...`` and 1 otherwise.
