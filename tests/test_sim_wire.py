@@ -4,15 +4,24 @@ from __future__ import annotations
 
 import itertools
 
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
 from firmware_sim import Device
 from firmware_sim.wire import USB_PACKET_PAYLOAD_BYTES, WireModel, WireSettings
 from iontodrive.protocol import (
     ConfigureTelemetry,
     Decoder,
+    DeviceState,
+    Event,
+    EventCode,
     Frame,
     GetStatus,
     Heartbeat,
     Identify,
+    MessageType,
+    Polarity,
+    StatusFlags,
     Telemetry,
     encode,
 )
@@ -110,3 +119,85 @@ def test_the_latency_timer_holds_a_short_reply_for_16_ms_and_sends_full_packets_
     assert [len(p) for _, p in packets] == [USB_PACKET_PAYLOAD_BYTES]  # full packet leaves at once
     rest = wire.host_receive(2.0)
     assert b"".join(p for _, p in packets + rest) == big
+
+
+# ------------------------------------------------------------------------------------ properties
+
+
+def _telemetry(n: int) -> bytes:
+    return encode(Telemetry(n, n, DeviceState.HOLD, StatusFlags.NONE, Polarity.CATHODE, 1, 2, 3, 4, 5))
+
+
+def _event(n: int) -> bytes:
+    return encode(
+        Event(
+            event_no=n,
+            device_time_ms=n,
+            code=EventCode.STATE_CHANGED,
+            state=DeviceState.HOLD,
+            value=0,
+            replayed=False,
+        )
+    )
+
+
+FRAMES = st.lists(
+    st.one_of(
+        st.integers(0, 10_000).map(lambda n: ("T", _telemetry(n))),
+        st.integers(1, 60_000).map(lambda n: ("R", encode(GetStatus(), seq=n))),
+        st.integers(1, 1000).map(lambda n: ("E", _event(n))),
+    ),
+    min_size=1,
+    max_size=60,
+)
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    frames=FRAMES,
+    cuts=st.lists(st.integers(1, 50), min_size=1, max_size=20),
+    gaps_ms=st.lists(st.floats(0.0, 20.0), min_size=1, max_size=20),
+    baud=st.sampled_from([9_600, 115_200, 921_600]),
+    latency=st.sampled_from([None, 2.0, 16.0]),
+    cap=st.sampled_from([64, 200, 512]),
+)
+def test_the_wire_sheds_only_whole_telemetry_frames_keeps_order_and_never_beats_the_baud_rate(
+    frames: list[tuple[str, bytes]],
+    cuts: list[int],
+    gaps_ms: list[float],
+    baud: int,
+    latency: float | None,
+    cap: int,
+) -> None:
+    wire = WireModel(WireSettings(baud=baud, latency_timer_ms=latency, tx_buffer_bytes=cap))
+    stream = b"".join(f for _, f in frames)
+    now, pos, i = 0.0, 0, 0
+    delivered: list[tuple[float, bytes]] = []
+    while pos < len(stream):  # the device's output in arbitrary pieces, at arbitrary times
+        piece = stream[pos : pos + cuts[i % len(cuts)]]
+        pos += len(piece)
+        wire.device_send(piece, now)
+        delivered += wire.host_receive(now)
+        now += gaps_ms[i % len(gaps_ms)] / 1000.0
+        i += 1
+    delivered += wire.host_receive(now + len(stream) / (baud / 10) + 1.0)
+    got = b"".join(d for _, d in delivered)
+    kept = [f for f in got.split(b"\x00")[:-1]]
+    sent = [f[:-1] for _, f in frames]
+    # whole frames, in order: what arrived is the sent sequence with some telemetry frames left out
+    it = iter(sent)
+    for frame in kept:
+        assert any(frame == s for s in it), (
+            "a frame arrived that was not sent next (cut, reordered or mangled)"
+        )
+    lost = [s for s in sent if s not in kept] if len(set(sent)) == len(sent) else []
+    assert all(f[2] == int(MessageType.TELEMETRY) for f in lost)  # only telemetry is ever shed
+    assert wire.shed_telemetry == len(sent) - len(kept)
+    replies_and_events = [f for kind, f in frames if kind != "T"]
+    assert got.count(b"\x00") >= len(replies_and_events)
+    # never faster than the line: by any delivery time, at most what the baud rate could have carried
+    char = 10 / baud
+    total = 0
+    for t, data in delivered:
+        total += len(data)
+        assert total <= t / char + 1 + 1e-6
