@@ -6,10 +6,12 @@ both addresses); the connected host notices nothing. When the client disconnects
 while none is connected the device keeps running and its output is dropped.
 
 Access: by default only a loopback address may be listened on. Any other (``0.0.0.0``, a LAN address)
-needs ``allow_remote=True`` *and* a ``token``; with a token every client must send ``token`` and a
-newline (``b"TOKEN\n"``) as its first bytes, within :data:`AUTH_TIMEOUT_S`, or it is disconnected; what
-follows the newline is protocol bytes. :meth:`TcpTransport.unplug` closes the client and stops listening
-(new connections are refused by the kernel); :meth:`TcpTransport.replug` listens on the same port again.
+needs ``allow_remote=True`` *and* a ``token``; then every client must send ``token`` and a newline
+(``b"TOKEN\n"``) as its first bytes, within :data:`AUTH_TIMEOUT_S`, or it is disconnected; what follows
+the newline is protocol bytes. On loopback no token is asked for.
+
+:meth:`TcpTransport.unplug` closes the client and stops listening (new connections are refused by the
+kernel); :meth:`TcpTransport.replug` listens on the same port again.
 
 TCP never loses bytes either: what the socket does not take at once (its send buffer full because the
 client does not read) waits in an :class:`~firmware_sim.outbuffer.OutBuffer` and is sent when the socket is
@@ -95,7 +97,10 @@ class TcpTransport(OutputCounters):
         self._server.setblocking(False)
         self.host = host
         self.port = self._server.getsockname()[1]
-        self._token = token.encode() if token else None
+        # a token is asked of clients only beyond loopback: on loopback the port is as open as a local
+        # serial port, and the driver's socket:// opening sends no token (so --token for the control API
+        # does not lock the driver out)
+        self._token = token.encode() if token and not is_loopback(host) else None
         self._client: socket.socket | None = None
         self._client_addr: object = None
         self._pending: socket.socket | None = None  # connected, token not yet presented

@@ -184,6 +184,13 @@ def test_a_token_is_asked_of_every_tcp_client() -> None:
         right.sock.close()
     tcp.close()
     device.close()
+    local = TcpTransport("127.0.0.1", 0, token="s3cret")  # on loopback the token is not asked for
+    with DeviceRunner(Device("clinic-4", seed=1), local, speed=1.0) as runner:
+        plain = SocketHost(socket.create_connection(("127.0.0.1", local.port)))
+        assert isinstance(plain.request(GetStatus()), StatusReport)
+        plain.sock.close()
+    local.close()
+    runner.device.close()
 
 
 # ------------------------------------------------------------------------------ one host at a time (pty)
