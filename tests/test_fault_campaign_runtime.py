@@ -11,7 +11,7 @@ import firmware_sim
 
 BENCH = Path(__file__).resolve().parents[1] / "bench"
 sys.path.insert(0, str(BENCH))
-import faults  # type: ignore[import-not-found]  # noqa: E402  (bench/faults.py)
+import faults  # type: ignore[import-not-found, unused-ignore]  # noqa: E402  (bench/faults.py)
 
 
 def _seed(rep: int, scenario: str, fault: str) -> int:
