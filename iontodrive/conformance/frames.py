@@ -12,7 +12,7 @@ from __future__ import annotations
 import struct
 from dataclasses import dataclass
 
-from cobs.cobs import DecodeError as CobsDecodeError  # type: ignore[import-untyped]
+from cobs.cobs import DecodeError as CobsDecodeError
 from cobs.cobs import decode as cobs_decode
 from cobs.cobs import encode as cobs_encode
 

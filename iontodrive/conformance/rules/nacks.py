@@ -16,7 +16,7 @@ import struct
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from cobs.cobs import decode as cobs_decode  # type: ignore[import-untyped]
+from cobs.cobs import decode as cobs_decode
 
 from iontodrive.protocol import (
     Abort,
