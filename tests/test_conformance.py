@@ -207,6 +207,15 @@ def test_rules_are_not_run_once_the_device_cannot_be_made_safe() -> None:
     assert not report.ok
 
 
+def test_the_suite_drives_within_the_drivers_own_ceilings() -> None:
+    ceilings = pytest.importorskip("iontodrive.ceilings", reason="needs issue 13's iontodrive.ceilings (S18)")
+    link = cv.VirtualLink(cv.IdentityUnderReports("hydro-30"))
+    probe = Probe(link, link.clock.now, seed=3)
+    ident = probe.identify()
+    assert probe.drive == ceilings.effective_identity(ident)
+    assert probe.test_current_ua <= probe.ceiling_ua <= probe.drive.max_current_ua
+
+
 def test_rule_outcomes_from_check_functions() -> None:
     from iontodrive.conformance import NotApplicable, RuleFailed, rule
 

@@ -31,6 +31,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Protocol, TypeVar
 
+from iontodrive.errors import IontodriveError
 from iontodrive.protocol import (
     DEFAULT_REPLY_TIMEOUT_MS,
     DEFAULT_RETRIES,
@@ -164,6 +165,7 @@ class Probe:
         self.watchdog_ms = DEFAULT_WATCHDOG_MS
         self.heartbeats = True
         self.identity: IdentityReport | None = None
+        self._drive: IdentityReport | None = None
         self.nonce = 0  # the host nonce of the probe's present host session (0: none opened)
         self.speed = 1.0
         self.ceiling_ua = SUITE_CEILING_UA
@@ -178,9 +180,19 @@ class Probe:
         return self.identity
 
     @property
+    def drive(self) -> IdentityReport:
+        """The limits the suite drives within: the identity with the driver's own caps applied (S18)."""
+        return self._drive if self._drive is not None else self.ident
+
+    @drive.setter
+    def drive(self, limits: IdentityReport) -> None:
+        self._drive = limits
+
+    @property
     def test_current_ua(self) -> int:
         """The current the suite's sessions use: a quarter of the device's maximum, within the ceiling."""
-        return max(1, min(self.ident.max_current_ua // TEST_CURRENT_FRACTION, self.ceiling_ua))
+        floor = max(1, self.ident.min_current_ua)
+        return max(floor, min(self.ident.max_current_ua // TEST_CURRENT_FRACTION, self.ceiling_ua))
 
     @property
     def margin_ua(self) -> int:
@@ -225,7 +237,8 @@ class Probe:
                 f"{PROTOCOL_VERSION}"
             )
         self.identity = ident
-        self.ceiling_ua = min(SUITE_CEILING_UA, ident.max_current_ua)
+        self.drive = driver_limits(ident)
+        self.ceiling_ua = min(SUITE_CEILING_UA, ident.max_current_ua, self.drive.max_current_ua)
         return ident
 
     def new_nonce(self) -> int:
@@ -518,7 +531,7 @@ class Probe:
         Raises:
             SuiteError: a target above :attr:`test_current_ua` without ``limit_probe``.
         """
-        ident = self.ident
+        ident = self.drive
         target = self.test_current_ua if target_ua is None else target_ua
         if target > self.test_current_ua and not limit_probe:
             raise SuiteError(
@@ -557,6 +570,27 @@ class Probe:
             budget_s = 1.0 + (start.ramp_up_ms / 1000.0) * 1.5
             self.wait_state(until, budget_s)
         return start
+
+
+def driver_limits(identity: IdentityReport) -> IdentityReport:
+    """``identity`` with the driver's per-family caps applied (S18: :func:`iontodrive.ceilings.
+    effective_identity`, issue 13), so that the suite never drives more than the driver itself would.
+    Where that module is not installed (a driver before issue 13) the identity is used as it is, within
+    the suite's own :data:`SUITE_CEILING_UA`.
+
+    Raises:
+        RuleFailed: the driver refuses the identity as contradicting its family (nothing that makes output
+            may run against it).
+    """
+    try:
+        from iontodrive.ceilings import effective_identity  # type: ignore[import-not-found, unused-ignore]
+    except ImportError:
+        return identity
+    try:
+        limited: IdentityReport = effective_identity(identity)
+    except IontodriveError as exc:
+        raise RuleFailed(f"the driver refuses this identity (S18): {exc}") from exc
+    return limited
 
 
 def default_duration_ms(ident: IdentityReport, target_ua: int, ramps_ms: int) -> int:

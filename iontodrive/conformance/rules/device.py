@@ -300,9 +300,8 @@ def contact_report(probe: Probe) -> str:
     needs_load=True,
 )
 def dose_lands(probe: Probe) -> str:
-    ident = probe.ident
     target = probe.test_current_ua
-    ramp = ident.min_ramp_ms
+    ramp = probe.drive.min_ramp_ms
     dose = int(target * (ramp / 1000 + DOSE_HOLD_S))  # two half-ramps and DOSE_HOLD_S at the target
     start = Start(target, dose, 0, ramp, ramp, probe.session_request().polarity)
     probe.start(start, until=())
@@ -342,9 +341,8 @@ def reply_deadline(probe: Probe) -> str:
     needs_load=True,
 )
 def dose_small(probe: Probe) -> str:
-    ident = probe.ident
     target = probe.test_current_ua
-    ramp = ident.min_ramp_ms
+    ramp = probe.drive.min_ramp_ms
     dose = max(1, int(target * ramp / 1000 / 4))  # a quarter of what the two ramps alone would deliver
     observe(probe)
     probe.start(Start(target, dose, 0, ramp, ramp, probe.session_request().polarity), until=())

@@ -177,7 +177,7 @@ def ramp_setcurrent(probe: Probe) -> str:
     observe(probe)
     start = probe.start()
     new = max(1, start.target_current_ua // 2)
-    ramp_ms = probe.ident.min_ramp_ms
+    ramp_ms = probe.drive.min_ramp_ms
     probe.ack(SetCurrent(new, ramp_ms))
     probe.wait_state((S.HOLD,), ramp_ms / 1000 * 1.5 + 1)
     probe.wait(probe.host_s(HOLD_OBSERVE_DEVICE_S))
