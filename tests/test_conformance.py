@@ -73,9 +73,14 @@ VARIANTS: dict[str, tuple[type[Device], frozenset[str]]] = {
     "abort-ramps-like-stop": (cv.AbortIsStop, frozenset({"RAMP-ABORT"})),
     "step-instead-of-ramp": (
         cv.StepInsteadOfRamp,
-        frozenset({"RAMP-UP", "RAMP-STOP", "RAMP-ABORT", "RAMP-SETCURRENT", "RAMP-PAUSE-RESUME"}),
+        frozenset(
+            {"RAMP-UP", "RAMP-STOP", "RAMP-ABORT", "RAMP-SETCURRENT", "RAMP-PAUSE-RESUME", "DOSE-SMALL"}
+        ),
     ),
-    "stop-steps-to-zero": (cv.StopStepsToZero, frozenset({"RAMP-STOP", "RAMP-ABORT", "DOSE-LANDS"})),
+    "stop-steps-to-zero": (
+        cv.StopStepsToZero,
+        frozenset({"RAMP-STOP", "RAMP-ABORT", "DOSE-LANDS", "DOSE-SMALL"}),
+    ),
     "watchdog-never-fires": (cv.WatchdogNeverFires, frozenset({"WATCHDOG-FIRES", "WATCHDOG-BAD-FRAMES"})),
     "cache-by-seq-only": (
         cv.CacheBySeqOnly,

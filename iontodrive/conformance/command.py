@@ -29,7 +29,7 @@ DESCRIPTION = (
     "lock, watchdog timing. Prints one row per rule (id, spec section, result, evidence). The device is "
     "brought back to idle (Abort if needed, then Reset) after every rule, and no current above a quarter "
     "of the device's maximum (at most 10 mA) is ever asked for. Rules marked [load] start output: connect "
-    "the load of docs/conformance.md (2.2 kohm) or pass --no-load to skip them. Exit code 0 only when "
+    "a 1 kohm resistor (docs/conformance.md) or pass --no-load to skip them. Exit code 0 only when "
     "every rule passes or does not apply."
 )
 
