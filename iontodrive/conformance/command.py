@@ -79,7 +79,8 @@ def run(args: argparse.Namespace) -> int:
         section_width = max(len(r.section) for r in rules)
         for item in rules:
             load = " [load]" if item.needs_load else ""
-            print(f"{item.id:<{id_width}}  {item.section:<{section_width}}  {item.description}{load}")
+            since = f" (since v{item.min_version})" if item.min_version > 1 else ""
+            print(f"{item.id:<{id_width}}  {item.section:<{section_width}}  {item.description}{load}{since}")
         return exitcodes.OK
     if not args.port:
         raise exitcodes.UsageError("PORT is required (or --list)")

@@ -475,9 +475,7 @@ class Probe:
         """The newest telemetry sample, or None."""
         return self.telemetry[-1][1] if self.telemetry else None
 
-    def wait_state(
-        self, states: Iterable[DeviceState], device_s: float, *, via_status: bool = True
-    ) -> StatusReport:
+    def wait_state(self, states: Iterable[DeviceState], device_s: float) -> StatusReport:
         """Poll GetStatus (about every 50 ms of device time, at most every 20 ms of host time) until the
         state is one of ``states``; fail the rule after ``device_s`` seconds of device time (+1 s of host
         slack)."""

@@ -61,7 +61,8 @@ class Rule:
         check: the check function (see the module docstring).
         needs_load: True if the rule starts output, so that a load must be connected (the simulator's
             plant provides one; on a bench board, the resistor of ``docs/conformance.md`` §3).
-        min_version: the lowest protocol version the rule applies to.
+        min_version: the protocol version that introduced what the rule checks (2 for host sessions, the
+            version refusal and the request x state table); ``--list`` shows it.
         needs_identity: False for the few rules that only read what the device sends, so that they still
             run (and explain why) when the device's replies cannot even be decoded.
     """

@@ -32,6 +32,7 @@ from iontodrive.protocol import (
     Nack,
     OpenSession,
     Pause,
+    Reset,
     SetCurrent,
     SetWatchdog,
     Start,
@@ -89,7 +90,7 @@ def reach(probe: Probe, state: DeviceState) -> StatusReport:
         status = probe.wait_state((S.IDLE, S.DONE), ident.max_ramp_ms / 1000 + 1)
     if state == S.IDLE:
         if status.state != S.IDLE:
-            probe.ack(MESSAGE_BY_TYPE[MessageType.RESET]())
+            probe.ack(Reset())
             probe.drain(0.05)
             probe.decoder.reset()
             probe.open_session()
