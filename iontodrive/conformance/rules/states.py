@@ -11,9 +11,11 @@ accepted cell must not be refused for its state, and must leave the device in on
 a freshly reached state each.
 
 Transient states are held open by slow ramps: RAMP_UP, ADJUST, RAMP_DOWN and PAUSING use the longest
-ramp the identity allows. CONTACT_CHECK lasts what the device's own check lasts (about 200 ms); a cell
-whose state has moved on before its request arrived is retried on a fresh CONTACT_CHECK, and not
-counted if it cannot be hit (the evidence says how many were).
+ramp the identity allows, and a cell is only judged while less than 75 % of its ramp has run (so that the
+request cannot arrive after the ramp ended, even on a simulator at ``--speed 50``). CONTACT_CHECK lasts
+what the device's own check lasts (about 200 ms). A cell whose state has moved on, or whose ramp is too
+far gone, is retried on a fresh visit (three at most), and not counted if it cannot be hit (the evidence
+says which).
 """
 
 from __future__ import annotations
@@ -49,7 +51,25 @@ S = DeviceState
 UNREACHABLE: dict[DeviceState, str] = {
     S.FAULT: "needs an over-current or hardware trip, which the suite never provokes"
 }
-TRANSIENT_TRIES = 3  # fresh CONTACT_CHECKs tried for one cell
+TRANSIENT_TRIES = 3  # fresh visits of a transient state tried for one cell
+TRANSIENT = frozenset({S.CONTACT_CHECK, S.RAMP_UP, S.ADJUST, S.RAMP_DOWN, S.PAUSING})
+LATE_IN_RAMP = 0.75  # past this share of a ramp, a request might arrive after it ended: not judged there
+
+
+def ramp_progress(status: StatusReport) -> float:
+    """How far (0..1) the ramp of a ramping state has come, from the status alone (0 for other states).
+
+    RAMP_UP rises from 0 to the target, RAMP_DOWN and PAUSING fall from the target to 0, and the suite's
+    ADJUST (:func:`reach`) falls from the target to half of it."""
+    target = max(1, status.target_current_ua)
+    sp = status.setpoint_ua
+    if status.state == S.RAMP_UP:
+        return sp / target
+    if status.state in (S.RAMP_DOWN, S.PAUSING):
+        return 1.0 - sp / target
+    if status.state == S.ADJUST:
+        return 0.0  # the target is already the new one; ADJUST lasts the longest ramp, 60 s
+    return 0.0
 
 
 def sample_request(probe: Probe, request_type: MessageType, status: StatusReport) -> Message:
@@ -129,8 +149,8 @@ def check_cell(probe: Probe, request_type: MessageType, state: DeviceState, cell
 
     Returns False when the state had moved on before the request could be judged (a transient state)."""
     before = probe.status()
-    if before.state != state:
-        return False
+    if before.state != state or ramp_progress(before) > LATE_IN_RAMP:
+        return False  # too close to the end of the ramp: judge it on a fresh one
     message = sample_request(probe, request_type, before)
     reply = probe.request(message)
     after = probe.status()
@@ -218,7 +238,7 @@ def state_table(probe: Probe) -> str:
         groups: list[list[MessageType]] = [steady] + [[t] for t in changing]
         for group in groups:
             pending = list(group)
-            for _ in range(TRANSIENT_TRIES if state == S.CONTACT_CHECK else 1):
+            for _ in range(TRANSIENT_TRIES if state in TRANSIENT else 1):
                 if not pending:
                     break
                 reach(probe, state)
