@@ -650,7 +650,7 @@ class DeviceClient:
         if reply.__class__ is not StatusReport:
             got = type(reply).__name__
             raise RemoteProtocolError(f"GetStatus answered with {got}, expected StatusReport")
-        return reply  # type: ignore[return-value]
+        return reply
 
     def check_contact(self, target_current_ua: int, probe_current_ua: int = 50) -> ContactReport:
         """Measure electrode-skin impedance with ``probe_current_ua`` (<= 50 uA, S3).
@@ -963,7 +963,7 @@ class DeviceClient:
                 self.stats.decode_errors += 1
                 logger.debug("dropped bad frame: %s %s", item.kind.value, item.detail)  # type: ignore[union-attr]
                 continue
-            self._on_frame(item)  # type: ignore[arg-type]
+            self._on_frame(item)
 
     def _on_frame(self, frame: Frame) -> None:
         """Act on one frame; called by whichever thread holds the lead. Never waits on a queue."""

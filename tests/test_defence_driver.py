@@ -397,3 +397,48 @@ def test_withheld_heartbeats_let_the_real_watchdog_ramp_down() -> None:
     finally:
         runner.stop()
         transport.close()
+
+
+# ------------------------------------------------------------------------- contract 6: exclusive ports
+
+
+def test_a_second_open_of_the_same_simulator_pty_is_refused_before_a_byte_is_written() -> None:
+    import subprocess
+
+    from firmware_sim import Device
+    from firmware_sim.bridge_pty import PtyTransport
+    from firmware_sim.runner import DeviceRunner
+
+    from iontodrive.errors import LinkClosedError, PortInUseError
+
+    device = Device("clinic-4")
+    transport = PtyTransport()
+    runner = DeviceRunner(device, transport).start()
+    try:
+        with DeviceClient.open(transport.path, timeout_s=0.2, retries=2, heartbeat_s=10) as first:
+            before = runner.call(lambda d: (d.frames_in, d.bad_frames_in))
+            with pytest.raises(PortInUseError, match="in use"):
+                DeviceClient.open(transport.path, timeout_s=0.2, retries=0)
+            assert issubclass(PortInUseError, LinkClosedError)  # callers that catch "cannot open" still do
+            other = subprocess.run(
+                [
+                    sys.executable,
+                    "-c",
+                    "import sys\n"
+                    "from iontodrive.link import SerialLink\n"
+                    "from iontodrive.errors import PortInUseError\n"
+                    "try:\n"
+                    f"    SerialLink.open({transport.path!r})\n"
+                    "except PortInUseError:\n"
+                    "    sys.exit(7)\n",
+                ],
+                timeout=30,
+            )
+            assert other.returncode == 7  # another process is refused too
+            assert runner.call(lambda d: (d.frames_in, d.bad_frames_in)) == before  # not a byte from either
+            assert first.status().state.name == "IDLE"  # the first client is undisturbed
+        with DeviceClient.open(transport.path, timeout_s=0.2, retries=2) as again:  # free once closed
+            assert again.status().state.name == "IDLE"
+    finally:
+        runner.stop()
+        transport.close()
