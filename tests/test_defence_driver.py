@@ -408,7 +408,6 @@ def test_a_second_open_of_the_same_simulator_pty_is_refused_before_a_byte_is_wri
     from firmware_sim import Device
     from firmware_sim.bridge_pty import PtyTransport
     from firmware_sim.runner import DeviceRunner
-
     from iontodrive.errors import LinkClosedError, PortInUseError
 
     device = Device("clinic-4")
