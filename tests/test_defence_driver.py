@@ -241,14 +241,17 @@ def test_byte_loss_with_5_khz_telemetry_and_a_slow_callback_never_wedges(device:
         device.lose_bytes(0.002, seed=7)
         device.start_telemetry(5000)
         deadline = time.monotonic() + 3.0
-        failures = 0
+        failures = requests = 0
         while time.monotonic() < deadline:
             device.emit_event(EventCode.SETPOINT_CHANGED)
+            requests += 1
+            started = time.monotonic()
             try:
                 client.status()
-            except LinkTimeoutError:  # a request torn by the loss on every attempt: rare, never a hang
+            except LinkTimeoutError:  # a reply torn by the loss on every attempt: rare, never a hang
                 failures += 1
-        assert failures <= 2
+            assert time.monotonic() - started < 3 * 0.2 + 0.5  # bounded: three attempts of 0.2 s
+        assert failures <= max(3, requests // 20)
         assert client.stats.telemetry_received > 3000  # telemetry streamed (torn frames aside)
         assert client.stats.decode_errors > 0  # and the loss was real
         device.lose_bytes(0.0)
