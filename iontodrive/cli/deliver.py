@@ -25,7 +25,7 @@ from typing import Any
 
 from iontodrive.cli import exitcodes, fmt
 from iontodrive.cli.device import PORT_HELP
-from iontodrive.cli.display import DisplayLogHandler, LiveDisplay
+from iontodrive.cli.display import DisplayLogHandler, LiveDisplay, live_wanted
 from iontodrive.cli.ports_open import open_for
 
 DEFAULT_RECORD_DIR = Path(tempfile.gettempdir()) / "iontodrive-records"
@@ -344,7 +344,9 @@ def run(args: argparse.Namespace) -> int:
         record_path.parent.mkdir(parents=True, exist_ok=True)
 
     stream = sys.stderr if args.json else sys.stdout
-    display = LiveDisplay(stream, tty=stream.isatty(), interval_s=args.interval_s, notice_stream=sys.stderr)
+    # h17 (issue 17): the live view only on a terminal, never with --json or NO_COLOR.
+    live = live_wanted(stream, plain=args.json) and not args.quiet
+    display = LiveDisplay(stream, tty=live, interval_s=args.interval_s, notice_stream=sys.stderr)
     error: BaseException | None = None
     code = exitcodes.OK
     with display_logging(display), InterruptGuard(display, prescription.ramp_down_s) as guard:
@@ -354,7 +356,7 @@ def run(args: argparse.Namespace) -> int:
                 if record_path is None:
                     record_path = default_record_path(getattr(identity, "serial_number", "device"))
                 if isinstance(identity, IdentityReport):  # a stimulator (VISA sources check themselves)
-                    _check_and_plan(display, prescription, identity)
+                    _check_and_plan(display, prescription, identity, args.preset)
                 if not args.quiet:
                     model = getattr(identity, "model", "device")
                     serial = getattr(identity, "serial_number", "?")
@@ -368,21 +370,23 @@ def run(args: argparse.Namespace) -> int:
                         )
                     display.message(f"record: {record_path}")
 
-                def on_event(event: Any) -> None:
-                    display.event(
-                        fmt.describe_event(event.code, event.value, event.state), event.device_time_ms / 1000
-                    )
-
                 extra: dict[str, Any] = {}
                 if hasattr(stim, "configure_telemetry"):  # a stimulator: set its telemetry rate
                     extra["telemetry_hz"] = args.telemetry_hz
                 try:
-                    stim.deliver(
+                    # h17 (issue 17): start + wait (what Stimulator.deliver does) so that the operator keys
+                    # (iontodrive.cli.keys) can act on the session handle while it runs.
+                    from iontodrive.cli.keys import run_with_keys
+
+                    run_with_keys(
+                        stim,
                         prescription,
-                        on_progress=None if args.quiet else display.progress,
+                        display,
+                        keys=live,
                         record_path=record_path,
                         labels=labels,
-                        on_event=None if args.quiet else on_event,
+                        on_progress=None if args.quiet else display.progress,
+                        on_event=None if args.quiet else display.event,
                         **extra,
                     )
                 except KeyboardInterrupt:
@@ -427,14 +431,19 @@ def run(args: argparse.Namespace) -> int:
             import traceback
 
             traceback.print_exception(error, file=sys.stderr)
-        print(f"iontodrive: {error_line(error, code)}", file=sys.stderr)
+        print(f"iontodrive: {error_line(error, code, args)}", file=sys.stderr)
     return code
 
 
-def _check_and_plan(display: LiveDisplay, prescription: Any, identity: Any) -> None:
+def _check_and_plan(
+    display: LiveDisplay, prescription: Any, identity: Any, preset: str | None = None
+) -> None:
     """Check the prescription against the device (a refusal raises SafetyRefusal here, before anything is
-    sent; warnings are logged by the session when it starts) and give the display the driver's plan."""
-    prescription.check_against(identity)
+    sent, or PresetModelError for a preset made for another model; warnings are logged by the session when
+    it starts) and give the display the driver's plan."""
+    from iontodrive.presets import check_preset_fits
+
+    check_preset_fits(preset, prescription, identity)
     display.set_plan(prescription.expected_plan(identity))
 
 
