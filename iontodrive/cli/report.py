@@ -38,31 +38,13 @@ def add_parser(subparsers: Any) -> None:
     parser.set_defaults(func=run)
 
 
-def _identity_report(identity: dict[str, Any]) -> Any:
-    """Rebuild the device's IdentityReport from the record's dict (None if it does not fit)."""
-    import dataclasses
-
-    from iontodrive.protocol import IdentityReport, WaveformSet
-
-    names = {f.name for f in dataclasses.fields(IdentityReport)}
-    if not names <= set(identity):
-        return None
-    values = {k: identity[k] for k in names}
-    waveforms = values["waveforms"]
-    if isinstance(waveforms, str):
-        values["waveforms"] = WaveformSet[waveforms] if waveforms in WaveformSet.__members__ else 0
-    try:
-        return IdentityReport(**values)
-    except (TypeError, ValueError):
-        return None
-
-
 def summarize(record: Any) -> dict[str, Any]:
     """Everything ``report`` prints, as a JSON-friendly dict (also the ``session`` of ``deliver --json``).
 
     Dose error: for a dose-based session against the prescribed dose; for a time-based one against the
     charge the driver predicts for the prescription on this device (``target_kind`` says which).
     """
+    from iontodrive.plotting import identity_report
     from iontodrive.prescription import Prescription
 
     p = record.prescription
@@ -72,7 +54,7 @@ def summarize(record: Any) -> dict[str, Any]:
     try:
         prescription = Prescription.from_dict(p)
         description = prescription.describe()
-        report_identity = _identity_report(identity)
+        report_identity = identity_report(identity)
         if report_identity is not None:
             plan_charge = prescription.expected_plan(report_identity).charge_uas
     except Exception:  # a record from another version: show what is there
