@@ -56,6 +56,14 @@ def duration(seconds: float | None) -> str:
     return f"{hours}:{minutes:02d}:{secs:02d}" if hours else f"{minutes}:{secs:02d}"
 
 
+def signed_percent(value: float | None) -> str:
+    """``+0.42 %``; a value that rounds to zero reads ``+0.00 %`` (never ``-0.00 %``)."""
+    if value is None or not math.isfinite(value):
+        return "-- %"
+    text = f"{value:+.2f}"
+    return ("+0.00" if text == "-0.00" else text) + " %"
+
+
 def event_code(code: int | str) -> EventCode | None:
     """Parse an event code given as an integer or a name; None if unknown."""
     try:

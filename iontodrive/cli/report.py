@@ -31,6 +31,18 @@ def add_parser(subparsers: Any) -> None:
         help="write a figure: current, voltage, impedance and dose against time, events marked, "
         "prescription in the title (needs matplotlib: pip install iontodrive[plot])",
     )
+    parser.add_argument(
+        "--pdf",
+        metavar="OUT.pdf",
+        help="write a report a clinic can file (A4): prescription, device, labels, dose and time as numbers, "
+        "the figure, and every event (needs matplotlib)",
+    )
+    parser.add_argument(
+        "--csv",
+        metavar="OUT.csv",
+        help="export the telemetry as CSV in user units (t_s since the session started, mA, V, ohm, "
+        "mA·min); '-' writes to stdout",
+    )
     parser.add_argument("--json", action="store_true", help="print the summary as one JSON object")
     parser.add_argument(
         "--no-events", action="store_true", help="leave the event list out of the text summary"
@@ -147,7 +159,7 @@ def summary_lines(s: dict[str, Any], *, events: bool = True) -> list[str]:
         if s["target_ma_min"]:
             text += (
                 f" of {s['target_ma_min']:.3f} mA·min {s['target_kind']}"
-                f"  (error {s['dose_error_percent']:+.2f} %)"
+                f"  (error {fmt.signed_percent(s['dose_error_percent'])})"
             )
         lines.append(text)
     outcome = s["outcome"] + (f" ({s['detail']})" if s.get("detail") else "")
@@ -168,12 +180,25 @@ def run(args: argparse.Namespace) -> int:
         raise FileNotFoundError(f"{path}: no such record")
     record = SessionRecord.load(path)
     summary = summarize(record)
-    plot_path = None
+    plot_path = pdf_path = None
     if args.plot:
         from iontodrive.plotting import plot_record
 
         plot_path = plot_record(record, args.plot)
         summary["plot"] = str(plot_path)
+    if args.pdf:
+        from iontodrive.cli.report_pdf import write_pdf
+
+        pdf_path = write_pdf(record, summary, args.pdf)
+        summary["pdf"] = str(pdf_path)
+    csv_rows = None
+    if args.csv:
+        from iontodrive.cli.report_csv import export_csv
+
+        csv_rows = export_csv(record, args.csv)
+        if args.csv == "-":
+            return exitcodes.OK  # stdout holds the CSV alone
+        summary["csv"] = str(args.csv)
     if args.json:
         print(json.dumps(summary, indent=2))
     else:
@@ -181,4 +206,8 @@ def run(args: argparse.Namespace) -> int:
             print(line)
         if plot_path is not None:
             print(f"plot          {plot_path}")
+        if pdf_path is not None:
+            print(f"pdf           {pdf_path}")
+        if csv_rows is not None:
+            print(f"csv           {args.csv} ({csv_rows} rows)")
     return exitcodes.OK
