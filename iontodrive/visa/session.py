@@ -49,13 +49,11 @@ import dataclasses
 import logging
 import math
 import queue
-import tempfile
 import threading
 import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -79,8 +77,14 @@ from iontodrive.protocol import (
     Telemetry,
 )
 from iontodrive.ramp import RampPlan, SetpointStream
-from iontodrive.record import RecordWriter, SessionRecord, identity_to_dict
-from iontodrive.session import Progress, SessionOutcome, Terminated
+from iontodrive.record import SessionRecord
+from iontodrive.sessions.engine import SessionEngine
+from iontodrive.sessions.guards import OvercurrentGuard
+from iontodrive.sessions.outcome import SessionFacts, decide_outcome
+from iontodrive.sessions.progress import ProgressBuilder
+from iontodrive.sessions.recording import start_to_dict
+from iontodrive.sessions.types import Progress, SessionOutcome
+from iontodrive.sessions.waiting import wait_interruptibly
 from iontodrive.units import UAS_PER_MA_MIN
 
 if TYPE_CHECKING:
@@ -105,9 +109,6 @@ COMPLIANCE_HOLD_S = 2.0  # ... for ≥ 2 s
 REACHABLE_FRACTION = 0.90  # hold the current that needs 90 % of compliance (margin below the 95 % mark)
 RECOVERY_MARGIN = 1.10  # ramp back up when the load would allow 10 % more ...
 RECOVERY_HOLD_S = 2.0  # ... for 2 s
-OVERCURRENT_MARGIN = 0.10  # S9 (j), checked by the driver
-OVERCURRENT_FLOOR_UA = 50
-OVERCURRENT_SAMPLES = 3
 DEFAULT_TELEMETRY_HZ = 10
 REQUEST_TIMEOUT_S = 30.0
 LANDING_STRETCH = 2.0  # the steered final ramp-down takes at most twice the prescription's ramp-down time
@@ -141,54 +142,6 @@ class _Segment:
         return max(0, self.plan.setpoints_ua.size - self.index)
 
 
-_Line = tuple[str, tuple[Any, ...], dict[str, Any]]
-
-
-class _RecordPump:
-    """Writes record lines from a thread of its own, so that a slow disk (the writer fsyncs about once a
-    second) never stalls the set-point loop. Same methods as the :class:`RecordWriter` it feeds; ``summary``
-    and ``close`` wait until every queued line is written."""
-
-    def __init__(self, writer: RecordWriter) -> None:
-        self.writer = writer
-        self._queue: queue.SimpleQueue[_Line | None] = queue.SimpleQueue()
-        self._thread = threading.Thread(target=self._run, name="iontodrive-visa-record", daemon=True)
-        self._thread.start()
-
-    def _run(self) -> None:
-        while True:
-            item = self._queue.get()
-            if item is None:
-                return
-            name, args, kwargs = item
-            try:
-                getattr(self.writer, name)(*args, **kwargs)
-            except Exception:
-                logger.exception("writing the session record failed (%s)", name)
-
-    def event(self, event: Event) -> None:
-        self._queue.put(("event", (event,), {}))
-
-    def telemetry(self, sample: Telemetry) -> None:
-        self._queue.put(("telemetry", (sample,), {}))
-
-    def note(self, kind: str, **data: Any) -> None:
-        self._queue.put(("note", (kind,), data))
-
-    def summary(self, **data: Any) -> None:
-        self._queue.put(("summary", (), data))
-        self._drain()
-
-    def close(self) -> None:
-        self._drain()
-        self.writer.close()
-
-    def _drain(self) -> None:
-        if self._thread.is_alive():
-            self._queue.put(None)
-            self._thread.join()
-
-
 @dataclass
 class _Request:
     kind: str  # pause, resume, set_current, stop, abort
@@ -198,7 +151,7 @@ class _Request:
     error: BaseException | None = None
 
 
-class VisaSession:
+class VisaSession(SessionEngine):
     """A running host-ramped session. Create with :meth:`VisaSource.start`.
 
     Control methods are thread-safe: from another thread they queue a request and wait until the session
@@ -216,36 +169,40 @@ class VisaSession:
         labels: dict[str, str] | None = None,
         on_progress: Callable[[Progress], None] | None = None,
         on_event: Callable[[Event], None] | None = None,
+        on_alarm: Callable[[str], None] | None = None,
         telemetry_hz: float | None = DEFAULT_TELEMETRY_HZ,
         session_id: int = 0,
     ) -> None:
+        super().__init__(
+            prescription,
+            source.identity,
+            record_path=record_path,
+            labels=labels,
+            on_progress=on_progress,
+            on_event=on_event,
+            on_alarm=on_alarm,
+        )
         self._source = source
         self._smu = source.instrument
         self._clock = source.clock
-        self.prescription = prescription
-        self.identity = source.identity
-        self.labels = dict(labels or {})
-        self.session_id = session_id
-        self._on_progress = on_progress
-        self._on_event = on_event
+        self._number = session_id
+        self._session_id = str(session_id)
+        self._builder = ProgressBuilder(
+            session_id=self._session_id,
+            start=self.start_message,
+            compliance_mv=self.identity.compliance_mv,
+            slew_limit_ua_per_s=self.identity.slew_limit_ua_per_s,
+        )
         rate = source.rate_hz
         self._period_s = 1.0 / rate
         report_hz = min(rate, telemetry_hz) if telemetry_hz else rate
         self._report_interval_s = 1.0 / report_hz
-        if record_path is None:
-            stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S%f")
-            directory = Path(tempfile.gettempdir()) / "iontodrive-records"
-            directory.mkdir(parents=True, exist_ok=True)
-            record_path = directory / f"{stamp}-{self.identity.serial_number}-visa.jsonl"
-        self.record_path = Path(record_path)
-        self.warnings: list[str] = []
         self._stream = SetpointStream(
             slew_limit_ua_per_s=self.identity.slew_limit_ua_per_s, rate_hz=rate, stretch=True
         )
         self._requests: queue.SimpleQueue[_Request] = queue.SimpleQueue()
         self._done = OneShot()  # the main thread waits on it (see iontodrive.oneshot)
         self._thread: threading.Thread | None = None
-        self._record: _RecordPump | None = None
         # state
         self._state = DeviceState.IDLE
         self._flags = StatusFlags.NONE
@@ -267,9 +224,10 @@ class VisaSession:
         self._event_no = 0
         self._sample_no = 0
         self._last_report_t = -math.inf
-        self._last_progress: Progress | None = None
         # safety bookkeeping
-        self._overcurrent_count = 0
+        self._guard = OvercurrentGuard(
+            prescribed_ua=self.start_message.target_current_ua, cap_ua=self.identity.max_current_ua
+        )
         self._low_count = 0
         self._impedance_window: deque[tuple[float, float]] = deque()
         self._compliance_since: float | None = None
@@ -287,10 +245,8 @@ class VisaSession:
         self._end_requested: SessionOutcome | None = None
         self._pending_end: SessionOutcome | None = None
         self._interrupted: str | None = None
-        self._callback_error: BaseException | None = None
         self._failure: BaseException | None = None
         self._fault: DeviceFault | None = None
-        self._outcome: SessionOutcome | None = None
         self._waiting = False
         self._end_detail = ""
         # fallback
@@ -347,7 +303,9 @@ class VisaSession:
         for warning in self.warnings:
             logger.warning("prescription: %s", warning)
         if self.record_path.exists():
-            raise FileExistsError(f"record {self.record_path} exists; a record is never overwritten")
+            raise SafetyRefusal(
+                "record_path", str(self.record_path), reason="the file exists; a record is never overwritten"
+            )
 
         smu = self._smu
         was_on = smu.output_enabled()
@@ -373,31 +331,24 @@ class VisaSession:
                 self._switched_on = True
             self._setpoint_ua = self._readback_ua()
             contact_ohm = self._contact_check() if self._source.contact_check else None
-            self._open_record(contact_ohm)
+            self._open_visa_record(contact_ohm)
         except BaseException:
             self._abandon_begin()
             raise
-        self._source._warn_no_watchdog(self._record)
+        logger.warning("%s", self._source.no_watchdog_warning)
+        self._note("warning", text=self._source.no_watchdog_warning)
         self._t0 = self._clock.now()
         self._last_t = None
         self._integrating = True
         self._emit(EventCode.SESSION_STARTED, start.target_current_ua)
         self._thread = threading.Thread(
-            target=self._run, name=f"iontodrive-visa-session-{self.session_id}", daemon=False
+            target=self._run, name=f"iontodrive-visa-session-{self._number}", daemon=False
         )
         self._thread.start()
-        logger.info("VISA session %d started: %s", self.session_id, self.prescription.describe())
+        logger.info("VISA session %s started: %s", self._session_id, self.prescription.describe())
 
-    def _open_record(self, contact_ohm: int | None) -> None:
-        record = _RecordPump(
-            RecordWriter(
-                self.record_path,
-                prescription=self.prescription.to_dict(),
-                identity=identity_to_dict(self.identity),
-                labels=self.labels,
-            )
-        )
-        self._record = record
+    def _open_visa_record(self, contact_ohm: int | None) -> None:
+        record = self._open_record()
         source = self._source
         record.note(
             "instrument",
@@ -414,7 +365,11 @@ class VisaSession:
             record.note("contact", impedance_ohm=contact_ohm)
         for warning in self.warnings:
             record.note("warning", text=warning)
-        record.note("started", session_id=self.session_id, start=_start_dict(self.start_message))
+        record.note("started", session_id=self._number, start=start_to_dict(self.start_message))
+
+    def _note(self, kind: str, **data: Any) -> None:
+        if self._recorder is not None:
+            self._recorder.note(kind, **data)
 
     def _abandon_begin(self) -> None:
         """After a failure in begin: back to zero (never a step), and off if this session switched it on."""
@@ -434,8 +389,7 @@ class VisaSession:
                 value,
                 self._setpoint_ua,
             )
-            if self._record is not None:
-                self._record.note("readback_mismatch", readback_ua=value, setpoint_ua=self._setpoint_ua)
+            self._note("readback_mismatch", readback_ua=value, setpoint_ua=self._setpoint_ua)
         self._setpoint_ua = value
         return value
 
@@ -533,7 +487,7 @@ class VisaSession:
                 clock.sleep(next_tick - now)
         except BaseException as exc:
             self._failure = exc
-            logger.error("VISA session %d failed: %r; ramping down", self.session_id, exc)
+            logger.error("VISA session %s failed: %r; ramping down", self._session_id, exc)
             self._emergency_ramp_down()
         finally:
             self._finish()
@@ -570,8 +524,7 @@ class VisaSession:
         if reason:
             self._overrun = True
             logger.error("overrun guard: %s; aborting at the slew limit", reason)
-            if self._record is not None:
-                self._record.note("overrun_guard", reason=reason)
+            self._note("overrun_guard", reason=reason)
             self._end(self._end_requested or SessionOutcome.ABORTED, 0.0, detail=reason, force=True)
 
     def _start_segment(self, target_ua: float, ramp_s: float, purpose: DeviceState) -> None:
@@ -677,7 +630,7 @@ class VisaSession:
     def _check_safety(self) -> None:
         state = self._state
         if state not in OUTPUT_STATES:
-            self._overcurrent_count = self._low_count = 0
+            self._guard.count = self._low_count = 0
             self._impedance_window.clear()
             self._compliance_since = self._recovery_since = None
             self._setpoint_at_reading_ua = self._setpoint_ua
@@ -692,18 +645,16 @@ class VisaSession:
         # S9 over-current (driver side); once tripped the abort ramp runs to the end
         if self._flags & StatusFlags.OVERCURRENT:
             pass
-        elif i_ua > max(setpoint * (1 + OVERCURRENT_MARGIN), setpoint + OVERCURRENT_FLOOR_UA):
-            self._overcurrent_count += 1
-            if self._overcurrent_count >= OVERCURRENT_SAMPLES:
-                logger.error("measured %.0f µA over set-point %.0f µA: aborting", i_ua, setpoint)
+        else:
+            reason = self._guard.judge(setpoint, i_ua)
+            if reason is not None:
+                logger.error("driver-side over-current check (S9, S18): %s: aborting", reason)
                 self._flags |= StatusFlags.OVERCURRENT
                 self._fault = DeviceFault(EventCode.OVERCURRENT_TRIP, round(i_ua), "driver-side S9 check")
                 self._emit(EventCode.OVERCURRENT_TRIP, round(i_ua))
                 self._end_requested = SessionOutcome.FAULT
                 self._end(SessionOutcome.FAULT, 0.0, force=True)
                 return
-        else:
-            self._overcurrent_count = 0
 
         # S6 electrode lift
         if not self._lifting:
@@ -871,31 +822,32 @@ class VisaSession:
                     errors = self._smu.read_errors()
                     if errors:
                         logger.warning("instrument error queue after the session: %s", errors)
-                        if self._record is not None:
-                            self._record.note("instrument_errors", errors=[list(e) for e in errors])
+                        self._note("instrument_errors", errors=[list(e) for e in errors])
             if self._state is not DeviceState.DONE:
                 self._set_state(DeviceState.DONE if self._failure is None else DeviceState.FAULT)
-            self._report(force=True)  # the last sample, before the outcome (its callback may still fail)
-            self._outcome = self._decide_outcome()
-            if self._record is not None:
-                extra: dict[str, Any] = {
-                    "session_id": self.session_id,
-                    "dose_source": "host-integrated instrument readings",
-                    "readings": self._readings,
-                    "on_time_s": round(self._on_time_s, 3),
-                }
-                if self._end_detail:
-                    extra["detail"] = self._end_detail
-                if self._failure is not None:
-                    extra["error"] = repr(self._failure)
-                self._record.summary(
-                    delivered_uas=self._charge_int(), end_reason=self._outcome.value, **extra
-                )
-                self._record.close()
+            outcome = decide_outcome(self._facts())
+            # the last sample, before the record closes (its callback may still fail)
+            self._report(force=True, completed=outcome is SessionOutcome.COMPLETED)
+            outcome = decide_outcome(self._facts())
+            extra: dict[str, Any] = {
+                "readings": self._readings,
+                "on_time_s": round(self._on_time_s, 3),
+            }
+            if self._failure is not None:
+                extra["error"] = repr(self._failure)
+            account = self._make_account(
+                outcome,
+                delivered_uas=self._charge_int(),
+                end_state=self._state,
+                dose_source="host-integrated instrument readings",
+                confirmed=self._failure is None or self._output_at_zero,
+                detail=self._end_detail,
+            )
+            self._close_record(account, **extra)
             logger.info(
-                "VISA session %d ended: %s, %.3f mA·min",
-                self.session_id,
-                self._outcome.value,
+                "VISA session %s ended: %s, %.3f mA·min",
+                self._session_id,
+                outcome.value,
                 self._charge_uas / UAS_PER_MA_MIN,
             )
         except Exception as exc:  # never leave waiters hanging
@@ -903,24 +855,19 @@ class VisaSession:
             if self._failure is None:
                 self._failure = exc
         finally:
-            self._source._session_ended(self)
             self._done.set()
 
-    def _decide_outcome(self) -> SessionOutcome:
-        if self._interrupted is not None:
-            return SessionOutcome.INTERRUPTED
-        if self._callback_error is not None:
-            return SessionOutcome.CALLBACK_ERROR
-        if self._failure is not None:
-            lost = isinstance(self._failure, LinkError) and not self._output_at_zero
-            return SessionOutcome.LINK_LOST if lost else SessionOutcome.FAULT
-        if self._fallback_took_over:
-            return SessionOutcome.LINK_LOST
-        if self._fault is not None:
-            if self._fault.code is EventCode.ELECTRODE_LIFT:
-                return SessionOutcome.ELECTRODE_LIFT
-            return SessionOutcome.FAULT
-        return self._end_requested or SessionOutcome.COMPLETED
+    def _facts(self) -> SessionFacts:
+        failure = self._failure
+        lost = (isinstance(failure, LinkError) and not self._output_at_zero) or self._fallback_took_over
+        return SessionFacts(
+            interrupted=self._interrupted is not None,
+            callback_error=self._callback_error is not None,
+            link_lost=lost,
+            other_failure=failure is not None and not lost,
+            fault_code=None if self._fault is None else self._fault.code,
+            end_requested=self._end_requested,
+        )
 
     # ------------------------------------------------------------------------------- requests
 
@@ -979,13 +926,13 @@ class VisaSession:
         elif kind == "set_current":
             target = float(request.value)
             self._target_ua = target
+            self._guard.allow_target(target)
             self._limited_ua = None
             self._flags &= ~StatusFlags.RESISTANCE_LIMIT
             self._emit(EventCode.SETPOINT_CHANGED, round(target))
             if state in ACTIVE_STATES and not self._ending:
                 ramp_s = max(self._adjust_ramp_s(target), self.identity.min_ramp_ms / 1000.0)
-                if self._record is not None:
-                    self._record.note("set_current", target_current_ua=round(target), ramp_s=ramp_s)
+                self._note("set_current", target_current_ua=round(target), ramp_s=ramp_s)
                 self._start_segment(target, ramp_s, DeviceState.ADJUST)
 
     # ------------------------------------------------------------------------------- control API
@@ -1028,35 +975,30 @@ class VisaSession:
             raise RuntimeError("wait() cannot be called from a session callback")
         self._waiting = True
         deadline = None if timeout_s is None else time.monotonic() + timeout_s
-        posted = False
-        warned = 0
-        signals = 0
-        while not self._done.is_set():
-            try:
-                # Everything but flag-setting happens here, outside the handler, so that a second signal
-                # arriving while the first is being handled cannot escape this loop.
-                if self._interrupted is not None and not posted:
-                    self._requests.put(_Request("stop", SessionOutcome.INTERRUPTED))
-                    posted = True
-                    logger.warning("%s: ramping down before exiting", self._interrupted)
-                if signals > warned + 1:
-                    warned = signals - 1
-                    logger.warning("interrupted again: still ramping down, the output is not cut")
-                if deadline is not None and time.monotonic() > deadline:
-                    raise TimeoutError(
-                        f"session still running after {timeout_s} s (state {self._state.name})"
-                    )
-                self._done.wait(0.05)
-            except (KeyboardInterrupt, Terminated) as exc:
-                signals += 1
-                if self._interrupted is None:
-                    self._interrupted = "SIGTERM" if isinstance(exc, Terminated) else "KeyboardInterrupt"
-        while self._thread is not None and self._thread.is_alive():
-            try:
-                self._thread.join(0.05)  # only the record's last lines remain to be written
-            except (KeyboardInterrupt, Terminated):
-                logger.warning("interrupted again: the session is already at zero, finishing its record")
+
+        def step() -> bool:
+            if deadline is not None and time.monotonic() > deadline:
+                raise TimeoutError(f"session still running after {timeout_s} s (state {self._state.name})")
+            return self._done.wait(0.05)
+
+        interrupted = wait_interruptibly(step, self._interrupt)
+        if interrupted is not None and self._interrupted is None:
+            self._interrupted = interrupted
+        wait_interruptibly(self._thread_joined, lambda reason: None)
         return self._result()
+
+    def _interrupt(self, reason: str) -> None:
+        if self._interrupted is None:
+            self._interrupted = reason
+        self._requests.put(_Request("stop", SessionOutcome.INTERRUPTED))
+
+    def _thread_joined(self) -> bool:
+        """True once the session thread has ended (only the record's last lines remain after the end)."""
+        thread = self._thread
+        if thread is None:
+            return True
+        thread.join(0.05)
+        return not thread.is_alive()
 
     def _result(self) -> SessionRecord:
         if self._interrupted is not None:
@@ -1066,21 +1008,21 @@ class VisaSession:
         if self._failure is not None:
             if isinstance(self._failure, LinkError) and not self._output_at_zero:
                 raise LinkLostError(
-                    f"lost the instrument during VISA session {self.session_id}: {self._failure}; it has no "
+                    f"lost the instrument during VISA session {self._session_id}: {self._failure}; it has no "
                     "watchdog, so its output may still be on: check it at the instrument"
                 ) from self._failure
             raise self._failure
         if self._fallback_took_over:
             raise LinkLostError(
-                f"VISA session {self.session_id}: the host stalled for longer than deadman_s with the "
+                f"VISA session {self._session_id}: the host stalled for longer than deadman_s with the "
                 "hardware-side fallback armed; the instrument ramped down by itself and the session ended"
             )
         if self._fault is not None:
             raise self._fault
         return SessionRecord.load(self.record_path)
 
-    def _close_from_source(self, detail: str) -> None:
-        """Called by ``VisaSource.close()``: ramp down and wait for the end (bounded)."""
+    def ramp_down_for_close(self, detail: str) -> None:
+        """Ramp down and wait for the end (bounded): what ``VisaSource.close()`` does to a running session."""
         if self._done.is_set():
             return
         if threading.current_thread() is self._thread:
@@ -1102,8 +1044,8 @@ class VisaSession:
         points = [level] * hold_points + [float(v) for v in down.setpoints_ua[1:]]
         self._smu.arm_fallback([self._sign * p * 1e-6 for p in points], self._period_s)
         self._fallback_armed_at = self._clock.now()
-        if self._record is not None:
-            self._record.note(
+        if True:
+            self._note(
                 "fallback_armed",
                 level_ua=level,
                 hold_s=deadman,
@@ -1181,21 +1123,14 @@ class VisaSession:
             state=self._state,
             value=value,
         )
-        if self._record is not None:
-            self._record.event(event)
-        if self._on_event is not None and self._callback_error is None:
-            try:
-                self._on_event(event)
-            except Exception as exc:
-                self._callback_failed(exc)
+        if self._recorder is not None:
+            self._recorder.event(event)
+        self._publish_event(event)
 
-    def _callback_failed(self, exc: BaseException) -> None:
-        logger.error("session callback raised %r: ramping down", exc)
-        if self._callback_error is None:
-            self._callback_error = exc
-            self._pending_end = SessionOutcome.CALLBACK_ERROR
+    def _on_callback_error(self) -> None:
+        self._pending_end = SessionOutcome.CALLBACK_ERROR
 
-    def _report(self, *, force: bool = False) -> None:
+    def _report(self, *, force: bool = False, completed: bool = False) -> None:
         t = self._last_t if self._last_t is not None else self._clock.now()
         if not force and t - self._last_report_t < self._report_interval_s - 1e-9:
             return
@@ -1213,47 +1148,14 @@ class VisaSession:
             charge_uas=self._charge_int(),
         )
         self._sample_no += 1
-        if self._record is not None:
-            self._record.telemetry(sample)
-        progress = self._progress_from(sample)
-        self._last_progress = progress
-        if self._on_progress is not None and self._callback_error is None:
-            try:
-                self._on_progress(progress)
-            except Exception as exc:
-                self._callback_failed(exc)
-
-    def _progress_from(self, sample: Telemetry) -> Progress:
-        delivered = sample.charge_uas
-        if self._dose_uas is not None:
-            target_ma_min: float | None = self._dose_uas / UAS_PER_MA_MIN
-            fraction = min(1.0, delivered / self._dose_uas)
-            rate = max(self._last_i_ua, 0.0)
-            time_left = max(0.0, (self._dose_uas - delivered) / rate) if rate >= 1.0 else None
-        else:
-            target_ma_min = None
-            total = self._duration_s or 0.0
-            time_left = max(0.0, total - self._on_time_s)
-            fraction = min(1.0, self._on_time_s / total) if total else 0.0
-        return Progress(
-            state=sample.state,
-            flags=sample.flags,
-            device_time_s=sample.device_time_ms / 1000.0,
-            delivered_uas=delivered,
-            delivered_ma_min=delivered / UAS_PER_MA_MIN,
-            target_ma_min=target_ma_min,
-            fraction=fraction,
-            time_left_s=time_left,
-            setpoint_ma=self._setpoint_ua / 1000.0 + 0.0,  # + 0.0: never -0.0
-            current_ma=self._last_i_ua / 1000.0 + 0.0,
-            voltage_v=self._last_v_mv / 1000.0 + 0.0,
-            impedance_ohm=None if sample.impedance_ohm == OPEN_CIRCUIT_OHM else sample.impedance_ohm,
+        if self._recorder is not None:
+            self._recorder.telemetry(sample)
+        assert self._builder is not None
+        progress = self._builder.build(
+            sample,
+            elapsed_s=sample.device_time_ms / 1000.0,
+            on_time_s=self._on_time_s,
+            completed=completed,
+            aborting=self._end_requested in (SessionOutcome.ABORTED, SessionOutcome.FAULT),
         )
-
-
-def _start_dict(start: Any) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for f in dataclasses.fields(start):
-        value = getattr(start, f.name)
-        out[f.name] = value.name if hasattr(value, "name") else value
-    return out
+        self._publish_progress(progress)
