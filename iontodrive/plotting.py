@@ -116,6 +116,7 @@ class FigureData:
     target_s: float | None = None  # time-based: the prescribed duration
     expected_ma_min: float | None = None  # time-based: the charge the driver expects for that duration
     delivered_ma_min: float | None = None  # the record's figure (the device's, from the summary)
+    pulsed: bool = False  # pulsed DC: the measured current is the average over the pulses
 
 
 def session_start_s(record: SessionRecord) -> float:
@@ -237,6 +238,7 @@ def figure_data(record: SessionRecord) -> FigureData:
         target_s=None if dose is not None or duration is None else float(duration),
         expected_ma_min=expected,
         delivered_ma_min=None if delivered is None else delivered / UAS_PER_MA_MIN,
+        pulsed=str(record.prescription.get("waveform", "dc")).lower() in ("pulsed_dc", "pulsed-dc"),
     )
 
 
@@ -342,8 +344,10 @@ def draw_session(
     seen_phases.sort(key=order.index)
 
     # Current: measured underneath, set-point on top (dashed: both visible where they agree), trip level.
-    ax_i.plot(x, data.current_ma, color="#6baed6", lw=2.6, label="measured", zorder=2)
-    ax_i.plot(x, data.setpoint_ma, color="black", lw=1.1, ls=(0, (4, 3)), label="set-point", zorder=3)
+    measured = "measured (average)" if data.pulsed else "measured"
+    ax_i.plot(x, data.current_ma, color="#6baed6", lw=2.6, label=measured, zorder=2)
+    setpoint = "set-point (pulse amplitude)" if data.pulsed else "set-point"
+    ax_i.plot(x, data.setpoint_ma, color="black", lw=1.1, ls=(0, (4, 3)), label=setpoint, zorder=3)
     top_i = float(np.nanmax(data.setpoint_ma, initial=0.0))
     top_i = max(top_i, float(np.nanmax(data.current_ma, initial=0.0)))
     if data.trip_ma is not None:

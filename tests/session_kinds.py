@@ -1,5 +1,9 @@
 """Real session records of every kind the report draws, made by the driver against the simulators.
 
+The records in ``tests/data/sessions/`` were made by this module (``python tests/session_kinds.py
+tests/data/sessions`` from the repository root refreshes them); the figure and report tests read those, so
+that they run in a second and do not depend on a simulator.
+
 Each maker runs a short session (the firmware simulator in process at high speed, or the VISA bench in
 virtual time) and returns its record path: completed (dose-based), interrupted (Ctrl-C through the CLI),
 electrode lift, resistance limit, pulsed DC (time-based, hydro-30), and a VISA source-meter's session.
@@ -19,7 +23,7 @@ from iontodrive.prescription import Prescription
 from iontodrive.record import SessionRecord
 
 SPEED = 100
-TELEMETRY_HZ = 5
+TELEMETRY_HZ = 2
 ENV = {**os.environ, "IONTODRIVE_TIMEOUT_S": "1.0"}
 
 SHORT_DOSE = Prescription(current_ma=2.0, dose_ma_min=2.0, ramp_up_s=5, ramp_down_s=5, polarity="cathode")
@@ -103,9 +107,11 @@ def interrupted(directory: Path) -> Path:
 
 
 def visa(directory: Path) -> Path:
+    import tempfile
+
     from test_visa_support import K2450, copy_bench, open_bench
 
-    bench = open_bench(copy_bench(directory), K2450)
+    bench = open_bench(copy_bench(Path(tempfile.mkdtemp(prefix="visa-bench-"))), K2450)
     path = directory / "visa.jsonl"
     try:
         bench.source.deliver(

@@ -360,7 +360,6 @@ class LiveDisplay:
 
     def _progress(self, p: ProgressLike) -> None:
         now = time.monotonic()
-        p = _TEMP_contract(p, self._session_start_s)
         with self._lock:
             self.last = p
             self._session_start_s = p.device_time_s - p.elapsed_s
@@ -429,19 +428,6 @@ class LiveDisplay:
         else:
             self._stream.write(text + "\n")
             self._stream.flush()
-
-
-def _TEMP_contract(p: Any, start_s: float | None) -> Any:  # TEMP until w18's Progress lands
-    if hasattr(p, "elapsed_s"):
-        return p
-    import types
-
-    d = {k: getattr(p, k) for k in dir(p) if not k.startswith("_")}
-    d.setdefault("elapsed_s", p.device_time_s - (start_s if start_s is not None else p.device_time_s))
-    for k in ("target_s", "ramp_down_left_s", "pulse_amplitude_ma", "average_current_ma", "compliance_v"):
-        d.setdefault(k, None)
-    d.setdefault("alarms", ())
-    return types.SimpleNamespace(**d)
 
 
 class DisplayLogHandler(logging.Handler):
