@@ -685,17 +685,35 @@ class DeviceSession(SessionEngine):
         raise error
 
     def _publish_final(self, delivered: int, end_state: DeviceState, *, completed: bool) -> None:
-        """The last progress of the session: the device's final figures; fraction 1.0 if completed."""
+        """The last progress of the session: the device's final figures, fraction 1.0 if completed.
+
+        It normally comes with the device's first sample after the end, on the dispatcher thread like every
+        callback; if none arrives within :data:`EVENT_CATCH_UP_S`, it is published from here (the waiting
+        thread) with the figures read back at the end."""
         latest = self._latest
         builder = self._builder
         if builder is None or latest is None:
             return
+        deadline = time.monotonic() + EVENT_CATCH_UP_S
+        with self._changed:
+            while time.monotonic() < deadline and not self._final_published(delivered, end_state):
+                self._changed.wait(0.05)
+            if self._final_published(delivered, end_state):
+                return
         final = dataclasses.replace(latest, charge_uas=delivered, state=end_state)
         self._publish_progress(
             builder.build(
                 final, elapsed_s=self._elapsed_s(final), on_time_s=self._on_time_s(final), completed=completed
             )
         )
+
+    def _final_published(self, delivered: int, end_state: DeviceState) -> bool:
+        last = self._last_progress
+        return last is not None and last.state is end_state and last.delivered_uas == delivered
+
+    def _completed_sample(self, sample: Telemetry) -> bool:
+        """A sample showing the session's normal end: DONE, with no end asked for and no fault."""
+        return sample.state is DeviceState.DONE and self._end_requested is None and self._fault is None
 
     def _facts(self, interrupted: str | None) -> SessionFacts:
         return SessionFacts(
@@ -951,6 +969,7 @@ class DeviceSession(SessionEngine):
             sample,
             elapsed_s=self._elapsed_s(sample),
             on_time_s=self._on_time_s(sample),
+            completed=self._completed_sample(sample),
             aborting=self._aborting,
         )
         self._publish_progress(progress)
@@ -1024,6 +1043,11 @@ class Stimulator(DeliversSessions):
     @property
     def watchdog_ms(self) -> int:
         return self.client.watchdog_ms
+
+    @property
+    def stats(self) -> Any:
+        """The client's link statistics (:class:`~iontodrive.client.LinkStatistics`)."""
+        return self.client.stats
 
     @property
     def last_frame_age_s(self) -> float:
