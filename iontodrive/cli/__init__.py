@@ -248,7 +248,7 @@ def _fail(args: argparse.Namespace, exc: BaseException, code: int) -> int:
 
 
 def error_line(exc: BaseException, code: int, args: argparse.Namespace | None = None) -> str:
-    """``error: ...`` or ``stopped: ...``: the single line printed for a failed command.
+    """``error: ...``, or for an interrupt ``stopped by Ctrl-C; ...``: the single line for a failed command.
 
     Worded by :func:`iontodrive.cli.messages.plain_message` (what was asked, the range in the user's units,
     what to do), without Python class names; ``--debug`` prints the traceback as well."""
@@ -260,7 +260,7 @@ def error_line(exc: BaseException, code: int, args: argparse.Namespace | None = 
     if len(detail) > MAX_ERROR_CHARS or len(lines) > 1:
         detail = detail[:MAX_ERROR_CHARS].rstrip() + " ... (--debug shows all)"
     if code == exitcodes.INTERRUPTED:
-        return f"stopped: {detail}"
+        return detail  # "stopped by Ctrl-C; the output was ramped down ..." is not an error
     return f"error: {detail}"
 
 
