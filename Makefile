@@ -6,7 +6,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: demo test test-slow lint bench fuzz soak faults clean
+.PHONY: demo test test-slow lint typecheck bench fuzz soak faults clean
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "Python 3.11+ required"'
@@ -28,6 +28,10 @@ test-slow: $(STAMP)
 lint: $(STAMP)
 	$(BIN)/ruff check iontodrive firmware_sim tests bench examples tools
 	$(BIN)/ruff format --check iontodrive firmware_sim tests bench examples tools
+
+# mypy --strict over iontodrive and firmware_sim ([tool.mypy] in pyproject.toml; issue 18, item 8).
+typecheck: $(STAMP)
+	$(BIN)/mypy
 
 bench: $(STAMP)
 	$(BIN)/python bench/codec.py

@@ -472,8 +472,14 @@ RECORD_CASES = {
 }
 
 
-@pytest.mark.parametrize("name", sorted(RECORD_CASES))
-def test_malformed_record_files_are_refused_with_the_line(
+# Files with nothing of a record in them: refused whole, naming the line.
+NOT_RECORDS = {"empty", "binary", "not json", "json array", "bad schema", "schema nan", "labels not strings"}
+# Records with one bad line: every other line is read, the bad one is reported (line number, why).
+PROBLEM_LINE = {name: 2 for name in RECORD_CASES if name not in NOT_RECORDS} | {"no header": 1}
+
+
+@pytest.mark.parametrize("name", sorted(NOT_RECORDS))
+def test_files_that_hold_no_record_are_refused_with_the_line(
     name: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     path = tmp_path / "bad.jsonl"
@@ -488,6 +494,23 @@ def test_malformed_record_files_are_refused_with_the_line(
     assert out == ""
     code, out, err = _cli(["report", str(path), "--json"], capsys)
     assert code != exitcodes.OK and out == ""
+
+
+@pytest.mark.parametrize("name", sorted(PROBLEM_LINE))
+def test_a_malformed_line_is_reported_and_the_rest_read(
+    name: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = tmp_path / "bad.jsonl"
+    path.write_bytes(RECORD_CASES[name])
+    record = SessionRecord.load(path)
+    assert [p.line_no for p in record.problems] == [PROBLEM_LINE[name]], record.problems
+    assert record.problems[0].reason
+    if name != "no header":
+        assert record.header["driver"] == HEADER["driver"] and record.prescription == BASE
+    else:
+        assert [e["code"] for e in record.events] == ["POWER_ON"] and record.header == {}
+    _code, _out, err = _cli(["report", str(path)], capsys)
+    assert "Traceback" not in err
 
 
 @pytest.mark.parametrize("what", ["missing", "directory"])

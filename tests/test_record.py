@@ -1,4 +1,7 @@
-"""Session records: round trip, kills mid-line, reopen/append, thread safety, malformed files."""
+"""Session records: round trip, kills mid-line, reopen/append, thread safety, torn and malformed lines,
+one value form for enums, the writer's batching and fsync policy.
+
+Paths and privacy are in test_record_paths.py; disk failures in test_record_failures.py."""
 
 from __future__ import annotations
 
@@ -20,15 +23,17 @@ from devices import CLINIC
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from iontodrive import record as record_module
+from iontodrive.errors import IontodriveError, RecordDataError, RecordPathError
 from iontodrive.prescription import Prescription
 from iontodrive.protocol import (
     DeviceState,
     Event,
     EventCode,
     Polarity,
+    Start,
     StatusFlags,
     Telemetry,
+    Waveform,
     WaveformSet,
 )
 from iontodrive.record import (
@@ -116,6 +121,7 @@ def test_round_trip(tmp_path: Path) -> None:
     write_session(path)
     rec = SessionRecord.load(path)
     assert rec.complete and not rec.truncated_last_line
+    assert rec.problems == [] and rec.truncated is None
     assert rec.header["schema"] == SCHEMA_VERSION
     assert Prescription.from_dict(rec.prescription) == PRESCRIPTION
     assert rec.identity["model"] == "clinic-4" and rec.identity["waveforms"] == int(WaveformSet.DC)
@@ -170,15 +176,45 @@ def test_incomplete_record_reports_last_telemetry_charge(tmp_path: Path) -> None
     rec = SessionRecord.load(path)
     assert not rec.complete and rec.summary is None
     assert rec.delivered_uas == sample(16).charge_uas
+    assert rec.truncated is not None and rec.truncated.partial_bytes == 0
+    assert rec.truncated.after_line == rec.line_count and "no summary" in rec.truncated.reason
+    assert rec.truncated.device_time_ms == sample(16).device_time_ms
 
 
 def test_existing_file_is_never_overwritten(tmp_path: Path) -> None:
     path = tmp_path / "s.jsonl"
     write_session(path)
     before = path.read_bytes()
-    with pytest.raises(FileExistsError):
-        new_writer(path)
+    with pytest.raises(RecordPathError) as info:
+        new_writer(path, option="--record")
+    assert isinstance(info.value, IontodriveError) and not isinstance(info.value, FileExistsError)
+    assert info.value.option == "--record" and str(info.value).startswith(f"--record {path}: exists")
     assert path.read_bytes() == before
+
+
+def test_a_link_planted_at_the_record_path_is_refused_and_not_followed(tmp_path: Path) -> None:
+    target = tmp_path / "elsewhere.txt"
+    target.write_bytes(b"not yours\n")
+    link = tmp_path / "s.jsonl"
+    link.symlink_to(target)
+    with pytest.raises(RecordPathError):
+        new_writer(link)
+    assert target.read_bytes() == b"not yours\n" and link.is_symlink()
+    dangling = tmp_path / "d.jsonl"
+    dangling.symlink_to(tmp_path / "created-through-the-link.jsonl")
+    with pytest.raises(RecordPathError):
+        new_writer(dangling)
+    assert not (tmp_path / "created-through-the-link.jsonl").exists()
+
+
+def test_record_files_are_private_to_their_user(tmp_path: Path) -> None:
+    path = tmp_path / "s.jsonl"
+    old = os.umask(0)  # even with a permissive umask
+    try:
+        write_session(path)
+    finally:
+        os.umask(old)
+    assert path.stat().st_mode & 0o777 == 0o600
 
 
 def test_dataclasses_are_accepted_for_prescription_and_identity(tmp_path: Path) -> None:
@@ -195,9 +231,11 @@ def test_writes_after_summary_or_close_are_refused(tmp_path: Path) -> None:
     path = tmp_path / "s.jsonl"
     writer = new_writer(path)
     writer.summary(delivered_uas=0, end_reason="stopped")
+    # A listener racing the session's end is never raised into: its line is dropped and counted.
+    assert writer.event(event(9)) is False
+    assert writer.telemetry(sample(1)) is False
+    assert writer.late_lines == 2
     for call in (
-        lambda: writer.event(event(9)),
-        lambda: writer.telemetry(sample(1)),
         lambda: writer.note("operator"),
         lambda: writer.summary(delivered_uas=1, end_reason="again"),
     ):
@@ -205,25 +243,28 @@ def test_writes_after_summary_or_close_are_refused(tmp_path: Path) -> None:
             call()
     writer.close()
     writer.close()  # idempotent
-    assert writer.closed
+    assert writer.closed and writer.error is None
     assert SessionRecord.load(path).line_count == 2
 
 
 def test_bad_data_is_refused_before_writing(tmp_path: Path) -> None:
     path = tmp_path / "s.jsonl"
     with new_writer(path) as writer:
-        with pytest.raises(ValueError):
+        with pytest.raises(RecordDataError):
             writer.note("operator", value=float("nan"))
-        with pytest.raises(TypeError):
+        with pytest.raises(RecordDataError):
             writer.note("operator", value=object())
         for kind in ("header", "event", "telemetry", "summary", "Bad Kind", "", "x" * 100):
-            with pytest.raises(ValueError):
+            with pytest.raises(RecordDataError):
                 writer.note(kind)
-        with pytest.raises(ValueError):
+        with pytest.raises(RecordDataError):
             writer.summary(delivered_uas=-1, end_reason="x")
-        with pytest.raises(ValueError):
+        with pytest.raises(RecordDataError):
             writer.summary(delivered_uas=True, end_reason="x")  # type: ignore[arg-type]
-    with pytest.raises(TypeError):
+    # Still a ValueError and a TypeError for callers that caught those.
+    assert issubclass(RecordDataError, ValueError) and issubclass(RecordDataError, TypeError)
+    assert issubclass(RecordDataError, IontodriveError)
+    with pytest.raises(RecordDataError):
         RecordWriter(tmp_path / "t.jsonl", prescription={}, identity={}, labels={"id": 17})  # type: ignore[dict-item]
     assert not (tmp_path / "t.jsonl").exists()
     assert SessionRecord.load(path).line_count == 1
@@ -243,27 +284,116 @@ def test_content_is_data_never_code(tmp_path: Path) -> None:
 # --------------------------------------------------------------------------------------------- fsync
 
 
-def test_fsync_at_header_summary_and_at_most_once_per_second(tmp_path: Path, monkeypatch) -> None:
-    calls: list[float] = []
-    clock = VirtualClock()
+@pytest.fixture
+def fsync_calls(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """Every os.fsync the test makes, by descriptor."""
+    calls: list[int] = []
     real_fsync = os.fsync
 
     def counting_fsync(fd: int) -> None:
-        calls.append(clock.t)
+        calls.append(fd)
         real_fsync(fd)
 
-    monkeypatch.setattr(record_module.os, "fsync", counting_fsync)
+    monkeypatch.setattr(os, "fsync", counting_fsync)
+    return calls
+
+
+def test_header_events_notes_and_summary_are_fsynced_telemetry_at_most_once_a_second(
+    tmp_path: Path, fsync_calls: list[int]
+) -> None:
+    clock = VirtualClock()
     path = tmp_path / "s.jsonl"
     writer = new_writer(path, clock=clock)
-    assert calls == [1000.0]  # the header
+    after_header = len(fsync_calls)
+    assert after_header == 2  # the directory (the new name) and the header
     for no in range(40):
-        writer.telemetry(sample(no))  # 4 Hz telemetry: writes at 1000.0, 1000.25, ... 1009.75
-        clock.t += 0.25
-    # One fsync on the first line of each new second, never more.
-    assert calls == [1000.0 + k for k in range(10)]
+        writer.telemetry(sample(no))
+    assert writer.flush(sync=False)  # written, not fsync'd: telemetry waits for the next fsync
+    assert len(fsync_calls) == after_header
+    clock.t += 0.5
+    writer.telemetry(sample(40))
+    assert writer.flush(sync=False) and len(fsync_calls) == after_header  # less than 1 s: still none
+    clock.t += 0.5
+    writer.telemetry(sample(41))
+    assert writer.flush(sync=False) and len(fsync_calls) == after_header + 1  # 1 s after the first: one
+    for make_line in (
+        lambda: writer.event(event(1)),
+        lambda: writer.note("operator", text="tingling"),
+    ):
+        make_line()
+        assert writer.flush(sync=False)  # a durable line: fsync'd as soon as written
+        assert len(fsync_calls) == after_header + 2
+        after_header += 1
     writer.summary(delivered_uas=5, end_reason="stopped")
-    assert calls[-1] == clock.t and len(calls) == 11
     writer.close()
+    assert len(fsync_calls) == after_header + 2
+    assert SessionRecord.load(path).complete
+
+
+def test_a_plain_writer_never_fsyncs(tmp_path: Path, fsync_calls: list[int]) -> None:
+    path = tmp_path / "s.jsonl"
+    with new_writer(path, durable=False) as writer:
+        writer.event(event(1))
+        writer.telemetry(sample(1))
+        writer.summary(delivered_uas=1, end_reason="stopped")
+    assert len(fsync_calls) == 1  # only the directory, for the new name
+    assert SessionRecord.load(path).complete
+
+
+def test_telemetry_is_batched_into_few_writes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    writes: list[int] = []
+    real_write = os.write
+
+    def counting_write(fd: int, data: bytes) -> int:
+        writes.append(len(data))
+        return real_write(fd, data)
+
+    path = tmp_path / "s.jsonl"
+    writer = new_writer(path, clock=VirtualClock())  # the batching delay never expires on its own
+    monkeypatch.setattr(os, "write", counting_write)
+    for no in range(2000):
+        writer.telemetry(sample(no))
+    assert writer.flush()
+    writer.close()
+    monkeypatch.undo()
+    assert sum(writes) == path.stat().st_size - len(path.read_bytes().split(b"\n")[0]) - 1
+    assert len(writes) <= 2000 // 512 + 2  # whole batches, not a write per line
+    assert len(SessionRecord.load(path).telemetry) == 2000
+
+
+def test_a_full_queue_drops_telemetry_only_counted_and_noted_in_place(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import iontodrive.records.writer as writer_module
+
+    gate = threading.Event()
+    real_write_all = writer_module._write_all
+
+    def slow_write_all(fd: int, data: bytes) -> None:
+        gate.wait(30)  # the disk is stuck until the test lets it go
+        real_write_all(fd, data)
+
+    path = tmp_path / "s.jsonl"
+    writer = new_writer(path, max_queued_telemetry=10)
+    monkeypatch.setattr(writer_module, "_write_all", slow_write_all)
+    results = [writer.telemetry(sample(no)) for no in range(25)]
+    assert writer.event(event(1))  # never dropped for room
+    writer.note("operator", text="still here")
+    results.append(writer.telemetry(sample(25)))  # still full: dropped, after the event and the note
+    gate.set()
+    writer.summary(delivered_uas=1, end_reason="stopped")
+    writer.close()
+    assert writer.error is None
+    dropped = results.count(False)
+    assert dropped == writer.telemetry_overflow > 0
+    rec = SessionRecord.load(path)
+    kept = [row["sample_no"] for row in rec.telemetry]
+    assert len(kept) + dropped == 26 and kept == sorted(kept)
+    assert rec.telemetry_dropped == dropped
+    notes = [n for n in rec.notes if n["kind"] == "telemetry_dropped"]
+    missing = sorted(set(range(26)) - set(kept))
+    assert notes and notes[0]["first_sample_no"] == missing[0] and notes[-1]["last_sample_no"] == missing[-1]
+    assert [e["event_no"] for e in rec.events] == [1] and rec.complete
 
 
 # --------------------------------------------------------------------------------------- events & reopen
@@ -379,26 +509,64 @@ def test_a_writer_killed_at_any_byte_leaves_a_loadable_prefix(
     assert rec.truncated_last_line == (not prefix.endswith(b"\n"))
     assert rec.valid_bytes == prefix.rfind(b"\n") + 1
     assert rec.complete == (cut == len(session_bytes))
+    assert (rec.truncated is None) == rec.complete and rec.problems == []
+    if rec.truncated is not None:
+        assert rec.truncated.offset == rec.valid_bytes and rec.truncated.after_line == complete_lines
+        assert rec.truncated.partial_bytes == len(prefix) - rec.valid_bytes
     assert rec.labels == LABELS
 
 
 @settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(
-    position=st.floats(min_value=0.0, max_value=1.0),
-    junk=st.binary(min_size=1, max_size=40),
-    replace=st.booleans(),
+    line_index=st.integers(min_value=0),
+    how=st.sampled_from(["torn", "garbled", "replaced", "prefixed"]),
+    where=st.floats(min_value=0.0, max_value=1.0),
+    junk=st.binary(min_size=1, max_size=40).map(lambda b: b.replace(b"\n", b"?")),
 )
-def test_corrupted_files_raise_only_record_format_error(
-    tmp_path: Path, session_bytes: bytes, position: float, junk: bytes, replace: bool
+def test_any_single_torn_or_garbled_line_leaves_every_other_line_readable(
+    tmp_path: Path, session_bytes: bytes, line_index: int, how: str, where: float, junk: bytes
 ) -> None:
-    at = int(position * len(session_bytes))
-    tail = session_bytes[at + len(junk) :] if replace else session_bytes[at:]
+    lines = session_bytes.split(b"\n")[:-1]
+    index = line_index % len(lines)
+    line = lines[index]
+    at = int(where * len(line))
+    if how == "torn":  # a write cut short, then the next line written after it
+        bad = line[:at]
+    elif how == "garbled":
+        bad = line[:at] + junk + line[at:]
+    elif how == "replaced":
+        bad = line[:at] + junk + line[at + len(junk) :]
+    else:  # the torn start of a line, then this whole line (an append after a failed write)
+        bad = line[: max(1, at)] + line if index else junk + line
     path = tmp_path / "junk.jsonl"
-    path.write_bytes(session_bytes[:at] + junk + tail)
+    path.write_bytes(b"".join(x + b"\n" for x in (*lines[:index], bad, *lines[index + 1 :])))
+    whole = tmp_path / "whole.jsonl"
+    whole.write_bytes(session_bytes)
+    expected = SessionRecord.load(whole)
     try:
-        SessionRecord.load(path)
-    except RecordFormatError as exc:
-        assert exc.line_no >= 1
+        rec = SessionRecord.load(path)
+    except RecordFormatError:
+        pytest.fail("a record with one bad line must still load")
+    assert {p.line_no for p in rec.problems} <= {index + 1, 1}
+    assert all(p.reason for p in rec.problems)
+
+    # Every line other than the damaged one is read exactly as it was written.
+    damaged = json.loads(line)
+    for kind, rows, got in (
+        ("event", expected.events, rec.events),
+        ("telemetry", expected.telemetry, rec.telemetry),
+        ("note", expected.notes, rec.notes),
+    ):
+        want = [row for row in rows if row != damaged]
+        assert [row for row in got if row in want] == want, kind
+    if damaged["kind"] != "header":
+        assert rec.header == expected.header and rec.labels == LABELS
+    if damaged["kind"] != "summary":
+        assert rec.summary == expected.summary
+    if how == "prefixed":  # the whole line after the torn part is read too
+        assert rec.line_count == len(lines)
+        assert rec.events == expected.events and rec.telemetry == expected.telemetry
+        assert rec.summary == expected.summary and rec.notes == expected.notes
 
 
 def test_a_real_writer_killed_with_sigkill_leaves_a_readable_record(tmp_path: Path) -> None:
@@ -415,6 +583,7 @@ def test_a_real_writer_killed_with_sigkill_leaves_a_readable_record(tmp_path: Pa
                                   4000, 3999, 20000, 5000, 4 * no))
             no += 1
             if no == 200:
+                assert w.flush(10)  # what was flushed must survive the kill
                 print("ready", flush=True)
         """
     )
@@ -553,27 +722,55 @@ MALFORMED = [
 ]
 
 
+LATER_EVENT = json.dumps(
+    {"kind": "event", "event_no": 7, "device_time_ms": 9, "code": "PAUSED", "state": "PAUSED", "value": 3}
+)
+
+
 @pytest.mark.parametrize(
     ("lines", "line_no", "needle"), [m[1:] for m in MALFORMED], ids=[m[0] for m in MALFORMED]
 )
-def test_malformed_records_name_the_line_and_the_problem(
+def test_a_malformed_line_is_reported_with_its_number_and_why_and_the_rest_read(
     tmp_path: Path, lines: list[str], line_no: int, needle: str
 ) -> None:
     path = tmp_path / "bad.jsonl"
-    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
-    with pytest.raises(RecordFormatError) as info:
-        SessionRecord.load(path)
-    assert info.value.line_no == line_no
-    assert needle in str(info.value)
-    assert f"{path}:{line_no}" in str(info.value)
+    path.write_text("\n".join([*lines, LATER_EVENT]) + "\n", encoding="utf-8")
+    rec = SessionRecord.load(path)
+    problem = next(p for p in rec.problems if p.line_no == line_no)
+    assert needle in problem.reason, rec.problems
+    assert str(problem).startswith(f"line {line_no}: ")
+    assert {p.line_no for p in rec.problems} == {line_no}
+    assert rec.events[-1]["event_no"] == 7  # the line after the bad one is read
+    if line_no != 1:
+        assert rec.header["driver"] == "iontodrive test" and rec.prescription == PRESCRIPTION.to_dict()
+    else:
+        assert rec.header == {} and rec.started_at is None
 
 
-def test_invalid_utf8_is_a_format_error(tmp_path: Path) -> None:
+def test_invalid_utf8_is_reported_and_the_rest_read(tmp_path: Path) -> None:
     path = tmp_path / "bad.jsonl"
-    path.write_bytes(_header().encode() + b'\n{"kind": "note", "t": "\xff\xfe"}\n')
+    path.write_bytes(
+        _header().encode() + b'\n{"kind": "note", "t": "\xff\xfe"}\n' + GOOD_EVENT.encode() + b"\n"
+    )
+    rec = SessionRecord.load(path)
+    assert [(p.line_no, "UTF-8" in p.reason) for p in rec.problems] == [(2, True)]
+    assert len(rec.events) == 1 and rec.header["driver"] == "iontodrive test"
+
+
+def test_a_file_with_no_record_line_at_all_is_a_format_error(tmp_path: Path) -> None:
+    path = tmp_path / "bad.jsonl"
+    path.write_bytes(b"hello\n[1, 2]\n")
     with pytest.raises(RecordFormatError) as info:
         SessionRecord.load(path)
-    assert info.value.line_no == 2
+    assert info.value.line_no == 1 and "not a session record" in str(info.value)
+
+
+def test_a_missing_record_is_a_typed_read_error(tmp_path: Path) -> None:
+    from iontodrive.errors import RecordReadError
+
+    with pytest.raises(RecordReadError) as info:
+        SessionRecord.load(tmp_path / "nothing.jsonl")
+    assert isinstance(info.value, IontodriveError) and info.value.errno == 2
 
 
 @pytest.mark.parametrize("content", [b"", b'{"kind": "header", "sche'])
@@ -609,3 +806,58 @@ def test_load_time_is_reasonable_for_a_long_record(tmp_path: Path) -> None:
     elapsed = time.perf_counter() - start
     assert len(rec.telemetry) == 20_000
     assert elapsed < 5.0  # generous: a few hundred ms on this machine
+
+
+# ------------------------------------------------------------------------------- one form for enums
+
+
+START = Start(
+    target_current_ua=4000,
+    dose_uas=2_400_000,
+    duration_ms=0,
+    ramp_up_ms=30_000,
+    ramp_down_ms=30_000,
+    polarity=Polarity.CATHODE,
+    waveform=Waveform.DC,
+)
+
+
+def test_enums_are_written_by_name_whatever_form_the_caller_hands_over(tmp_path: Path) -> None:
+    """Issue 18: the device session wrote polarity 2, the VISA session "CATHODE". One form now."""
+    path = tmp_path / "s.jsonl"
+    as_ints = {
+        f.name: int(getattr(START, f.name)) if f.name in ("polarity", "waveform") else getattr(START, f.name)
+        for f in dataclasses.fields(START)
+    }
+    as_names = {**as_ints, "polarity": "CATHODE", "waveform": "DC"}
+    with new_writer(path) as writer:
+        writer.note("started", session_id=1, start=as_ints)  # the device session's old form
+        writer.note("started", session_id=2, start=as_names)  # the VISA session's form
+        writer.note("started", session_id=3, start=START)  # the message itself
+        writer.note("state", state=int(DeviceState.PAUSED), nested=[{"polarity": 1}])
+    lines = [json.loads(line) for line in path.read_text().splitlines()[1:]]
+    starts = [line["start"] for line in lines[:3]]
+    assert starts[0] == starts[1] == starts[2]
+    assert starts[0]["polarity"] == "CATHODE" and starts[0]["waveform"] == "DC"
+    assert lines[3]["state"] == "PAUSED" and lines[3]["nested"] == [{"polarity": "ANODE"}]
+
+
+def test_the_integer_form_of_older_records_reads_as_names(tmp_path: Path) -> None:
+    path = tmp_path / "old.jsonl"
+    event_line = _replace(_replace(GOOD_EVENT, "code", str(int(EventCode.ELECTRODE_LIFT))), "state", "7")
+    sample_line = _replace(_replace(GOOD_SAMPLE, "state", "3"), "polarity", "2")
+    started = json.dumps({"kind": "started", "session_id": 4, "start": {"polarity": 2, "waveform": 1}})
+    path.write_text("\n".join([_header(), event_line, sample_line, started]) + "\n", encoding="utf-8")
+    rec = SessionRecord.load(path)
+    assert rec.problems == []
+    assert (rec.events[0]["code"], rec.events[0]["state"]) == ("ELECTRODE_LIFT", "PAUSED")
+    assert (rec.telemetry[0]["state"], rec.telemetry[0]["polarity"]) == ("HOLD", "CATHODE")
+    assert rec.notes[0]["start"] == {"polarity": "CATHODE", "waveform": "PULSED_DC"}
+    assert rec.telemetry_arrays()["state"].tolist() == [int(DeviceState.HOLD)]
+
+
+def test_unknown_enum_integers_are_kept_as_given(tmp_path: Path) -> None:
+    path = tmp_path / "s.jsonl"
+    with new_writer(path) as writer:
+        writer.note("started", start={"polarity": 9})
+    assert SessionRecord.load(path).notes[0]["start"] == {"polarity": 9}

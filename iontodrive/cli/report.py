@@ -85,7 +85,7 @@ def summarize(record: Any) -> dict[str, Any]:
     if delivered_ma_min is not None and target_ma_min:
         error_pct = 100.0 * (delivered_ma_min - target_ma_min) / target_ma_min
     summary = record.summary or {}
-    started: datetime = record.started_at
+    started: datetime | None = record.started_at  # None when the header line is unreadable
     ended = record.ended_at
     from iontodrive.plotting import session_start_s
 
@@ -121,9 +121,9 @@ def summarize(record: Any) -> dict[str, Any]:
             ),
         },
         "labels": dict(record.labels),
-        "started_at": started.isoformat(),
+        "started_at": None if started is None else started.isoformat(),
         "ended_at": None if ended is None else ended.isoformat(),
-        "duration_s": None if ended is None else (ended - started).total_seconds(),
+        "duration_s": None if ended is None or started is None else (ended - started).total_seconds(),
         "device_time_s": device_span,
         "delivered_ma_min": delivered_ma_min,
         "target_ma_min": target_ma_min,

@@ -182,6 +182,7 @@ class DeviceSession(SessionEngine):
         self._delivered_at_ms = -1  # device time of the figure in _delivered_uas
         self._remaining_ms = start.duration_ms
         self._remaining_at_device_ms: int | None = None
+        self._on_time_shown = 0.0
         self._removers: list[Callable[[], None]] = []
         self._remove_gate: Callable[[], None] | None = None
         self._gate_closed = False
@@ -947,7 +948,10 @@ class DeviceSession(SessionEngine):
         counted = (duration_ms - self._remaining_ms) / 1000.0
         if sample.state not in (DeviceState.PAUSED, DeviceState.PAUSING, DeviceState.DONE):
             counted += max(0.0, (sample.device_time_ms - self._remaining_at_device_ms) / 1000.0)
-        return min(duration_ms / 1000.0, counted)
+        # The device's remaining time (polled) and the extrapolation between polls differ by a few ms:
+        # never let the counted time, and so the bar, go backwards.
+        self._on_time_shown = max(self._on_time_shown, min(duration_ms / 1000.0, counted))
+        return self._on_time_shown
 
     def _handle_telemetry(self, sample: Telemetry) -> None:
         if self._device_restarted or not self._accepting or not self._is_ours(sample):
