@@ -36,7 +36,7 @@ def add_parser(subparsers: Any) -> None:
         "--outdir",
         default=str(DEFAULT_OUTDIR),
         metavar="DIR",
-        help=f"where the record, plot and trace go (default: ./{DEFAULT_OUTDIR})",
+        help=f"default ./{DEFAULT_OUTDIR}: where the record, figure, trace and simulator log go",
     )
     parser.add_argument(
         "--speed",
