@@ -79,7 +79,7 @@ def test_a_preset_for_another_model_says_so(tmp_path: Path) -> None:
     result = cli("deliver", CLINIC, "--preset", "tap-water-15", "--record", str(tmp_path / "r.jsonl"))
     assert result.returncode == exitcodes.USAGE
     line = error_line(result)
-    assert "preset tap-water-15 is for hydro-30, and this device is a clinic-4" in line
+    assert "preset tap-water-15 is for hydro-30, not this clinic-4 (--current-ma 15 mA refused" in line
     assert "dexamethasone-40" in line  # the presets that fit
     assert not (tmp_path / "r.jsonl").exists()
 

@@ -22,7 +22,7 @@ from iontodrive.cli import exitcodes
 PROG = "iontodrive"
 _GLOBAL_WITH_VALUE = ("--frame-trace", "--timeout-s", "--retries")
 ENV_TIMEOUT = "IONTODRIVE_TIMEOUT_S"
-MAX_ERROR_CHARS = 300
+MAX_ERROR_CHARS = 400
 _GLOBAL_FLAGS = ("--debug",)
 
 EPILOG = """exit codes:

@@ -183,16 +183,15 @@ def plain_message(exc: BaseException, args: Any = None) -> str:
     from iontodrive.presets import PresetModelError
 
     if isinstance(exc, PresetModelError):
-        choose = (
-            f"presets for {exc.device_model}: {', '.join(exc.others)}"
-            if exc.others
-            else "see `iontodrive presets`"
-        )
-        detail = refusal_message(exc.refusal, None).split(". Change ")[0]
+        refusal = exc.refusal
+        unit = unit_of(str(refusal.field))
+        asked = f"{option_for(str(refusal.field))} {_number(refusal.value)}{' ' + unit if unit else ''}"
+        allowed = allowed_range(refusal.minimum, refusal.maximum, unit)
+        why = f"{asked} refused" + (f"; allowed {allowed}" if allowed else "")
+        choose = ", ".join(exc.others) if exc.others else "none shipped; see `iontodrive presets`"
         return (
-            f"preset {exc.name} is for {exc.preset_model}, and this device is a {exc.device_model} "
-            f"({detail}); choose a preset for {exc.device_model} ({choose}) or give the prescription "
-            "with options"
+            f"preset {exc.name} is for {exc.preset_model}, not this {exc.device_model} ({why}); use a "
+            f"{exc.device_model} preset ({choose}) or give the prescription as options"
         )
     if isinstance(exc, SafetyRefusal):
         return refusal_message(exc, args)
