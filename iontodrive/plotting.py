@@ -145,7 +145,8 @@ def _title(record: SessionRecord) -> str:
     device = f"{identity.get('model', '?')} #{identity.get('serial_number', '?')}"
     outcome = record.summary["end_reason"] if record.summary else "incomplete"
     labels = ", ".join(f"{k}={v}" for k, v in record.labels.items())
-    started = record.started_at.strftime("%Y-%m-%d %H:%M:%S %Z").strip()
+    when = record.started_at
+    started = "start not recorded" if when is None else when.strftime("%Y-%m-%d %H:%M:%S %Z").strip()
     second = f"{device} · {started} · {outcome}" + (f" · {labels}" if labels else "")
     return f"{_prescription_text(record)}\n{second}"
 

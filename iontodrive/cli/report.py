@@ -109,6 +109,8 @@ def summarize(record: Any) -> dict[str, Any]:
         "record": str(record.path),
         "complete": record.complete,
         "truncated_last_line": record.truncated_last_line,
+        "truncated": None if getattr(record, "truncated", None) is None else str(record.truncated),
+        "problems": [str(problem) for problem in getattr(record, "problems", [])],
         "outcome": summary.get("end_reason", "incomplete"),
         "detail": summary.get("detail"),
         "prescription": p,
@@ -138,6 +140,10 @@ def summarize(record: Any) -> dict[str, Any]:
 def summary_lines(s: dict[str, Any], *, events: bool = True) -> list[str]:
     """The text report."""
     lines = [f"record        {s['record']}" + ("" if s["complete"] else "  (INCOMPLETE: no summary line)")]
+    if s.get("truncated"):
+        lines.append(f"record cut    {s['truncated']}")
+    for problem in s.get("problems", []):
+        lines.append(f"skipped       {problem}")
     lines.append(f"prescription  {s['prescription_text'] or json.dumps(s['prescription'])}")
     d = s["device"]
     lines.append(f"device        {d['model']} #{d['serial_number']} firmware {d['firmware']}")

@@ -25,22 +25,28 @@ EVENTS_PER_PAGE = 48
 WRAP = 95
 
 
+MAX_PROBLEMS_SHOWN = 5
+
+
 def record_caveats(record: SessionRecord, summary: dict[str, Any]) -> list[str]:
-    """Plain sentences on what the host's record lacks (empty when it is whole)."""
+    """Plain sentences on what the host's record lacks (empty when it is whole): where it was cut
+    (``record.truncated``), and the lines that had to be skipped (``record.problems``)."""
     notes: list[str] = []
-    if not summary["complete"]:
+    cut = getattr(record, "truncated", None)
+    if cut is not None or not summary["complete"]:
+        where = str(cut) if cut is not None else "no summary line"
         notes.append(
-            "The host's record is incomplete: it has no summary line (the host stopped mid-session). The "
-            "delivered dose shown is the last telemetry sample, not the device's final figure; "
-            "`Stimulator.recover(path)` completes the record from the device."
+            f"The host's record is incomplete ({where}). The delivered dose shown is the last telemetry "
+            "sample, not the device's final figure; `Stimulator.recover(path)` completes the record from "
+            "the device."
         )
-    if summary.get("truncated_last_line"):
-        notes.append("The record's last line was cut off (written when the host stopped); it is left out.")
-    for problem in getattr(record, "problems", None) or []:
-        notes.append(f"Record problem: {problem}")
-    truncated = getattr(record, "truncated", None)
-    if truncated and not isinstance(truncated, bool):
-        notes.append(f"The record was cut: {truncated}")
+    problems = list(getattr(record, "problems", None) or [])
+    for problem in problems[:MAX_PROBLEMS_SHOWN]:
+        notes.append(f"Skipped in the record: {problem}.")
+    if len(problems) > MAX_PROBLEMS_SHOWN:
+        notes.append(
+            f"... and {len(problems) - MAX_PROBLEMS_SHOWN} more skipped lines (`iontodrive report`)."
+        )
     if summary.get("recoveries"):
         notes.append(
             "Part of this record was completed after the host reconnected (events fetched from the device)."
