@@ -18,6 +18,7 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from iontodrive.prescription import Prescription
 from iontodrive.record import SessionRecord
@@ -29,7 +30,7 @@ ENV = {**os.environ, "IONTODRIVE_TIMEOUT_S": "1.0"}
 SHORT_DOSE = Prescription(current_ma=2.0, dose_ma_min=2.0, ramp_up_s=5, ramp_down_s=5, polarity="cathode")
 
 
-def _deliver(url: str, prescription: Prescription, path: Path, **options: object) -> Path:
+def _deliver(url: str, prescription: Prescription, path: Path, **options: Any) -> Path:
     import firmware_sim
     from iontodrive.errors import IontodriveError
     from iontodrive.session import Stimulator

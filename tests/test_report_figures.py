@@ -225,6 +225,7 @@ def test_pdf_report_has_the_header_the_figure_and_the_events(tmp_path: Path) -> 
     rows = dict(header_lines(record, summary))
     assert rows["patient"] == "P-017" and rows["operator"] == "op-3"  # labels as the user gave them
     assert rows["outcome"] == "electrode lift"
+    assert record.delivered_uas is not None
     assert rows["delivered"].startswith(f"{record.delivered_uas / 60_000:.3f} mA·min")
     assert "[device's figure]" in rows["delivered"]
     assert rows["device"].startswith("clinic-4, serial number 40001")

@@ -29,7 +29,7 @@ import select
 import sys
 import threading
 from collections.abc import Callable, Iterator
-from typing import Any, Protocol
+from typing import Any
 
 #: How often the reader looks whether it should stop (s).
 POLL_S = 0.1
@@ -43,10 +43,6 @@ _RAISE = {"+", "=", "\x1b[A", "\x1bOA"}
 _LOWER = {"-", "_", "\x1b[B", "\x1bOB"}
 
 
-class Notify(Protocol):
-    def __call__(self, text: str) -> None: ...
-
-
 def step_ma(prescribed_ma: float) -> float:
     """The comfort control's step for a prescribed current (mA)."""
     return SMALL_STEP_MA if prescribed_ma <= LARGE_ABOVE_MA else LARGE_STEP_MA
@@ -58,7 +54,7 @@ class ComfortControl:
     ``session`` needs ``set_current(mA)``, ``pause()``, ``resume()`` and ``stop()``; ``notify`` prints a
     line for the operator. :meth:`press` is what the key reader calls; tests call it directly."""
 
-    def __init__(self, session: Any, prescribed_ma: float, notify: Notify) -> None:
+    def __init__(self, session: Any, prescribed_ma: float, notify: Callable[[str], None]) -> None:
         self._session = session
         self._prescribed_ma = prescribed_ma
         self._step_ma = step_ma(prescribed_ma)
