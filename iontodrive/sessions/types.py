@@ -60,7 +60,8 @@ class Progress:
     only while the output ramps down after a stop or at the end. ``current_ma`` is the measured current as
     the device reports it (for pulsed DC an instantaneous reading, in the on or the off phase); pulsed DC
     adds ``average_current_ma`` (the rate of the device's charge count, the true average over the pulses)
-    and ``pulse_amplitude_ma`` (the pulse height that average implies: average / duty); None for DC. ``alarms`` are plain words (``"ELECTRODE LIFT"``, ``"RECORD NOT WRITTEN: <reason>"``);
+    and ``pulse_amplitude_ma`` (the pulse height that average implies: average / duty); None for DC.
+    ``alarms`` are plain words (``"ELECTRODE LIFT"``, ``"RECORD NOT WRITTEN: <reason>"``);
     ``record_error`` is the reason the session record stopped being written, if it did.
     """
 
