@@ -85,10 +85,10 @@ def test_pulsed_dc_reports_the_pulse_amplitude_and_the_average_as_two_values(tmp
         stim.deliver(pulsed, seen.append, record_path=tmp_path / "p.jsonl")
     holding = [p for p in seen if p.state is DeviceState.HOLD]
     assert holding
-    p = holding[len(holding) // 2]
-    assert p.average_current_ma == pytest.approx(5.0, rel=0.05)
-    assert p.pulse_amplitude_ma == pytest.approx(10.0, rel=0.05)
-    assert p.pulse_amplitude_ma == pytest.approx(p.setpoint_ma, rel=0.05)
+    averages = sorted(p.average_current_ma for p in holding)
+    amplitudes = sorted(p.pulse_amplitude_ma for p in holding)
+    assert averages[len(averages) // 2] == pytest.approx(5.0, rel=0.05)  # the median over the hold
+    assert amplitudes[len(amplitudes) // 2] == pytest.approx(10.0, rel=0.05)
 
 
 def test_dc_progress_has_no_pulsed_values(tmp_path: Path) -> None:

@@ -313,7 +313,7 @@ def run(args: argparse.Namespace) -> int:
             with open_for(args) as stim:
                 identity = stim.identity
                 if record_path is None:
-                    record_path = Path(default_record_path())
+                    record_path = default_record_path(identity.serial_number)
                 _check_and_plan(display, prescription, identity, args.preset)
                 if not args.quiet:
                     display.message(stim.description)

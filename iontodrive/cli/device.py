@@ -30,9 +30,8 @@ def as_dict(obj: Any) -> dict[str, Any]:
 
 def _enum_name(value: Any) -> Any:
     if isinstance(value, Enum):
-        if value.name is None:  # a combination of flags
-            return str(value)
-        return value.name
+        name: str | None = value.name  # None for a combination of flags
+        return str(value) if name is None else name
     return value
 
 

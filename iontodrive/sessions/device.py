@@ -550,7 +550,7 @@ class DeviceSession(SessionEngine):
                 return False
             raise
         self._apply_status(status)
-        if self._finished:
+        if self.finished:  # (the property: _apply_status may have set it)
             return True
         if (callback_error is not None or device_pause is not None) and status.state is DeviceState.PAUSED:
             # Output is at zero already; end the session so its dose and record are final.
@@ -616,7 +616,7 @@ class DeviceSession(SessionEngine):
     def _finish(self, interrupted: str | None) -> SessionRecord:
         status = self._final_status()
         if status is None and self._ended_charge is None:  # the device's final figure is unknown
-            return self._finish_link_lost(LinkTimeoutError("final status unanswered"))
+            return self._finish_link_lost(LinkLostError("the final status request went unanswered"))
         if status is not None:
             self._apply_status(status)
             if not self._device_restarted:

@@ -49,13 +49,14 @@ logger = logging.getLogger("iontodrive.session")
 DEFAULT_SESSION_TELEMETRY_HZ = 10
 
 
-def resolve_record_path(record_path: str | Path | None) -> Path:
-    """The record's path: as given, or a new one from :func:`iontodrive.record.default_record_path`."""
+def resolve_record_path(record_path: str | Path | None, serial: object) -> Path:
+    """The record's path: as given, or a new one from :func:`iontodrive.record.default_record_path`
+    (private to the user, a name no other session takes)."""
     if record_path is not None:
         return Path(record_path)
     from iontodrive.record import default_record_path
 
-    return Path(default_record_path())
+    return Path(default_record_path(serial))
 
 
 class SessionEngine:
@@ -79,7 +80,7 @@ class SessionEngine:
         self._on_progress = on_progress
         self._on_event = on_event
         self._on_alarm = on_alarm
-        self.record_path = resolve_record_path(record_path)
+        self.record_path = resolve_record_path(record_path, identity.serial_number)
         self.start_message = prescription.to_start(identity)  # SafetyRefusal before anything is sent
         self._session_id = ""
         self._builder: ProgressBuilder | None = None

@@ -13,13 +13,17 @@ Rules:
 * a completed session reports ``fraction = 1.0`` and ``time_left_s = 0`` exactly (``completed=True``);
 * while ramping down after a stop or at the end: ``ramp_down_left_s = setpoint / ramp rate`` (the
   prescription's ramp-down rate, or the slew limit after an abort);
-* pulsed DC: ``average_current_ma`` = measured (the device reports the average over the pulses) and
-  ``pulse_amplitude_ma`` = average / duty; both None for DC.
+* pulsed DC: a sample's ``measured_ua`` is an instantaneous reading, somewhere in a pulse or between
+  two, so it is neither the average nor the pulse height. ``average_current_ma`` is the rate of the
+  device's own charge count over the last :data:`AVERAGE_WINDOW_S` of device time (the true average over
+  the pulses) and ``pulse_amplitude_ma`` the pulse height that average implies (average / duty); both
+  None for DC.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections import deque
+from dataclasses import dataclass, field
 
 from iontodrive.protocol import OPEN_CIRCUIT_OHM, DeviceState, StatusFlags, Telemetry, Waveform
 from iontodrive.protocol.messages import Start
@@ -35,6 +39,7 @@ FLAG_ALARMS: tuple[tuple[StatusFlags, str], ...] = (
     (StatusFlags.RESISTANCE_LIMIT, "RESISTANCE LIMIT"),
 )
 RAMP_DOWN_STATES = frozenset({DeviceState.RAMP_DOWN, DeviceState.PAUSING})
+AVERAGE_WINDOW_S = 0.5  # pulsed DC: the average current is the charge rate over at least this long
 
 
 def record_alarm(reason: str) -> str:
@@ -42,7 +47,7 @@ def record_alarm(reason: str) -> str:
     return f"RECORD NOT WRITTEN: {reason}"
 
 
-@dataclass(frozen=True)
+@dataclass
 class ProgressBuilder:
     """Turns telemetry into :class:`Progress` for one session (``start`` is what was sent to the device)."""
 
@@ -50,6 +55,21 @@ class ProgressBuilder:
     start: Start
     compliance_mv: int
     slew_limit_ua_per_s: int
+    _charges: deque[tuple[int, int]] = field(default_factory=deque, repr=False)
+
+    def _pulsed_values(self, sample: Telemetry) -> tuple[float | None, float | None]:
+        """(pulse amplitude, average current) in mA from the on-phase readings and the charge count."""
+        charges = self._charges
+        charges.append((sample.device_time_ms, sample.charge_uas))
+        window_ms = AVERAGE_WINDOW_S * 1000.0
+        while len(charges) > 2 and sample.device_time_ms - charges[1][0] >= window_ms:
+            charges.popleft()
+        average: float | None = None
+        (t0, q0), (t1, q1) = charges[0], charges[-1]
+        if t1 > t0:
+            average = (q1 - q0) / (t1 - t0)  # µA·s per ms = mA
+        amplitude = None if average is None else average / self.duty
+        return amplitude, average
 
     @property
     def duty(self) -> float:
@@ -101,6 +121,7 @@ class ProgressBuilder:
             ramp_down_left = sample.setpoint_ua / rate if rate > 0 else None
         measured_ma = sample.measured_ua / 1000.0
         pulsed = start.waveform is Waveform.PULSED_DC
+        amplitude, average = self._pulsed_values(sample) if pulsed else (None, None)
         flag_alarms = tuple(text for flag, text in FLAG_ALARMS if sample.flags & flag)
         extra = tuple(a for a in alarms if a not in flag_alarms)
         if record_error is not None and record_alarm(record_error) not in extra:
@@ -120,8 +141,8 @@ class ProgressBuilder:
             ramp_down_left_s=ramp_down_left,
             setpoint_ma=sample.setpoint_ua / 1000.0,
             current_ma=measured_ma,
-            pulse_amplitude_ma=measured_ma / self.duty if pulsed else None,
-            average_current_ma=measured_ma if pulsed else None,
+            pulse_amplitude_ma=amplitude,
+            average_current_ma=average,
             voltage_v=sample.voltage_mv / 1000.0,
             compliance_v=self.compliance_mv / 1000.0,
             impedance_ohm=None if sample.impedance_ohm == OPEN_CIRCUIT_OHM else sample.impedance_ohm,

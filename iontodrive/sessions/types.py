@@ -58,9 +58,10 @@ class Progress:
     ``fraction`` is 0..1 of the dose (dose-based) or of the on-time (time-based) and is exactly 1.0 once
     the session completes. ``time_left_s`` is None when it cannot be estimated; ``ramp_down_left_s`` is set
     only while the output ramps down after a stop or at the end. ``current_ma`` is the measured current as
-    the device reports it; for pulsed DC that is the average over the pulses, reported again as
-    ``average_current_ma``, with ``pulse_amplitude_ma`` the measured pulse height (average / duty); both
-    are None for DC. ``alarms`` are plain words (``"ELECTRODE LIFT"``, ``"RECORD NOT WRITTEN: <reason>"``);
+    the device reports it (for pulsed DC an instantaneous reading, in the on or the off phase); pulsed DC
+    adds ``average_current_ma`` (the rate of the device's charge count, the true average over the pulses)
+    and ``pulse_amplitude_ma`` (the pulse height that average implies: average / duty); None for DC.
+    ``alarms`` are plain words (``"ELECTRODE LIFT"``, ``"RECORD NOT WRITTEN: <reason>"``);
     ``record_error`` is the reason the session record stopped being written, if it did.
     """
 

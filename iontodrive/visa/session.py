@@ -478,7 +478,7 @@ class VisaSession(SessionEngine):
             next_tick = clock.now()
             while not self._ended:
                 self._tick()
-                if self._ended:
+                if self._is_ended():
                     break
                 next_tick += self._period_s
                 now = clock.now()
@@ -491,6 +491,9 @@ class VisaSession(SessionEngine):
             self._emergency_ramp_down()
         finally:
             self._finish()
+
+    def _is_ended(self) -> bool:
+        return self._ended
 
     def _tick(self) -> None:
         self._check_fallback()
@@ -572,8 +575,10 @@ class VisaSession(SessionEngine):
         self._last_steer_t = now
         tick = max(self._period_s, self._tick_s)
         slowdown = tick / self._period_s  # real seconds per planned second
-        fastest_s = math.ceil(self._setpoint_ua / self.identity.slew_limit_ua_per_s * self._source.rate_hz)
-        fastest_s = fastest_s * tick
+        fastest_steps = math.ceil(
+            self._setpoint_ua / self.identity.slew_limit_ua_per_s * self._source.rate_hz
+        )
+        fastest_s = fastest_steps * tick
         current = max(self._last_i_ua, IMPEDANCE_FLOOR_UA)
         wanted_s = 2.0 * (self._dose_uas - self._charge_uas) / current
         wanted_s = min(max(wanted_s, fastest_s), LANDING_STRETCH * self._ramp_down_s * slowdown)

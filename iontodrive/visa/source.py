@@ -39,7 +39,7 @@ import threading
 from collections.abc import Callable
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Self
+from typing import Any, Self, cast
 
 from iontodrive.errors import LinkClosedError, SafetyRefusal
 from iontodrive.prescription import Prescription
@@ -258,7 +258,9 @@ class VisaSource(DeliversSessions):
             with contextlib.suppress(Exception):
                 manager.close()
             raise LinkClosedError(f"cannot open VISA resource {resource!r}: {exc}") from exc
-        wrapped: VisaResource = SimulatedLoad(raw, load_ohm=load_ohm) if simulated else raw
+        wrapped: VisaResource = (
+            SimulatedLoad(raw, load_ohm=load_ohm) if simulated else cast(VisaResource, raw)
+        )
 
         def close_manager() -> None:
             with contextlib.suppress(Exception):
