@@ -102,6 +102,8 @@ def test_keys_lower_pause_resume_and_stop_with_ramps(tmp_path: Path) -> None:
     assert any("keys:" in ln and "p pause" in ln for ln in run.seen)
     assert any("lowering the current to 1.9 mA (ramped)" in ln for ln in run.seen)
     assert any("pause: ramping the output to zero" in ln for ln in run.seen)
+    # After the stop the time left gives way to the ramp-down's own countdown.
+    assert any(re.search(r"^RAMP_DOWN .*ramp-down \d+:\d\d left", ln) for ln in run.seen), run.seen
     record = SessionRecord.load(record_path)
     assert record.summary is not None and record.summary["end_reason"] == "stopped"
     codes = [e["code"] for e in record.events]

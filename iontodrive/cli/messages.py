@@ -28,6 +28,7 @@ OPTION_FOR_FIELD: dict[str, str] = {
     "electrode_area_cm2": "--area-cm2",
     "telemetry_hz": "--telemetry-hz",
     "record_path": "--record",
+    "resource": "PORT",
 }
 #: The unit of a field, by the end of its name (longest first).
 _UNIT_BY_SUFFIX = (
@@ -65,13 +66,15 @@ def user_words(text: str) -> str:
     """Field names and waveform values in a library message, as the command line spells them."""
     text = text.replace("pulsed_dc", "pulsed-dc")
     for field, option in OPTION_FOR_FIELD.items():
+        if field == "resource":  # an ordinary word in messages ("empty resource string")
+            continue
         text = re.sub(rf"(?<![\w-]){field}(?!\w)", option, text)
     return text
 
 
 def _number(value: Any) -> str:
     if isinstance(value, bool) or not isinstance(value, int | float):
-        text = str(value)
+        text = str(value) if value != "" else "''"
         return text.replace("pulsed_dc", "pulsed-dc") if isinstance(value, str) else text
     if isinstance(value, float) and not math.isfinite(value):
         return str(value)
@@ -111,7 +114,9 @@ def refusal_message(exc: Any, args: Any = None) -> str:
     text = ": ".join(parts[:1]) + (f"; {parts[1]}" if len(parts) > 1 else "")
     if reason:
         text += f" ({reason})"
-    if field in OPTION_FOR_FIELD and field not in ("record_path",):
+    if field == "resource":
+        text += f"; {PORTS_HINT}"
+    elif field in OPTION_FOR_FIELD and field != "record_path":
         text += f". Change {option}; {LIMITS_HINT}"
     elif field == "impedance_ohm":
         text += ". Check the electrodes (`iontodrive check PORT`)"
