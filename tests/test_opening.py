@@ -115,3 +115,18 @@ def test_stimulator_holds_its_client_instead_of_being_one() -> None:
     from iontodrive.client import DeviceClient
 
     assert not issubclass(Stimulator, DeviceClient)
+
+
+def test_pyserials_spy_wrapper_logs_the_traffic(tmp_path: Path) -> None:
+    """Issue 17: ``spy://PORT?file=...`` opened and ran but logged nothing (the driver read the fd beneath
+    it)."""
+    from hostile import HostileDevice
+
+    from iontodrive import Stimulator
+
+    log = tmp_path / "spy.txt"
+    with HostileDevice(telemetry_hz=10) as dev, Stimulator.open(f"spy://{dev.url}?file={log}") as stim:
+        stim.status()
+    text = log.read_text()
+    assert "TX" in text.upper() or "RX" in text.upper() or "write" in text.lower()
+    assert len(text) > 100
