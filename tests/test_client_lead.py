@@ -19,8 +19,8 @@ from interrupts import interrupt_at, lines_of
 from firmware_sim import Device
 from firmware_sim.bridge_pty import PtyTransport
 from firmware_sim.runner import DeviceRunner
-from iontodrive.client import DeviceClient
 from iontodrive import client as client_module
+from iontodrive.client import DeviceClient
 from iontodrive.errors import LinkClosedError, LinkTimeoutError
 from iontodrive.protocol import DeviceState, GetStatus, StatusReport, Telemetry
 
