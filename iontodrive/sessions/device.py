@@ -1049,6 +1049,11 @@ class Stimulator(DeliversSessions):
         return self.client.watchdog_ms
 
     @property
+    def link(self) -> Any:
+        """The client's :class:`~iontodrive.link.SerialLink` (for fault injection and benches)."""
+        return self.client.link
+
+    @property
     def stats(self) -> Any:
         """The client's link statistics (:class:`~iontodrive.client.LinkStatistics`)."""
         return self.client.stats
