@@ -54,6 +54,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, Self
 
+from iontodrive import ceilings
 from iontodrive.client import DeviceClient
 from iontodrive.errors import (
     DeviceFault,
@@ -167,8 +168,11 @@ class DeviceSession(SessionEngine):
         self._record_interval_s = 1.0 / record_telemetry_hz if record_telemetry_hz > 0 else 0.0
         self._last_recorded_device_s = -1e9
         start = self.start_message
+        # S18: over-current judged against the prescription and the driver's family cap as well as the
+        # device's set-point (the lower of the device's and the driver's limits, iontodrive.ceilings)
         self._guard = OvercurrentGuard(
-            prescribed_ua=start.target_current_ua, cap_ua=self.identity.max_current_ua
+            prescribed_ua=start.target_current_ua,
+            cap_ua=ceilings.effective_identity(self.identity).max_current_ua,
         )
         self._state = DeviceState.IDLE
         self._flags = StatusFlags.NONE
@@ -444,13 +448,10 @@ class DeviceSession(SessionEngine):
         target_ua = candidate.to_start(self.identity).target_current_ua
         readback = self._status()
         delta = abs(target_ua - readback.setpoint_ua)
-        slew = self.identity.slew_limit_ua_per_s
-        by_slew_ms = -(-delta * 1000 // slew)
-        by_prescription_ms = round(
-            delta / self.start_message.target_current_ua * self.start_message.ramp_up_ms
-        )
-        ramp_ms = max(by_slew_ms, by_prescription_ms, self.identity.min_ramp_ms if delta else 0)
-        ramp_ms = min(ramp_ms, self.identity.max_ramp_ms)
+        by_prescription_ms = round(delta / self.start_message.target_current_ua * self.start_message.ramp_up_ms)
+        # S1/S18: never faster than the driver's minimum ramp or the effective slew (ceilings.min_ramp_ms)
+        ramp_ms = max(by_prescription_ms, ceilings.min_ramp_ms(self.identity, delta))
+        ramp_ms = min(ramp_ms, ceilings.effective_identity(self.identity).max_ramp_ms)
         self._guard.allow_target(target_ua)
         self._client.request(SetCurrent(target_ua, ramp_ms))
         if self._recorder is not None:
