@@ -148,11 +148,17 @@ def test_a_full_disk_is_an_alarm_at_once_and_the_account_is_the_devices(
     1.443 of 40 mA·min while the device had delivered 40."""
     _Full(monkeypatch, budget=20)
     seen: list[Any] = []
+    seen_at: list[float] = []
     alarms: list[tuple[float, str]] = []
-    with Stimulator.open(sim()) as stim:
+
+    def on_progress(p: Any) -> None:
+        seen.append(p)
+        seen_at.append(time.monotonic())
+
+    with Stimulator.open(sim(speed=20)) as stim:
         stim.deliver(
             QUICK,
-            seen.append,
+            on_progress,
             record_path=tmp_path / "full.jsonl",
             on_alarm=lambda text: alarms.append((time.monotonic(), text)),
         )
@@ -161,7 +167,9 @@ def test_a_full_disk_is_an_alarm_at_once_and_the_account_is_the_devices(
     assert session is not None and session.account is not None
     account = session.account
     assert alarms and alarms[0][1].startswith("RECORD NOT WRITTEN")
-    assert any(p.record_error and "No space left" in p.record_error for p in seen)
+    shown_at = next(t for t, p in zip(seen_at, seen, strict=True) if p.record_error)
+    assert "No space left" in (seen[seen_at.index(shown_at)].record_error or "")
+    assert shown_at - alarms[0][0] < 1.0  # on the display within a second
     assert any(a.startswith("RECORD NOT WRITTEN") for a in seen[-1].alarms)
     assert account.record_complete is False and "No space left" in (account.record_error or "")
     assert account.delivered_uas == device_charge  # the device's own figure, not the record's

@@ -448,7 +448,9 @@ class DeviceSession(SessionEngine):
         target_ua = candidate.to_start(self.identity).target_current_ua
         readback = self._status()
         delta = abs(target_ua - readback.setpoint_ua)
-        by_prescription_ms = round(delta / self.start_message.target_current_ua * self.start_message.ramp_up_ms)
+        by_prescription_ms = round(
+            delta / self.start_message.target_current_ua * self.start_message.ramp_up_ms
+        )
         # S1/S18: never faster than the driver's minimum ramp or the effective slew (ceilings.min_ramp_ms)
         ramp_ms = max(by_prescription_ms, ceilings.min_ramp_ms(self.identity, delta))
         ramp_ms = min(ramp_ms, ceilings.effective_identity(self.identity).max_ramp_ms)
