@@ -420,12 +420,12 @@ class HostRampController:
         self.end(SessionOutcome.ABORTED, 0.0, now, force=True)
 
     def pause(self, now: float) -> None:
-        if self.state in ACTIVE_STATES and not self.ending:
+        if self.state in ACTIVE_STATES and not self.ending and not self.ended:
             self._start_segment(0.0, self.ramp_down_s, DeviceState.PAUSING, now)
 
     @property
     def can_resume(self) -> bool:
-        return self.state is DeviceState.PAUSED and not self.ending
+        return self.state is DeviceState.PAUSED and not self.ending and not self.ended
 
     def resume(self, now: float) -> None:
         """Ramp back up after a pause; the shell has checked contact again (S7)."""
@@ -441,6 +441,8 @@ class HostRampController:
 
     def set_current(self, target_ua: float, now: float) -> None:
         """A new target (already checked against the limits), ramped at the prescription's rate."""
+        if self.ended:
+            return
         self.target_ua = float(target_ua)
         self.guard.allow_target(target_ua)
         self._limited_ua = None
@@ -455,8 +457,8 @@ class HostRampController:
         self, outcome: SessionOutcome, ramp_s: float, now: float, detail: str = "", *, force: bool = False
     ) -> None:
         """Start the final ramp-down. The first reason given is the one recorded; once ending, only a
-        forced end (abort, fault) replans the ramp, faster."""
-        if self.ending and not force:
+        forced end (abort, fault) replans the ramp, faster. Nothing once the session has ended."""
+        if self.ended or (self.ending and not force):
             return
         if self.end_requested is None:
             self.end_requested = outcome
