@@ -308,3 +308,50 @@ def test_a_device_that_answers_nothing_but_keeps_sending_cannot_block_wait(
         with pytest.raises(LinkLostError):
             session.wait(timeout_s=25)
         assert time.monotonic() - started < 15
+
+
+def test_a_host_that_dies_between_the_start_ack_and_the_started_note_is_recovered(tmp_path: Path) -> None:
+    """Issue 13 finding 1: a host dying in that window made recover() write 0 µA·s against the device's
+    39,599 and leave it PAUSED (the next session refused as busy)."""
+    from iontodrive.cli.simproc import SimulatorProcess
+
+    record_path = tmp_path / "r.jsonl"
+    script = (
+        "import os, sys\n"
+        "from iontodrive import Prescription, Stimulator\n"
+        "try:\n"
+        "    from iontodrive.sessions.device import DeviceSession as S\n"
+        "except ImportError:  # the first wave's engine (to check this test against it)\n"
+        "    from iontodrive.session import Session as S\n"
+        "S._first_status = lambda self: os._exit(9)  # the host dies right after the Start ack\n"
+        "p = Prescription(current_ma=1.0, dose_ma_min=1.0, ramp_up_s=5, ramp_down_s=5, polarity='cathode')\n"
+        "with Stimulator.open(sys.argv[1]) as stim:\n"
+        "    stim.start(p, record_path=sys.argv[2])\n"
+    )
+    with SimulatorProcess("--pty", "--speed", "20", "--seed", "4") as sim:
+        died = subprocess.run([sys.executable, "-c", script, sim.url, str(record_path)], timeout=60)
+        assert died.returncode == 9
+        with Stimulator.open(sim.url) as stim:
+            record = stim.recover(record_path)
+            status = stim.status()
+    assert record.complete and record.summary is not None
+    assert record.summary["delivered_uas"] == status.charge_uas > 0
+    assert status.state is not DeviceState.PAUSED and status.setpoint_ua == 0
+
+
+def test_a_session_leaves_the_telemetry_rate_as_it_found_it(tmp_path: Path) -> None:
+    """Issue 17 item 3: ``deliver`` left the device at 10 Hz, so ``monitor`` printed 590 lines in 3 s."""
+    with Stimulator.open(sim()) as stim:
+        before = stim.status().telemetry_hz
+        stim.deliver(QUICK, record_path=tmp_path / "r.jsonl", telemetry_hz=50)
+        assert stim.status().telemetry_hz == before != 50
+
+
+def test_the_visa_source_writes_polarity_by_name_too(tmp_path: Path) -> None:
+    from test_visa_support import K2450, copy_bench, open_bench
+
+    bench = open_bench(copy_bench(tmp_path), K2450)
+    with bench.source as source:
+        source.deliver(QUICK, record_path=tmp_path / "v.jsonl")
+    started = next(n for n in SessionRecord.load(tmp_path / "v.jsonl").notes if n["kind"] == "started")
+    assert started["start"]["polarity"] == "CATHODE"

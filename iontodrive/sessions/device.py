@@ -111,6 +111,7 @@ ZERO_REPEAT_S = 1.0  # Stop/Abort are sent again this often until zero output is
 END_MARGIN_S = 10.0  # an end must be confirmed within its ramp time plus this margin
 UNANSWERED_LIMIT_S = 5.0  # a device that answers nothing for this long (while sending) is lost
 START_SETTLE_LIMIT_S = 75.0  # upper bound on bringing an unconfirmed start to zero
+RECORD_FLUSH_S = 2.0  # the 'starting' and 'started' notes are waited for (fsync'd) this long at most
 
 
 def _at_zero(state: DeviceState, setpoint_ua: int, measured_ua: int) -> bool:
@@ -209,6 +210,13 @@ class DeviceSession(SessionEngine):
 
     # ------------------------------------------------------------------------------------ start
 
+    @classmethod
+    def begin(cls, stim: Stimulator, prescription: Prescription, **options: Any) -> DeviceSession:
+        """Check and start a session on ``stim`` (what :meth:`Stimulator.start` does); see there."""
+        session = cls(stim, prescription, **options)
+        session._begin()
+        return session
+
     def _begin(self) -> None:
         client = self._client
         self.warnings = self.prescription.check_against(self.identity)
@@ -254,6 +262,8 @@ class DeviceSession(SessionEngine):
             first_event_no=status.last_event_no,
             start=start_to_dict(self.start_message),
         )
+        if not record.flush(RECORD_FLUSH_S):  # an alarm already; the device stays the record of truth
+            logger.error("the 'starting' note may not be on disk: recover() will match the session by its id")
         self._started_sending = True
         try:
             client.request(self.start_message)
@@ -284,6 +294,7 @@ class DeviceSession(SessionEngine):
             first_event_no=self._event_floor,
             start=start_to_dict(self.start_message),
         )
+        record.flush(RECORD_FLUSH_S)
         logger.info("session %d started: %s", status.session_id, self.prescription)
 
     def _refused(self) -> None:
@@ -1150,7 +1161,7 @@ class Stimulator(DeliversSessions):
             LinkError: ``Start`` may have reached the device but could not be confirmed; the device was
                 brought to zero (or its watchdog does it) and the record says what is known.
         """
-        session = DeviceSession(
+        session = DeviceSession.begin(
             self,
             prescription,
             record_path=record_path,
@@ -1160,7 +1171,6 @@ class Stimulator(DeliversSessions):
             on_alarm=on_alarm,
             telemetry_hz=telemetry_hz,
         )
-        session._begin()
         self._session = session
         self._remember(session)
         return session

@@ -198,6 +198,13 @@ class VisaSession(SessionEngine):
 
     # --------------------------------------------------------------------------------------- begin
 
+    @classmethod
+    def begin(cls, source: VisaSource, prescription: Prescription, **options: Any) -> VisaSession:
+        """Check, configure and start a session on ``source`` (what :meth:`VisaSource.start` does)."""
+        session = cls(source, prescription, **options)
+        session._begin()
+        return session
+
     def _begin(self) -> None:
         """Checks, configuration, output on at zero, contact check, record, then the session thread.
 
