@@ -398,7 +398,7 @@ class VisaSession(SessionEngine):
         clock = self._clock
         try:
             next_tick = clock.now()
-            while not self._ctl.ended:
+            while True:
                 self._tick()
                 if self._ctl.ended:
                     break
