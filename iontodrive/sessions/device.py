@@ -1106,11 +1106,15 @@ class Stimulator(DeliversSessions):
     def fetch_events(self, from_event_no: int, max_count: int = 32) -> list[Event]:
         return self.client.fetch_events(from_event_no, max_count)
 
-    def add_telemetry_listener(self, callback: Callable[[Telemetry], None]) -> Callable[[], None]:
-        return self.client.add_telemetry_listener(callback)
+    def add_telemetry_listener(
+        self, callback: Callable[[Telemetry], None], *, safety: bool = False
+    ) -> Callable[[], None]:
+        return self.client.add_telemetry_listener(callback, safety=safety)
 
-    def add_event_listener(self, callback: Callable[[Event], None]) -> Callable[[], None]:
-        return self.client.add_event_listener(callback)
+    def add_event_listener(
+        self, callback: Callable[[Event], None], *, safety: bool = False
+    ) -> Callable[[], None]:
+        return self.client.add_event_listener(callback, safety=safety)
 
     def add_error_listener(self, callback: Callable[[BaseException], None]) -> Callable[[], None]:
         return self.client.add_error_listener(callback)
