@@ -148,11 +148,17 @@ def test_a_full_disk_is_an_alarm_at_once_and_the_account_is_the_devices(
     1.443 of 40 mA·min while the device had delivered 40."""
     _Full(monkeypatch, budget=20)
     seen: list[Any] = []
+    seen_at: list[float] = []
     alarms: list[tuple[float, str]] = []
-    with Stimulator.open(sim()) as stim:
+
+    def on_progress(p: Any) -> None:
+        seen.append(p)
+        seen_at.append(time.monotonic())
+
+    with Stimulator.open(sim(speed=20)) as stim:
         stim.deliver(
             QUICK,
-            seen.append,
+            on_progress,
             record_path=tmp_path / "full.jsonl",
             on_alarm=lambda text: alarms.append((time.monotonic(), text)),
         )
@@ -161,7 +167,9 @@ def test_a_full_disk_is_an_alarm_at_once_and_the_account_is_the_devices(
     assert session is not None and session.account is not None
     account = session.account
     assert alarms and alarms[0][1].startswith("RECORD NOT WRITTEN")
-    assert any(p.record_error and "No space left" in p.record_error for p in seen)
+    shown_at = next(t for t, p in zip(seen_at, seen, strict=True) if p.record_error)
+    assert "No space left" in (seen[seen_at.index(shown_at)].record_error or "")
+    assert shown_at - alarms[0][0] < 1.0  # on the display within a second
     assert any(a.startswith("RECORD NOT WRITTEN") for a in seen[-1].alarms)
     assert account.record_complete is False and "No space left" in (account.record_error or "")
     assert account.delivered_uas == device_charge  # the device's own figure, not the record's
@@ -300,3 +308,50 @@ def test_a_device_that_answers_nothing_but_keeps_sending_cannot_block_wait(
         with pytest.raises(LinkLostError):
             session.wait(timeout_s=25)
         assert time.monotonic() - started < 15
+
+
+def test_a_host_that_dies_between_the_start_ack_and_the_started_note_is_recovered(tmp_path: Path) -> None:
+    """Issue 13 finding 1: a host dying in that window made recover() write 0 µA·s against the device's
+    39,599 and leave it PAUSED (the next session refused as busy)."""
+    from iontodrive.cli.simproc import SimulatorProcess
+
+    record_path = tmp_path / "r.jsonl"
+    script = (
+        "import os, sys\n"
+        "from iontodrive import Prescription, Stimulator\n"
+        "try:\n"
+        "    from iontodrive.sessions.device import DeviceSession as S\n"
+        "except ImportError:  # the first wave's engine (to check this test against it)\n"
+        "    from iontodrive.session import Session as S\n"
+        "S._first_status = lambda self: os._exit(9)  # the host dies right after the Start ack\n"
+        "p = Prescription(current_ma=1.0, dose_ma_min=1.0, ramp_up_s=5, ramp_down_s=5, polarity='cathode')\n"
+        "with Stimulator.open(sys.argv[1]) as stim:\n"
+        "    stim.start(p, record_path=sys.argv[2])\n"
+    )
+    with SimulatorProcess("--pty", "--speed", "20", "--seed", "4") as sim:
+        died = subprocess.run([sys.executable, "-c", script, sim.url, str(record_path)], timeout=60)
+        assert died.returncode == 9
+        with Stimulator.open(sim.url) as stim:
+            record = stim.recover(record_path)
+            status = stim.status()
+    assert record.complete and record.summary is not None
+    assert record.summary["delivered_uas"] == status.charge_uas > 0
+    assert status.state is not DeviceState.PAUSED and status.setpoint_ua == 0
+
+
+def test_a_session_leaves_the_telemetry_rate_as_it_found_it(tmp_path: Path) -> None:
+    """Issue 17 item 3: ``deliver`` left the device at 10 Hz, so ``monitor`` printed 590 lines in 3 s."""
+    with Stimulator.open(sim()) as stim:
+        before = stim.status().telemetry_hz
+        stim.deliver(QUICK, record_path=tmp_path / "r.jsonl", telemetry_hz=50)
+        assert stim.status().telemetry_hz == before != 50
+
+
+def test_the_visa_source_writes_polarity_by_name_too(tmp_path: Path) -> None:
+    from test_visa_support import K2450, copy_bench, open_bench
+
+    bench = open_bench(copy_bench(tmp_path), K2450)
+    with bench.source as source:
+        source.deliver(QUICK, record_path=tmp_path / "v.jsonl")
+    started = next(n for n in SessionRecord.load(tmp_path / "v.jsonl").notes if n["kind"] == "started")
+    assert started["start"]["polarity"] == "CATHODE"

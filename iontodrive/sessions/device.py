@@ -54,6 +54,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, Self
 
+from iontodrive import ceilings
 from iontodrive.client import DeviceClient
 from iontodrive.errors import (
     DeviceFault,
@@ -110,6 +111,7 @@ ZERO_REPEAT_S = 1.0  # Stop/Abort are sent again this often until zero output is
 END_MARGIN_S = 10.0  # an end must be confirmed within its ramp time plus this margin
 UNANSWERED_LIMIT_S = 5.0  # a device that answers nothing for this long (while sending) is lost
 START_SETTLE_LIMIT_S = 75.0  # upper bound on bringing an unconfirmed start to zero
+RECORD_FLUSH_S = 2.0  # the 'starting' and 'started' notes are waited for (fsync'd) this long at most
 
 
 def _at_zero(state: DeviceState, setpoint_ua: int, measured_ua: int) -> bool:
@@ -167,8 +169,11 @@ class DeviceSession(SessionEngine):
         self._record_interval_s = 1.0 / record_telemetry_hz if record_telemetry_hz > 0 else 0.0
         self._last_recorded_device_s = -1e9
         start = self.start_message
+        # S18: over-current judged against the prescription and the driver's family cap as well as the
+        # device's set-point (the lower of the device's and the driver's limits, iontodrive.ceilings)
         self._guard = OvercurrentGuard(
-            prescribed_ua=start.target_current_ua, cap_ua=self.identity.max_current_ua
+            prescribed_ua=start.target_current_ua,
+            cap_ua=ceilings.effective_identity(self.identity).max_current_ua,
         )
         self._state = DeviceState.IDLE
         self._flags = StatusFlags.NONE
@@ -204,6 +209,13 @@ class DeviceSession(SessionEngine):
         self._contact_ohm = 0
 
     # ------------------------------------------------------------------------------------ start
+
+    @classmethod
+    def begin(cls, stim: Stimulator, prescription: Prescription, **options: Any) -> DeviceSession:
+        """Check and start a session on ``stim`` (what :meth:`Stimulator.start` does); see there."""
+        session = cls(stim, prescription, **options)
+        session._begin()
+        return session
 
     def _begin(self) -> None:
         client = self._client
@@ -250,6 +262,8 @@ class DeviceSession(SessionEngine):
             first_event_no=status.last_event_no,
             start=start_to_dict(self.start_message),
         )
+        if not record.flush(RECORD_FLUSH_S):  # an alarm already; the device stays the record of truth
+            logger.error("the 'starting' note may not be on disk: recover() will match the session by its id")
         self._started_sending = True
         try:
             client.request(self.start_message)
@@ -280,6 +294,7 @@ class DeviceSession(SessionEngine):
             first_event_no=self._event_floor,
             start=start_to_dict(self.start_message),
         )
+        record.flush(RECORD_FLUSH_S)
         logger.info("session %d started: %s", status.session_id, self.prescription)
 
     def _refused(self) -> None:
@@ -444,13 +459,12 @@ class DeviceSession(SessionEngine):
         target_ua = candidate.to_start(self.identity).target_current_ua
         readback = self._status()
         delta = abs(target_ua - readback.setpoint_ua)
-        slew = self.identity.slew_limit_ua_per_s
-        by_slew_ms = -(-delta * 1000 // slew)
         by_prescription_ms = round(
             delta / self.start_message.target_current_ua * self.start_message.ramp_up_ms
         )
-        ramp_ms = max(by_slew_ms, by_prescription_ms, self.identity.min_ramp_ms if delta else 0)
-        ramp_ms = min(ramp_ms, self.identity.max_ramp_ms)
+        # S1/S18: never faster than the driver's minimum ramp or the effective slew (ceilings.min_ramp_ms)
+        ramp_ms = max(by_prescription_ms, ceilings.min_ramp_ms(self.identity, delta))
+        ramp_ms = min(ramp_ms, ceilings.effective_identity(self.identity).max_ramp_ms)
         self._guard.allow_target(target_ua)
         self._client.request(SetCurrent(target_ua, ramp_ms))
         if self._recorder is not None:
@@ -1049,6 +1063,11 @@ class Stimulator(DeliversSessions):
         return self.client.watchdog_ms
 
     @property
+    def link(self) -> Any:
+        """The client's :class:`~iontodrive.link.SerialLink` (for fault injection and benches)."""
+        return self.client.link
+
+    @property
     def stats(self) -> Any:
         """The client's link statistics (:class:`~iontodrive.client.LinkStatistics`)."""
         return self.client.stats
@@ -1087,11 +1106,15 @@ class Stimulator(DeliversSessions):
     def fetch_events(self, from_event_no: int, max_count: int = 32) -> list[Event]:
         return self.client.fetch_events(from_event_no, max_count)
 
-    def add_telemetry_listener(self, callback: Callable[[Telemetry], None]) -> Callable[[], None]:
-        return self.client.add_telemetry_listener(callback)
+    def add_telemetry_listener(
+        self, callback: Callable[[Telemetry], None], *, safety: bool = False
+    ) -> Callable[[], None]:
+        return self.client.add_telemetry_listener(callback, safety=safety)
 
-    def add_event_listener(self, callback: Callable[[Event], None]) -> Callable[[], None]:
-        return self.client.add_event_listener(callback)
+    def add_event_listener(
+        self, callback: Callable[[Event], None], *, safety: bool = False
+    ) -> Callable[[], None]:
+        return self.client.add_event_listener(callback, safety=safety)
 
     def add_error_listener(self, callback: Callable[[BaseException], None]) -> Callable[[], None]:
         return self.client.add_error_listener(callback)
@@ -1142,7 +1165,7 @@ class Stimulator(DeliversSessions):
             LinkError: ``Start`` may have reached the device but could not be confirmed; the device was
                 brought to zero (or its watchdog does it) and the record says what is known.
         """
-        session = DeviceSession(
+        session = DeviceSession.begin(
             self,
             prescription,
             record_path=record_path,
@@ -1152,7 +1175,6 @@ class Stimulator(DeliversSessions):
             on_alarm=on_alarm,
             telemetry_hz=telemetry_hz,
         )
-        session._begin()
         self._session = session
         self._remember(session)
         return session

@@ -9,9 +9,10 @@ record lifecycle           :class:`~iontodrive.sessions.recording.SessionRecorde
                            :func:`iontodrive.record.default_record_path`; a write failure is an alarm)
 progress                   :class:`~iontodrive.sessions.progress.ProgressBuilder` and
                            :meth:`_publish_progress` (callback errors caught, alarms added)
-alarms                     :meth:`_raise_alarm`: into every later progress, re-published at once (so a
-                           display shows it within a second even without telemetry), logged, and given
-                           to ``on_alarm``
+alarms                     :meth:`_raise_alarm`: into ``progress`` at once and every later progress
+                           callback (the next sample, within a second), logged at ERROR, and given to
+                           ``on_alarm`` (called on the thread that found the problem, e.g. the record's
+                           writer thread: keep it short)
 callback errors            :meth:`_callback_failed`: the first is kept and re-raised by ``wait()`` after
                            the source has ramped down (:meth:`_on_callback_error`)
 outcome                    :func:`~iontodrive.sessions.outcome.decide_outcome`
@@ -151,9 +152,12 @@ class SessionEngine:
                 return
             self._alarms.append(text)
         logger.error("ALARM: %s", text)
-        last = self._last_progress
-        if last is not None:  # shown at once, not only with the next telemetry sample
-            self._publish_progress(last)
+        # ``progress`` shows it at once; progress callbacks get it with the next sample (telemetry runs at
+        # 2 Hz or more during a session, so within a second), always on the thread they are called on.
+        with self._changed:
+            if self._last_progress is not None:
+                self._last_progress = self._with_alarms(self._last_progress)
+            self._changed.notify_all()
         if self._on_alarm is not None:
             try:
                 self._on_alarm(text)

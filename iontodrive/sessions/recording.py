@@ -105,6 +105,16 @@ class SessionRecorder:
     def summary(self, *, delivered_uas: int, end_reason: str, **extra: Any) -> None:
         self._do(lambda w: w.summary(delivered_uas=delivered_uas, end_reason=end_reason, **extra))
 
+    def flush(self, timeout_s: float) -> bool:
+        """Wait (bounded) until everything written so far is on disk (fsync'd). False if it is not."""
+        if self.error is not None:
+            return False
+        try:
+            return self._writer.flush(timeout_s)
+        except Exception as exc:
+            self._failed(f"{type(exc).__name__}: {exc}")
+            return False
+
     def close(self) -> None:
         """Flush and close (bounded). A record that could not be completed becomes :attr:`error`."""
         try:

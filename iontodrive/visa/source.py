@@ -309,7 +309,7 @@ class VisaSource(DeliversSessions):
             if self._session is not None and not self._session.finished:
                 raise SafetyRefusal("state", "busy", reason="a session is already running on this source")
             self._sessions_started += 1
-            session = VisaSession(
+            session = VisaSession.begin(
                 self,
                 prescription,
                 record_path=record_path,
@@ -320,7 +320,6 @@ class VisaSource(DeliversSessions):
                 telemetry_hz=telemetry_hz,
                 session_id=self._sessions_started,
             )
-            session._begin()
             self._session = session
         self._remember(session)
         return session

@@ -15,12 +15,15 @@ hostile behaviour is a switch:
 ``drop_replies(for_s=None)``                     answer no request (for ``for_s`` s, or for ever);
                                                  telemetry keeps flowing. ``answer_again()`` ends it
 ``silence_after(Start, for_s=2.6)``              answer that request, then drop replies for ``for_s``
+``delay_replies(FetchEvents, 0.8)``              answer that kind late (acting at once), others on time
 ``self_raise(100_000)``                          the output steps itself: set-point = measured = 100 mA
 ``ignore(Abort, Stop, answer=True)``             ack (or, with ``answer=False``, drop) and do nothing
 ``ack_as(Stop, Heartbeat)``                      answer a Stop with an Ack naming Heartbeat
 ``flood_telemetry(n)`` / ``flood_events(n)``     write n frames back to back
 ``jump_event_numbers(4_000_000_000)``            the next event carries that number
 ``emit_event(code, value, live=False)``          an event kept in the ring but lost on the wire
+``bottomless_ring()``                            FetchEvents always answered with made-up events
+``script(Abort, lambda seq: [frames])``          answer a request kind with any frames (``None``: undo)
 ``lose_bytes(0.002, seed=1)``                    drop that fraction of the output bytes
 ``start_telemetry(hz)`` / ``stop_telemetry()``   a real-time telemetry ticker (device time follows it)
 ``tick(n)``                                      advance device time by n telemetry periods, sending n

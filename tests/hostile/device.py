@@ -51,6 +51,7 @@ from iontodrive.protocol import (
 
 EVENT_RING_SIZE = 256  # as the firmware's ring (firmware_sim/firmware.py)
 UINT32_MAX = 0xFFFF_FFFF
+FLOOD_CHUNK = 256  # frames a flood writes between two looks at the host's requests
 _ACTIVE = frozenset(
     {
         DeviceState.RAMP_UP,
@@ -114,6 +115,11 @@ class HostileDevice:
         self._stop = threading.Event()
         self._rng = random.Random(0)
         self._loss = 0.0
+        self._bottomless = False
+        self._delays: dict[type[Message], float] = {}
+        self._delayed: list[tuple[float, list[bytes]]] = []  # (due on clock, frames)
+        self._floods: list[list[Any]] = []  # [frames left, write one, done]: worked off between reads
+        self._scripted: dict[type[Message], Callable[[int], list[bytes]]] = {}
         # replies
         self._silent_until: float | None = None  # clock time until which no request is answered
         self._silence_after: dict[type[Message], float] = {}  # request kind -> seconds of silence after it
@@ -195,6 +201,30 @@ class HostileDevice:
         """Answer ``kind`` with an Ack whose ``request_type`` names ``as_kind`` instead (acting on it)."""
         self._ack_as[kind] = as_kind if isinstance(as_kind, MessageType) else as_kind.TYPE
 
+    def delay_replies(self, kind: type[Message], for_s: float | None) -> None:
+        """Answer ``kind`` ``for_s`` seconds (of ``clock``) late, acting on it at once; None undoes it.
+        Other requests are answered meanwhile, and telemetry, events and floods go on."""
+        if for_s is None:
+            self._delays.pop(kind, None)
+        else:
+            self._delays[kind] = for_s
+
+    def script(self, kind: type[Message], answer: Callable[[int], list[bytes]] | None) -> None:
+        """Answer ``kind`` with ``answer(seq)`` (encoded frames) instead of acting on it; None undoes it."""
+        if answer is None:
+            self._scripted.pop(kind, None)
+        else:
+            self._scripted[kind] = answer
+
+    def status_report(self) -> StatusReport:
+        """The StatusReport the device would answer now (for scripted answers)."""
+        return self._status()
+
+    def bottomless_ring(self, on: bool = True) -> None:
+        """Answer every FetchEvents with ``max_count`` made-up events from ``from_event_no`` on, whatever
+        was asked (a ring that claims to hold every number ever issued)."""
+        self._bottomless = on
+
     def lose_bytes(self, fraction: float, seed: int = 1) -> None:
         """Drop this fraction of the output bytes at random (seeded): frames arrive torn."""
         self._rng = random.Random(seed)
@@ -210,23 +240,23 @@ class HostileDevice:
         self._call(lambda: box.append(self._emit(code, value, live=live)))
         return box[0]
 
-    def flood_events(self, count: int, code: EventCode = EventCode.SETPOINT_CHANGED) -> None:
-        """Emit ``count`` live events back to back (returns once written)."""
+    def flood_events(
+        self, count: int, code: EventCode = EventCode.SETPOINT_CHANGED, wait_s: float = 60.0
+    ) -> None:
+        """Emit ``count`` live events back to back, still answering requests in between (as a device
+        whose event source runs wild would); returns once all are written."""
+        self._flood(count, lambda: self._emit(code, int(self.setpoint_ua), live=True), wait_s)
 
-        def flood() -> None:
-            for _ in range(count):
-                self._emit(code, int(self.setpoint_ua), live=True)
+    def flood_telemetry(self, count: int, wait_s: float = 60.0) -> None:
+        """Send ``count`` samples back to back without advancing device time, still answering requests
+        in between; returns once all are written."""
+        self._flood(count, lambda: self._send(encode(self._telemetry())), wait_s)
 
-        self._call(flood)
-
-    def flood_telemetry(self, count: int) -> None:
-        """Send ``count`` samples back to back without advancing device time (returns once written)."""
-
-        def flood() -> None:
-            for _ in range(count):
-                self._send(encode(self._telemetry()))
-
-        self._call(flood)
+    def _flood(self, count: int, one: Callable[[], object], wait_s: float) -> None:
+        done = threading.Event()
+        self._call(lambda: self._floods.append([count, one, done]))
+        if not done.wait(wait_s):
+            raise TimeoutError("the hostile device did not finish the flood in time")
 
     def start_telemetry(self, rate_hz: int) -> None:
         """Send telemetry at ``rate_hz`` in real time, each sample advancing device time by 1/rate."""
@@ -288,6 +318,23 @@ class HostileDevice:
                     if done is not None:
                         done.set()
             timeout = 0.005
+            if self._delayed:
+                now = self.clock()
+                due = [d for d in self._delayed if d[0] <= now]
+                self._delayed = [d for d in self._delayed if d[0] > now]
+                for _, frames in due:
+                    for frame in frames:
+                        self._send(frame)
+                timeout = 0.001
+            if self._floods:
+                flood = self._floods[0]
+                for _ in range(min(FLOOD_CHUNK, flood[0])):
+                    flood[1]()
+                flood[0] -= min(FLOOD_CHUNK, flood[0])
+                if flood[0] <= 0:
+                    self._floods.pop(0)
+                    flood[2].set()
+                timeout = 0.0
             if self._ticker_hz:
                 now = time.monotonic()
                 period = 1.0 / self._ticker_hz
@@ -337,8 +384,13 @@ class HostileDevice:
             replies = [encode(Ack(int(request.TYPE)), seq)]
         if kind in self._ack_as:
             replies = [encode(Ack(int(self._ack_as[kind])), seq)]
+        if kind in self._scripted:
+            replies = self._scripted[kind](seq)
         if not answered or self.silent:
             replies = []  # (events the request raised were sent already: they are not replies)
+        if kind in self._delays and replies:
+            self._delayed.append((self.clock() + self._delays[kind], replies))
+            replies = []
         for frame in replies:
             self._send(frame)
         if kind in self._silence_after:
@@ -361,6 +413,15 @@ class HostileDevice:
                     seq,
                 )
             ]
+        if isinstance(request, FetchEvents) and self._bottomless:
+            count = request.max_count
+            first = request.from_event_no
+            frames = [encode(EventsReport(1, self._next_event_no, count), seq)]
+            frames += [
+                encode(Event(n, self.device_time_ms, EventCode.SETPOINT_CHANGED, self.state, 0, True))
+                for n in range(first, min(first + count, UINT32_MAX + 1))
+            ]
+            return frames
         if isinstance(request, FetchEvents):
             ring = list(self.events)
             chosen = [e for e in ring if e.event_no >= request.from_event_no][: request.max_count]
