@@ -62,7 +62,8 @@ def run_in_terminal(
     master, slave = os.openpty()
     fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", rows, columns, 0, 0))
     child_env = {k: v for k, v in os.environ.items() if k not in ("COLUMNS", "LINES", "NO_COLOR")}
-    child_env.update({"TERM": "xterm-256color", **(env or {})})
+    # PYTHONFAULTHANDLER: a child that hangs past the deadline gets SIGABRT and prints every thread's stack.
+    child_env.update({"TERM": "xterm-256color", "PYTHONFAULTHANDLER": "1", **(env or {})})
     proc = subprocess.Popen(
         list(argv),
         stdin=slave,
@@ -83,8 +84,15 @@ def run_in_terminal(
         os.write(master, data)
 
     deadline = time.monotonic() + timeout_s
+    hung = False
     try:
-        while time.monotonic() < deadline:
+        while True:
+            if not hung and time.monotonic() > deadline:
+                hung = True  # dump the child's stacks (faulthandler), then read what it printed
+                os.kill(proc.pid, signal.SIGABRT)
+                deadline = time.monotonic() + 2.0
+            elif hung and time.monotonic() > deadline:
+                break
             ready, _, _ = select.select([master], [], [], 0.2)
             if not ready:
                 if proc.poll() is not None:
@@ -103,13 +111,16 @@ def run_in_terminal(
                 if text and text not in seen:
                     seen.add(text)
                     run.seen.append(text)
-            if on_output is not None:
+            if on_output is not None and not hung:
                 on_output(run, type_keys)
-        run.returncode = proc.wait(timeout=max(1.0, deadline - time.monotonic()))
+        run.returncode = proc.wait(timeout=5.0)
     finally:
         os.close(master)
         if proc.poll() is None:
             os.kill(proc.pid, signal.SIGKILL)
             proc.wait()
+    if hung:
+        tail = b"".join(chunks)[-6000:].decode("utf-8", errors="replace")
+        raise AssertionError(f"{argv[3:5]} did not finish within {timeout_s:g} s; its last output:\n{tail}")
     run.raw = b"".join(chunks)
     return run

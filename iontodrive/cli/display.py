@@ -21,7 +21,9 @@ time advances against the host's clock (measured over the last few seconds), so 
 simulator runs faster than real time too.
 
 Thread-safe: progress and events arrive on the driver's threads, notices (Ctrl-C, keys, log records) on
-others. Rich's ``Live`` serialises its own output; the state the view draws is swapped under one lock.
+others. Rich's ``Live`` serialises its own output; the state the view draws is swapped under one lock, which
+is never held while printing through rich (rich's refresh thread takes it while holding its own: the other
+order would deadlock).
 """
 
 from __future__ import annotations
@@ -398,8 +400,7 @@ class LiveDisplay:
 
     def message(self, text: str) -> None:
         """Print a line (above the live view on a terminal)."""
-        with self._lock:
-            self._write(text)
+        self._write(text)
 
     def notice(self, text: str) -> None:
         """A diagnostic (warning, Ctrl-C or key notice): above the live view on a terminal, else on the
@@ -423,9 +424,15 @@ class LiveDisplay:
     # ------------------------------------------------------------------------------------ output
 
     def _write(self, text: str) -> None:
-        if self._live is not None:
-            self._live.console.print(Text(text), soft_wrap=False)
-        else:
+        """Write a line. Never called with ``self._lock`` held towards rich: the live view's refresh thread
+        holds rich's lock while it renders and then takes ``self._lock`` (in :meth:`snapshot`), so holding
+        ours while waiting for rich's would deadlock. Rich's ``Live`` serialises its own output; plain lines
+        are serialised by ``self._lock``."""
+        live = self._live
+        if live is not None:
+            live.console.print(Text(text), soft_wrap=False)
+            return
+        with self._lock:
             self._stream.write(text + "\n")
             self._stream.flush()
 
