@@ -11,6 +11,10 @@ its pty, sends ``ConfigureTelemetry(5000)`` and keeps it running for ``--seconds
 * the achieved rate in wall time and in device time (``device_time_ms`` of the samples), so that a
   simulator that cannot keep up is told apart from a client that loses samples.
 
+``--record`` also writes every sample to a durable session record (:class:`~iontodrive.record.RecordWriter`,
+its own writer thread, fsync'd as in sessions) from a telemetry listener, and counts the samples the record
+lost among the losses (issue 18: the target holds with durable records on).
+
 ``--session`` runs the same measurement *inside a session*: a time-based dose session at the same telemetry
 rate, with its durable record (h18r's writer: header, events, notes and summary fsync'd, telemetry recorded
 at 10 Hz), the session engine's safety listeners, progress building per sample and a progress callback -
@@ -30,15 +34,19 @@ from __future__ import annotations
 import argparse
 import os
 import platform
+import shutil
 import sys
+import tempfile
 import threading
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 from _pty_baselines import SimulatorProcess, verdict
 
 from iontodrive import Prescription, Stimulator
 from iontodrive.protocol import Telemetry
+from iontodrive.record import RecordWriter, SessionRecord, identity_to_dict
 
 TARGET_CPU_PERCENT = 50.0
 RATE_TOLERANCE = 0.02
@@ -104,6 +112,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         metavar="ARG",
         help="extra simulator argument, repeatable (e.g. --sim-arg=--physics-step-ms=0.2)",
     )
+    parser.add_argument(
+        "--record", action="store_true", help="also write every sample to a durable session record"
+    )
     parser.add_argument("--quick", action="store_true", help="3-second run for smoke tests")
     parser.add_argument(
         "--session",
@@ -129,15 +140,20 @@ def main(argv: list[str] | None = None) -> int:
     )
     sim = SimulatorProcess(model=args.model, speed=args.speed, extra_args=args.sim_arg)
     check = SequenceCheck()
+    record_dir = Path(tempfile.mkdtemp(prefix="bench-telemetry-")) if args.record else None
+    writer: RecordWriter | None = None
     try:
         with Stimulator.open(sim.port) as stim:
             stim.add_telemetry_listener(check)
+            if record_dir is not None:
+                writer = RecordWriter(
+                    record_dir / "bench.jsonl", prescription={}, identity=identity_to_dict(stim.identity)
+                )
+                stim.add_telemetry_listener(writer.telemetry)
             stats = stim.stats
             session = None
             if args.session:
-                import tempfile
-
-                record_dir = tempfile.mkdtemp(prefix="iontodrive-bench-")
+                session_dir = Path(tempfile.mkdtemp(prefix="bench-telemetry-session-"))
                 long_enough = WARMUP_S + args.seconds + DRAIN_S + 60.0
                 prescription = Prescription(
                     current_ma=1.0, duration_s=long_enough, ramp_up_s=5, ramp_down_s=5, polarity="cathode"
@@ -149,7 +165,7 @@ def main(argv: list[str] | None = None) -> int:
 
                 session = stim.start(
                     prescription,
-                    record_path=f"{record_dir}/bench.jsonl",
+                    record_path=session_dir / "bench.jsonl",
                     on_progress=on_progress,
                     telemetry_hz=args.rate,
                 )
@@ -171,6 +187,9 @@ def main(argv: list[str] | None = None) -> int:
             time.sleep(DRAIN_S)  # let the dispatcher deliver what is still queued
             client_received, client_lost = stats.telemetry_received, stats.telemetry_lost
             client_gaps, decode_errors = stats.telemetry_gaps, stats.decode_errors
+            if writer is not None:
+                writer.summary(delivered_uas=0, end_reason="stopped")
+                writer.close()
     except BaseException:
         print(f"simulator stderr:\n{sim.stderr_tail()}", file=sys.stderr)
         raise
@@ -208,7 +227,17 @@ def main(argv: list[str] | None = None) -> int:
     )
     print(f"host CPU: {cpu_percent:.1f} % of one core (process_time/wall); simulator CPU: {sim_cpu}")
 
-    lost = max(client_lost, check.lost) + check.repeats_or_reordered + decode_errors
+    record_lost = 0
+    if writer is not None and record_dir is not None:
+        recorded = len(SessionRecord.load(record_dir / "bench.jsonl").telemetry)
+        record_lost = check.received - recorded
+        print(
+            f"durable record: {recorded} samples of {check.received} received, dropped for room "
+            f"{writer.telemetry_overflow}, lost {record_lost}"
+        )
+        shutil.rmtree(record_dir, ignore_errors=True)
+
+    lost = max(client_lost, check.lost) + check.repeats_or_reordered + decode_errors + record_lost
     ok_lost = lost == 0 and check.received > 0
     ok_cpu = cpu_percent < TARGET_CPU_PERCENT
     ok_rate = abs(rate_wall - args.rate) <= RATE_TOLERANCE * args.rate

@@ -131,7 +131,7 @@ _FACTOR_CHECKED: Final = (
 
 UNKNOWN_FAMILY: Final = FamilyCeiling(
     family="unknown",
-    **{name: min(getattr(c, name) for c in FAMILY_CEILINGS.values()) for name in _CAPPED},  # type: ignore[arg-type]
+    **{name: min(getattr(c, name) for c in FAMILY_CEILINGS.values()) for name in _CAPPED},
     min_ramp_ms=max(c.min_ramp_ms for c in FAMILY_CEILINGS.values()),
     sources="the tightest cap of every known family, field by field (unknown family: see ceilings.py)",
 )

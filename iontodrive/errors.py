@@ -20,7 +20,7 @@
     ├── SessionInterrupted             ended early by KeyboardInterrupt or a signal, after ramp-down
     └── RecordError                    a session record (iontodrive.record)
         ├── RecordFormatError (ValueError)     a file that is not a session record at all
-        ├── RecordReadError                    a record file that cannot be read (path, OS reason)
+        ├── RecordReadError (OSError)          a record file that cannot be read (path, OS reason)
         ├── RecordDataError (ValueError, TypeError)  data a record cannot carry (NaN, unknown type, bad kind)
         ├── RecordClosedError                  a note or summary after the record was finished
         └── RecordWriteError                   a record that could not be written (path, OS reason)
@@ -289,8 +289,9 @@ class RecordFormatError(RecordError, ValueError):
         super().__init__(f"{where}: {problem}")
 
 
-class RecordReadError(RecordError):
-    """A record file that cannot be read (missing, not permitted, I/O error).
+class RecordReadError(RecordError, OSError):
+    """A record file that cannot be read (missing, not permitted, I/O error). Also an OSError, which is
+    what reading one raised before.
 
     Attributes: ``path``, ``reason`` (the operating system's words) and ``errno``.
     """
@@ -298,8 +299,8 @@ class RecordReadError(RecordError):
     def __init__(self, path: str | os.PathLike[str], reason: str, errno: int | None = None) -> None:
         self.path = str(path)
         self.reason = reason
-        self.errno = errno
         super().__init__(f"cannot read the record {self.path}: {reason}")
+        self.errno = errno
 
 
 class RecordDataError(RecordError, ValueError, TypeError):

@@ -31,12 +31,15 @@ from typing import Any
 
 import serial
 
+from iontodrive.errors import LinkClosedError, PortInUseError
+
+_PosixSerial: type[serial.SerialBase] | None
 try:
-    from serial.serialposix import Serial as _PosixSerial
+    from serial.serialposix import Serial as _ImportedPosixSerial
+
+    _PosixSerial = _ImportedPosixSerial
 except ImportError:  # Windows: no file descriptor to use directly
     _PosixSerial = None
-
-from iontodrive.errors import LinkClosedError, PortInUseError
 
 logger = logging.getLogger(__name__)
 
@@ -59,7 +62,8 @@ class SerialLink:
     """
 
     def __init__(self, port: serial.SerialBase, url: str = "") -> None:
-        self._port = port
+        # Any: a POSIX port's ``fd`` and every port's ``in_waiting`` are not in SerialBase's stubs
+        self._port: Any = port
         self.url = url or str(getattr(port, "portstr", "") or getattr(port, "port", ""))
         self._write_lock = threading.Lock()
         self._closed = False
@@ -125,7 +129,8 @@ class SerialLink:
     @property
     def port(self) -> serial.SerialBase:
         """The underlying pyserial object (for tests and bench tools)."""
-        return self._port
+        port: serial.SerialBase = self._port
+        return port
 
     def write(self, data: bytes) -> None:
         if self._closed:

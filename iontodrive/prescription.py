@@ -297,7 +297,7 @@ class Prescription:
         )
         area = f", {self.electrode_area_cm2:g} cm²" if self.electrode_area_cm2 is not None else ""
         return (
-            f"{self.current_ma:g} mA {Polarity(self.polarity).name.lower()} {wave}, {amount}, "
+            f"{self.current_ma:g} mA {_parse_polarity(self.polarity).name.lower()} {wave}, {amount}, "
             f"ramps {self.ramp_up_s:g}/{self.ramp_down_s:g} s{area}"
         )
 
@@ -404,7 +404,7 @@ class Prescription:
             )
 
         # Waveform and pulse parameters.
-        waveform = Waveform(self.waveform)
+        waveform = _parse_waveform(self.waveform)
         supported = WaveformSet(int(identity.waveforms))
         if not supported & _WAVEFORM_FLAG[waveform]:
             names = [w.name.lower() for w in Waveform if supported & _WAVEFORM_FLAG[w]]
@@ -567,7 +567,7 @@ class Prescription:
             duration_ms=duration_ms,
             ramp_up_ms=up_ms,
             ramp_down_ms=down_ms,
-            polarity=Polarity(self.polarity),
+            polarity=_parse_polarity(self.polarity),
             waveform=waveform,
             pulse_frequency_hz=pulse_hz,
             duty_percent=duty,

@@ -146,3 +146,14 @@ def test_driver_overhead_reports_both_cases_and_their_difference() -> None:
     assert abs(figures["the driver's own work"] - (status - floor)) <= 0.011
     ratio = re.search(rf"ratio status\(\)/floor = {FLOAT}", proc.stdout)
     assert ratio and abs(float(ratio[1]) - status / floor) <= 0.01 + 0.01 * status / floor
+
+
+def test_record_durability_quick_reports_both_writers_and_the_ratios(tmp_path: Path) -> None:
+    out = run_bench("record_durability.py", "--seconds", "0.5", "--dir", str(tmp_path))
+    for label in ("session (create..close), median", "event until on disk, median", "process CPU at 5,000"):
+        match = re.search(re.escape(label) + rf".*?\s{FLOAT}\s+{FLOAT}\s+\S+\s+{FLOAT}x", out)
+        assert match, f"no line for {label!r} in:\n{out}"
+        plain, durable, ratio = (float(g) for g in match.groups())
+        assert plain > 0 and durable > 0 and ratio == pytest.approx(durable / plain, rel=0.15, abs=0.06)
+    assert re.search(r"telemetry durable : 2500 lines in 0\.5 s, dropped 0", out), out
+    assert "PASS" in out or "FAIL" in out

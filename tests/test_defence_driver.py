@@ -85,26 +85,14 @@ def test_a_clinic_claiming_one_ampere_gets_no_start_from_the_api(tmp_path: Path)
         assert dev.requests_of(Start) == []
 
 
+@pytest.mark.timeout(60)  # (4013fbb starts the session and then waits for a device that never ends it)
 def test_a_clinic_claiming_one_ampere_gets_no_start_from_deliver(tmp_path: Path) -> None:
-    from iontodrive.cli import main
+    from iontodrive.cli import exitcodes, main
 
     with HostileDevice(identity=LIAR, impedance_ohm=LOW_OHM) as dev:
-        code = main(
-            [
-                "deliver",
-                dev.url,
-                "--current-ma",
-                "100",
-                "--dose-ma-min",
-                "10",
-                "--polarity",
-                "cathode",
-                "--quiet",
-                "--record",
-                str(tmp_path / "r.jsonl"),
-            ]
-        )
-        assert code != 0
+        args = ["deliver", dev.url, "--current-ma", "100", "--dose-ma-min", "20", "--ramp-up-s", "5"]
+        args += ["--ramp-down-s", "5", "--polarity", "cathode", "--quiet", "--record", str(tmp_path / "r")]
+        assert main(args) == exitcodes.REFUSED
         assert dev.requests_of(Start) == []
 
 
@@ -253,14 +241,17 @@ def test_byte_loss_with_5_khz_telemetry_and_a_slow_callback_never_wedges(device:
         device.lose_bytes(0.002, seed=7)
         device.start_telemetry(5000)
         deadline = time.monotonic() + 3.0
-        failures = 0
+        failures = requests = 0
         while time.monotonic() < deadline:
             device.emit_event(EventCode.SETPOINT_CHANGED)
+            requests += 1
+            started = time.monotonic()
             try:
                 client.status()
-            except LinkTimeoutError:  # a request torn by the loss on every attempt: rare, never a hang
+            except LinkTimeoutError:  # a reply torn by the loss on every attempt: rare, never a hang
                 failures += 1
-        assert failures <= 2
+            assert time.monotonic() - started < 3 * 0.2 + 0.5  # bounded: three attempts of 0.2 s
+        assert failures <= max(3, requests // 20)
         assert client.stats.telemetry_received > 3000  # telemetry streamed (torn frames aside)
         assert client.stats.decode_errors > 0  # and the loss was real
         device.lose_bytes(0.0)
@@ -394,6 +385,50 @@ def test_withheld_heartbeats_let_the_real_watchdog_ramp_down() -> None:
             assert wait_until(lambda: EventCode.LINK_LOST in events, timeout_s=3.0)
             status = client.status()
             assert status.state in (DeviceState.PAUSING, DeviceState.PAUSED)
+    finally:
+        runner.stop()
+        transport.close()
+
+
+# ------------------------------------------------------------------------- contract 6: exclusive ports
+
+
+def test_a_second_open_of_the_same_simulator_pty_is_refused_before_a_byte_is_written() -> None:
+    import subprocess
+
+    from firmware_sim import Device
+    from firmware_sim.bridge_pty import PtyTransport
+    from firmware_sim.runner import DeviceRunner
+    from iontodrive.errors import LinkClosedError, PortInUseError
+
+    device = Device("clinic-4")
+    transport = PtyTransport()
+    runner = DeviceRunner(device, transport).start()
+    try:
+        with DeviceClient.open(transport.path, timeout_s=0.2, retries=2, heartbeat_s=10) as first:
+            before = runner.call(lambda d: (d.frames_in, d.bad_frames_in))
+            with pytest.raises(PortInUseError, match="in use"):
+                DeviceClient.open(transport.path, timeout_s=0.2, retries=0)
+            assert issubclass(PortInUseError, LinkClosedError)  # callers that catch "cannot open" still do
+            other = subprocess.run(
+                [
+                    sys.executable,
+                    "-c",
+                    "import sys\n"
+                    "from iontodrive.link import SerialLink\n"
+                    "from iontodrive.errors import PortInUseError\n"
+                    "try:\n"
+                    f"    SerialLink.open({transport.path!r})\n"
+                    "except PortInUseError:\n"
+                    "    sys.exit(7)\n",
+                ],
+                timeout=30,
+            )
+            assert other.returncode == 7  # another process is refused too
+            assert runner.call(lambda d: (d.frames_in, d.bad_frames_in)) == before  # not a byte from either
+            assert first.status().state.name == "IDLE"  # the first client is undisturbed
+        with DeviceClient.open(transport.path, timeout_s=0.2, retries=2) as again:  # free once closed
+            assert again.status().state.name == "IDLE"
     finally:
         runner.stop()
         transport.close()

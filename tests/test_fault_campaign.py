@@ -35,7 +35,7 @@ from iontodrive.protocol import (
     Waveform,
 )
 from iontodrive.record import SessionRecord
-from iontodrive.session import IDLE_STATES
+from iontodrive.sessions.device import IDLE_STATES
 
 BENCH = Path(__file__).resolve().parents[1] / "bench"
 sys.path.insert(0, str(BENCH))

@@ -23,7 +23,8 @@ from devices import CLINIC
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from iontodrive.errors import IontodriveError, RecordDataError, RecordPathError
+from iontodrive import errors
+from iontodrive.errors import IontodriveError
 from iontodrive.prescription import Prescription
 from iontodrive.protocol import (
     DeviceState,
@@ -185,7 +186,7 @@ def test_existing_file_is_never_overwritten(tmp_path: Path) -> None:
     path = tmp_path / "s.jsonl"
     write_session(path)
     before = path.read_bytes()
-    with pytest.raises(RecordPathError) as info:
+    with pytest.raises(errors.RecordPathError) as info:
         new_writer(path, option="--record")
     assert isinstance(info.value, IontodriveError) and not isinstance(info.value, FileExistsError)
     assert info.value.option == "--record" and str(info.value).startswith(f"--record {path}: exists")
@@ -197,12 +198,12 @@ def test_a_link_planted_at_the_record_path_is_refused_and_not_followed(tmp_path:
     target.write_bytes(b"not yours\n")
     link = tmp_path / "s.jsonl"
     link.symlink_to(target)
-    with pytest.raises(RecordPathError):
+    with pytest.raises(errors.RecordPathError):
         new_writer(link)
     assert target.read_bytes() == b"not yours\n" and link.is_symlink()
     dangling = tmp_path / "d.jsonl"
     dangling.symlink_to(tmp_path / "created-through-the-link.jsonl")
-    with pytest.raises(RecordPathError):
+    with pytest.raises(errors.RecordPathError):
         new_writer(dangling)
     assert not (tmp_path / "created-through-the-link.jsonl").exists()
 
@@ -250,21 +251,21 @@ def test_writes_after_summary_or_close_are_refused(tmp_path: Path) -> None:
 def test_bad_data_is_refused_before_writing(tmp_path: Path) -> None:
     path = tmp_path / "s.jsonl"
     with new_writer(path) as writer:
-        with pytest.raises(RecordDataError):
+        with pytest.raises(errors.RecordDataError):
             writer.note("operator", value=float("nan"))
-        with pytest.raises(RecordDataError):
+        with pytest.raises(errors.RecordDataError):
             writer.note("operator", value=object())
         for kind in ("header", "event", "telemetry", "summary", "Bad Kind", "", "x" * 100):
-            with pytest.raises(RecordDataError):
+            with pytest.raises(errors.RecordDataError):
                 writer.note(kind)
-        with pytest.raises(RecordDataError):
+        with pytest.raises(errors.RecordDataError):
             writer.summary(delivered_uas=-1, end_reason="x")
-        with pytest.raises(RecordDataError):
+        with pytest.raises(errors.RecordDataError):
             writer.summary(delivered_uas=True, end_reason="x")  # type: ignore[arg-type]
     # Still a ValueError and a TypeError for callers that caught those.
-    assert issubclass(RecordDataError, ValueError) and issubclass(RecordDataError, TypeError)
-    assert issubclass(RecordDataError, IontodriveError)
-    with pytest.raises(RecordDataError):
+    assert issubclass(errors.RecordDataError, ValueError) and issubclass(errors.RecordDataError, TypeError)
+    assert issubclass(errors.RecordDataError, IontodriveError)
+    with pytest.raises(errors.RecordDataError):
         RecordWriter(tmp_path / "t.jsonl", prescription={}, identity={}, labels={"id": 17})  # type: ignore[dict-item]
     assert not (tmp_path / "t.jsonl").exists()
     assert SessionRecord.load(path).line_count == 1
@@ -441,6 +442,16 @@ def test_reopen_appends_recovery_and_summary_after_a_host_death(tmp_path: Path) 
     ]
     assert rec.last_event_no == 4
     assert rec.labels == LABELS and rec.started_at == T0
+
+
+def test_reopen_makes_an_older_world_readable_record_private(tmp_path: Path) -> None:
+    path = tmp_path / "s.jsonl"
+    write_session(path, summary=False)
+    os.chmod(path, 0o644)  # as the driver before S21 left them
+    writer = RecordWriter.reopen(path)
+    writer.summary(delivered_uas=7, end_reason="recovered_after_host_loss")
+    writer.close()
+    assert path.stat().st_mode & 0o777 == 0o600 and SessionRecord.load(path).complete
 
 
 def test_reopen_repairs_a_partial_last_line(tmp_path: Path) -> None:
@@ -766,11 +777,10 @@ def test_a_file_with_no_record_line_at_all_is_a_format_error(tmp_path: Path) -> 
 
 
 def test_a_missing_record_is_a_typed_read_error(tmp_path: Path) -> None:
-    from iontodrive.errors import RecordReadError
-
-    with pytest.raises(RecordReadError) as info:
+    with pytest.raises(errors.RecordReadError) as info:
         SessionRecord.load(tmp_path / "nothing.jsonl")
     assert isinstance(info.value, IontodriveError) and info.value.errno == 2
+    assert isinstance(info.value, OSError)  # what callers caught before
 
 
 @pytest.mark.parametrize("content", [b"", b'{"kind": "header", "sche'])
@@ -861,3 +871,23 @@ def test_unknown_enum_integers_are_kept_as_given(tmp_path: Path) -> None:
     with new_writer(path) as writer:
         writer.note("started", start={"polarity": 9})
     assert SessionRecord.load(path).notes[0]["start"] == {"polarity": 9}
+
+
+def test_a_program_that_forgets_close_still_leaves_every_line_it_queued(tmp_path: Path) -> None:
+    path = tmp_path / "forgotten.jsonl"
+    script = textwrap.dedent(
+        f"""
+        from iontodrive.protocol import DeviceState, Event, EventCode, Polarity, StatusFlags, Telemetry
+        from iontodrive.record import RecordWriter
+        w = RecordWriter({str(path)!r}, prescription={{}}, identity={{}})
+        for no in range(3000):
+            w.telemetry(Telemetry(no, no, DeviceState.HOLD, StatusFlags.OUTPUT_ON, Polarity.CATHODE,
+                                  4000, 3999, 20000, 5000, 4 * no))
+        w.event(Event(1, 3000, EventCode.DOSE_COMPLETE, DeviceState.RAMP_DOWN, 12000))
+        print("queued", flush=True)
+        """
+    )
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0 and result.stdout.strip() == "queued", result.stderr
+    rec = SessionRecord.load(path)
+    assert len(rec.telemetry) == 3000 and [e["code"] for e in rec.events] == ["DOSE_COMPLETE"]

@@ -121,6 +121,22 @@ def test_two_sessions_in_the_same_second_get_different_default_records() -> None
     assert first.record_path != second.record_path
 
 
+def test_two_delivers_in_the_same_second_without_a_record_path(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Issue 18: the second ``deliver()`` in the same second raised a bare FileExistsError. Here two
+    sessions start within one wall second (speed 2000) and both write their own default record."""
+    monkeypatch.setenv("IONTODRIVE_RECORD_DIR", str(tmp_path / "records"))
+    short = Prescription(current_ma=1.0, duration_s=12, ramp_up_s=5, ramp_down_s=5, polarity="cathode")
+    with Stimulator.open(sim(speed=2000)) as stim:
+        began = time.monotonic()
+        first = stim.deliver(short)
+        second = stim.deliver(short)
+        assert time.monotonic() - began < 1.0 or first.path != second.path
+    assert first.path != second.path and first.complete and second.complete
+    assert first.path.parent == second.path.parent == tmp_path / "records"
+
+
 class _Full:
     """Makes every RecordWriter write fail with ENOSPC once ``budget`` lines were written (a disk that
     fills up mid-session)."""

@@ -170,20 +170,24 @@ def _mutable_twin(cls: type[Message]) -> type | None:
     then assigns ``__class__``, which Python allows between classes of identical layout. Instances of
     the twin never leave the builder.
     """
-    if len(cls.__slots__) < _TWIN_MIN_FIELDS:  # type: ignore[attr-defined]
+    slots: tuple[str, ...] = tuple(getattr(cls, "__slots__", ()))
+    if len(slots) < _TWIN_MIN_FIELDS:
         return None  # the __class__ assignment costs about as much as two descriptor calls
+    base = cls.__base__
+    assert base is not None
     twin = type(
         f"_Mutable{cls.__name__}",
-        (cls.__base__,),
+        (base,),
         {
-            "__slots__": tuple(cls.__slots__),  # type: ignore[attr-defined]
+            "__slots__": slots,
             "__setattr__": object.__setattr__,  # the base's frozen hooks would route every store via Python
             "__delattr__": object.__delattr__,
             "__module__": __name__,
         },
     )
     try:
-        object.__new__(twin).__class__ = cls
+        probe: Any = object.__new__(twin)
+        probe.__class__ = cls
     except TypeError:
         return None
     return twin
@@ -333,6 +337,25 @@ def compile_layout(cls: type[Message]) -> CompiledLayout:
 
 COMPILED: dict[int, CompiledLayout] = {int(cls.TYPE): compile_layout(cls) for cls in MESSAGE_CLASSES}
 COMPILED_BY_CLASS: dict[type[Message], CompiledLayout] = {c.cls: c for c in COMPILED.values()}
+
+
+def minimal_message(cls: type[Message]) -> Message:
+    """An instance of ``cls`` with every field at the low end of its wire range: 0 (or the least value),
+    the first member of an enumeration, no flag bits, ``False``, empty text. For tools and tests that
+    need one valid frame of every message type without knowing the type (vectors, the state table)."""
+    values: list[Any] = []
+    for spec in COMPILED_BY_CLASS[cls].specs:
+        if spec.text_bytes is not None:
+            values.append("")
+        elif spec.code == "?":
+            values.append(False)
+        elif spec.allowed is not None:
+            values.append(typing.cast(type[IntEnum], spec.python_type)(min(spec.allowed)))
+        elif spec.flag_mask is not None:
+            values.append(spec.python_type(0))
+        else:
+            values.append(max(spec.minimum or 0, 0))
+    return cls(*values)
 
 
 def trusted_constructor(cls: type[Message]) -> Callable[..., Message]:

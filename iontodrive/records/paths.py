@@ -7,7 +7,8 @@ Records can carry patient identifiers (labels such as a name or a record number)
   following ``XDG_DATA_HOME``), or the directory named by the environment variable
   ``IONTODRIVE_RECORD_DIR``. It is created mode 0700. It is refused (:class:`RecordPathError`) when it
   is a symbolic link, not a directory, or owned by another user; one of ours that others can enter or read
-  is tightened to 0700 (with a warning).
+  is tightened to 0700 (with a warning). (On Windows, without POSIX owners and modes, the per-user data
+  directory's own access list keeps other users out; the link and exclusive-create rules still apply.)
 * **Default names** (:func:`default_record_path`) never collide: UTC time to the microsecond, the device's
   serial number (reduced to ``[A-Za-z0-9._-]``, at most 32 characters: a device's word is not trusted
   with a path), the process id and 48 random bits, e.g.
@@ -52,7 +53,9 @@ DIR_MODE: Final = 0o700
 FILE_MODE: Final = 0o600
 _SERIAL_UNSAFE: Final = re.compile(r"[^A-Za-z0-9._-]+")
 _SERIAL_MAX: Final = 32
-_CREATE_FLAGS: Final = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+# O_NOFOLLOW and O_CLOEXEC are POSIX; O_BINARY is Windows'.
+NOFOLLOW: Final = getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0) | getattr(os, "O_BINARY", 0)
+_CREATE_FLAGS: Final = os.O_WRONLY | os.O_CREAT | os.O_EXCL | NOFOLLOW
 
 
 def _owner_name(uid: int) -> str:
@@ -85,6 +88,8 @@ def _private_dir(path: Path, *, option: str) -> None:
         )
     if not stat.S_ISDIR(info.st_mode):
         raise RecordPathError(path, "is not a directory", option=option)
+    if not hasattr(os, "geteuid"):  # Windows: the per-user data directory's ACL keeps others out
+        return
     if info.st_uid != os.geteuid():
         raise RecordPathError(
             path,
@@ -230,7 +235,8 @@ def create_record_file(path: str | os.PathLike[str], *, option: str = "record_pa
             ) from exc
         raise RecordWriteError.from_os_error(target, exc) from exc
     try:
-        os.fchmod(fd, FILE_MODE)  # exactly 0600, whatever the umask
+        if hasattr(os, "fchmod"):
+            os.fchmod(fd, FILE_MODE)  # exactly 0600, whatever the umask
         fsync_directory(target.parent)
     except OSError as exc:
         os.close(fd)

@@ -73,9 +73,9 @@ class RecordCut:
     """Where a record stops short of its end (``record.truncated``).
 
     ``after_line``: the number of the last whole line (0 if none); ``offset``: bytes of whole lines;
-    ``partial_bytes``: length of a partial last line (0 if the file ends on a newline); ``device_time_ms``
-    and ``host_time``: the device time of the last event or telemetry line and the host time of the last
-    line carrying one (None if none); ``reason``: why the record is cut.
+    ``partial_bytes``: length of a partial last line (0 if the file ends on a newline); ``device_time_ms``:
+    the latest device time of an event or telemetry line; ``host_time``: the host time of the last line
+    carrying one (each None if none); ``reason``: why the record is cut.
     """
 
     after_line: int
@@ -376,6 +376,10 @@ class _Loader:
             return obj
         return None
 
+    def _saw_device_time(self, device_time_ms: int) -> None:
+        if self.last_device_ms is None or device_time_ms > self.last_device_ms:
+            self.last_device_ms = device_time_ms
+
     def _accept(self, obj: dict[str, Any]) -> None:
         record = self.record
         kind = obj["kind"]
@@ -394,11 +398,11 @@ class _Loader:
         elif kind == "event":
             _check_event(obj)
             record.events.append(obj)
-            self.last_device_ms = obj["device_time_ms"]
+            self._saw_device_time(obj["device_time_ms"])
         elif kind == "telemetry":
             _check_telemetry(obj)
             record.telemetry.append(obj)
-            self.last_device_ms = obj["device_time_ms"]
+            self._saw_device_time(obj["device_time_ms"])
         elif kind == "summary":
             if record.summary is not None:
                 raise ValueError("a second summary")

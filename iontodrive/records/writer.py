@@ -12,12 +12,14 @@ the writer thread. The queue is bounded:
   :data:`MAX_QUEUED_LINES` lines behind all the same (a stalled disk under an event flood), the record is
   declared failed as below, never left silently short.
 
-Failure. The first failure calls ``on_error(RecordWriteError)`` once, from the writer thread (or, for a
-writer that fell too far behind, from a short-lived thread of its own: never from the thread that queued
-the line), and is kept in :attr:`RecordWriter.error`. The writer then cuts the file back to its last whole
-line (best effort) and writes nothing more: later lines are dropped and counted
-(:attr:`RecordWriter.lines_dropped`). :meth:`RecordWriter.close` raises the error. A record that stops
-short reads back with ``record.truncated`` saying where (:mod:`iontodrive.records.reader`).
+Failure. A failed write or fsync, or a record file found removed from its directory (checked after
+every batch: writes to a removed file succeed, then vanish), is a failure. The first failure calls
+``on_error(RecordWriteError)`` once, from the writer thread (or, for a writer that fell too far behind,
+from a short-lived thread of its own: never from the thread that queued the line), and is kept in
+:attr:`RecordWriter.error`. The writer then cuts the file back to its last whole line (best effort) and
+writes nothing more: later lines are dropped and counted (:attr:`RecordWriter.lines_dropped`).
+:meth:`RecordWriter.close` raises the error. A record that stops short reads back with ``record.truncated``
+saying where (:mod:`iontodrive.records.reader`).
 
 Durability (``durable=True``, the default). The header is written and fsync'd in the constructor, before
 a session sends anything; the file's directory is fsync'd when the file is created. Every batch that
@@ -35,10 +37,13 @@ Every value is converted with :mod:`iontodrive.records.encoding`: enums by name,
 
 from __future__ import annotations
 
+import atexit
+import errno
 import logging
 import os
 import threading
 import time
+import weakref
 from collections import deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -50,7 +55,7 @@ from iontodrive import __version__
 from iontodrive.errors import RecordClosedError, RecordDataError, RecordWriteError
 from iontodrive.protocol import DeviceState, Event, EventCode, Polarity, Telemetry
 from iontodrive.records.encoding import KIND_RE, dumps_line, encode_str, enum_name, to_json_value
-from iontodrive.records.paths import create_record_file
+from iontodrive.records.paths import NOFOLLOW, create_record_file
 from iontodrive.records.reader import SessionRecord
 
 __all__ = [
@@ -205,8 +210,8 @@ class RecordWriter:
             max_queued_telemetry=max_queued_telemetry,
             now=now,
             clock=clock,
+            lines_written=1,
         )
-        self.lines_written = 1
 
     @classmethod
     def reopen(
@@ -223,18 +228,24 @@ class RecordWriter:
 
         The record is read first (:meth:`SessionRecord.load`: its torn lines are reported, not fatal). A
         partial last line left by a killed writer is cut off and replaced by a ``repair`` note giving its
-        byte count and text. Events already in the record are remembered, so :meth:`event` skips them.
+        byte count and text. Events already in the record are remembered, so :meth:`event` skips them. A
+        record of ours that others could read (written by an older driver) is made private (0600).
         Raises what :meth:`SessionRecord.load` raises, and :class:`RecordWriteError` if the file cannot be
         opened or cut (it must be a regular file: a link is refused).
         """
         record = SessionRecord.load(path)
         target = Path(path)
         try:
-            fd = os.open(target, os.O_RDWR | os.O_NOFOLLOW | os.O_CLOEXEC)
+            fd = os.open(target, os.O_RDWR | NOFOLLOW)
         except OSError as exc:
             raise RecordWriteError.from_os_error(target, exc) from exc
         try:
-            size = os.fstat(fd).st_size
+            info = os.fstat(fd)
+            size = info.st_size
+            ours = hasattr(os, "geteuid") and info.st_uid == os.geteuid()
+            if ours and info.st_mode & 0o077:
+                log.warning("record %s was readable by others: made private (0600, S21)", target)
+                os.fchmod(fd, 0o600)
             dropped = b""
             if record.valid_bytes < size:
                 os.lseek(fd, record.valid_bytes, os.SEEK_SET)
@@ -277,6 +288,7 @@ class RecordWriter:
         max_queued_telemetry: int,
         now: Callable[[], datetime],
         clock: Callable[[], float],
+        lines_written: int = 0,
     ) -> None:
         if isinstance(max_queued_telemetry, bool) or not isinstance(max_queued_telemetry, int):
             raise RecordDataError(f"max_queued_telemetry must be an int, got {max_queued_telemetry!r}")
@@ -307,7 +319,7 @@ class RecordWriter:
         self._closed = False
         self._error: RecordWriteError | None = None
         self._error_reported = False
-        self.lines_written = 0
+        self.lines_written = lines_written
         self.lines_dropped = 0
         self.telemetry_overflow = 0
         self.late_lines = 0
@@ -315,6 +327,7 @@ class RecordWriter:
             target=self._run, name=f"iontodrive-record-{self.path.name[:40]}", daemon=True
         )
         self._thread.start()
+        _OPEN_WRITERS.add(self)
 
     # ------------------------------------------------------------------------------ public state
 
@@ -388,7 +401,7 @@ class RecordWriter:
                     last.last_sample_no = int(t.sample_no)
                 else:
                     marker = _DropMarker(self._host_time(), 1, int(t.sample_no), int(t.sample_no))
-                    self._put_locked(marker, durable=False)
+                    self._put_locked(marker, durable=True)  # a note: fsync'd like the others
                 return False
             if self._put_locked(t, durable=False):
                 self._queued_telemetry += 1
@@ -414,14 +427,15 @@ class RecordWriter:
             "recovered": bool(recovered),
         }
         key = _event_key(line)
+        line["host_time"] = self._host_time()
+        data = dumps_line(line)  # encoded outside the lock: the telemetry thread never waits for it
         with self._lock:
             if self._finished or self._closing:
                 self.late_lines += 1
                 return False
             if key in self._seen_events:
                 return False
-            line["host_time"] = self._host_time()
-            if not self._put_locked(dumps_line(line), durable=True):
+            if not self._put_locked(data, durable=True):
                 return False
             self._seen_events.add(key)
         return True
@@ -440,11 +454,11 @@ class RecordWriter:
                 f"note kind must be a lower-case identifier other than {sorted(RESERVED_KINDS)}; got {kind!r}"
             )
         payload = to_json_value(data, kind)
+        line = dumps_line({"kind": kind, "host_time": self._host_time(), **payload})
         with self._lock:
             if self._finished or self._closing:
                 raise RecordClosedError(f"record {self.path} is finished; nothing more can be written")
-            line = {"kind": kind, "host_time": self._host_time(), **payload}
-            self._put_locked(dumps_line(line), durable=True)
+            self._put_locked(line, durable=True)
 
     def recovery(self, **data: Any) -> None:
         """Shorthand for ``note("recovery", **data)``."""
@@ -467,17 +481,19 @@ class RecordWriter:
         extras = to_json_value(extra, "summary")
         if "kind" in extras:
             raise RecordDataError("summary extra key 'kind' is reserved")
-        with self._lock:
-            if self._finished or self._closing:
-                raise RecordClosedError(f"record {self.path} is finished; nothing more can be written")
-            line = {
+        line = dumps_line(
+            {
                 "kind": "summary",
                 "delivered_uas": delivered_uas,
                 "end_reason": end_reason,
                 "ended_at": (ended_at if ended_at is not None else self._now()).isoformat(),
                 **extras,
             }
-            self._put_locked(dumps_line(line), durable=True)
+        )
+        with self._lock:
+            if self._finished or self._closing:
+                raise RecordClosedError(f"record {self.path} is finished; nothing more can be written")
+            self._put_locked(line, durable=True)
             self._finished = True
 
     # ------------------------------------------------------------------------------ waiting, closing
@@ -664,6 +680,10 @@ class RecordWriter:
                 _write_all(self._fd, data)
             if sync:
                 os.fsync(self._fd)
+            if data and os.fstat(self._fd).st_nlink == 0:
+                # Written, but to a file no longer in any directory (record or its directory removed):
+                # the lines would vanish on close. Not silently: this is a failure like any other.
+                raise FileNotFoundError(errno.ENOENT, "the record file was removed from its directory")
         except OSError as exc:
             self._cut_back()
             with self._lock:
@@ -691,6 +711,19 @@ class RecordWriter:
             os.lseek(self._fd, self._offset, os.SEEK_SET)
         except OSError as exc:
             log.warning("record %s: could not cut a partial line off (%s)", self.path, exc)
+
+
+# Writers not yet closed: at interpreter exit their queued lines are written before the (daemon) writer
+# threads are stopped, so a program that forgets close() loses nothing it queued.
+_OPEN_WRITERS: weakref.WeakSet[RecordWriter] = weakref.WeakSet()
+EXIT_FLUSH_S: Final = 2.0
+
+
+@atexit.register
+def _flush_open_writers() -> None:
+    for writer in list(_OPEN_WRITERS):
+        if not writer.closed:
+            writer.flush(EXIT_FLUSH_S)
 
 
 def _write_all(fd: int, data: bytes) -> None:

@@ -1018,8 +1018,16 @@ class Stimulator(DeliversSessions):
 
     def __init__(self, client: DeviceClient) -> None:
         self.client = client
-        self.identity: IdentityReport = client.identity
         self._session: DeviceSession | None = None
+
+    @property
+    def identity(self) -> IdentityReport:
+        """The device's identity (its client's): what prescriptions are checked against."""
+        return self.client.identity
+
+    @identity.setter
+    def identity(self, identity: IdentityReport) -> None:
+        self.client.identity = identity
 
     @classmethod
     def open(cls, resource: str, **options: Any) -> Self:

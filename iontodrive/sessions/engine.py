@@ -31,6 +31,7 @@ import logging
 import threading
 from abc import ABC, abstractmethod
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -171,8 +172,6 @@ class SessionEngine:
         error = self.record_error
         if not engine_alarms and error == progress.record_error:
             return progress
-        from dataclasses import replace
-
         return replace(progress, alarms=progress.alarms + engine_alarms, record_error=error)
 
     def _publish_progress(self, progress: Progress) -> None:
@@ -258,8 +257,6 @@ class SessionEngine:
                 )
             recorder.close()
             if recorder.error is not None and account.record_complete:
-                from dataclasses import replace
-
                 account = replace(account, record_complete=False, record_error=recorder.error)
         self._account = account
         if not account.record_complete:
@@ -273,15 +270,6 @@ class SessionEngine:
                 account.delivered_ma_min,
             )
         return account
-
-    def _loaded_record(self) -> SessionRecord:
-        """The record as written, carrying the source's account (``record.account``) even where the file
-        could not hold it."""
-        from iontodrive.record import SessionRecord
-
-        record = SessionRecord.load(self.record_path)
-        record.account = self._account  # type: ignore[attr-defined]
-        return record
 
 
 class DeliversSessions(ABC):
