@@ -175,10 +175,11 @@ def identity_report(identity: dict[str, Any]) -> Any:
 
     from iontodrive.protocol import IdentityReport, WaveformSet
 
-    names = {f.name for f in dataclasses.fields(IdentityReport)}
-    if not names <= set(identity):
+    fields = dataclasses.fields(IdentityReport)
+    required = {f.name for f in fields if f.default is dataclasses.MISSING}
+    if not required <= set(identity):  # a field added later has a default (e.g. protocol v2's)
         return None
-    values = {k: identity[k] for k in names}
+    values = {f.name: identity[f.name] for f in fields if f.name in identity}
     waveforms = values["waveforms"]
     if isinstance(waveforms, str):
         values["waveforms"] = WaveformSet[waveforms] if waveforms in WaveformSet.__members__ else 0

@@ -199,6 +199,16 @@ def test_visa_session_draws_without_a_trip_level(figures: Any) -> None:
     assert shaded(axes) >= {"ramp up", "plateau", "ramp down"}
 
 
+def test_a_protocol_version_1_record_still_draws_with_its_expected_charge() -> None:
+    record = SessionRecord.load(DATA / "pulsed-v1.jsonl")  # written before protocol v2's identity fields
+    assert "min_duty_percent" not in record.identity
+    data = figure_data(record)
+    assert data.expected_ma_min is not None and data.target_s == 120.0
+    fig, axes = session_figure(record)
+    plt.close(fig)
+    assert any(lbl.startswith("expected ") for lbl in labels_of(axes.dose))
+
+
 def test_png_is_print_resolution(tmp_path: Path) -> None:
     out = plot_record(DATA / "completed.jsonl", tmp_path / "f.png")
     data = out.read_bytes()
