@@ -530,6 +530,8 @@ class DeviceClient:
             LinkTimeoutError: no answer within ``timeout_s`` after ``retries`` re-sends of the same frame.
             LinkClosedError: the link is closed or failed (also raised for an earlier reader failure).
             LocalProtocolError: ``message`` cannot be encoded (out-of-range field).
+            RemoteProtocolError: the reply is of a type that cannot answer ``message``, or an Ack/Nack
+                names another request (the request may have taken effect: treat it as unconfirmed).
         """
         self._raise_if_failed()
         # the protocol's own request classes by a set lookup; anything else (a subclass, a non-message) by
@@ -1176,5 +1178,7 @@ class DeviceClient:
                 self.heartbeat()
             except LinkTimeoutError as exc:
                 logger.warning("heartbeat unanswered: %s", exc)
-            except IontodriveError:
+            except IontodriveError as exc:  # link gone, or a device answering nonsense: its watchdog acts
+                if not self._closed.is_set():
+                    logger.error("heartbeats stopped: %s", exc)
                 return

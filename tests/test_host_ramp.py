@@ -162,7 +162,7 @@ def test_over_current_aborts_after_three_readings_at_the_slew_limit() -> None:
     r = rig()
     r.run(8)  # holding at 2 mA
     assert r.ctl.state is DeviceState.HOLD
-    r.plant.gain = 3.0
+    r.plant.gain = 1.5  # 3 mA against a 2.2 mA limit: marginal, so three readings are needed
     for _ in range(2):
         r.tick()
     assert EventCode.OVERCURRENT_TRIP not in r.codes()
@@ -298,3 +298,16 @@ class HostRampMachine(RuleBasedStateMachine):
 
 TestHostRampMachine = HostRampMachine.TestCase
 TestHostRampMachine.settings = settings(max_examples=60, stateful_step_count=25, deadline=None)
+
+
+def test_the_guard_trips_at_once_on_a_gross_excess_and_after_three_samples_on_a_marginal_one() -> None:
+    from iontodrive.sessions.guards import OvercurrentGuard
+
+    marginal = OvercurrentGuard(prescribed_ua=2_000, cap_ua=4_000)
+    assert [marginal.judge(2_000, 2_400) for _ in range(3)][:2] == [None, None]
+    assert marginal.tripped is not None
+    gross = OvercurrentGuard(prescribed_ua=2_000, cap_ua=4_000)
+    assert gross.judge(2_000, 6_000) is not None  # three times the prescription: no noise is that large
+    self_raised = OvercurrentGuard(prescribed_ua=2_000, cap_ua=4_000)
+    assert self_raised.judge(100_000, 100_000) is not None  # set-point = measured, both far too high
+    assert OvercurrentGuard(prescribed_ua=2_000, cap_ua=4_000).judge(2_000, 2_150) is None

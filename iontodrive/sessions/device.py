@@ -390,19 +390,22 @@ class DeviceSession(SessionEngine):
         client = self._client
         return client.closed or client.failure is not None or not self._device_still_sending()
 
-    def _bring_to_zero(self, first: Stop | Abort, *, deadline_s: float) -> tuple[bool, StatusReport | None]:
-        """Send ``first``, then ``Abort``, every :data:`ZERO_REPEAT_S`, until the device shows zero output
-        (telemetry or status) or the link is gone or ``deadline_s`` passed. Returns (confirmed, the last
-        status read, if any)."""
+    def _bring_to_zero(
+        self, first: Stop | Abort, *, deadline_s: float, first_sent: bool = False
+    ) -> tuple[bool, StatusReport | None]:
+        """Send ``first`` (unless ``first_sent``), then ``Abort``, every :data:`ZERO_REPEAT_S`, until the
+        device shows zero output (telemetry or status) or the link is gone or ``deadline_s`` passed.
+        Returns (confirmed, the last status read, if any)."""
         deadline = time.monotonic() + deadline_s
         message: Message = first
         status: StatusReport | None = None
         attempt = 0
         while time.monotonic() < deadline:
             attempt += 1
-            with contextlib.suppress(DeviceRefusal, LinkTimeoutError):
-                self._client.request(message, retries=0)
-                self._last_answer_s = time.monotonic()
+            if not (first_sent and attempt == 1):
+                with contextlib.suppress(DeviceRefusal, LinkTimeoutError):
+                    self._client.request(message, retries=0)
+                    self._last_answer_s = time.monotonic()
             with contextlib.suppress(LinkTimeoutError):
                 status = self._status()
                 if _at_zero(status.state, status.setpoint_ua, status.measured_ua):
@@ -866,19 +869,22 @@ class DeviceSession(SessionEngine):
                     self._fault = DeviceFault(
                         EventCode.OVERCURRENT_TRIP, sample.measured_ua, f"driver-side check: {reason}"
                     )
+                self._end_requested = self._end_requested or SessionOutcome.FAULT
+                self._end_requested_at = time.monotonic()
+                self._aborting = True
                 self._changed.notify_all()
+            # The first Abort goes out from here, the safety thread, at once (a thread handoff costs up to
+            # the interpreter's 5 ms switch interval); the repeats until zero is confirmed run on their own.
+            with contextlib.suppress(IontodriveError):
+                self._client.request(Abort(), retries=0)
             self._zero_thread = threading.Thread(
                 target=self._abort_until_zero, name="iontodrive-abort", daemon=True
             )
             self._zero_thread.start()
 
     def _abort_until_zero(self) -> None:
-        """After the driver's over-current trip: Abort, repeated until zero is confirmed (bounded)."""
-        with self._lock:
-            self._end_requested = self._end_requested or SessionOutcome.FAULT
-            self._end_requested_at = time.monotonic()
-            self._aborting = True
-        confirmed, _status = self._bring_to_zero(Abort(), deadline_s=self._end_bound_s())
+        """After the driver's over-current trip: Abort repeated until zero is confirmed (bounded)."""
+        confirmed, _status = self._bring_to_zero(Abort(), deadline_s=self._end_bound_s(), first_sent=True)
         if not confirmed:
             self._give_up("the driver's over-current check aborted the session")
 

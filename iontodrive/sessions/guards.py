@@ -10,8 +10,11 @@ same margin (``max(x · (1 + OVERCURRENT_MARGIN), x + OVERCURRENT_FLOOR_UA)``):
 * the driver's cap for the device family (:func:`iontodrive.ceilings.effective_identity`).
 
 A set-point above the prescription (plus margin) is an over-current too: the device raised its own output.
-:data:`OVERCURRENT_SAMPLES` consecutive samples over the limit trip the guard; the engine then aborts and
-repeats the abort until the output is confirmed at zero.
+:data:`OVERCURRENT_SAMPLES` consecutive samples over the limit trip the guard (a marginal excess may be a
+transient or ADC noise); a sample over :data:`GROSS_FACTOR` times the limit trips it at once (no noise is
+that large, and waiting two more samples costs 0.2 s at 10 Hz: the hostile-device campaign's self-raised
+current must be safe within 1 device second). The engine then aborts (a ramp at the slew limit, never a
+step) and repeats the abort until the output is confirmed at zero.
 
 The guard is sans-I/O: samples in, a verdict out; tests drive it directly.
 """
@@ -23,6 +26,7 @@ from dataclasses import dataclass
 OVERCURRENT_MARGIN = 0.10  # S9 (j): set-point + 10 %
 OVERCURRENT_FLOOR_UA = 50  # ... and never less than 50 µA above it (small currents, ADC noise)
 OVERCURRENT_SAMPLES = 3  # consecutive samples over the limit before the driver aborts
+GROSS_FACTOR = 2.0  # (j) a sample over twice the limit trips at once
 
 
 def ceiling_ua(level_ua: float) -> float:
@@ -60,7 +64,8 @@ class OvercurrentGuard:
             self.count = 0
             return None
         self.count += 1
-        if self.count >= OVERCURRENT_SAMPLES:
+        gross = measured_ua > GROSS_FACTOR * limit or setpoint_ua > GROSS_FACTOR * limit
+        if self.count >= OVERCURRENT_SAMPLES or gross:
             self.tripped = reason
         return self.tripped
 
