@@ -9,8 +9,9 @@ that a stale side is caught.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -50,8 +51,11 @@ def _wire_number(spec: FieldSpec, value: Any) -> int:
 class CCodec:
     """The C codec of one shared object (built by :func:`.toolchain.build_host_library`)."""
 
-    def __init__(self, library: Path, *, check_fingerprint: bool = True) -> None:
+    def __init__(self, library: Path, *, check_fingerprint: bool = True, exact_buffers: bool = False) -> None:
+        """Load ``library``. With ``exact_buffers``, every input is copied into a ``malloc`` block of exactly
+        its length first, so that a sanitizer sees any read past its end (bytes objects have slack)."""
         lib = ctypes.CDLL(str(library))
+        self._exact = _ExactBuffers() if exact_buffers else None
         self.library = library
         self._lib = lib
         lib.ionto_test_sizes.restype = ctypes.c_size_t
@@ -91,13 +95,13 @@ class CCodec:
         lib.ionto_test_values.restype = ctypes.c_int
         lib.ionto_test_values.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_size_t]
         lib.ionto_decode_body.restype = ctypes.c_int
-        lib.ionto_decode_body.argtypes = [ctypes.c_char_p, ctypes.c_size_t, ctypes.c_void_p]
+        lib.ionto_decode_body.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_void_p]
         lib.ionto_decoder_init.argtypes = [ctypes.c_void_p]
         lib.ionto_decoder_init.restype = None
         lib.ionto_decoder_feed.restype = ctypes.c_size_t
         lib.ionto_decoder_feed.argtypes = [
             ctypes.c_void_p,
-            ctypes.c_char_p,
+            ctypes.c_void_p,
             ctypes.c_size_t,
             ctypes.POINTER(ctypes.c_int),
             ctypes.c_void_p,
@@ -177,7 +181,10 @@ class CCodec:
 
     def decode_body(self, encoded: bytes) -> Frame | DecodeError:
         """Like :func:`iontodrive.protocol.decode_body` (``detail`` and ``raw`` are not reproduced)."""
-        return self._result(self._lib.ionto_decode_body(encoded, len(encoded), self._frame))
+        if self._exact is None:
+            return self._result(self._lib.ionto_decode_body(encoded, len(encoded), self._frame))
+        with self._exact.copy(encoded) as pointer:
+            return self._result(self._lib.ionto_decode_body(pointer, len(encoded), self._frame))
 
     def decoder(self) -> CDecoder:
         return CDecoder(self)
@@ -216,11 +223,42 @@ class CDecoder:
         codec = self._codec
         results: list[Frame | DecodeError] = []
         at = 0
+        exact = codec._exact
         while at < len(data):
             chunk = data[at:]
-            at += codec._lib.ionto_decoder_feed(
-                self._state, chunk, len(chunk), ctypes.byref(self._status), codec._frame
-            )
+            if exact is None:
+                at += codec._lib.ionto_decoder_feed(
+                    self._state, chunk, len(chunk), ctypes.byref(self._status), codec._frame
+                )
+            else:
+                with exact.copy(chunk) as pointer:
+                    at += codec._lib.ionto_decoder_feed(
+                        self._state, pointer, len(chunk), ctypes.byref(self._status), codec._frame
+                    )
             if self._status.value != DECODE_PENDING:
                 results.append(codec._result(self._status.value))
         return results
+
+
+class _ExactBuffers:
+    """``malloc``'d copies of inputs, exactly as long as the data (freed on leaving the ``with``)."""
+
+    def __init__(self) -> None:
+        libc = ctypes.CDLL(None)
+        self._malloc = libc.malloc
+        self._malloc.restype = ctypes.c_void_p
+        self._malloc.argtypes = [ctypes.c_size_t]
+        self._free = libc.free
+        self._free.argtypes = [ctypes.c_void_p]
+        self._free.restype = None
+
+    @contextlib.contextmanager
+    def copy(self, data: bytes) -> Iterator[int]:
+        pointer = self._malloc(max(len(data), 1))
+        if not pointer:
+            raise MemoryError(len(data))
+        try:
+            ctypes.memmove(pointer, data, len(data))
+            yield pointer
+        finally:
+            self._free(pointer)
