@@ -46,7 +46,9 @@ def c_codec_for_tests(build_dir: Path) -> CCodec:
     return CCodec(library, check_fingerprint=os.environ.get(IGNORE_FINGERPRINT_ENV) != "1")
 
 
-def child_environment(library: Path, *, sanitized: bool = False, ignore_fingerprint: bool = False) -> dict[str, str]:
+def child_environment(
+    library: Path, *, sanitized: bool = False, ignore_fingerprint: bool = False
+) -> dict[str, str]:
     """Environment for a child pytest that tests ``library`` (preloading ASan's runtime if sanitized)."""
     env = dict(os.environ)
     env[LIBRARY_ENV] = str(library)

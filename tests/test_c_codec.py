@@ -24,7 +24,7 @@ from c_support import (
     child_environment,
     pytest_command,
 )
-from hypothesis import given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 from protocol_strategies import ANY_FRAME
 
@@ -182,7 +182,9 @@ def _python_value(spec: FieldSpec, raw: int | bytes) -> Any:
 
 
 @given(raw_frames())
-def test_differential_encoder_rules(c_codec: CCodec, case: tuple[type[Message], int, list[int | bytes]]) -> None:
+def test_differential_encoder_rules(
+    c_codec: CCodec, case: tuple[type[Message], int, list[int | bytes]]
+) -> None:
     """Out-of-enumeration values, undefined bits, long or non-ASCII text, a wrong sequence number: C
     refuses exactly what Python's encode refuses, and what both accept is the same frame."""
     cls, seq, raw = case
@@ -262,7 +264,9 @@ def test_differential_decode_body_any_bytes(c_codec: CCodec, encoded: bytes) -> 
 
 
 @given(ANY_FRAME, st.data())
-def test_differential_mutated_frames(c_codec: CCodec, frame: tuple[int, Message], data: st.DataObject) -> None:
+def test_differential_mutated_frames(
+    c_codec: CCodec, frame: tuple[int, Message], data: st.DataObject
+) -> None:
     seq, message = frame
     mutated = _mutated(encode(message, seq), data)
     body = mutated[:-1] if mutated.endswith(b"\x00") else mutated

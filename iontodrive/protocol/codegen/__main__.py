@@ -16,7 +16,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--out", type=Path, default=GENERATED_DIR, help=f"output directory ({GENERATED_DIR})")
     parser.add_argument(
-        "--check", action="store_true", help="write nothing; exit 1 if the files in --out are stale or missing"
+        "--check",
+        action="store_true",
+        help="write nothing; exit 1 if the files in --out are stale or missing",
     )
     args = parser.parse_args(argv)
     if args.check:

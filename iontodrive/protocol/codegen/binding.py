@@ -66,7 +66,9 @@ class CCodec:
             _fields_ = [("number", ctypes.c_uint64), ("text", ctypes.c_char * (text_bytes + 1))]
 
         if ctypes.sizeof(Value) != value_size:
-            raise StaleCodecError(f"ionto_test_value_t is {value_size} bytes, ctypes says {ctypes.sizeof(Value)}")
+            raise StaleCodecError(
+                f"ionto_test_value_t is {value_size} bytes, ctypes says {ctypes.sizeof(Value)}"
+            )
         self._value_type = Value
         self._values = (Value * 64)()
         self._frame = ctypes.create_string_buffer(frame_size)
@@ -161,7 +163,9 @@ class CCodec:
         count = self._lib.ionto_test_values(self._frame, self._values, len(self._values))
         layout = COMPILED.get(type_id)
         if layout is None or count != len(layout.specs):
-            raise StaleCodecError(f"C decoded type 0x{type_id:02X} with {count} fields; Python knows otherwise")
+            raise StaleCodecError(
+                f"C decoded type 0x{type_id:02X} with {count} fields; Python knows otherwise"
+            )
         fields: dict[str, Any] = {}
         for index, spec in enumerate(layout.specs):
             fields[spec.name] = self._python_value(spec, self._values[index])
@@ -200,7 +204,8 @@ class CCodec:
         return int(self._lib.ionto_test_feed_loop(stream, len(stream), n))
 
     def encode_loop(self, frame: bytes, n: int) -> int:
-        """Encode, ``n`` times inside C, the frame that the C decoder makes of ``frame`` (delimiter included)."""
+        """Encode, ``n`` times inside C, the frame that the C decoder makes of ``frame`` (delimiter "
+        "included)."""
         status = self._lib.ionto_decode_body(frame[:-1], len(frame) - 1, self._frame)
         if status != 0:
             raise CEncodeError(f"decode status {status}")

@@ -218,7 +218,8 @@ def render_header(schema: Schema) -> str:
         "",
         "/* Encode one whole frame, delimiter included, into out[0 .. *out_len). On any failure nothing",
         " * useful is written and *out_len is 0. out_size of IONTO_MAX_FRAME_BYTES always suffices. */",
-        f"{PREFIX}_encode_status_t {PREFIX}_encode(const {PREFIX}_frame_t *frame, uint8_t *out, size_t out_size,",
+        f"{PREFIX}_encode_status_t {PREFIX}_encode(const {PREFIX}_frame_t *frame, uint8_t *out, "
+        "size_t out_size,",
         "                                    size_t *out_len);",
         "",
     ]
@@ -226,7 +227,8 @@ def render_header(schema: Schema) -> str:
         name = f"{PREFIX}_encode_{snake(message.name)}"
         arg = f"const {struct_name(message)} *message, " if message.fields else ""
         out.append(
-            f"{PREFIX}_encode_status_t {name}({arg}uint16_t seq, uint8_t *out, size_t out_size, size_t *out_len);"
+            f"{PREFIX}_encode_status_t {name}({arg}uint16_t seq, uint8_t *out, size_t out_size, "
+            "size_t *out_len);"
         )
     kinds = "\n".join(
         f"    {macro('DECODE', kind)} = {index},  /* Python DecodeErrorKind.{kind} */"
@@ -238,10 +240,11 @@ def render_header(schema: Schema) -> str:
         "typedef enum {",
         f"    {macro('DECODE_OK')} = 0,",
         kinds,
-        f"    {macro('DECODE_PENDING')} = {len(schema.decode_kinds) + 1}  /* stream decoder: no frame completed yet */",
+        f"    {macro('DECODE_PENDING')} = {len(schema.decode_kinds) + 1}  /* stream decoder: no "
+        "frame completed yet */",
         f"}} {PREFIX}_decode_status_t;",
         "",
-        "/* The Python kind's value (\"bad_crc\", ...), \"ok\" or \"pending\". */",
+        '/* The Python kind\'s value ("bad_crc", ...), "ok" or "pending". */',
         f"const char *{PREFIX}_decode_status_name({PREFIX}_decode_status_t status);",
         "/* True when frame->type, frame->seq and frame->payload_bytes hold the header of the bad frame. */",
         f"bool {PREFIX}_decode_status_has_header({PREFIX}_decode_status_t status);",
@@ -249,7 +252,8 @@ def render_header(schema: Schema) -> str:
         "/* Decode one COBS-encoded frame without its delimiter. Never reads outside encoded[0 .. len) and",
         " * accepts any bytes. Checks run in the order of docs/protocol.md 3.5; the first that fails is",
         " * returned. frame->msg is valid only on IONTO_DECODE_OK. */",
-        f"{PREFIX}_decode_status_t {PREFIX}_decode_body(const uint8_t *encoded, size_t len, {PREFIX}_frame_t *frame);",
+        f"{PREFIX}_decode_status_t {PREFIX}_decode_body(const uint8_t *encoded, size_t len, "
+        f"{PREFIX}_frame_t *frame);",
         "",
         "/* Stream decoder: bounded static state (one maximum frame), no allocation. Any byte sequence is",
         " * accepted; it resynchronises at the next 0x00 after an error. Empty frames are ignored. */",
@@ -267,7 +271,8 @@ def render_header(schema: Schema) -> str:
         "/* Feed one byte (e.g. from a UART receive interrupt). Returns IONTO_DECODE_PENDING until a frame",
         " * ends; then IONTO_DECODE_OK with *frame filled, or the error kind. A run of more than",
         " * IONTO_MAX_FRAME_BYTES - 1 bytes yields IONTO_DECODE_OVERSIZE once, as soon as it is too long. */",
-        f"{PREFIX}_decode_status_t {PREFIX}_decoder_push({PREFIX}_decoder_t *decoder, uint8_t byte, {PREFIX}_frame_t *frame);",
+        f"{PREFIX}_decode_status_t {PREFIX}_decoder_push({PREFIX}_decoder_t *decoder, uint8_t byte, "
+        f"{PREFIX}_frame_t *frame);",
         "/* Feed bytes until one result completes: returns how many bytes were consumed and sets *status",
         " * (IONTO_DECODE_PENDING if all were consumed without a result). Call again with the rest. */",
         f"size_t {PREFIX}_decoder_feed({PREFIX}_decoder_t *decoder, const uint8_t *data, size_t len,",
@@ -625,7 +630,9 @@ def _offsets(message: MessageDef) -> list[tuple[FieldDef, int]]:
         result.append((field, offset))
         offset += field.wire_bytes
     if offset != message.payload_bytes:
-        raise UnsupportedLayout(f"{message.name}: fields sum to {offset} bytes, layout {message.payload_bytes}")
+        raise UnsupportedLayout(
+            f"{message.name}: fields sum to {offset} bytes, layout {message.payload_bytes}"
+        )
     return result
 
 
@@ -648,7 +655,11 @@ def _get_statements(field: FieldDef, offset: int) -> list[str]:
     target = f"m->{field.name}"
     bits = field.wire_bytes * 8
     if field.kind == "text":
-        return [f"    if (!get_text(p + {offset}, {target}, {field.text_bytes}u)) {{", "        return false;", "    }"]
+        return [
+            f"    if (!get_text(p + {offset}, {target}, {field.text_bytes}u)) {{",
+            "        return false;",
+            "    }",
+        ]
     if field.kind == "bool":
         return [
             f"    if (p[{offset}] > 1u) {{",
@@ -705,7 +716,7 @@ def render_source(schema: Schema) -> str:
         f"const char *{PREFIX}_decode_status_name({PREFIX}_decode_status_t status)",
         "{",
         f'    static const char *const names[] = {{"ok", {names}, "pending"}};',
-        "    return (size_t)status < sizeof names / sizeof names[0] ? names[status] : \"?\";",
+        '    return (size_t)status < sizeof names / sizeof names[0] ? names[status] : "?";',
         "}",
         "",
         f"bool {PREFIX}_decode_status_has_header({PREFIX}_decode_status_t status)",
@@ -733,7 +744,8 @@ def render_source(schema: Schema) -> str:
         out += ["    return true;", "}"]
     out += [
         "",
-        f"static {PREFIX}_encode_status_t encode_payload(const {PREFIX}_frame_t *frame, uint8_t *p, size_t *size)",
+        f"static {PREFIX}_encode_status_t encode_payload(const {PREFIX}_frame_t *frame, uint8_t *p, "
+        "size_t *size)",
         "{",
         "    switch (frame->type) {",
     ]
@@ -762,7 +774,8 @@ def render_source(schema: Schema) -> str:
         "    }",
         "}",
         "",
-        f"static {PREFIX}_decode_status_t decode_payload({PREFIX}_frame_t *frame, const uint8_t *p, size_t size)",
+        f"static {PREFIX}_decode_status_t decode_payload({PREFIX}_frame_t *frame, const uint8_t *p, "
+        "size_t size)",
         "{",
         "    switch (frame->type) {",
     ]
@@ -820,7 +833,8 @@ def render_source(schema: Schema) -> str:
         arg = f"const {struct_name(message)} *message, " if message.fields else ""
         out += [
             "",
-            f"{PREFIX}_encode_status_t {name}({arg}uint16_t seq, uint8_t *out, size_t out_size, size_t *out_len)",
+            f"{PREFIX}_encode_status_t {name}({arg}uint16_t seq, uint8_t *out, size_t out_size, "
+            "size_t *out_len)",
             "{",
             f"    {PREFIX}_frame_t frame;",
             f"    frame.type = {literal(message.type_id)};",

@@ -54,9 +54,11 @@ def render_shim(schema: Schema) -> str:
         "",
         f"uint32_t {PREFIX}_test_fingerprint(void);",
         f"size_t {PREFIX}_test_sizes(size_t which);",
-        f"int {PREFIX}_test_encode(uint8_t type, uint16_t seq, const {PREFIX}_test_value_t *values, size_t count,",
+        f"int {PREFIX}_test_encode(uint8_t type, uint16_t seq, const {PREFIX}_test_value_t *values, "
+        "size_t count,",
         "                     uint8_t *out, size_t out_size, size_t *out_len);",
-        f"int {PREFIX}_test_values(const {PREFIX}_frame_t *frame, {PREFIX}_test_value_t *values, size_t capacity);",
+        f"int {PREFIX}_test_values(const {PREFIX}_frame_t *frame, {PREFIX}_test_value_t *values, "
+        "size_t capacity);",
         f"uint32_t {PREFIX}_test_decode_loop(const uint8_t *encoded, size_t len, uint32_t n);",
         f"uint32_t {PREFIX}_test_feed_loop(const uint8_t *stream, size_t len, uint32_t n);",
         f"uint32_t {PREFIX}_test_encode_loop(const {PREFIX}_frame_t *frame, uint32_t n);",
@@ -88,7 +90,8 @@ def render_shim(schema: Schema) -> str:
         "}",
         "",
         "/* Fill a frame of `type` from `count` values and encode it. -1 if count is not the field count. */",
-        f"int {PREFIX}_test_encode(uint8_t type, uint16_t seq, const {PREFIX}_test_value_t *values, size_t count,",
+        f"int {PREFIX}_test_encode(uint8_t type, uint16_t seq, const {PREFIX}_test_value_t *values, "
+        "size_t count,",
         "                     uint8_t *out, size_t out_size, size_t *out_len)",
         "{",
         f"    {PREFIX}_frame_t frame;",
@@ -116,14 +119,19 @@ def render_shim(schema: Schema) -> str:
         "}",
         "",
         "/* The fields of a decoded frame as values; returns their count, or -1 (unknown type, no room). */",
-        f"int {PREFIX}_test_values(const {PREFIX}_frame_t *frame, {PREFIX}_test_value_t *values, size_t capacity)",
+        f"int {PREFIX}_test_values(const {PREFIX}_frame_t *frame, {PREFIX}_test_value_t *values, "
+        "size_t capacity)",
         "{",
         "    switch (frame->type) {",
     ]
     for message in schema.messages:
         out.append(f"    case {literal(message.type_id)}: /* {message.name} */")
         if message.fields:
-            out += [f"        if (capacity < {len(message.fields)}u) {{", "            return -1;", "        }"]
+            out += [
+                f"        if (capacity < {len(message.fields)}u) {{",
+                "            return -1;",
+                "        }",
+            ]
         for index, field in enumerate(message.fields):
             out += _to_value(field, index, f"frame->msg.{member_name(message)}.{field.name}")
         out.append(f"        return {len(message.fields)};")
@@ -172,7 +180,8 @@ def render_shim(schema: Schema) -> str:
         "    uint32_t ok = 0;",
         "    uint32_t i;",
         "    for (i = 0; i < n; i++) {",
-        f"        ok += {PREFIX}_encode(frame, out, sizeof out, &len) == {PREFIX.upper()}_ENCODE_OK ? 1u : 0u;",
+        f"        ok += {PREFIX}_encode(frame, out, sizeof out, &len) == {PREFIX.upper()}_ENCODE_OK "
+        "? 1u : 0u;",
         "    }",
         "    return ok;",
         "}",

@@ -47,7 +47,11 @@ def check(out_dir: Path = GENERATED_DIR) -> list[str]:
         current = path.read_text(encoding="utf-8")
         if current != text:
             diff = difflib.unified_diff(
-                current.splitlines(), text.splitlines(), f"{name} (in the repository)", f"{name} (generated)", n=1
+                current.splitlines(),
+                text.splitlines(),
+                f"{name} (in the repository)",
+                f"{name} (generated)",
+                n=1,
             )
             shown = list(diff)[:12]
             problems.append(f"{path}: stale\n" + "\n".join(shown))

@@ -42,11 +42,54 @@ _INTEGER_CODES: dict[str, tuple[int, bool]] = {
 }
 
 C_KEYWORDS = frozenset(
-    "auto break case char const continue default do double else enum extern float for goto if inline int "
-    "long register restrict return short signed sizeof static struct switch typedef union unsigned void "
-    "volatile while _Bool _Complex _Imaginary bool true false type seq msg".split()
+    [
+        "auto",
+        "break",
+        "case",
+        "char",
+        "const",
+        "continue",
+        "default",
+        "do",
+        "double",
+        "else",
+        "enum",
+        "extern",
+        "float",
+        "for",
+        "goto",
+        "if",
+        "inline",
+        "int",
+        "long",
+        "register",
+        "restrict",
+        "return",
+        "short",
+        "signed",
+        "sizeof",
+        "static",
+        "struct",
+        "switch",
+        "typedef",
+        "union",
+        "unsigned",
+        "void",
+        "volatile",
+        "while",
+        "_Bool",
+        "_Complex",
+        "_Imaginary",
+        "bool",
+        "true",
+        "false",
+        "type",
+        "seq",
+        "msg",
+    ]
 )
-"""C99 keywords, the ``stdbool.h`` macros, and the member names of ``ionto_frame_t`` that a field would shadow."""
+"""C99 keywords, the ``stdbool.h`` macros, and the member names of ``ionto_frame_t`` that a field "
+"would shadow."""
 
 
 class UnsupportedLayout(TypeError):

@@ -42,10 +42,19 @@ SANITIZE_FLAGS: tuple[str, ...] = (
     "-g",
 )
 
-CORTEX_M4_FLAGS: tuple[str, ...] = ("-mcpu=cortex-m4", "-mthumb", "-Os", "-ffunction-sections", "-fdata-sections")
+CORTEX_M4_FLAGS: tuple[str, ...] = (
+    "-mcpu=cortex-m4",
+    "-mthumb",
+    "-Os",
+    "-ffunction-sections",
+    "-fdata-sections",
+)
 """Target flags of the footprint figures (``docs/firmware.md``)."""
 
-INSTALL_HINT = "`make firmware-tools` installs it (Debian: gcc, gcc-arm-none-eabi, libnewlib-arm-none-eabi, qemu-system-arm)"
+INSTALL_HINT = (
+    "`make firmware-tools` installs it "
+    "(Debian: gcc, gcc-arm-none-eabi, libnewlib-arm-none-eabi, qemu-system-arm)"
+)
 
 
 class ToolMissing(RuntimeError):
@@ -82,7 +91,9 @@ def build_host_library(out: Path, source_dir: Path = FIRMWARE_DIR, *, sanitize: 
     return out
 
 
-def build_host_program(out: Path, sources: list[Path], include: list[Path], *, sanitize: bool = False) -> Path:
+def build_host_program(
+    out: Path, sources: list[Path], include: list[Path], *, sanitize: bool = False
+) -> Path:
     """Compile and link a host program (e.g. the vector runner) with :data:`STRICT_FLAGS`."""
     gcc = tool("gcc")
     flags = [*STRICT_FLAGS, "-O2", *(f"-I{path}" for path in include)]
@@ -147,10 +158,22 @@ def link_image(out: Path, sources: list[Path], include: list[Path], extra: tuple
         *(f"-I{path}" for path in include),
         f"-I{TARGET_DIR}",
         "-nostdlib",
+        "-fno-tree-loop-distribute-patterns",  # or GCC turns the start-up memcpy loop into a memcpy call
         "-Wl,--gc-sections",
         f"-T{TARGET_DIR / 'mps2_an386.ld'}",
     ]
-    _run([gcc, *flags, str(TARGET_DIR / "startup.c"), str(TARGET_DIR / "semihost.c"), *map(str, sources), "-o", str(out), "-lgcc"])
+    _run(
+        [
+            gcc,
+            *flags,
+            str(TARGET_DIR / "startup.c"),
+            str(TARGET_DIR / "semihost.c"),
+            *map(str, sources),
+            "-o",
+            str(out),
+            "-lgcc",
+        ]
+    )
     return out
 
 
@@ -189,5 +212,7 @@ def qemu_command(image: Path) -> list[str]:
 
 def run_qemu(image: Path, *, stdin: bytes = b"", timeout_s: float = 20.0) -> QemuRun:
     """Run an image until it exits through semihosting; :class:`subprocess.TimeoutExpired` past the limit."""
-    result = subprocess.run(qemu_command(image), input=stdin, capture_output=True, timeout=timeout_s, check=False)
+    result = subprocess.run(
+        qemu_command(image), input=stdin, capture_output=True, timeout=timeout_s, check=False
+    )
     return QemuRun(result.returncode, result.stdout, result.stderr)
