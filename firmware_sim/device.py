@@ -1,31 +1,37 @@
 """The simulated device as a byte-level peer: the firmware behind the protocol core.
 
 :class:`Device` takes bytes from the host (:meth:`Device.receive`, any chunking, garbage allowed), decodes
-them with :class:`iontodrive.protocol.Decoder`, answers each request exactly once per (sequence number,
-request) through :class:`iontodrive.protocol.ReplyCache` (S17), and queues replies, telemetry and events for
-:meth:`Device.read_output`. Time moves only through :meth:`Device.advance`; nothing here starts a thread.
+them with :class:`iontodrive.protocol.Decoder`, answers each request at most once per (sequence number,
+request) within the present host session through :class:`iontodrive.protocol.ReplyCache` (S17), and
+queues replies, telemetry and events for :meth:`Device.read_output`. Time moves only through
+:meth:`Device.advance`; nothing here starts a thread.
 
-Frames that fail to decode are dropped, except where the header is trustworthy (CRC good, protocol version
-1) and carries a non-zero sequence number (``docs/protocol.md`` §3.5): then the device answers with a NACK
--- ``UNKNOWN_REQUEST`` (value = the type byte) for a type that is not a request this device knows,
-including reply and unsolicited types; ``BAD_LENGTH`` (value = received, minimum = maximum = expected
-payload length); ``OUT_OF_RANGE`` naming the field for an enumeration value with no meaning. Only frames
-that decode as requests feed the watchdog (§8.2).
+Host sessions (``docs/protocol.md`` §7.3): the reply cache belongs to the host session opened by the last
+``OpenSession``; opening one clears it, so a new host is never answered from another host's memory. The
+safety commands (Stop, Abort, Pause) are never answered from the cache: they are executed on every arrival
+(each is harmless to repeat). A transport that sees its host disconnect calls
+:meth:`Device.end_host_session`.
+
+Frames that fail to decode are dropped, except where the header is trustworthy (CRC good) and carries a
+non-zero sequence number (§3.5): a version-1 request frame gets the version refusal of §9 (a version-1
+Nack, UNSUPPORTED); a frame of this version gets a NACK -- ``UNKNOWN_REQUEST`` (value = the type byte)
+for a type that is not a request this device knows, including reply and unsolicited types;
+``BAD_LENGTH`` (value = received, minimum = maximum = expected payload length); ``OUT_OF_RANGE`` naming
+the field for an enumeration value with no meaning. Only frames that decode as requests feed the
+watchdog (§8.2).
 """
 
 from __future__ import annotations
 
 import logging
-import re
-import struct
 from collections.abc import Callable
 from pathlib import Path
 
-from cobs.cobs import DecodeError as CobsDecodeError
-from cobs.cobs import decode as cobs_decode
-
 from iontodrive.protocol import (
     MESSAGE_BY_TYPE,
+    PREVIOUS_PROTOCOL_VERSION,
+    REPLY_CACHE_SIZE,
+    SAFETY_REQUESTS,
     DecodeError,
     DecodeErrorKind,
     Decoder,
@@ -38,12 +44,14 @@ from iontodrive.protocol import (
     MessageKind,
     MessageType,
     Nack,
+    OpenSession,
     Polarity,
     ReplyCache,
     StatusFlags,
     StatusReport,
     Waveform,
     encode,
+    encode_version_refusal,
 )
 
 from .faults import FaultSchedule, PlantFault
@@ -58,8 +66,7 @@ log = logging.getLogger(__name__)
 MAX_TX_BYTES = 4 * 1024 * 1024  # a UART driver's buffer would overflow long before this
 _REQUEST_CLASSES = frozenset(c for c in MESSAGE_BY_TYPE.values() if c.TYPE.kind == MessageKind.REQUEST)
 _REPLY_CLASSES = frozenset(c for c in MESSAGE_BY_TYPE.values() if c.TYPE.kind == MessageKind.REPLY)
-_START_PAYLOAD = struct.Struct("<IIIIIBBHB")
-_PAYLOAD_SIZE = re.compile(r"payload is (\d+) bytes")
+_ENUM_FIELDS = {"polarity": (Field.POLARITY, Polarity), "waveform": (Field.WAVEFORM, Waveform)}
 
 
 class Device:
@@ -113,7 +120,7 @@ class Device:
             telemetry_hz=telemetry_hz,
         )
         self._decoder = Decoder()
-        self._cache = ReplyCache(64)
+        self._cache = ReplyCache(REPLY_CACHE_SIZE)
         self._tx = bytearray()
         self._tx_overflowed = 0
         self._sink: Callable[[bytes], None] | None = None
@@ -226,18 +233,22 @@ class Device:
         fw = self.firmware
         fw.feed_watchdog()
         seq = frame.seq
-        cached = self._cache.lookup(seq, message)
+        safety = message.__class__ in SAFETY_REQUESTS  # executed whatever its number (S17)
+        cached = None if safety else self._cache.lookup(seq, message)
         if cached is not None:
             self._flush_outbox()
             self._send(cached)
             return
+        if message.__class__ is OpenSession:
+            self._cache.clear()  # the new host session starts with an empty memory of answers
         replies = fw.handle(message)
         if len(replies) == 1:  # the reply itself (always a reply type)
             encoded = encode(replies[0], seq)
         else:  # FetchEvents: the report, then the replayed events (unsolicited, seq 0)
             encoded = b"".join(encode(r, seq if r.__class__ in _REPLY_CLASSES else None) for r in replies)
         self._send(encoded)
-        self._cache.store(seq, message, encoded)
+        if not safety:
+            self._cache.store(seq, message, encoded)
         self._flush_outbox()  # events the request caused go out after its reply
 
     def _on_decode_error(self, error: DecodeError) -> None:
@@ -245,6 +256,10 @@ class Device:
         if error.seq is None or error.type_id is None or error.seq == 0:
             return
         kind = error.kind
+        if kind is DecodeErrorKind.WRONG_VERSION:
+            if error.version == PREVIOUS_PROTOCOL_VERSION and error.type_id < 0x40:  # a version-1 request
+                self._send(encode_version_refusal(error.type_id, error.seq))
+            return
         type_id = error.type_id
         cls = MESSAGE_BY_TYPE.get(type_id)
         is_request = cls is not None and MessageType(type_id).kind == MessageKind.REQUEST
@@ -253,11 +268,9 @@ class Device:
                     DecodeErrorKind.BAD_SEQUENCE) and not is_request:  # fmt: skip
             nack = Nack(type_id, ErrorCode.UNKNOWN_REQUEST, Field.NONE, type_id)
         elif kind == DecodeErrorKind.BAD_LENGTH:
-            assert cls is not None
+            assert cls is not None and error.payload_bytes is not None
             expected = cls.LAYOUT.sizeof()
-            match = _PAYLOAD_SIZE.search(error.detail)
-            received = int(match.group(1)) if match else 0
-            nack = Nack(type_id, ErrorCode.BAD_LENGTH, Field.NONE, received, expected, expected)
+            nack = Nack(type_id, ErrorCode.BAD_LENGTH, Field.NONE, error.payload_bytes, expected, expected)
         elif kind == DecodeErrorKind.BAD_VALUE:
             nack = self._bad_value_nack(error)
         if nack is not None:
@@ -266,18 +279,12 @@ class Device:
     def _bad_value_nack(self, error: DecodeError) -> Nack:
         """NACK for a request whose enumeration field holds no member (only Start has such fields)."""
         assert error.type_id is not None
-        if error.type_id == MessageType.START:
-            try:
-                body = cobs_decode(error.raw)
-                values = _START_PAYLOAD.unpack_from(body, 4)
-            except (CobsDecodeError, struct.error):
-                values = None
-            if values is not None:
-                polarity, waveform = values[5], values[6]
-                if polarity not in Polarity.__members__.values():
-                    return Nack(error.type_id, ErrorCode.OUT_OF_RANGE, Field.POLARITY, polarity, 1, 2)
-                if waveform not in Waveform.__members__.values():
-                    return Nack(error.type_id, ErrorCode.OUT_OF_RANGE, Field.WAVEFORM, waveform, 0, 1)
+        known = _ENUM_FIELDS.get(error.field or "")
+        if known is not None and error.value is not None:
+            field, enum_type = known
+            values = [int(member) for member in enum_type]
+            low = 1 if enum_type is Polarity else min(values)  # a request names ANODE or CATHODE
+            return Nack(error.type_id, ErrorCode.OUT_OF_RANGE, field, error.value, low, max(values))
         return Nack(error.type_id, ErrorCode.OUT_OF_RANGE)
 
     # ------------------------------------------------------------------------------------------- time
@@ -356,6 +363,17 @@ class Device:
         resolved = self._faults.add(fault, self.session_time_s)
         self.injected.append(resolved)
         return resolved
+
+    def end_host_session(self) -> None:
+        """The host disconnected (a transport calls this when its client goes away).
+
+        Closes the host session and forgets the reply cache, so that whoever connects next starts clean
+        even if it never sends ``OpenSession``. Output and session are untouched: without a new host the
+        watchdog ramps the output down (S10). Also drops a partial frame left by the old host.
+        """
+        self.firmware.end_host_session()
+        self._cache.clear()
+        self._decoder.reset()
 
     def power_cycle(self) -> None:
         """Power loss and restart: output cut at once, IDLE, session lost, event ring restarts (S15)."""

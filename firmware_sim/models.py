@@ -1,9 +1,10 @@
 """Hard limits of the simulated device models (S12).
 
-Each :class:`ModelSpec` holds what the firmware enforces and reports in :class:`IdentityReport`; none of it
-can be changed over the protocol. ``docs/simulator.md`` gives the source or judgement behind every number.
-Fields that are not on the wire (``min_current_ua``, ADC resolution and noise, default load) are the
-simulator's own and are documented there too.
+Each :class:`ModelSpec` holds what the firmware enforces and reports in :class:`IdentityReport` (every limit
+the firmware checks a request against is on the wire since protocol version 2, ``min_current_ua`` and the
+duty-cycle range included); none of it can be changed over the protocol. ``docs/simulator.md`` gives the
+source or judgement behind every number. Fields that are not on the wire (the hardware trip, ADC
+resolution and noise, default load) are the simulator's own and are documented there too.
 """
 
 from __future__ import annotations
@@ -116,6 +117,9 @@ class ModelSpec:
             max_pulse_frequency_hz=self.max_pulse_frequency_hz,
             min_watchdog_ms=self.min_watchdog_ms,
             max_watchdog_ms=self.max_watchdog_ms,
+            min_current_ua=self.min_current_ua,
+            min_duty_percent=self.min_duty_percent,
+            max_duty_percent=self.max_duty_percent,
         )
 
 

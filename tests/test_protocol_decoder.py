@@ -32,6 +32,7 @@ from test_protocol_vectors import (
 )
 
 from iontodrive.protocol import (
+    PROTOCOL_VERSION,
     MAX_FRAME_BYTES,
     DecodeError,
     DecodeErrorKind,
@@ -218,7 +219,7 @@ def test_oversize_boundary_is_127_encoded_bytes(length: int) -> None:
 
 
 def test_a_well_formed_frame_with_a_121_byte_payload_is_oversize() -> None:
-    body = bytes([1, 0xC0, 0, 0]) + b"\x11" * 121
+    body = bytes([PROTOCOL_VERSION, 0xC0, 0, 0]) + b"\x11" * 121
     encoded = cobs_encode_reference(body + crc16_reference(body).to_bytes(2, "big"))
     assert len(encoded) == MAX_FRAME_BYTES
     out = Decoder().feed(encoded + b"\x00")
@@ -394,32 +395,69 @@ ERROR_CASES: list[tuple[str, bytes, DecodeErrorKind, int | None, int | None]] = 
     ("code past the end", b"\x05ab", DecodeErrorKind.BAD_COBS, None, None),
     ("empty body", b"\x01", DecodeErrorKind.TOO_SHORT, None, None),
     ("5-byte body", cobs_encode_reference(b"\x01\x0a\x01\x00\x00"), DecodeErrorKind.TOO_SHORT, None, None),
-    ("bad CRC", _frame(1, 0x0A, 5, b"")[:-1] + b"\x77", DecodeErrorKind.BAD_CRC, None, None),
-    ("version 2", _frame(2, 0x0A, 5, b""), DecodeErrorKind.WRONG_VERSION, 5, 0x0A),
+    ("bad CRC", _frame(PROTOCOL_VERSION, 0x0A, 5, b"")[:-1] + b"\x77", DecodeErrorKind.BAD_CRC, None, None),
+    ("version 1", _frame(1, 0x0A, 5, b""), DecodeErrorKind.WRONG_VERSION, 5, 0x0A),
+    ("version 3", _frame(3, 0x0A, 5, b""), DecodeErrorKind.WRONG_VERSION, 5, 0x0A),
     ("version 0", _frame(0, 0xC0, 0, TELEMETRY_BODY), DecodeErrorKind.WRONG_VERSION, 0, 0xC0),
-    ("type 0x10", _frame(1, 0x10, 9, b""), DecodeErrorKind.UNKNOWN_TYPE, 9, 0x10),
-    ("type 0x00", _frame(1, 0x00, 9, b""), DecodeErrorKind.UNKNOWN_TYPE, 9, 0x00),
-    ("payload too long", _frame(1, 0x0A, 5, b"\x00"), DecodeErrorKind.BAD_LENGTH, 5, 0x0A),
-    ("payload too short", _frame(1, 0x05, 5, b"\x01" * 7), DecodeErrorKind.BAD_LENGTH, 5, 0x05),
-    ("request with seq 0", _frame(1, 0x0A, 0, b""), DecodeErrorKind.BAD_SEQUENCE, 0, 0x0A),
-    ("reply with seq 0", _frame(1, 0x80, 0, b"\x0a"), DecodeErrorKind.BAD_SEQUENCE, 0, 0x80),
-    ("telemetry with seq 1", _frame(1, 0xC0, 1, TELEMETRY_BODY), DecodeErrorKind.BAD_SEQUENCE, 1, 0xC0),
-    ("state 10", _frame(1, 0xC0, 0, _with(8, b"\x0a")), DecodeErrorKind.BAD_VALUE, 0, 0xC0),
-    ("reserved flag bit", _frame(1, 0xC0, 0, _with(9, b"\x00\x10")), DecodeErrorKind.BAD_VALUE, 0, 0xC0),
-    ("polarity 3", _frame(1, 0xC0, 0, _with(11, b"\x03")), DecodeErrorKind.BAD_VALUE, 0, 0xC0),
-    ("nack code 0", _frame(1, 0x81, 3, b"\x04\x00" + b"\x00" * 25), DecodeErrorKind.BAD_VALUE, 3, 0x81),
+    ("type 0x11", _frame(PROTOCOL_VERSION, 0x11, 9, b""), DecodeErrorKind.UNKNOWN_TYPE, 9, 0x11),
+    ("type 0x00", _frame(PROTOCOL_VERSION, 0x00, 9, b""), DecodeErrorKind.UNKNOWN_TYPE, 9, 0x00),
+    ("payload too long", _frame(PROTOCOL_VERSION, 0x0A, 5, b"\x00"), DecodeErrorKind.BAD_LENGTH, 5, 0x0A),
+    (
+        "payload too short",
+        _frame(PROTOCOL_VERSION, 0x05, 5, b"\x01" * 7),
+        DecodeErrorKind.BAD_LENGTH,
+        5,
+        0x05,
+    ),
+    ("request with seq 0", _frame(PROTOCOL_VERSION, 0x0A, 0, b""), DecodeErrorKind.BAD_SEQUENCE, 0, 0x0A),
+    ("reply with seq 0", _frame(PROTOCOL_VERSION, 0x80, 0, b"\x0a"), DecodeErrorKind.BAD_SEQUENCE, 0, 0x80),
+    (
+        "telemetry with seq 1",
+        _frame(PROTOCOL_VERSION, 0xC0, 1, TELEMETRY_BODY),
+        DecodeErrorKind.BAD_SEQUENCE,
+        1,
+        0xC0,
+    ),
+    ("state 10", _frame(PROTOCOL_VERSION, 0xC0, 0, _with(8, b"\x0a")), DecodeErrorKind.BAD_VALUE, 0, 0xC0),
+    (
+        "reserved flag bit",
+        _frame(PROTOCOL_VERSION, 0xC0, 0, _with(9, b"\x00\x10")),
+        DecodeErrorKind.BAD_VALUE,
+        0,
+        0xC0,
+    ),
+    ("polarity 3", _frame(PROTOCOL_VERSION, 0xC0, 0, _with(11, b"\x03")), DecodeErrorKind.BAD_VALUE, 0, 0xC0),
+    (
+        "nack code 0",
+        _frame(PROTOCOL_VERSION, 0x81, 3, b"\x04\x00" + b"\x00" * 25),
+        DecodeErrorKind.BAD_VALUE,
+        3,
+        0x81,
+    ),
     (
         "event replayed 2",
-        _frame(1, 0xC1, 0, b"\x01" * 8 + b"\x01\x00" + b"\x00" * 8 + b"\x02"),
+        _frame(PROTOCOL_VERSION, 0xC1, 0, b"\x01" * 8 + b"\x01\x00" + b"\x00" * 8 + b"\x02"),
         DecodeErrorKind.BAD_VALUE,
         0,
         0xC1,
     ),
-    ("model non-ASCII", _frame(1, 0x82, 1, b"\xe9" + b"\x00" * 66), DecodeErrorKind.BAD_VALUE, 1, 0x82),
-    ("model NUL inside", _frame(1, 0x82, 1, b"a\x00b" + b"\x00" * 64), DecodeErrorKind.BAD_VALUE, 1, 0x82),
+    (
+        "model non-ASCII",
+        _frame(PROTOCOL_VERSION, 0x82, 1, b"\xe9" + b"\x00" * 72),
+        DecodeErrorKind.BAD_VALUE,
+        1,
+        0x82,
+    ),
+    (
+        "model NUL inside",
+        _frame(PROTOCOL_VERSION, 0x82, 1, b"a\x00b" + b"\x00" * 70),
+        DecodeErrorKind.BAD_VALUE,
+        1,
+        0x82,
+    ),
     (
         "waveforms bit 2",
-        _frame(1, 0x82, 1, b"\x00" * 56 + b"\x04" + b"\x00" * 10),
+        _frame(PROTOCOL_VERSION, 0x82, 1, b"\x00" * 56 + b"\x04" + b"\x00" * 16),
         DecodeErrorKind.BAD_VALUE,
         1,
         0x82,

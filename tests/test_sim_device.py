@@ -22,6 +22,7 @@ from firmware_sim import (
 from firmware_sim.host import SimHost
 from iontodrive.protocol import (
     OPEN_CIRCUIT_OHM,
+    PROTOCOL_VERSION,
     Abort,
     Ack,
     CheckContact,
@@ -86,7 +87,7 @@ def holding(model: str = "clinic-4", **kw: object) -> tuple[Device, SimHost]:
 
 
 def raw_frame(type_id: int, seq: int, payload: bytes) -> bytes:
-    body = bytes([1, type_id]) + seq.to_bytes(2, "little") + payload
+    body = bytes([PROTOCOL_VERSION, type_id]) + seq.to_bytes(2, "little") + payload
     return cobs_encode(body + crc16_ccitt_false(body).to_bytes(2, "big")) + b"\x00"
 
 
@@ -105,7 +106,12 @@ def test_identity_reports_the_hard_limits(name: str) -> None:
     assert report.dose_cap_uas == spec.dose_cap_uas
     assert report.slew_limit_ua_per_s == spec.slew_limit_ua_per_s
     assert report.trip_current_ua == spec.trip_current_ua
-    assert report.protocol_version == 1
+    assert report.protocol_version == PROTOCOL_VERSION == 2
+    assert report.min_current_ua == spec.min_current_ua
+    assert (report.min_duty_percent, report.max_duty_percent) == (
+        spec.min_duty_percent,
+        spec.max_duty_percent,
+    )
 
 
 def test_model_numbers_match_the_brief() -> None:
@@ -333,12 +339,8 @@ def test_contact_high_limit_follows_compliance_over_target_current() -> None:
         (CheckContact(50, 4001), ErrorCode.OUT_OF_RANGE, Field.TARGET_CURRENT_UA),
         (CheckContact(50, 0), ErrorCode.OUT_OF_RANGE, Field.TARGET_CURRENT_UA),
         (SetCurrent(2000, 5000), ErrorCode.BAD_STATE, Field.STATE),
-        (Pause(), ErrorCode.BAD_STATE, Field.STATE),
         (Resume(), ErrorCode.BAD_STATE, Field.STATE),
-        (Stop(), ErrorCode.BAD_STATE, Field.STATE),
-        (Abort(), ErrorCode.BAD_STATE, Field.STATE),
         (ConfigureTelemetry(5001), ErrorCode.OUT_OF_RANGE, Field.RATE_HZ),
-        (FetchEvents(1, 0), ErrorCode.OUT_OF_RANGE, Field.MAX_COUNT),
         (SetWatchdog(499), ErrorCode.OUT_OF_RANGE, Field.TIMEOUT_MS),
         (SetWatchdog(10_001), ErrorCode.OUT_OF_RANGE, Field.TIMEOUT_MS),
         (ClearFault(), ErrorCode.BAD_STATE, Field.STATE),
@@ -379,8 +381,29 @@ def test_rejections_in_fault_name_the_latch() -> None:
     # requests that would make output name the latch (protocol §6); the others are merely out of state
     for request in (start_msg(), Resume(), SetCurrent(2000, 5000), CheckContact(50, 4000)):
         assert_rejected_without_change(device, host, request, ErrorCode.FAULT_LATCHED, Field.STATE)
-    for request in (Pause(), Stop(), Abort()):
-        assert_rejected_without_change(device, host, request, ErrorCode.BAD_STATE, Field.STATE)
+    for request in (Pause(), Stop(), Abort()):  # safety commands are accepted in every state (v2, §7.5)
+        assert_accepted_without_change(device, host, request)
+
+
+def assert_accepted_without_change(device: Device, host: SimHost, request: Message) -> None:
+    before = host.status()
+    events_before = len(device.events)
+    assert host.request(request) == Ack(int(request.TYPE))
+    assert host.status() == before
+    assert len(device.events) == events_before
+
+
+@pytest.mark.parametrize("request_", [Pause(), Stop(), Abort()])
+def test_safety_commands_with_nothing_to_do_are_acknowledged_and_change_nothing(request_: Message) -> None:
+    device = Device()
+    assert_accepted_without_change(device, SimHost(device), request_)
+
+
+def test_fetch_events_with_max_count_zero_reports_the_ring_alone() -> None:
+    device = Device()
+    host = SimHost(device)
+    seq, frames = host.send(FetchEvents(1, 0))
+    assert [f.message for f in frames] == [EventsReport(1, 2, 0)]
 
 
 def test_set_current_faster_than_the_slew_limit_is_refused() -> None:

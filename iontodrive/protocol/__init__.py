@@ -1,11 +1,11 @@
-"""Sans-I/O core of the iontodrive wire protocol (version 1).
+"""Sans-I/O core of the iontodrive wire protocol (version 2).
 
 No serial ports, threads or clocks live here: :func:`encode` turns a message into bytes, and
 :class:`Decoder` turns bytes into :class:`Frame` values and :class:`DecodeError` values. Both the driver
 and the firmware simulator use this package. The specification is ``docs/protocol.md``.
 """
 
-from .codec import Frame, decode_body, encode
+from .codec import Frame, decode_body, encode, encode_version_refusal
 from .constants import (
     DEFAULT_REPLY_TIMEOUT_MS,
     DEFAULT_RETRIES,
@@ -13,12 +13,16 @@ from .constants import (
     DEFAULT_WATCHDOG_MS,
     HEARTBEAT_DIVISOR,
     MAX_FRAME_BYTES,
+    MAX_HOST_NONCE,
+    MAX_PROBE_CURRENT_UA,
     MAX_PAYLOAD_BYTES,
     MAX_SEQ,
     MAX_WATCHDOG_MS,
     MIN_WATCHDOG_MS,
     OPEN_CIRCUIT_OHM,
+    PREVIOUS_PROTOCOL_VERSION,
     PROTOCOL_VERSION,
+    REPLY_CACHE_SIZE,
     UNSOLICITED_SEQ,
 )
 from .crc import crc16_ccitt_false
@@ -38,36 +42,8 @@ from .enums import (
 )
 from .errors import DecodeError, DecodeErrorKind, EncodeError, FieldRangeError, ProtocolError, SequenceError
 from .fastpath import trusted_constructor
-from .messages import (
-    MESSAGE_BY_NAME,
-    MESSAGE_BY_TYPE,
-    MESSAGE_CLASSES,
-    REPLY_TYPES_FOR_REQUEST,
-    Abort,
-    Ack,
-    CheckContact,
-    ClearFault,
-    ConfigureTelemetry,
-    ContactReport,
-    Event,
-    EventsReport,
-    FetchEvents,
-    GetStatus,
-    Heartbeat,
-    Identify,
-    IdentityReport,
-    Message,
-    Nack,
-    Pause,
-    Reset,
-    Resume,
-    SetCurrent,
-    SetWatchdog,
-    Start,
-    StatusReport,
-    Stop,
-    Telemetry,
-)
+from . import messages
+from .messages import *  # noqa: F403 - every message class; a new one is exported with no edit here
 from .sequencing import ReplyCache, SequenceCounter
 
 __all__ = [
@@ -77,23 +53,17 @@ __all__ = [
     "DEFAULT_WATCHDOG_MS",
     "HEARTBEAT_DIVISOR",
     "MAX_FRAME_BYTES",
+    "MAX_HOST_NONCE",
+    "MAX_PROBE_CURRENT_UA",
     "MAX_PAYLOAD_BYTES",
     "MAX_SEQ",
     "MAX_WATCHDOG_MS",
-    "MESSAGE_BY_NAME",
-    "MESSAGE_BY_TYPE",
-    "MESSAGE_CLASSES",
     "MIN_WATCHDOG_MS",
     "OPEN_CIRCUIT_OHM",
+    "PREVIOUS_PROTOCOL_VERSION",
     "PROTOCOL_VERSION",
-    "REPLY_TYPES_FOR_REQUEST",
+    "REPLY_CACHE_SIZE",
     "UNSOLICITED_SEQ",
-    "Abort",
-    "Ack",
-    "CheckContact",
-    "ClearFault",
-    "ConfigureTelemetry",
-    "ContactReport",
     "ContactVerdict",
     "DecodeError",
     "DecodeErrorKind",
@@ -101,40 +71,24 @@ __all__ = [
     "DeviceState",
     "EncodeError",
     "ErrorCode",
-    "Event",
     "EventCode",
-    "EventsReport",
-    "FetchEvents",
     "Field",
     "FieldRangeError",
     "Frame",
-    "GetStatus",
-    "Heartbeat",
-    "Identify",
-    "IdentityReport",
-    "Message",
     "MessageKind",
     "MessageType",
-    "Nack",
-    "Pause",
     "Polarity",
     "ProtocolError",
     "ReplyCache",
-    "Reset",
-    "Resume",
     "SequenceCounter",
     "SequenceError",
-    "SetCurrent",
-    "SetWatchdog",
-    "Start",
     "StatusFlags",
-    "StatusReport",
-    "Stop",
-    "Telemetry",
     "Waveform",
     "WaveformSet",
     "crc16_ccitt_false",
     "decode_body",
     "encode",
+    "encode_version_refusal",
     "trusted_constructor",
 ]
+__all__ += messages.__all__

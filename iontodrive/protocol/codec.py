@@ -25,10 +25,12 @@ from .constants import (
     MAX_BODY_BYTES,
     MAX_SEQ,
     MIN_REQUEST_SEQ,
+    PREVIOUS_PROTOCOL_VERSION,
     PROTOCOL_VERSION,
     UNSOLICITED_SEQ,
 )
 from .crc import CRC_INIT
+from .enums import ErrorCode, Field, MessageType
 from .errors import DecodeError, DecodeErrorKind, FieldRangeError, SequenceError
 from .fastpath import COMPILED, COMPILED_BY_CLASS, CompiledLayout, FieldSpec
 from .messages import Message
@@ -179,14 +181,66 @@ def decode_body(encoded: bytes) -> Frame | DecodeError:
                 try:
                     return _FRAME_NEW(Frame, (seq, entry[3](values)))  # type: ignore[no-any-return]
                 except (KeyError, ValueError) as exc:  # undefined enum value or flag bit, bad bool or text
+                    layout = COMPILED[body[1]]
+                    field, value = _bad_field(layout, values)
                     return DecodeError(
                         DecodeErrorKind.BAD_VALUE,
-                        f"{COMPILED[body[1]].cls.__name__}: {exc!r}",
+                        f"{layout.cls.__name__}: {exc!r}",
                         bytes(encoded[:_RAW_KEEP]),
                         seq,
                         body[1],
+                        version=body[0],
+                        payload_bytes=layout.payload_size,
+                        field=field,
+                        value=value,
                     )
     return _diagnose(encoded, body)
+
+
+def _bad_field(layout: CompiledLayout, values: tuple[Any, ...]) -> tuple[str | None, int | None]:
+    """The first field of an unpacked frame holding an undefined value, and that raw value (None for text)."""
+    for spec, raw in zip(layout.specs, values[3:], strict=True):
+        if spec.allowed is not None and raw not in spec.allowed:
+            return spec.name, int(raw)
+        if spec.flag_mask is not None and raw & ~spec.flag_mask:
+            return spec.name, int(raw)
+        if spec.code == "?" and raw not in (0, 1):
+            return spec.name, int(raw)
+        if spec.text_bytes is not None:
+            text = bytes(raw).rstrip(b"\x00")
+            if b"\x00" in text or not text.isascii():
+                return spec.name, None
+    return None, None
+
+
+def encode_version_refusal(request_type: int, seq: int, version: int = PREVIOUS_PROTOCOL_VERSION) -> bytes:
+    """The frame a version-2 device answers a version-1 request with (``docs/protocol.md`` §9).
+
+    A version-1 ``Nack`` (its layout is byte for byte the version-2 one, only header byte 0 differs):
+    ``request_type``, code ``UNSUPPORTED``, field ``NONE``, value = the peer's version, minimum = maximum
+    = :data:`PROTOCOL_VERSION`. Every value is one a version-1 host decodes.
+
+    Raises:
+        ValueError: ``version`` is not :data:`PREVIOUS_PROTOCOL_VERSION` (no other layout is known) or
+            ``seq`` / ``request_type`` are out of range.
+    """
+    if version != PREVIOUS_PROTOCOL_VERSION:
+        raise ValueError(f"version = {version!r} is out of range: only {PREVIOUS_PROTOCOL_VERSION} is known")
+    if not (MIN_REQUEST_SEQ <= seq <= MAX_SEQ and 0 <= request_type <= 0xFF):
+        raise ValueError(f"seq = {seq!r} / request_type = {request_type!r} is out of range")
+    layout = COMPILED[int(MessageType.NACK)]
+    body = layout.frame_struct.pack(
+        version,
+        int(MessageType.NACK),
+        seq,
+        request_type,
+        int(ErrorCode.UNSUPPORTED),
+        int(Field.NONE),
+        version,
+        PROTOCOL_VERSION,
+        PROTOCOL_VERSION,
+    )
+    return bytes(_cobs_encode(body + _crc(body, CRC_INIT).to_bytes(2, "big")) + DELIMITER)
 
 
 def _diagnose(encoded: bytes, body: bytes) -> DecodeError:
@@ -194,9 +248,9 @@ def _diagnose(encoded: bytes, body: bytes) -> DecodeError:
     raw = bytes(encoded[:_RAW_KEEP])
     size = len(body)
     if size < _MIN_BODY:
-        return DecodeError(DecodeErrorKind.TOO_SHORT, f"{size} bytes", raw)
+        return DecodeError(DecodeErrorKind.TOO_SHORT, f"{size} bytes", raw, payload_bytes=size)
     if size > MAX_BODY_BYTES:
-        return DecodeError(DecodeErrorKind.OVERSIZE, f"{size} bytes", raw)
+        return DecodeError(DecodeErrorKind.OVERSIZE, f"{size} bytes", raw, payload_bytes=size)
     if _crc(body, CRC_INIT):
         return DecodeError(DecodeErrorKind.BAD_CRC, "CRC mismatch", raw)
     version = body[0]
@@ -204,20 +258,29 @@ def _diagnose(encoded: bytes, body: bytes) -> DecodeError:
     seq = body[2] | (body[3] << 8)
     if version != PROTOCOL_VERSION:
         detail = f"version {version}, expected {PROTOCOL_VERSION}"
-        return DecodeError(DecodeErrorKind.WRONG_VERSION, detail, raw, seq, type_id)
+        return DecodeError(DecodeErrorKind.WRONG_VERSION, detail, raw, seq, type_id, version=version)
+    payload = size - _MIN_BODY
     layout = COMPILED.get(type_id)
     if layout is None:
-        return DecodeError(DecodeErrorKind.UNKNOWN_TYPE, f"type 0x{type_id:02X}", raw, seq, type_id)
-    if size - _MIN_BODY != layout.payload_size:
+        detail = f"type 0x{type_id:02X}"
+        return DecodeError(
+            DecodeErrorKind.UNKNOWN_TYPE, detail, raw, seq, type_id, version=version, payload_bytes=payload
+        )
+    if payload != layout.payload_size:
         return DecodeError(
             DecodeErrorKind.BAD_LENGTH,
-            f"{layout.cls.__name__} payload is {size - _MIN_BODY} bytes, expected {layout.payload_size}",
+            f"{layout.cls.__name__} payload is {payload} bytes, expected {layout.payload_size}",
             raw,
             seq,
             type_id,
+            version=version,
+            payload_bytes=payload,
+            expected_bytes=layout.payload_size,
         )
     detail = f"{layout.cls.__name__} with seq {seq}"
-    return DecodeError(DecodeErrorKind.BAD_SEQUENCE, detail, raw, seq, type_id)
+    return DecodeError(
+        DecodeErrorKind.BAD_SEQUENCE, detail, raw, seq, type_id, version=version, payload_bytes=payload
+    )
 
 
 def field_enum(message: Message, name: str) -> type[IntEnum] | None:

@@ -1,10 +1,13 @@
-"""Fixed numbers of protocol version 1. ``docs/protocol.md`` §2 explains each."""
+"""Fixed numbers of protocol version 2. ``docs/protocol.md`` §2 explains each."""
 
 from __future__ import annotations
 
 from typing import Final
 
-PROTOCOL_VERSION: Final = 1
+PROTOCOL_VERSION: Final = 2
+# The version before this one. A device answers its request frames with a version refusal (§9); a host
+# refuses a device that speaks it (IncompatibleDeviceError).
+PREVIOUS_PROTOCOL_VERSION: Final = 1
 
 DELIMITER: Final = b"\x00"
 HEADER_BYTES: Final = 4  # version u8, type u8, sequence u16 (little-endian)
@@ -19,6 +22,10 @@ MIN_REQUEST_SEQ: Final = 1
 MAX_SEQ: Final = 0xFFFF
 
 OPEN_CIRCUIT_OHM: Final = 0xFFFF_FFFF  # impedance reported when no current can flow
+
+REPLY_CACHE_SIZE: Final = 64  # the device remembers at least this many answers per host session (§7.3)
+MAX_HOST_NONCE: Final = 0xFFFF_FFFF  # host nonces are 1..MAX_HOST_NONCE; 0 means "no host session"
+MAX_PROBE_CURRENT_UA: Final = 50  # S3: the contact probe never exceeds 50 uA
 
 # Timing (docs/protocol.md §8). The device reports its own watchdog bounds in IdentityReport; these are the
 # values of safety requirement S10 that every model uses, and the host's defaults.

@@ -27,13 +27,16 @@ class Decoder:
     receiver's partial frame, as the driver does when it opens a port.
     """
 
-    __slots__ = ("_discarding", "_pending", "frames_bad", "frames_ok")
+    __slots__ = ("_discarding", "_pending", "foreign_version", "frames_bad", "frames_ok")
 
     def __init__(self) -> None:
         self._pending = b""
         self._discarding = False  # inside an oversize run: drop everything up to the next delimiter
         self.frames_ok = 0
         self.frames_bad = 0
+        # protocol version of the newest frame that failed with WRONG_VERSION (its CRC held), or None: how a
+        # host recognises a device of another version that ignores its frames (docs/protocol.md §9)
+        self.foreign_version: int | None = None
 
     @property
     def pending_bytes(self) -> int:
@@ -57,7 +60,7 @@ class Decoder:
             if item.__class__ is Frame:
                 self.frames_ok += 1
             else:
-                self.frames_bad += 1
+                self._count_bad([item])
             return [item]
         parts = data.split(DELIMITER)
         tail = parts.pop()
@@ -77,8 +80,16 @@ class Decoder:
         if results:
             ok = sum([item.__class__ is Frame for item in results])
             self.frames_ok += ok
-            self.frames_bad += len(results) - ok
+            if ok < len(results):
+                self._count_bad(results)
         return results
+
+    def _count_bad(self, results: list[Frame | DecodeError]) -> None:
+        for item in results:
+            if isinstance(item, DecodeError):
+                self.frames_bad += 1
+                if item.kind is DecodeErrorKind.WRONG_VERSION:
+                    self.foreign_version = item.version
 
     def reset(self) -> None:
         """Drop any partial frame (e.g. after reopening a port)."""

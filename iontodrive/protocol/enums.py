@@ -1,6 +1,6 @@
 """Enumerations carried on the wire.
 
-Every value here is part of protocol version 1 (``docs/protocol.md`` §5). Values are never reused: a
+Every value here is part of protocol version 2 (``docs/protocol.md`` §5). Values are never reused: a
 retired member keeps its number.
 """
 
@@ -35,6 +35,7 @@ class MessageType(IntEnum):
     SET_WATCHDOG = 0x0D
     CLEAR_FAULT = 0x0E
     RESET = 0x0F
+    OPEN_SESSION = 0x10  # v2: the host-session handshake
 
     ACK = 0x80
     NACK = 0x81
@@ -42,6 +43,7 @@ class MessageType(IntEnum):
     STATUS_REPORT = 0x83
     CONTACT_REPORT = 0x84
     EVENTS_REPORT = 0x85
+    SESSION_OPENED = 0x86  # v2: answer to OPEN_SESSION
 
     TELEMETRY = 0xC0
     EVENT = 0xC1
@@ -153,6 +155,7 @@ class Field(IntEnum):
     FROM_EVENT_NO = 15
     MAX_COUNT = 16
     STATE = 17
+    HOST_NONCE = 18  # v2
 
 
 class EventCode(IntEnum):
@@ -182,3 +185,4 @@ class EventCode(IntEnum):
     WATCHDOG_CHANGED = 22  # value: new timeout in ms
     TELEMETRY_CHANGED = 23  # value: new rate in Hz
     EVENTS_LOST = 24  # value: number of events dropped from the ring
+    HOST_SESSION_OPENED = 25  # v2; value: the host session number since power-up

@@ -77,7 +77,15 @@ class DecodeError:
     """A frame that failed to decode, returned as a value by the decoder.
 
     ``raw`` holds at most the first 32 bytes of the offending frame (before COBS decoding) for diagnosis;
-    ``seq`` and ``type_id`` are set when the header could be read.
+    ``seq`` and ``type_id`` are set when the header could be read. What the check found is carried as
+    values, so that no caller parses ``detail`` (text for people):
+
+    * ``version``: the header's protocol version (set from ``WRONG_VERSION`` on, i.e. when the CRC held);
+    * ``payload_bytes``: the payload length received (``BAD_LENGTH``, ``BAD_VALUE``, ``BAD_SEQUENCE``) or
+      the body length (``TOO_SHORT``, ``OVERSIZE`` of a decoded body);
+    * ``expected_bytes``: the payload length the type's layout has (``BAD_LENGTH``);
+    * ``field`` and ``value``: the first field holding an undefined value and that raw value
+      (``BAD_VALUE``).
     """
 
     kind: DecodeErrorKind
@@ -85,3 +93,8 @@ class DecodeError:
     raw: bytes = b""
     seq: int | None = None
     type_id: int | None = None
+    version: int | None = None
+    payload_bytes: int | None = None
+    expected_bytes: int | None = None
+    field: str | None = None
+    value: int | None = None
