@@ -30,7 +30,7 @@ from iontodrive.protocol import (
     encode,
 )
 from iontodrive.protocol.codegen import target
-from iontodrive.protocol.codegen.toolchain import Footprint, ToolMissing, run_qemu
+from iontodrive.protocol.codegen.toolchain import Footprint, ToolMissing, run_qemu_after
 
 VECTORS: list[dict[str, Any]] = json.loads((ROOT / "docs" / "vectors.json").read_text(encoding="utf-8"))
 FLASH_BUDGET = 16 * 1024  # bytes: the whole codec with every function; a regression gate, not a target
@@ -88,7 +88,8 @@ def test_example_device_answers_over_its_uart(tmp_path: Path) -> None:
         _frame_with_payload(Identify.TYPE, 6, b"\x01"),
         encode(Reset(), 7),
     ]
-    result = _or_skip(run_qemu, image, stdin=b"".join(requests), timeout_s=target.QEMU_TIMEOUT_S)
+    ready = b"example device: ready"
+    result = _or_skip(run_qemu_after, image, ready, b"".join(requests), timeout_s=target.QEMU_TIMEOUT_S)
     assert result.returncode == 0, result.stderr
     replies = _replies(result.stdout)
     assert [(frame.seq, type(frame.message).__name__) for frame in replies] == [

@@ -40,6 +40,9 @@ static volatile uint32_t rx_dropped; /* bytes lost to a full ring: the decoder t
 
 void uart0_rx_handler(void)
 {
+    /* Acknowledge first, then drain: a byte that lands after the last check raises the interrupt again.
+     * (Acknowledging after the drain could clear that byte's interrupt and stall reception for good.) */
+    UART_INTSTATUS = UART_INT_RX;
     while ((UART_STATE & UART_STATE_RX_FULL) != 0u) {
         uint8_t byte = (uint8_t)(UART_DATA & 0xFFu);
         uint8_t next = (uint8_t)(rx_head + 1u);
@@ -50,9 +53,11 @@ void uart0_rx_handler(void)
             rx_dropped++;
         }
     }
-    UART_INTSTATUS = UART_INT_RX; /* acknowledge */
 }
 
+/* The next received byte; sleeps while there is none. Interrupts are masked around the check so that a
+ * byte arriving between the check and the WFI cannot be missed: a pending interrupt wakes WFI even while
+ * masked, and is taken as soon as they are unmasked. */
 static uint8_t next_byte(void)
 {
     uint8_t byte;
@@ -61,7 +66,7 @@ static uint8_t next_byte(void)
         if (rx_tail != rx_head) {
             break;
         }
-        __asm__ volatile("wfi\n\tcpsie i" ::: "memory"); /* an interrupt pending since cpsid wakes the wfi */
+        __asm__ volatile("wfi\n\tcpsie i" ::: "memory");
     }
     __asm__ volatile("cpsie i" ::: "memory");
     byte = rx_ring[rx_tail];
@@ -240,6 +245,7 @@ int main(void)
 
     ionto_decoder_init(&decoder);
     uart_init();
+    semihost_write("example device: ready\n"); /* the emulated UART drops bytes until it is enabled */
     while (running) {
         ionto_decode_status_t status = ionto_decoder_push(&decoder, next_byte(), &frame);
         if (status == IONTO_DECODE_OK) {

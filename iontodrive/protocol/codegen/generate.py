@@ -52,6 +52,7 @@ def check(out_dir: Path = GENERATED_DIR) -> list[str]:
                 f"{name} (in the repository)",
                 f"{name} (generated)",
                 n=1,
+                lineterm="",
             )
             shown = list(diff)[:12]
             problems.append(f"{path}: stale\n" + "\n".join(shown))

@@ -8,8 +8,11 @@ compiler's output when a build fails.
 
 from __future__ import annotations
 
+import os
+import select
 import shutil
 import subprocess
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -208,6 +211,37 @@ def qemu_command(image: Path) -> list[str]:
         "-kernel",
         str(image),
     ]
+
+
+def run_qemu_after(
+    image: Path, ready: bytes, stdin: bytes, *, timeout_s: float = 20.0
+) -> QemuRun:
+    """Start an image, wait until its semihosting console (qemu's stderr) prints ``ready``, then send
+    ``stdin`` to its UART and wait for it to exit. The emulated UART drops what arrives before the firmware
+    enables it, so a host must not talk first. :class:`subprocess.TimeoutExpired` past the limit."""
+    deadline = time.monotonic() + timeout_s
+    process = subprocess.Popen(
+        qemu_command(image), stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    )
+    assert process.stdin is not None and process.stderr is not None
+    try:
+        seen = b""
+        while ready not in seen:
+            remaining = deadline - time.monotonic()
+            readable, _, _ = select.select([process.stderr], [], [], max(remaining, 0))
+            chunk = os.read(process.stderr.fileno(), 4096) if readable else b""
+            if not chunk:
+                raise subprocess.TimeoutExpired(process.args, timeout_s, stderr=seen)
+            seen += chunk
+        process.stdin.write(stdin)
+        process.stdin.close()
+        process.stdin = None  # communicate() must not flush the closed pipe
+        stdout, stderr = process.communicate(timeout=max(deadline - time.monotonic(), 0.1))
+    except BaseException:
+        process.kill()
+        process.wait()
+        raise
+    return QemuRun(process.returncode, stdout, seen + stderr)
 
 
 def run_qemu(image: Path, *, stdin: bytes = b"", timeout_s: float = 20.0) -> QemuRun:
