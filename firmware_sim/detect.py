@@ -18,7 +18,8 @@ def moving_mean(history: np.ndarray, block: np.ndarray) -> np.ndarray:
     width = history.shape[0] + 1
     data = np.concatenate((history, block))
     csum = np.concatenate(([0.0], np.cumsum(data)))
-    return (csum[width:] - csum[:-width]) / width
+    means: np.ndarray = (csum[width:] - csum[:-width]) / width
+    return means
 
 
 def moving_means(history: np.ndarray, block: np.ndarray) -> np.ndarray:
@@ -27,7 +28,8 @@ def moving_means(history: np.ndarray, block: np.ndarray) -> np.ndarray:
     data = np.concatenate((history, block), axis=1)
     csum = np.zeros((data.shape[0], data.shape[1] + 1))
     np.cumsum(data, axis=1, out=csum[:, 1:])
-    return (csum[:, width:] - csum[:, :-width]) / width
+    means: np.ndarray = (csum[:, width:] - csum[:, :-width]) / width
+    return means
 
 
 def sliding_min(history: np.ndarray, block: np.ndarray) -> np.ndarray:
@@ -48,7 +50,8 @@ def sliding_min(history: np.ndarray, block: np.ndarray) -> np.ndarray:
     prefix = np.minimum.accumulate(seg, axis=1).ravel()
     suffix = np.minimum.accumulate(seg[:, ::-1], axis=1)[:, ::-1].ravel()
     starts = np.arange(n_out)
-    return np.minimum(suffix[starts], prefix[starts + width - 1])
+    minima: np.ndarray = np.minimum(suffix[starts], prefix[starts + width - 1])
+    return minima
 
 
 def run_lengths(cond: np.ndarray, carry: int) -> np.ndarray:

@@ -362,7 +362,7 @@ class Firmware:
         quiet = sp == 0.0 and self.ramp_done_at is None and self.state in QUIET_STATES
         if not quiet:
             flags |= StatusFlags.OUTPUT_ON
-        return _new_status(  # type: ignore[no-any-return]
+        return _new_status(  # type: ignore[return-value]
             self.device_time_ms,
             self.state,
             flags,

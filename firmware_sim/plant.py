@@ -23,6 +23,7 @@ Python loop per step. :meth:`Plant.simulate` is a pure function of the state and
 from __future__ import annotations
 
 import math
+import typing
 from dataclasses import dataclass
 
 import numpy as np
@@ -58,7 +59,8 @@ def linear_recurrence(a: np.ndarray, b: np.ndarray, x0: float) -> np.ndarray:
         log_p = np.cumsum(np.log(a))
         if -log_p[-1] < _MAX_LOG_SPAN:
             scale = np.exp(-log_p)
-            return np.exp(log_p) * (x0 + np.cumsum(b * scale))
+            result: np.ndarray = np.exp(log_p) * (x0 + np.cumsum(b * scale))
+            return result
     passes = n if a_max >= 1.0 else math.ceil(math.log2(max(1.0, math.log(_NEGLIGIBLE) / math.log(a_max))))
     acc_a = a.astype(float, copy=True)
     acc_b = b.astype(float, copy=True)
@@ -173,8 +175,8 @@ class Plant:
         if fx is None:
             i_src = i_reg
             z_dc = r_ser + r_skin
-            z_eff = z_dc
-            body_share = 1.0
+            z_eff: np.ndarray | float = z_dc
+            body_share: np.ndarray | float = 1.0
             area = None
             open_ = None
         else:
@@ -223,7 +225,8 @@ class Plant:
         v_meas = np.round((v_true + m.adc_voltage_noise_mv * noise[:, 1]) / m.adc_voltage_lsb_mv)
         v_meas = np.clip(v_meas * m.adc_voltage_lsb_mv, 0.0, self.v_comp * 1.05)
         physical = clamped if fx is None else clamped | fx.active
-        return PlantBlock(i_reg, i_true, v_true, z_eff, i_meas, v_meas, physical, v_c, skin)
+        z_block = typing.cast(np.ndarray, z_eff)  # r_skin is per step, so the impedance is too
+        return PlantBlock(i_reg, i_true, v_true, z_block, i_meas, v_meas, physical, v_c, skin)
 
     # ------------------------------------------------------------------------------------ contact check
 
@@ -259,4 +262,4 @@ class Plant:
         )
         if i_meas < max(0.2 * probe_ua, 2 * m.adc_current_noise_ua):
             return math.inf
-        return v_meas * 1000.0 / i_meas
+        return float(v_meas * 1000.0 / i_meas)

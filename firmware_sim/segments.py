@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from enum import Enum
-from typing import TypeVar, overload
+from typing import Any
 
 import numpy as np
 
@@ -19,7 +19,9 @@ from iontodrive.protocol import Polarity, Waveform
 
 from .thresholds import PULSE_ON_FRACTION
 
-_A = TypeVar("_A", np.ndarray, float)
+# A numpy array of per-step values (block path) or one step's float (scalar path): the rules below are
+# written with operators only, so that both give the same arithmetic. Typed as Any for that reason.
+Values = Any
 
 
 class EndReason(Enum):
@@ -45,9 +47,12 @@ class Ramp:
         if self.goal == self.start or self.rate <= 0:
             return np.full(idx.shape[0], self.start if self.rate <= 0 else self.goal)
         k = np.maximum(idx - self.start_step + 1, 0)
+        values: np.ndarray
         if self.goal > self.start:
-            return np.minimum(self.start + self.rate * dt * k, self.goal)
-        return np.maximum(self.start - self.rate * dt * k, self.goal)
+            values = np.minimum(self.start + self.rate * dt * k, self.goal)
+        else:
+            values = np.maximum(self.start - self.rate * dt * k, self.goal)
+        return values
 
     def value_at(self, idx: int, dt: float) -> float:
         """Set-point of global step ``idx`` (the scalar twin of :meth:`values`, same arithmetic)."""
@@ -127,28 +132,24 @@ class ContactCheck:
     measure_start: int
     down_start: int
     end_step: int
-    samples_i: list[np.ndarray]
-    samples_v: list[np.ndarray]
+    samples_i: list[np.ndarray | list[float]]  # measured current and voltage of the judged window
+    samples_v: list[np.ndarray | list[float]]
     down: bool = False
 
 
-def _floor(x: _A) -> _A:
-    return np.floor(x) if isinstance(x, np.ndarray) else float(math.floor(x))  # type: ignore[return-value]
+def _floor(x: Values) -> Values:
+    return np.floor(x) if isinstance(x, np.ndarray) else float(math.floor(x))
 
 
-def _minimum(a: _A, b: float) -> _A:
-    return np.minimum(a, b) if isinstance(a, np.ndarray) else min(a, b)  # type: ignore[return-value]
+def _minimum(a: Values, b: float) -> Values:
+    return np.minimum(a, b) if isinstance(a, np.ndarray) else min(a, b)
 
 
-def _maximum(a: _A, b: float) -> _A:
-    return np.maximum(a, b) if isinstance(a, np.ndarray) else max(a, b)  # type: ignore[return-value]
+def _maximum(a: Values, b: float) -> Values:
+    return np.maximum(a, b) if isinstance(a, np.ndarray) else max(a, b)
 
 
-@overload
-def pulse_fraction(s: Session, idx: np.ndarray, dt: float) -> np.ndarray: ...
-@overload
-def pulse_fraction(s: Session, idx: int, dt: float) -> float: ...
-def pulse_fraction(s: Session, idx: np.ndarray | int, dt: float) -> np.ndarray | float:
+def pulse_fraction(s: Session, idx: Values, dt: float) -> Values:
     """Share of step(s) ``idx`` (global) that falls in a pulse's on-phase, for a pulsed session."""
     period = 1.0 / s.pulse_frequency_hz
     on = s.duty * period
@@ -158,14 +159,10 @@ def pulse_fraction(s: Session, idx: np.ndarray | int, dt: float) -> np.ndarray |
     c1 = _floor(t1 / period)
     on0 = c0 * on + _minimum(t0 - c0 * period, on)
     on1 = c1 * on + _minimum(t1 - c1 * period, on)
-    return (on1 - on0) / dt  # type: ignore[no-any-return]
+    return (on1 - on0) / dt
 
 
-@overload
-def pulse_judged(s: Session, idx: np.ndarray, frac: np.ndarray, dt: float) -> np.ndarray: ...
-@overload
-def pulse_judged(s: Session, idx: int, frac: float, dt: float) -> bool: ...
-def pulse_judged(s: Session, idx: np.ndarray | int, frac: np.ndarray | float, dt: float) -> np.ndarray | bool:
+def pulse_judged(s: Session, idx: Values, frac: Values, dt: float) -> Values:
     """Steps whose voltage shows a pulse's settled on-phase: the last on-step of each pulse (S5).
 
     The skin capacitance charges during every pulse, so only the end of the on-phase shows the load's
@@ -179,13 +176,13 @@ def pulse_judged(s: Session, idx: np.ndarray | int, frac: np.ndarray | float, dt
     t0 = (idx - s.pulse_anchor) * dt
     last_end = _floor((t0 + dt - on + eps) / period) * period + on
     ends_inside = last_end > t0 + eps
-    next_off = pulse_fraction(s, idx + 1, dt) <= PULSE_ON_FRACTION  # type: ignore[call-overload]
+    next_off = pulse_fraction(s, idx + 1, dt) <= PULSE_ON_FRACTION
     if isinstance(frac, np.ndarray):
-        return (frac > PULSE_ON_FRACTION) & (ends_inside | next_off)  # type: ignore[no-any-return]
+        return (frac > PULSE_ON_FRACTION) & (ends_inside | next_off)
     return bool(frac > PULSE_ON_FRACTION and (ends_inside or next_off))
 
 
-def ramp_charge(s: Session, sp: _A, output_tau_s: float, dt: float) -> _A:
+def ramp_charge(s: Session, sp: Values, output_tau_s: float, dt: float) -> Values:
     """Charge (µA·s) a ramp-down from set-point ``sp`` will deliver at the session's ramp-down rate (S11)."""
     rate = _maximum(sp, float(s.target_ua)) * 1000.0 / s.ramp_down_ms
-    return s.duty * (sp * sp / (2.0 * rate) + sp * (output_tau_s - dt / 2.0))  # type: ignore[no-any-return]
+    return s.duty * (sp * sp / (2.0 * rate) + sp * (output_tau_s - dt / 2.0))

@@ -10,9 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from enum import Enum
-from typing import TYPE_CHECKING, TypeVar
-
-import numpy as np
+from typing import TYPE_CHECKING, Any
 
 from iontodrive.protocol import DeviceState, StatusFlags
 from iontodrive.protocol.rules import OUTPUT_STATES, RAMPING_DOWN_STATES
@@ -28,7 +26,9 @@ from .thresholds import (
 if TYPE_CHECKING:
     from .firmware import Firmware
 
-_A = TypeVar("_A", np.ndarray, float)
+# A numpy array of per-step values (block path) or one step's float (scalar path): the rules below are
+# written with operators only, so that both give the same arithmetic. Typed as Any for that reason.
+Values = Any
 S = DeviceState
 
 CHARGE_STATES = frozenset({S.RAMP_UP, S.HOLD, S.ADJUST, S.RAMP_DOWN, S.PAUSING, S.FAULT})
@@ -84,7 +84,8 @@ def arm(fw: Firmware) -> Armed:
         clear_watch=output
         and bool(fw.flags & StatusFlags.RESISTANCE_LIMIT)
         and state == S.HOLD
-        and fw.setpoint < s.target_ua,  # type: ignore[union-attr]
+        and s is not None
+        and fw.setpoint < s.target_ua,
         v_high_mv=COMPLIANCE_HIGH * v_comp,
         v_low_mv=COMPLIANCE_CLEAR * v_comp,
         trip_current_ua=float(m.trip_current_ua),
@@ -93,41 +94,41 @@ def arm(fw: Firmware) -> Armed:
     )
 
 
-def hardware_trip(a: Armed, i_true: _A) -> _A:
+def hardware_trip(a: Armed, i_true: Values) -> Values:
     """The independent trip on the true output current (hydro-30: 35 mA)."""
-    return i_true > a.hardware_trip_ua  # type: ignore[return-value]
+    return i_true > a.hardware_trip_ua
 
 
-def overcurrent(a: Armed, i_meas: _A, i_reg: _A) -> _A:
+def overcurrent(a: Armed, i_meas: Values, i_reg: Values) -> Values:
     """S9: measured current above set-point + 10 % (plus the ADC margin) or above the absolute trip."""
-    return (i_meas > OVERCURRENT_FRACTION * i_reg + a.trip_margin_ua) | (i_meas > a.trip_current_ua)  # type: ignore[return-value]
+    return (i_meas > OVERCURRENT_FRACTION * i_reg + a.trip_margin_ua) | (i_meas > a.trip_current_ua)
 
 
-def short(valid: _A, z: _A) -> _A:
+def short(valid: Values, z: Values) -> Values:
     """One step of a short circuit: a valid impedance below the low limit (a run of these fires SHORT)."""
-    return valid & (z < CONTACT_LOW_OHM)  # type: ignore[no-any-return]
+    return valid & (z < CONTACT_LOW_OHM)
 
 
-def open_circuit(a: Armed, i_meas: _A, i_reg: _A, v_meas: _A) -> _A:
+def open_circuit(a: Armed, i_meas: Values, i_reg: Values, v_meas: Values) -> Values:
     """The electrode is off: the regulator asks for current, almost none flows, voltage at compliance."""
-    return (i_reg >= 2.0 * a.i_valid_ua) & (i_meas < 0.1 * i_reg) & (v_meas >= a.v_high_mv)  # type: ignore[no-any-return]
+    return (i_reg >= 2.0 * a.i_valid_ua) & (i_meas < 0.1 * i_reg) & (v_meas >= a.v_high_mv)
 
 
-def lift(valid: _A, z: _A, z_window_min: _A) -> _A:
+def lift(valid: Values, z: Values, z_window_min: Values) -> Values:
     """S6: a valid impedance more than 50 % above the lowest of the last second."""
-    return valid & (z > LIFT_RISE * z_window_min)  # type: ignore[no-any-return]
+    return valid & (z > LIFT_RISE * z_window_min)
 
 
-def compliance_high(a: Armed, v_on: _A) -> _A:
+def compliance_high(a: Armed, v_on: Values) -> Values:
     """S5: one step at compliance (a run of ``COMPLIANCE_RUN_S`` fires COMPLIANCE)."""
-    return v_on >= a.v_high_mv  # type: ignore[return-value]
+    return v_on >= a.v_high_mv
 
 
-def compliance_low(a: Armed, v_on: _A) -> _A:
+def compliance_low(a: Armed, v_on: Values) -> Values:
     """S5: one step clearly below compliance (a run of ``COMPLIANCE_RUN_S`` fires COMPLIANCE_CLEAR)."""
-    return v_on < a.v_low_mv  # type: ignore[return-value]
+    return v_on < a.v_low_mv
 
 
-def dose_reached(charge: _A, ramp_charge: _A, aim: float) -> _A:
+def dose_reached(charge: Values, ramp_charge: Values, aim: float) -> Values:
     """S11: the charge so far plus what the ramp-down will deliver reaches the aim."""
-    return charge + ramp_charge >= aim  # type: ignore[return-value]
+    return charge + ramp_charge >= aim

@@ -45,6 +45,7 @@ import contextlib
 import logging
 import queue
 import random
+import secrets
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -67,6 +68,7 @@ from iontodrive.frametrace import FrameTrace
 from iontodrive.link import SerialLink
 from iontodrive.oneshot import OneShot
 from iontodrive.protocol import (
+    MAX_HOST_NONCE,
     MESSAGE_CLASSES,
     PROTOCOL_VERSION,
     Ack,
@@ -88,12 +90,15 @@ from iontodrive.protocol import (
     Message,
     MessageKind,
     Nack,
+    OpenSession,
     Reset,
     SequenceCounter,
+    SessionOpened,
     SetWatchdog,
     StatusReport,
     Telemetry,
     encode,
+    encode_version_probe,
 )
 
 logger = logging.getLogger(__name__)
@@ -283,6 +288,7 @@ class DeviceClient:
         self._dispatcher.start()
         try:
             self._link.write(_FLUSH)  # flush any partial frame the device holds
+            self._open_host_session()
             self.identity = self.identify()
             if self.identity.protocol_version not in SUPPORTED_PROTOCOL_VERSIONS:
                 raise IncompatibleDeviceError(self.identity.protocol_version, SUPPORTED_PROTOCOL_VERSIONS)
@@ -307,6 +313,38 @@ class DeviceClient:
         )
 
     # ------------------------------------------------------------------------------------------ opening
+
+    def _open_host_session(self) -> None:
+        """The protocol-2 handshake (``docs/protocol.md`` §7.3, §9): open this host's session on the device.
+
+        A random non-zero nonce names the session; the device answers ``SessionOpened`` and starts a reply
+        cache of its own for it, so no answer meant for an earlier host can reach this one (S17). The
+        random first sequence number is no longer needed for that; it stays as a guard against replies
+        to a previous host still in flight on a serial line. A device that does not answer is sent one
+        version-1 Identify (which changes nothing): if anything it sends is of another protocol version,
+        it is refused as incompatible.
+
+        Raises:
+            IncompatibleDeviceError: the device speaks another protocol version (e.g. version 1).
+            LinkTimeoutError: no answer and no frame of another version either.
+            RemoteProtocolError: the answer does not echo this host's nonce.
+        """
+        nonce = secrets.randbelow(MAX_HOST_NONCE) + 1
+        try:
+            opened = self._request_typed(OpenSession(nonce), SessionOpened)
+        except LinkTimeoutError:
+            if self._decoder.foreign_version is None:
+                self._link.write(encode_version_probe(self._seq.next()))
+                with contextlib.suppress(LinkTimeoutError):  # only listening: a version-1 device answers
+                    self.request(Heartbeat(), retries=0)
+            if self._decoder.foreign_version is not None:
+                version = self._decoder.foreign_version
+                raise IncompatibleDeviceError(version, SUPPORTED_PROTOCOL_VERSIONS) from None
+            raise
+        if opened.host_nonce != nonce:
+            raise RemoteProtocolError(f"SessionOpened echoes nonce {opened.host_nonce}, sent {nonce}")
+        if opened.previous_nonce:
+            logger.info("host session %d replaces another host's session", opened.host_session_no)
 
     @classmethod
     def open(

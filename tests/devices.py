@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 
-from iontodrive.protocol import IdentityReport, WaveformSet
+from iontodrive.protocol import PROTOCOL_VERSION, IdentityReport, WaveformSet
 
 CLINIC = IdentityReport(
     model="clinic-4",
@@ -16,7 +16,7 @@ CLINIC = IdentityReport(
     firmware_major=1,
     firmware_minor=0,
     firmware_patch=0,
-    protocol_version=1,
+    protocol_version=PROTOCOL_VERSION,
     max_current_ua=4000,
     compliance_mv=80_000,
     dose_cap_uas=80 * 60_000,

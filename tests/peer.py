@@ -27,7 +27,9 @@ from iontodrive.protocol import (
     GetStatus,
     Identify,
     Message,
+    OpenSession,
     Polarity,
+    SessionOpened,
     StatusFlags,
     StatusReport,
     encode,
@@ -128,6 +130,8 @@ class ScriptedPeer:
             self.send_raw(frame)
 
     def default_answer(self, seq: int, request: Message) -> list[bytes]:
+        if isinstance(request, OpenSession):
+            return [encode(SessionOpened(request.host_nonce, 1, 0), seq)]
         if isinstance(request, Identify):
             return [encode(IDENTITY, seq)]
         if isinstance(request, GetStatus):

@@ -26,6 +26,7 @@ from iontodrive.protocol import (
     MESSAGE_BY_NAME,
     MESSAGE_CLASSES,
     Decoder,
+    ErrorCode,
     Frame,
     crc16_ccitt_false,
     encode,
@@ -162,7 +163,7 @@ def parse_frame_reference(frame: bytes) -> tuple[int, str, dict[str, Any]]:
     assert crc16_reference(body) == 0, "CRC over body and CRC is the residue 0"
     assert crc16_reference(body[:-2]) == int.from_bytes(body[-2:], "big"), "CRC is sent big-endian"
     version, type_id, seq = struct.unpack_from("<BBH", body)
-    assert version == 1
+    assert version == 2  # this document's version
     names = [name for name, (doc_type, _) in DOC_LAYOUTS.items() if doc_type == type_id]
     assert len(names) == 1, f"type 0x{type_id:02X} documented once"
     name = names[0]
@@ -222,7 +223,9 @@ def test_cobs_reference_rejects_a_truncated_block() -> None:
 
 def test_vector_file_covers_every_message_class() -> None:
     assert {v["name"] for v in VECTORS} == {cls.__name__ for cls in MESSAGE_CLASSES}
-    assert len(MESSAGE_CLASSES) == 23
+    assert len(MESSAGE_CLASSES) == 25  # version 2: OpenSession and SessionOpened added
+    nack_codes = {v["fields"]["code"] for v in VECTORS if v["name"] == "Nack"}
+    assert nack_codes == {int(code) for code in ErrorCode}, "one Nack per error code"
     for vector in VECTORS:
         assert set(vector) == {"name", "seq", "fields", "hex", "note"}
         assert re.fullmatch(r"([0-9a-f]{2})+", vector["hex"]), "lowercase hex, whole bytes"

@@ -56,6 +56,7 @@ from iontodrive.protocol import (
 )
 from iontodrive.protocol import constants as C
 from iontodrive.protocol.fastpath import COMPILED_BY_CLASS, FieldSpec
+from iontodrive.protocol.rules import RULES
 
 DOC = Path(__file__).resolve().parents[1] / "docs" / "protocol.md"
 
@@ -64,27 +65,30 @@ DOC = Path(__file__).resolve().parents[1] / "docs" / "protocol.md"
 
 FIELD_NOTES: dict[str, str] = {
     "probe_current_ua": "Probe current for the impedance measurement; 1-50 (S3: at most 50 µA).",
-    "target_current_ua": "Current the session is to deliver; 1-`max_current_ua`.",
+    "target_current_ua": "Current the session is to deliver; `min_current_ua`-`max_current_ua`.",
     "dose_uas": "Charge to deliver (µA·s; 1 mA·min = 60 000 µA·s); 1-`dose_cap_uas`, or 0 for a time-based "
     "session.",
     "duration_ms": "Session time with output on, ramps included, pauses excluded; 0 for a dose-based "
-    "session, else ≥ `ramp_up_ms` + `ramp_down_ms` and ≤ `max_duration_ms`.",
+    "session (whose time with output on is bounded by `max_duration_ms` too, §4.3), else ≥ `ramp_up_ms` + "
+    "`ramp_down_ms` and ≤ `max_duration_ms`.",
     "ramp_up_ms": "Ramp from 0 to the target; `min_ramp_ms`-`max_ramp_ms` (S1: default 30 000) and no "
     "faster than `slew_limit_ua_per_s`.",
-    "ramp_down_ms": "Ramp from the set-point to 0 at the end, on Stop and on Pause; same limits as "
-    "`ramp_up_ms`.",
+    "ramp_down_ms": "Sets the ramp-down *rate*: `target_current_ua` / `ramp_down_ms` (§4.3); a ramp to 0 "
+    "from the target (end, Stop, Pause, watchdog) lasts `ramp_down_ms`, from lower set-points less. Same "
+    "limits as `ramp_up_ms`.",
     "polarity": "`Polarity`; ANODE or CATHODE in a request (NONE is refused).",
     "waveform": "`Waveform`; PULSED_DC only if `IdentityReport.waveforms` has it.",
     "pulse_frequency_hz": "Pulse frequency; `min_pulse_frequency_hz`-`max_pulse_frequency_hz` for "
     "PULSED_DC, 0 for DC.",
-    "duty_percent": "Share of each period with current on; within 1-99 for PULSED_DC (a model may accept a "
-    "narrower range, e.g. 10-90), 0 for DC.",
+    "duty_percent": "Share of each period with current on; `min_duty_percent`-`max_duty_percent` for "
+    "PULSED_DC, 0 for DC.",
     "ramp_ms": "Time to ramp from the present set-point to the new one; `min_ramp_ms`-`max_ramp_ms` and no "
     "faster than `slew_limit_ua_per_s`.",
     "rate_hz": "Telemetry samples per second of device time; 0 = off, else 1-`max_telemetry_hz`. "
     "Power-up default 2.",
     "from_event_no": "First event number wanted; older events no longer in the ring are skipped.",
-    "max_count": "Maximum number of Event frames to replay after the EventsReport; 0-255.",
+    "max_count": "Maximum number of Event frames to replay after the EventsReport; 0-255 (0: the "
+    "EventsReport alone, to learn the ring's range).",
     "timeout_ms": "Host-silence timeout of the watchdog (S10); `min_watchdog_ms`-`max_watchdog_ms` "
     "(500-10 000). Power-up default 2000.",
     "request_type": "Type byte of the request this frame answers.",
@@ -98,7 +102,15 @@ FIELD_NOTES: dict[str, str] = {
     "firmware_major": "Firmware version, major part.",
     "firmware_minor": "Firmware version, minor part.",
     "firmware_patch": "Firmware version, patch part.",
-    "protocol_version": "Protocol version the device speaks (this document: 1).",
+    "protocol_version": "Protocol version the device speaks (this document: 2).",
+    "min_current_ua": "Hard limit: smallest non-zero target current accepted (Start, SetCurrent, "
+    "CheckContact); v2.",
+    "min_duty_percent": "Smallest duty cycle accepted for PULSED_DC; 0 if pulsed DC is not supported; v2.",
+    "max_duty_percent": "Largest duty cycle accepted for PULSED_DC; 0 if pulsed DC is not supported; v2.",
+    "host_nonce": "Random number naming the host session, drawn once per connection; 1-4 294 967 295 (0 is "
+    "refused).",
+    "host_session_no": "Number of host sessions opened since power-up, this one included.",
+    "previous_nonce": "Nonce of the host session this one replaced; 0 if none was open.",
     "max_current_ua": "Hard limit: largest target current (S12).",
     "compliance_mv": "Hard limit: compliance voltage of the current source.",
     "dose_cap_uas": "Hard limit: largest dose of one session.",
@@ -118,8 +130,9 @@ FIELD_NOTES: dict[str, str] = {
     "state": "`DeviceState`.",
     "flags": "`StatusFlags` bit set; bits 12-15 are reserved, sent as 0, and a receiver rejects them.",
     "setpoint_ua": "Present output set-point, following the ramps.",
-    "measured_ua": "Measured output current (magnitude).",
-    "voltage_mv": "Measured output voltage (magnitude).",
+    "measured_ua": "Measured output current (magnitude): the mean over the device's measurement interval "
+    "(§4.3); 0 while the output is disabled.",
+    "voltage_mv": "Measured output voltage (magnitude); 0 while the output is disabled.",
     "impedance_ohm": "Measured load impedance; 4 294 967 295 (`OPEN_CIRCUIT_OHM`) for an open circuit.",
     "charge_uas": "Charge delivered in this session so far: integral of measured current, ramps included "
     "(S11).",
@@ -142,15 +155,15 @@ FIELD_NOTES: dict[str, str] = {
 }
 FIELD_NOTES_BY_MESSAGE: dict[tuple[str, str], str] = {
     ("CheckContact", "target_current_ua"): "Current the host intends to deliver; sets the compliance-based "
-    "limit (S3). 1-`max_current_ua`.",
-    ("SetCurrent", "target_current_ua"): "New non-zero set-point; 1-`max_current_ua`.",
+    "limit (S3). `min_current_ua`-`max_current_ua`.",
+    ("SetCurrent", "target_current_ua"): "New non-zero set-point; `min_current_ua`-`max_current_ua`.",
     ("StatusReport", "target_current_ua"): "Target current of the present session; 0 if none.",
     ("StatusReport", "polarity"): "`Polarity` of the present session; NONE if none.",
     ("Telemetry", "polarity"): "`Polarity` of the present session; NONE if none.",
     ("ContactReport", "probe_current_ua"): "Probe current actually used.",
     ("ContactReport", "impedance_ohm"): "Measured impedance; 4 294 967 295 (`OPEN_CIRCUIT_OHM`) if open.",
     ("Event", "code"): "`EventCode`.",
-    ("Event", "state"): "`DeviceState` after the event.",
+    ("Event", "state"): "`DeviceState` after the device has reacted to what caused the event (§5).",
     ("Event", "value"): "Meaning depends on `code` (see the EventCode table). Signed.",
     ("Nack", "code"): "`ErrorCode`.",
 }
@@ -246,19 +259,29 @@ ERROR_NOTES: dict[ErrorCode, str] = {
     ErrorCode.POLARITY_LOCKED: "S8: a polarity change while output is non-zero. Field POLARITY.",
     ErrorCode.FAULT_LATCHED: "S9: a fault is latched; requests that would make output (CheckContact, Start, "
     "Resume, SetCurrent) are refused until ClearFault. Field STATE, value = FAULT.",
-    ErrorCode.UNSUPPORTED: "The model lacks the feature (e.g. pulsed DC on a DC-only model). Field names it.",
+    ErrorCode.UNSUPPORTED: "The model lacks the feature (e.g. pulsed DC on a DC-only model). Field names it. "
+    "Also the version refusal (§9): a version-1 frame answered in version-1 format, field NONE, value = 1, "
+    "minimum = maximum = 2.",
     ErrorCode.INCONSISTENT: "Fields contradict each other (e.g. both or neither of `dose_uas` and "
     "`duration_ms` non-zero, duration shorter than its ramps, pulse fields given for DC). Field names one "
     "of them.",
-    ErrorCode.SLEW_LIMIT: "S1: the requested ramp is faster than `slew_limit_ua_per_s`. Field names the "
-    "ramp, minimum = shortest allowed ramp in ms.",
+    ErrorCode.SLEW_LIMIT: "S1: the requested ramp is faster than `slew_limit_ua_per_s` (Start: target × 1000 "
+    "> slew × ramp; SetCurrent: the change × 1000 > slew × `ramp_ms`). Field names the ramp, minimum = "
+    "shortest allowed ramp in ms. Reachable only on a model whose `max_current_ua` × 1000 > "
+    "`slew_limit_ua_per_s` × `min_ramp_ms` (not the simulator's two models, §4.3).",
 }
 
 EVENT_NOTES: dict[EventCode, tuple[str, str]] = {
     EventCode.POWER_ON: ("Firmware started (always event 1).", "0"),
     EventCode.STATE_CHANGED: ("The state changed; `state` is the new state.", "previous `DeviceState`"),
-    EventCode.CONTACT_OK: ("A contact check passed.", "impedance, Ω"),
-    EventCode.CONTACT_FAILED: ("A contact check failed.", "impedance, Ω (4 294 967 295 if open)"),
+    EventCode.CONTACT_OK: (
+        "A contact check passed (CheckContact, or the check of Start/Resume).",
+        "impedance, Ω",
+    ),
+    EventCode.CONTACT_FAILED: (
+        "A contact check failed (CheckContact, or the check of Start/Resume).",
+        "impedance, Ω (4 294 967 295 if open)",
+    ),
     EventCode.SESSION_STARTED: ("Start accepted; ramp up begins.", "target current, µA"),
     EventCode.SETPOINT_CHANGED: ("SetCurrent accepted.", "new set-point, µA"),
     EventCode.PAUSED: ("Output reached 0 after a pause (request or lift).", "delivered charge, µA·s"),
@@ -282,6 +305,10 @@ EVENT_NOTES: dict[EventCode, tuple[str, str]] = {
     EventCode.WATCHDOG_CHANGED: ("SetWatchdog accepted.", "new timeout, ms"),
     EventCode.TELEMETRY_CHANGED: ("ConfigureTelemetry accepted.", "new rate, Hz"),
     EventCode.EVENTS_LOST: ("The ring overwrote events never fetched.", "number of events dropped"),
+    EventCode.HOST_SESSION_OPENED: (
+        "OpenSession accepted (v2): a host session began.",
+        "host session number",
+    ),
 }
 
 # ----------------------------------------------------------------------------------------------- helpers
@@ -362,6 +389,18 @@ def render_constants() -> str:
         ["`DEFAULT_TELEMETRY_HZ`", str(C.DEFAULT_TELEMETRY_HZ), "Telemetry rate after power-up (S14)."],
         ["`DEFAULT_REPLY_TIMEOUT_MS`", str(C.DEFAULT_REPLY_TIMEOUT_MS), "Host's default wait for a reply."],
         ["`DEFAULT_RETRIES`", str(C.DEFAULT_RETRIES), "Host's default resends of an unanswered request."],
+        [
+            "`PREVIOUS_PROTOCOL_VERSION`",
+            str(C.PREVIOUS_PROTOCOL_VERSION),
+            "Version answered with a refusal (§9).",
+        ],
+        [
+            "`REPLY_CACHE_SIZE`",
+            str(C.REPLY_CACHE_SIZE),
+            "Answers remembered per host session, at least (§7.3).",
+        ],
+        ["`MAX_HOST_NONCE`", str(C.MAX_HOST_NONCE), "Host nonces are 1..MAX_HOST_NONCE (§7.3)."],
+        ["`MAX_PROBE_CURRENT_UA`", str(C.MAX_PROBE_CURRENT_UA), "Largest contact probe current (S3)."],
     ]
     return "\n".join(_table(["Name", "Value", "Meaning"], rows))
 
@@ -493,7 +532,7 @@ def render_example() -> str:
     body = header + payload + crc.to_bytes(2, "big")
     assert cobs_encode(body) + b"\x00" == frame
     rows = [
-        ["0", "01", "version", "protocol version 1"],
+        ["0", f"{PROTOCOL_VERSION:02X}", "version", f"protocol version {PROTOCOL_VERSION}"],
         ["1", "05", "type", "0x05 SetCurrent (request)"],
         ["2-3", _hex(header[2:4]), "seq", f"0x{seq:04X} = {seq}, little-endian"],
         ["4-7", _hex(payload[0:4]), "target_current_ua", "0x00000BB8 = 3000 µA, little-endian"],
@@ -526,7 +565,55 @@ def render_example() -> str:
     return "\n".join(lines)
 
 
+def render_rules() -> str:
+    """The request x state table of :mod:`iontodrive.protocol.rules` (§7.5)."""
+    states = list(DeviceState)
+    header = ["Request", *[f"`{s.name}`" for s in states]]
+    rows = []
+    for request_type in sorted(RULES):
+        row = [f"`{_class_name(request_type)}`"]
+        for state in states:
+            cell = RULES[request_type][state]
+            if cell.refusal is not None:
+                row.append(f"✗ {cell.refusal.name}")
+            else:
+                then = "→ " + "/".join(s.name for s in cell.then) if cell.then else "="
+                row.append(then + (" (at 0 output)" if cell.needs_zero_output else ""))
+        rows.append(row)
+    lines = _table(header, rows)
+    lines += ["", "What each accepted request does, per state (cells that differ from the row's first):", ""]
+    effect_rows = []
+    for request_type in sorted(RULES):
+        seen: dict[str, list[str]] = {}
+        for state in states:
+            cell = RULES[request_type][state]
+            if cell.refusal is None:
+                seen.setdefault(cell.effect, []).append(state.name)
+        for effect, names in seen.items():
+            where = "every state" if len(names) == len(states) else ", ".join(names)
+            effect_rows.append([f"`{_class_name(request_type)}`", where, effect])
+    lines += _table(["Request", "In", "Effect"], effect_rows)
+    return "\n".join(lines)
+
+
+def render_file_count() -> str:
+    """The hand-edited files a new message type touches (§12)."""
+    rows = [[f"`{path}`", why] for path, why in NEW_MESSAGE_FILES]
+    return "\n".join([f"{len(NEW_MESSAGE_FILES)} hand-edited files:", "", *_table(["File", "What"], rows)])
+
+
+NEW_MESSAGE_FILES: tuple[tuple[str, str], ...] = (
+    ("iontodrive/protocol/enums.py", "the type byte in `MessageType` (and any new enumeration values)"),
+    ("iontodrive/protocol/messages.py", "the class: fields, `LAYOUT`, `REPLY` (requests), `@register`"),
+    ("iontodrive/protocol/rules.py", "a request's row of the request x state table"),
+    ("firmware_sim/requests.py", "the simulator's handler for a request"),
+    ("tools/make_protocol_tables.py", "the meaning of each new field (this check fails without it)"),
+)
+
+
 BLOCKS: dict[str, Callable[[], str]] = {
+    "rules": render_rules,
+    "new_message": render_file_count,
     "constants": render_constants,
     "catalog": render_catalog,
     "layouts": render_layouts,

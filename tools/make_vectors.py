@@ -1,7 +1,9 @@
-"""Regenerate ``docs/vectors.json``, the golden frames of protocol version 1, from a fixed list of messages.
+"""Regenerate ``docs/vectors.json``, the golden frames of protocol version 2, from a fixed list of messages.
 
 The output is deterministic: the same code gives the same bytes. Each vector is
-``{"name", "seq", "fields", "hex", "note"}`` as described in ``docs/protocol.md`` §11.
+``{"name", "seq", "fields", "hex", "note"}`` as described in ``docs/protocol.md`` §11. There is at least one
+vector per message class (a class without a hand-picked example gets one derived from its layout, each
+field at the low end of its wire range) and one Nack per error code.
 
 Usage::
 
@@ -20,7 +22,10 @@ from pathlib import Path
 from typing import Any
 
 from iontodrive.protocol import (
+    MESSAGE_BY_TYPE,
+    MESSAGE_CLASSES,
     OPEN_CIRCUIT_OHM,
+    PROTOCOL_VERSION,
     Abort,
     Ack,
     CheckContact,
@@ -40,12 +45,15 @@ from iontodrive.protocol import (
     Identify,
     IdentityReport,
     Message,
+    MessageKind,
     MessageType,
     Nack,
+    OpenSession,
     Pause,
     Polarity,
     Reset,
     Resume,
+    SessionOpened,
     SetCurrent,
     SetWatchdog,
     Start,
@@ -58,6 +66,7 @@ from iontodrive.protocol import (
     crc16_ccitt_false,
     encode,
 )
+from iontodrive.protocol.fastpath import COMPILED_BY_CLASS
 
 VECTORS_PATH = Path(__file__).resolve().parents[1] / "docs" / "vectors.json"
 
@@ -71,7 +80,7 @@ _SESSION_FLAGS |= StatusFlags.CONTACT_OK
 
 def _seq_with_zero_in_crc() -> int:
     for seq in range(_CRC_ZERO_SEARCH_START, 0x10000):
-        body = bytes([1, int(MessageType.HEARTBEAT)]) + seq.to_bytes(2, "little")
+        body = bytes([PROTOCOL_VERSION, int(MessageType.HEARTBEAT)]) + seq.to_bytes(2, "little")
         crc = crc16_ccitt_false(body)
         if crc & 0xFF == 0 or crc >> 8 == 0:
             return seq
@@ -165,7 +174,7 @@ def examples() -> list[tuple[str, int, Message]]:
                 firmware_major=1,
                 firmware_minor=2,
                 firmware_patch=3,
-                protocol_version=1,
+                protocol_version=PROTOCOL_VERSION,
                 max_current_ua=4000,
                 compliance_mv=80_000,
                 dose_cap_uas=4_800_000,
@@ -180,6 +189,9 @@ def examples() -> list[tuple[str, int, Message]]:
                 max_pulse_frequency_hz=0,
                 min_watchdog_ms=500,
                 max_watchdog_ms=10_000,
+                min_current_ua=100,
+                min_duty_percent=0,
+                max_duty_percent=0,
             ),
         ),
         (
@@ -191,7 +203,7 @@ def examples() -> list[tuple[str, int, Message]]:
                 firmware_major=2,
                 firmware_minor=0,
                 firmware_patch=0,
-                protocol_version=1,
+                protocol_version=PROTOCOL_VERSION,
                 max_current_ua=30_000,
                 compliance_mv=60_000,
                 dose_cap_uas=36_000_000,
@@ -206,6 +218,9 @@ def examples() -> list[tuple[str, int, Message]]:
                 max_pulse_frequency_hz=10_000,
                 min_watchdog_ms=500,
                 max_watchdog_ms=10_000,
+                min_current_ua=1000,
+                min_duty_percent=10,
+                max_duty_percent=90,
             ),
         ),
         (
@@ -283,9 +298,87 @@ def examples() -> list[tuple[str, int, Message]]:
         (
             "Event LINK_LOST: value = ms since the last valid host frame",
             0,
-            Event(9, 200_500, EventCode.LINK_LOST, DeviceState.RAMP_DOWN, 2004, False),
+            Event(9, 200_500, EventCode.LINK_LOST, DeviceState.PAUSING, 2004, False),
         ),
+        ("OpenSession: the v2 handshake, host nonce 0x5EED1234", 1, OpenSession(0x5EED_1234)),
+        (
+            "SessionOpened: host session 3, replacing the session of another host (nonce 0x0BADCAFE)",
+            1,
+            SessionOpened(0x5EED_1234, 3, 0x0BAD_CAFE),
+        ),
+        (
+            "Event HOST_SESSION_OPENED: value = host session number",
+            0,
+            Event(12, 5_000, EventCode.HOST_SESSION_OPENED, DeviceState.IDLE, 3, False),
+        ),
+        *_nack_per_code(),
     ]
+
+
+# One Nack per error code: (request it answers, field, value, minimum, maximum), as a device sends them.
+_NACK_CASES: dict[ErrorCode, tuple[MessageType, Field, int, int, int]] = {
+    ErrorCode.UNKNOWN_REQUEST: (MessageType(0x80), Field.NONE, 0x80, 0, 0),
+    ErrorCode.BAD_LENGTH: (MessageType.SET_WATCHDOG, Field.NONE, 1, 2, 2),
+    ErrorCode.OUT_OF_RANGE: (MessageType.SET_WATCHDOG, Field.TIMEOUT_MS, 499, 500, 10_000),
+    ErrorCode.BAD_STATE: (MessageType.SET_CURRENT, Field.STATE, int(DeviceState.IDLE), 0, 0),
+    ErrorCode.CONTACT_HIGH: (MessageType.START, Field.IMPEDANCE_OHM, 12_000, 200, 10_000),
+    ErrorCode.CONTACT_LOW: (MessageType.START, Field.IMPEDANCE_OHM, 150, 200, 10_000),
+    ErrorCode.CONTACT_OPEN: (MessageType.RESUME, Field.IMPEDANCE_OHM, OPEN_CIRCUIT_OHM, 200, 10_000),
+    ErrorCode.POLARITY_LOCKED: (MessageType.START, Field.POLARITY, int(Polarity.ANODE), 2, 2),
+    ErrorCode.FAULT_LATCHED: (MessageType.START, Field.STATE, int(DeviceState.FAULT), 0, 0),
+    ErrorCode.UNSUPPORTED: (MessageType.START, Field.WAVEFORM, int(Waveform.PULSED_DC), 0, 0),
+    ErrorCode.INCONSISTENT: (MessageType.START, Field.DURATION_MS, 50_000, 60_000, 3_600_000),
+    ErrorCode.SLEW_LIMIT: (MessageType.SET_CURRENT, Field.RAMP_MS, 5_000, 10_000, 60_000),
+}
+
+
+def _nack_per_code() -> list[tuple[str, int, Message]]:
+    out: list[tuple[str, int, Message]] = []
+    for offset, code in enumerate(ErrorCode):
+        request, field, value, low, high = _NACK_CASES[code]
+        name = MESSAGE_BY_TYPE[int(request)].__name__
+        out.append(
+            (
+                f"Nack {code.name} answering {name}",
+                100 + offset,
+                Nack(int(request), code, field, value, low, high),
+            )
+        )
+    return out
+
+
+def _derived_example(cls: type[Message]) -> Message:
+    """A message with every field at the low end of its wire range (first member of an enumeration)."""
+    values: list[Any] = []
+    for spec in COMPILED_BY_CLASS[cls].specs:
+        if spec.text_bytes is not None:
+            values.append("")
+        elif spec.code == "?":
+            values.append(False)
+        elif spec.allowed is not None:
+            values.append(min(spec.allowed))
+        elif spec.flag_mask is not None:
+            values.append(0)
+        else:
+            values.append(max(spec.minimum or 0, 0) if spec.minimum is not None else 0)
+    return cls(*values)
+
+
+def all_examples() -> list[tuple[str, int, Message]]:
+    """The hand-picked examples, plus a derived one for any message class that has none."""
+    chosen = examples()
+    covered = {type(message) for _, _, message in chosen}
+    for cls in MESSAGE_CLASSES:
+        if cls not in covered:
+            seq = 0 if cls.TYPE.kind is MessageKind.UNSOLICITED else 1
+            chosen.append(
+                (
+                    f"{cls.__name__}, derived from its layout (no hand-picked example)",
+                    seq,
+                    _derived_example(cls),
+                )
+            )
+    return chosen
 
 
 def _json_value(value: Any) -> Any:
@@ -299,7 +392,7 @@ def _json_value(value: Any) -> Any:
 def make_vectors() -> list[dict[str, Any]]:
     """Encode every example and return the vector objects."""
     vectors = []
-    for note, seq, message in examples():
+    for note, seq, message in all_examples():
         vectors.append(
             {
                 "name": type(message).__name__,

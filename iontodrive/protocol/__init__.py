@@ -5,7 +5,8 @@ No serial ports, threads or clocks live here: :func:`encode` turns a message int
 and the firmware simulator use this package. The specification is ``docs/protocol.md``.
 """
 
-from .codec import Frame, decode_body, encode, encode_version_refusal
+from . import messages
+from .codec import Frame, decode_body, encode, encode_version_probe, encode_version_refusal
 from .constants import (
     DEFAULT_REPLY_TIMEOUT_MS,
     DEFAULT_RETRIES,
@@ -14,8 +15,8 @@ from .constants import (
     HEARTBEAT_DIVISOR,
     MAX_FRAME_BYTES,
     MAX_HOST_NONCE,
-    MAX_PROBE_CURRENT_UA,
     MAX_PAYLOAD_BYTES,
+    MAX_PROBE_CURRENT_UA,
     MAX_SEQ,
     MAX_WATCHDOG_MS,
     MIN_WATCHDOG_MS,
@@ -42,7 +43,6 @@ from .enums import (
 )
 from .errors import DecodeError, DecodeErrorKind, EncodeError, FieldRangeError, ProtocolError, SequenceError
 from .fastpath import trusted_constructor
-from . import messages
 from .messages import *  # noqa: F403 - every message class; a new one is exported with no edit here
 from .sequencing import ReplyCache, SequenceCounter
 
@@ -54,8 +54,8 @@ __all__ = [
     "HEARTBEAT_DIVISOR",
     "MAX_FRAME_BYTES",
     "MAX_HOST_NONCE",
-    "MAX_PROBE_CURRENT_UA",
     "MAX_PAYLOAD_BYTES",
+    "MAX_PROBE_CURRENT_UA",
     "MAX_SEQ",
     "MAX_WATCHDOG_MS",
     "MIN_WATCHDOG_MS",
@@ -88,6 +88,7 @@ __all__ = [
     "crc16_ccitt_false",
     "decode_body",
     "encode",
+    "encode_version_probe",
     "encode_version_refusal",
     "trusted_constructor",
 ]

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import operator
 import struct
+import typing
 from binascii import crc_hqx as _crc
 from collections.abc import Callable
 from enum import IntEnum
@@ -123,8 +124,8 @@ def _check_seq(message: Message, unsolicited: bool, seq: object) -> int:
         if seq is None or (_is_int(seq) and seq == UNSOLICITED_SEQ):
             return UNSOLICITED_SEQ
         raise SequenceError(f"{name} is unsolicited and must carry seq 0 (or None), not {seq!r}")
-    if _is_int(seq) and MIN_REQUEST_SEQ <= seq <= MAX_SEQ:  # type: ignore[operator]
-        return int(seq)  # type: ignore[call-overload]
+    if isinstance(seq, int) and not isinstance(seq, bool) and MIN_REQUEST_SEQ <= seq <= MAX_SEQ:
+        return int(seq)
     raise SequenceError(f"{name}.seq = {seq!r} is out of range: must be an integer in [1, 65535]")
 
 
@@ -148,14 +149,15 @@ def encode(message: Message, seq: int | None = None) -> bytes:
         if seq is not None and not (seq.__class__ is int and seq == UNSOLICITED_SEQ):
             seq = _check_seq(message, True, seq)
         seq = UNSOLICITED_SEQ
-    elif not (seq.__class__ is int and MIN_REQUEST_SEQ <= seq <= MAX_SEQ):  # type: ignore[operator]
+    elif not (seq.__class__ is int and MIN_REQUEST_SEQ <= seq <= MAX_SEQ):  # type: ignore[operator,unused-ignore]
         seq = _check_seq(message, False, seq)
+    assert seq is not None  # for the type checker: both branches above leave an int
     try:
-        body = layout.pack(message, seq)  # type: ignore[arg-type]
+        body = layout.pack(message, seq)
     except _PACK_ERRORS:
         _raise_precise_error(layout, message)
         raise  # unreachable unless the fast and slow checks disagree (the test suite asserts they agree)
-    return _cobs_encode(body + _crc(body, CRC_INIT).to_bytes(2, "big")) + DELIMITER
+    return bytes(_cobs_encode(body + _crc(body, CRC_INIT).to_bytes(2, "big"))) + DELIMITER
 
 
 def decode_body(encoded: bytes) -> Frame | DecodeError:
@@ -179,7 +181,7 @@ def decode_body(encoded: bytes) -> Frame | DecodeError:
             seq = values[2]
             if (seq == UNSOLICITED_SEQ) is entry[2]:
                 try:
-                    return _FRAME_NEW(Frame, (seq, entry[3](values)))  # type: ignore[no-any-return]
+                    return _FRAME_NEW(Frame, (seq, entry[3](values)))  # type: ignore[no-any-return,unused-ignore]
                 except (KeyError, ValueError) as exc:  # undefined enum value or flag bit, bad bool or text
                     layout = COMPILED[body[1]]
                     field, value = _bad_field(layout, values)
@@ -243,6 +245,23 @@ def encode_version_refusal(request_type: int, seq: int, version: int = PREVIOUS_
     return bytes(_cobs_encode(body + _crc(body, CRC_INIT).to_bytes(2, "big")) + DELIMITER)
 
 
+def encode_version_probe(seq: int, version: int = PREVIOUS_PROTOCOL_VERSION) -> bytes:
+    """A version-1 ``Identify`` frame (header byte 0 = ``version``, type 0x01, empty payload).
+
+    A host sends it when a device does not answer ``OpenSession``: a version-1 device answers it with a
+    version-1 IdentityReport, which the host's decoder reports as ``WRONG_VERSION`` with ``version`` 1, so
+    the host can name the device's version (``docs/protocol.md`` §9). Identify changes nothing on any
+    device; a version-2 device answers the probe with its version refusal.
+
+    Raises:
+        ValueError: ``seq`` is not in 1..65535 or ``version`` is this version.
+    """
+    if not MIN_REQUEST_SEQ <= seq <= MAX_SEQ or version == PROTOCOL_VERSION or not 0 <= version <= 0xFF:
+        raise ValueError(f"seq = {seq!r} / version = {version!r} is out of range")
+    body = bytes([version, int(MessageType.IDENTIFY)]) + seq.to_bytes(2, "little")
+    return bytes(_cobs_encode(body + _crc(body, CRC_INIT).to_bytes(2, "big")) + DELIMITER)
+
+
 def _diagnose(encoded: bytes, body: bytes) -> DecodeError:
     """Name the first check a COBS-decoded body fails (slow path of :func:`decode_body`)."""
     raw = bytes(encoded[:_RAW_KEEP])
@@ -288,5 +307,5 @@ def field_enum(message: Message, name: str) -> type[IntEnum] | None:
     layout = COMPILED_BY_CLASS[type(message)]
     for spec in layout.specs:
         if spec.name == name and spec.allowed is not None:
-            return spec.python_type  # type: ignore[return-value]
+            return typing.cast(type[IntEnum], spec.python_type)
     return None

@@ -170,20 +170,24 @@ def _mutable_twin(cls: type[Message]) -> type | None:
     then assigns ``__class__``, which Python allows between classes of identical layout. Instances of
     the twin never leave the builder.
     """
-    if len(cls.__slots__) < _TWIN_MIN_FIELDS:  # type: ignore[attr-defined]
+    slots: tuple[str, ...] = tuple(getattr(cls, "__slots__", ()))
+    if len(slots) < _TWIN_MIN_FIELDS:
         return None  # the __class__ assignment costs about as much as two descriptor calls
+    base = cls.__base__
+    assert base is not None
     twin = type(
         f"_Mutable{cls.__name__}",
-        (cls.__base__,),
+        (base,),
         {
-            "__slots__": tuple(cls.__slots__),  # type: ignore[attr-defined]
+            "__slots__": slots,
             "__setattr__": object.__setattr__,  # the base's frozen hooks would route every store via Python
             "__delattr__": object.__delattr__,
             "__module__": __name__,
         },
     )
     try:
-        object.__new__(twin).__class__ = cls
+        probe: Any = object.__new__(twin)
+        probe.__class__ = cls
     except TypeError:
         return None
     return twin
