@@ -173,14 +173,14 @@ class Paths:
         return {"fields": {"value": header}}
 
     def encode_construct(self) -> bytes:
-        return cobs.encode(self.body_struct.build(self._container())) + b"\x00"
+        return bytes(cobs.encode(self.body_struct.build(self._container()))) + b"\x00"
 
     def encode_compiled(self) -> bytes:
-        return cobs.encode(self.compiled_struct.build(self._container())) + b"\x00"
+        return bytes(cobs.encode(self.compiled_struct.build(self._container()))) + b"\x00"
 
     def encode_bare(self) -> bytes:
         body = self.bare_struct.pack(*self.bare_values)
-        return cobs.encode(body + _crc(body).to_bytes(2, "big")) + b"\x00"
+        return bytes(cobs.encode(body + _crc(body).to_bytes(2, "big"))) + b"\x00"
 
     def encode_ours(self) -> bytes:
         return encode(self.message, self.seq)
@@ -214,7 +214,7 @@ class Paths:
 
 def _struct_code(subcon: construct.Construct) -> str:
     if isinstance(subcon, construct.FormatField):
-        return subcon.fmtstr[-1]
+        return str(subcon.fmtstr[-1])
     if isinstance(subcon, construct.StringEncoded):
         return f"{subcon.subcon.length}s"
     raise TypeError(type(subcon).__name__)
