@@ -8,9 +8,12 @@ The same differential tests run again in a child process against an ASan/UBSan b
 
 from __future__ import annotations
 
+import importlib
 import json
 import os
+import struct
 import subprocess
+import typing
 import sys
 from pathlib import Path
 from typing import Any
@@ -26,21 +29,24 @@ from c_support import (
 )
 from hypothesis import given
 from hypothesis import strategies as st
-from protocol_strategies import ANY_FRAME
+from protocol_strategies import ANY_FRAME, frames_of
 
 from iontodrive.protocol import (
     MESSAGE_BY_NAME,
     MESSAGE_CLASSES,
+    PROTOCOL_VERSION,
     DecodeError,
     Decoder,
     EncodeError,
     Frame,
+    MessageKind,
     crc16_ccitt_false,
     decode_body,
     encode,
 )
 from iontodrive.protocol.codegen.binding import CCodec
-from iontodrive.protocol.fastpath import COMPILED_BY_CLASS, FieldSpec
+from iontodrive.protocol.codegen.emit_c import HEADER_KNOWN_KINDS
+from iontodrive.protocol.fastpath import COMPILED, COMPILED_BY_CLASS, FieldSpec
 from iontodrive.protocol.messages import Message
 
 VECTORS: list[dict[str, Any]] = json.loads((ROOT / "docs" / "vectors.json").read_text(encoding="utf-8"))
@@ -55,10 +61,15 @@ def c_codec(tmp_path_factory: pytest.TempPathFactory) -> CCodec:
 
 
 def comparable(item: Frame | DecodeError) -> tuple[Any, ...]:
-    """What both codecs must agree on: the frame, or the error's kind and the header it could read."""
+    """What both codecs must agree on: the frame; or the error's kind, the header it could read and what
+    the check found (``version``, ``payload_bytes``, ``expected_bytes``, ``field``, ``value``). The body
+    length Python also reports for TOO_SHORT and OVERSIZE is not compared: C reports no header for those."""
     if isinstance(item, Frame):
         return ("frame", item.seq, item.message)
-    return ("error", item.kind, item.seq, item.type_id)
+    if item.kind.name not in HEADER_KNOWN_KINDS:
+        return ("error", item.kind, item.seq, item.type_id)
+    found = (item.version, item.payload_bytes, item.expected_bytes, item.field, item.value)
+    return ("error", item.kind, item.seq, item.type_id, *found)
 
 
 # ------------------------------------------------------------------------------------------ generation
@@ -221,14 +232,73 @@ def _mutated(frame: bytes, data: st.DataObject) -> bytes:
     return frame
 
 
+_COBS = importlib.import_module("cobs.cobs")  # untyped package: through importlib, typed as a module
+_TYPES = sorted(int(cls.TYPE) for cls in MESSAGE_CLASSES)
+
+
+def _framed(version: int, type_id: int, seq: int, payload: bytes) -> bytes:
+    head = bytes([version, type_id]) + seq.to_bytes(2, "little") + payload
+    return bytes(_COBS.encode(head + crc16_ccitt_false(head).to_bytes(2, "big"))) + b"\x00"
+
+
+def _ruled_fields(cls: type[Message]) -> list[int]:
+    """Indexes of the fields a receiver checks: enumerations, bit sets, bools and text."""
+    specs = COMPILED_BY_CLASS[cls].specs
+    return [
+        i
+        for i, s in enumerate(specs)
+        if s.allowed or s.flag_mask is not None or s.minimum is None or s.code == "?"
+    ]
+
+
+_RULED = [cls for cls in MESSAGE_CLASSES if _ruled_fields(cls)]
+
+
+@st.composite
+def undefined_value_frames(draw: st.DrawFn) -> bytes:
+    """A valid message's frame with one byte of a checked field replaced: mostly BAD_VALUE."""
+    cls = draw(st.sampled_from(_RULED))
+    seq, message = draw(typing.cast(Any, frames_of)(cls))  # functools.cache hides the signature
+    specs = COMPILED_BY_CLASS[cls].specs
+    body = bytearray(_COBS.decode(encode(message, seq)[:-1]))[4:-2]
+    index = draw(st.sampled_from(_ruled_fields(cls)))
+    sizes = [struct.calcsize("<" + spec.code.replace("?", "B")) for spec in specs]
+    body[sum(sizes[:index]) + draw(st.integers(0, sizes[index] - 1))] = draw(st.integers(0, 255))
+    return _framed(PROTOCOL_VERSION, int(cls.TYPE), seq, bytes(body))
+
+
+@st.composite
+def crafted_frames(draw: st.DrawFn) -> bytes:
+    """Frames with a good CRC and COBS but any header and payload: every check after the CRC is reached
+    (wrong version, unknown type, wrong length, sequence rule, undefined values)."""
+    if draw(st.integers(0, 3)) == 0:
+        return draw(undefined_value_frames())
+    version = draw(st.sampled_from([PROTOCOL_VERSION] * 6 + [PROTOCOL_VERSION - 1, 0, 0xFF]))
+    type_id = draw(st.sampled_from(_TYPES) | st.integers(0, 0xFF))
+    seq = draw(st.sampled_from([0, 1, 0xFFFF]) | st.integers(0, 0xFFFF))
+    layout = COMPILED.get(type_id)
+    size = layout.payload_size if layout is not None and draw(st.booleans()) else draw(st.integers(0, 40))
+    return _framed(version, type_id, seq, draw(st.binary(min_size=size, max_size=size)))
+
+
+@given(crafted_frames())
+def test_differential_crafted_frames(c_codec: CCodec, frame: bytes) -> None:
+    """Every kind after the CRC, with what the check found, the same on both sides."""
+    python = decode_body(frame[:-1])
+    assert comparable(c_codec.decode_body(frame[:-1])) == comparable(python)
+    assert [comparable(item) for item in c_codec.decoder().feed(frame)] == [comparable(python)]
+
+
 @st.composite
 def hostile_streams(draw: st.DrawFn) -> bytes:
-    """Valid frames, mutated frames, random bytes, zeros and overlong runs, concatenated."""
+    """Valid frames, crafted and mutated frames, random bytes, zeros and overlong runs, concatenated."""
     data = draw(st.data())
     pieces = []
     for _ in range(draw(st.integers(1, 8))):
-        kind = draw(st.sampled_from(["frame", "mutated", "random", "zeros", "long run"]))
-        if kind in ("frame", "mutated"):
+        kind = draw(st.sampled_from(["frame", "mutated", "crafted", "random", "zeros", "long run"]))
+        if kind == "crafted":
+            pieces.append(draw(crafted_frames()))
+        elif kind in ("frame", "mutated"):
             seq, message = draw(ANY_FRAME)
             frame = encode(message, seq)
             pieces.append(frame if kind == "frame" else _mutated(frame, data))
@@ -303,3 +373,41 @@ def test_sanitizer_is_active(c_codec: CCodec) -> None:
         pytest.skip("only meaningful in the sanitized child run")
     lib = c_codec._lib
     assert hasattr(lib, "__asan_report_load1") and hasattr(lib, "__ubsan_handle_add_overflow")
+
+
+# ------------------------------------------------------------------- request helpers, rules, refusal
+
+
+def test_reply_types_safety_and_requests_match_python(c_codec: CCodec) -> None:
+    for type_id in range(256):
+        cls = COMPILED[type_id].cls if type_id in COMPILED else None
+        reply = getattr(cls, "REPLY", None)
+        assert c_codec.reply_type(type_id) == (int(reply.TYPE) if reply is not None else None), type_id
+        assert c_codec.is_safety_request(type_id) == bool(getattr(cls, "SAFETY", False)), type_id
+        is_request = cls is not None and cls.TYPE.kind is MessageKind.REQUEST
+        assert c_codec.is_request(type_id) == is_request, type_id
+
+
+def test_request_state_table_matches_python(c_codec: CCodec) -> None:
+    rules = pytest.importorskip("iontodrive.protocol.rules")
+    for request_type in range(256):
+        for state in range(16):
+            row = rules.RULES.get(request_type)
+            cell = row.get(state) if row is not None else None
+            expected = None
+            if cell is not None:
+                expected = (int(cell.refusal) if cell.refusal is not None else 0, cell.needs_zero_output)
+            assert c_codec.request_rule(request_type, state) == expected, (request_type, state)
+
+
+@given(st.integers(0, 0xFF), st.integers(0, 0xFFFF))
+def test_differential_version_refusal(c_codec: CCodec, request_type: int, seq: int) -> None:
+    from iontodrive.protocol import encode_version_refusal
+
+    status, frame = c_codec.encode_version_refusal(request_type, seq)
+    if seq == 0:
+        assert status == "BAD_SEQUENCE"
+        with pytest.raises(ValueError):
+            encode_version_refusal(request_type, seq)
+    else:
+        assert (status, frame) == ("OK", encode_version_refusal(request_type, seq))

@@ -18,17 +18,23 @@ from c_support import ROOT
 
 from iontodrive.protocol import (
     PROTOCOL_VERSION,
+    ClearFault,
     Decoder,
     DeviceState,
     ErrorCode,
+    Field,
     Frame,
     GetStatus,
     Heartbeat,
     Identify,
+    OpenSession,
     Polarity,
     Reset,
+    SessionOpened,
     Start,
+    Stop,
     encode,
+    encode_version_refusal,
 )
 from iontodrive.protocol.codegen import target
 from iontodrive.protocol.codegen.toolchain import Footprint, ToolMissing, run_qemu_after
@@ -70,50 +76,60 @@ def test_footprint_on_cortex_m4(tmp_path: Path) -> None:
     assert codec.text - bitwise.text >= 400  # the 512-byte table, less the bitwise loop
 
 
-def _replies(output: bytes) -> list[Frame]:
-    results = Decoder().feed(output)
-    assert all(isinstance(item, Frame) for item in results), results
-    return [item for item in results if isinstance(item, Frame)]
-
-
 def test_example_device_answers_over_its_uart(tmp_path: Path) -> None:
-    """Identify and GetStatus answered; a request it does not support, a frame with a wrong length and
-    garbage handled as docs/protocol.md 3.5 says; Reset acknowledged, then the program stops."""
+    """The example firmware over its emulated UART: Identify, GetStatus and OpenSession answered (a retried
+    OpenSession the same), the state table's refusal, a request it does not support, a wrong length, a
+    version-1 request (version refusal) and noise handled as docs/protocol.md 3.5 and 9 say; Reset
+    acknowledged, then the program stops."""
     image = _or_skip(target.build_example, tmp_path)
+    version_1_identify = _frame_with_payload(Identify.TYPE, 9, b"", version=PROTOCOL_VERSION - 1)
     requests = [
         encode(Identify(), 1),
         encode(GetStatus(), 2),
         b"\x00\x13\x37\xff\x00",  # noise: no reply
         encode(Heartbeat(), 3),
         encode(Start(1000, 0, 60_000, 5000, 5000, Polarity.ANODE), 4),
-        _frame_with_payload(Identify.TYPE, 6, b"\x01"),
-        encode(Reset(), 7),
+        encode(OpenSession(0x1234), 5),
+        encode(OpenSession(0x1234), 5),  # a retry
+        _frame_with_payload(Identify.TYPE, 6, b"\x01"),  # one byte too many
+        encode(ClearFault(), 7),  # refused in IDLE by the state table
+        encode(Stop(), 8),  # a safety command: always accepted
+        version_1_identify,
+        encode(Reset(), 10),
     ]
     ready = b"example device: ready"
     result = _or_skip(run_qemu_after, image, ready, b"".join(requests), timeout_s=target.QEMU_TIMEOUT_S)
     assert result.returncode == 0, result.stderr
-    replies = _replies(result.stdout)
-    assert [(frame.seq, type(frame.message).__name__) for frame in replies] == [
+    refusal = encode_version_refusal(int(Identify.TYPE), 9)
+    assert refusal in result.stdout  # byte for byte the reference refusal, in version-1 format
+    replies = Decoder().feed(result.stdout.replace(refusal, b""))
+    summary = [(r.seq, type(r.message).__name__) if isinstance(r, Frame) else r for r in replies]
+    assert summary == [
         (1, "IdentityReport"),
         (2, "StatusReport"),
         (3, "Ack"),
         (4, "Nack"),
+        (5, "SessionOpened"),
+        (5, "SessionOpened"),
         (6, "Nack"),
-        (7, "Ack"),
+        (7, "Nack"),
+        (8, "Ack"),
+        (10, "Ack"),
     ]
-    identity = replies[0].message
-    assert identity.model == "example-c" and identity.protocol_version == PROTOCOL_VERSION  # type: ignore[attr-defined]
-    assert replies[1].message.state is DeviceState.IDLE  # type: ignore[attr-defined]
-    assert replies[3].message.code is ErrorCode.UNSUPPORTED  # type: ignore[attr-defined]
-    bad_length = replies[4].message
-    assert (bad_length.code, bad_length.value, bad_length.maximum) == (ErrorCode.BAD_LENGTH, 1, 0)  # type: ignore[attr-defined]
+    messages: list[Any] = [r.message for r in replies if isinstance(r, Frame)]
+    assert messages[0].model == "example-c" and messages[0].protocol_version == PROTOCOL_VERSION
+    assert messages[1].state is DeviceState.IDLE
+    assert messages[3].code is ErrorCode.UNSUPPORTED
+    assert messages[4] == messages[5] == SessionOpened(0x1234, 1, 0)
+    assert (messages[6].code, messages[6].value, messages[6].maximum) == (ErrorCode.BAD_LENGTH, 1, 0)
+    assert (messages[7].code, messages[7].field, messages[7].value) == (ErrorCode.BAD_STATE, Field.STATE, 0)
 
 
-def _frame_with_payload(type_id: int, seq: int, payload: bytes) -> bytes:
-    """A correctly framed request whose payload is longer than its layout (a BAD_LENGTH frame)."""
+def _frame_with_payload(type_id: int, seq: int, payload: bytes, version: int = PROTOCOL_VERSION) -> bytes:
+    """A correctly framed request with any payload and version byte (e.g. a BAD_LENGTH frame)."""
     cobs = importlib.import_module("cobs.cobs")  # untyped package: through importlib, typed as a module
 
     from iontodrive.protocol import crc16_ccitt_false
 
-    body = bytes([PROTOCOL_VERSION, int(type_id)]) + seq.to_bytes(2, "little") + payload
+    body = bytes([version, int(type_id)]) + seq.to_bytes(2, "little") + payload
     return bytes(cobs.encode(body + crc16_ccitt_false(body).to_bytes(2, "big"))) + b"\x00"

@@ -1,12 +1,16 @@
 /* Example device firmware on the generated codec (hand-written; docs/firmware.md walks through it).
  *
  * A UART receive interrupt puts bytes in a ring buffer; the main loop feeds them to the stream decoder and
- * answers each request with exactly one reply: Identify with an IdentityReport, GetStatus with a
- * StatusReport, Heartbeat with an Ack, every other request with a Nack (UNSUPPORTED: this skeleton drives
- * no output). Frames that fail to decode are answered as docs/protocol.md 3.5 and 6 require: a Nack for
- * an unknown type, a wrong length or an undefined value when the header can be trusted and the sequence
- * number is not 0; nothing otherwise. Reset is acknowledged and then, in this example only, ends the
- * program through semihosting so that the emulator stops; real firmware resets the MCU.
+ * answers each request with exactly one reply. The generated request x state table (ionto_request_rule)
+ * decides first: a refused request gets its Nack (BAD_STATE, field STATE). Of the accepted ones, Identify
+ * gets an IdentityReport, GetStatus a StatusReport, OpenSession a SessionOpened, Heartbeat and the safety
+ * commands (nothing to lower: the output is at zero) an Ack; every other request a Nack UNSUPPORTED (this
+ * skeleton drives no output). Frames that fail to decode are answered as docs/protocol.md 3.5, 6 and 9
+ * require: a version refusal for a previous-version request, a Nack for an unknown type, a wrong length
+ * or an undefined value when the header can be trusted and seq is not 0, nothing otherwise. Reset is
+ * acknowledged and then, in this example only, ends the program through semihosting so that the emulator
+ * stops; real firmware resets the MCU. Not implemented (a real device needs them, and the conformance
+ * suite checks them): the reply cache of 7.3, the watchdog, telemetry, events, sessions and the output.
  *
  * Board: ARM MPS2 with the AN386 image (Cortex-M4), as qemu-system-arm -M mps2-an386 emulates it; UART0 is
  * a CMSDK APB UART at 0x40004000 whose receive interrupt is IRQ 0. Nothing here is specific to qemu. */
@@ -102,15 +106,15 @@ static void send(const ionto_frame_t *reply)
     }
 }
 
-static void send_nack(uint16_t seq, uint8_t request_type, uint8_t code, int64_t value, int64_t minimum,
-                      int64_t maximum)
+static void send_nack(uint16_t seq, uint8_t request_type, uint8_t code, uint8_t field, int64_t value,
+                      int64_t minimum, int64_t maximum)
 {
     ionto_frame_t reply;
     reply.type = IONTO_MESSAGE_TYPE_NACK;
     reply.seq = seq;
     reply.msg.nack.request_type = request_type;
     reply.msg.nack.code = code;
-    reply.msg.nack.field = IONTO_FIELD_NONE;
+    reply.msg.nack.field = field;
     reply.msg.nack.value = value;
     reply.msg.nack.minimum = minimum;
     reply.msg.nack.maximum = maximum;
@@ -147,7 +151,18 @@ static const ionto_identity_report_t identity = {
     .max_pulse_frequency_hz = 0u,
     .min_watchdog_ms = IONTO_MIN_WATCHDOG_MS,
     .max_watchdog_ms = IONTO_MAX_WATCHDOG_MS,
+    .min_current_ua = 100u,
+    .min_duty_percent = 0u,
+    .max_duty_percent = 0u,
 };
+
+static uint8_t device_state = IONTO_DEVICE_STATE_IDLE; /* this skeleton never leaves IDLE */
+
+/* Host sessions (docs/protocol.md 7.3): a retry of the same OpenSession gets the same answer. */
+static uint32_t host_sessions;
+static uint32_t host_nonce;
+static uint16_t open_session_seq;
+static ionto_session_opened_t last_opened;
 
 static void answer_identify(uint16_t seq)
 {
@@ -165,7 +180,7 @@ static void answer_get_status(uint16_t seq)
     reply.type = IONTO_MESSAGE_TYPE_STATUS_REPORT;
     reply.seq = seq;
     status->device_time_ms = 0u; /* a real device reads its millisecond clock */
-    status->state = IONTO_DEVICE_STATE_IDLE;
+    status->state = device_state;
     status->flags = IONTO_STATUS_FLAGS_NONE;
     status->polarity = IONTO_POLARITY_NONE;
     status->target_current_ua = 0u;
@@ -183,28 +198,57 @@ static void answer_get_status(uint16_t seq)
     send(&reply);
 }
 
-/* A frame that failed to decode: answer only where the header can be trusted (docs/protocol.md 3.5). */
+static void answer_open_session(uint16_t seq, uint32_t nonce)
+{
+    ionto_frame_t reply;
+    bool retry = host_sessions > 0u && seq == open_session_seq && nonce == host_nonce;
+    if (!retry) { /* a new host session replaces the previous one */
+        last_opened.previous_nonce = host_nonce;
+        last_opened.host_nonce = nonce;
+        last_opened.host_session_no = ++host_sessions;
+        open_session_seq = seq;
+        host_nonce = nonce;
+    }
+    reply.type = IONTO_MESSAGE_TYPE_SESSION_OPENED;
+    reply.seq = seq;
+    reply.msg.session_opened = last_opened; /* a retry gets the same answer */
+    send(&reply);
+}
+
+/* A frame that failed to decode: answer only where the header can be trusted (docs/protocol.md 3.5, 9). */
 static void answer_decode_error(ionto_decode_status_t status, const ionto_frame_t *frame)
 {
     size_t expected = 0;
+    if (ionto_wants_version_refusal(status, frame)) {
+        uint8_t wire[IONTO_MAX_FRAME_BYTES];
+        size_t len;
+        if (ionto_encode_version_refusal(frame->type, frame->seq, wire, sizeof wire, &len) == IONTO_ENCODE_OK) {
+            uart_write(wire, len);
+        }
+        return;
+    }
     if (!ionto_decode_status_has_header(status) || frame->seq == 0u) {
         return; /* COBS, length, CRC or version failed, or seq 0: nothing may be sent */
     }
     switch (status) {
     case IONTO_DECODE_UNKNOWN_TYPE:
     case IONTO_DECODE_BAD_SEQUENCE: /* a reply or unsolicited type with a sequence number */
-        send_nack(frame->seq, frame->type, IONTO_ERROR_CODE_UNKNOWN_REQUEST, frame->type, 0, 0);
+        send_nack(frame->seq, frame->type, IONTO_ERROR_CODE_UNKNOWN_REQUEST, IONTO_FIELD_NONE, frame->type, 0, 0);
         break;
     case IONTO_DECODE_BAD_LENGTH:
         if (!ionto_is_request(frame->type)) {
-            send_nack(frame->seq, frame->type, IONTO_ERROR_CODE_UNKNOWN_REQUEST, frame->type, 0, 0);
+            send_nack(frame->seq, frame->type, IONTO_ERROR_CODE_UNKNOWN_REQUEST, IONTO_FIELD_NONE, frame->type,
+                      0, 0);
         } else if (ionto_payload_bytes(frame->type, &expected)) {
-            send_nack(frame->seq, frame->type, IONTO_ERROR_CODE_BAD_LENGTH, frame->payload_bytes,
-                      (int64_t)expected, (int64_t)expected);
+            send_nack(frame->seq, frame->type, IONTO_ERROR_CODE_BAD_LENGTH, IONTO_FIELD_NONE,
+                      frame->payload_bytes, (int64_t)expected, (int64_t)expected);
         }
         break;
     case IONTO_DECODE_BAD_VALUE:
-        send_nack(frame->seq, frame->type, IONTO_ERROR_CODE_OUT_OF_RANGE, 0, 0, 0);
+        /* frame->bad_field and bad_value say which field and what it held; a real device names the field
+         * (its Field value) and the allowed range */
+        send_nack(frame->seq, frame->type, IONTO_ERROR_CODE_OUT_OF_RANGE, IONTO_FIELD_NONE, frame->bad_value, 0,
+                  0);
         break;
     default:
         break;
@@ -214,8 +258,13 @@ static void answer_decode_error(ionto_decode_status_t status, const ionto_frame_
 /* Returns false when the program should end (Reset, in this example). */
 static bool answer(const ionto_frame_t *frame)
 {
-    if (!ionto_is_request(frame->type)) {
-        send_nack(frame->seq, frame->type, IONTO_ERROR_CODE_UNKNOWN_REQUEST, frame->type, 0, 0);
+    ionto_rule_t rule;
+    if (!ionto_is_request(frame->type) || !ionto_request_rule(frame->type, device_state, &rule)) {
+        send_nack(frame->seq, frame->type, IONTO_ERROR_CODE_UNKNOWN_REQUEST, IONTO_FIELD_NONE, frame->type, 0, 0);
+        return true;
+    }
+    if (rule.refusal != 0u) { /* the state table refuses it here: nothing changes */
+        send_nack(frame->seq, frame->type, rule.refusal, IONTO_FIELD_STATE, device_state, 0, 0);
         return true;
     }
     switch (frame->type) {
@@ -225,14 +274,18 @@ static bool answer(const ionto_frame_t *frame)
     case IONTO_MESSAGE_TYPE_GET_STATUS:
         answer_get_status(frame->seq);
         return true;
-    case IONTO_MESSAGE_TYPE_HEARTBEAT:
-        send_ack(frame->seq, frame->type);
+    case IONTO_MESSAGE_TYPE_OPEN_SESSION:
+        answer_open_session(frame->seq, frame->msg.open_session.host_nonce);
         return true;
     case IONTO_MESSAGE_TYPE_RESET:
         send_ack(frame->seq, frame->type);
         return false;
     default:
-        send_nack(frame->seq, frame->type, IONTO_ERROR_CODE_UNSUPPORTED, 0, 0, 0);
+        if (frame->type == IONTO_MESSAGE_TYPE_HEARTBEAT || ionto_is_safety_request(frame->type)) {
+            send_ack(frame->seq, frame->type); /* accepted; at zero output there is nothing to do */
+        } else {
+            send_nack(frame->seq, frame->type, IONTO_ERROR_CODE_UNSUPPORTED, IONTO_FIELD_NONE, 0, 0, 0);
+        }
         return true;
     }
 }

@@ -113,6 +113,11 @@ class CCodec:
             getattr(lib, name).argtypes = [ctypes.c_char_p, ctypes.c_size_t, ctypes.c_uint32]
         lib.ionto_test_encode_loop.restype = ctypes.c_uint32
         lib.ionto_test_encode_loop.argtypes = [ctypes.c_void_p, ctypes.c_uint32]
+        self._header = (ctypes.c_uint32 * 6)()
+        lib.ionto_test_header.restype = None
+        lib.ionto_test_header.argtypes = [ctypes.c_void_p, ctypes.c_void_p]
+        lib.ionto_payload_bytes.restype = ctypes.c_bool
+        lib.ionto_payload_bytes.argtypes = [ctypes.c_uint32, ctypes.POINTER(ctypes.c_size_t)]
         lib.ionto_crc16.restype = ctypes.c_uint16
         lib.ionto_crc16.argtypes = [ctypes.c_char_p, ctypes.c_size_t]
 
@@ -152,14 +157,36 @@ class CCodec:
 
     def _result(self, status: int) -> Frame | DecodeError:
         """Turn a C decode status and the frame buffer into what the Python codec returns."""
-        raw = self._frame.raw
-        type_id = raw[0]
-        seq = int.from_bytes(raw[2:4], "little")  # uint16_t after a uint8_t: offset 2
+        self._lib.ionto_test_header(self._frame, self._header)
+        type_id, version, seq, payload_bytes, bad_field, bad_value = self._header
         if status != 0:
             kind = _DECODE_KINDS[status - 1]
-            if kind.name in _HEADER_KNOWN:
-                return DecodeError(kind, C_DETAIL, b"", seq, type_id)
-            return DecodeError(kind, C_DETAIL)
+            if kind.name not in _HEADER_KNOWN:
+                return DecodeError(kind, C_DETAIL)
+            if kind is DecodeErrorKind.WRONG_VERSION:
+                return DecodeError(kind, C_DETAIL, b"", seq, type_id, version=version)
+            expected = ctypes.c_size_t()
+            known = bool(self._lib.ionto_payload_bytes(type_id, ctypes.byref(expected)))
+            field: str | None = None
+            value: int | None = None
+            if kind is DecodeErrorKind.BAD_VALUE:
+                layout = COMPILED.get(type_id)
+                if layout is None or bad_field >= len(layout.specs):
+                    raise StaleCodecError(f"C reports field {bad_field} of type 0x{type_id:02X}")
+                spec = layout.specs[bad_field]
+                field, value = spec.name, None if spec.text_bytes is not None else int(bad_value)
+            return DecodeError(
+                kind,
+                C_DETAIL,
+                b"",
+                seq,
+                type_id,
+                version=version,
+                payload_bytes=payload_bytes,
+                expected_bytes=int(expected.value) if known and kind is DecodeErrorKind.BAD_LENGTH else None,
+                field=field,
+                value=value,
+            )
         count = self._lib.ionto_test_values(self._frame, self._values, len(self._values))
         layout = COMPILED.get(type_id)
         if layout is None or count != len(layout.specs):
@@ -213,6 +240,45 @@ class CCodec:
 
     def crc16(self, data: bytes) -> int:
         return int(self._lib.ionto_crc16(data, len(data)))
+
+    # ----------------------------------------------------------------------- request helpers and rules
+
+    def reply_type(self, request_type: int) -> int | None:
+        """``ionto_reply_type``: the type byte of the request's data reply, or None."""
+        reply = ctypes.c_uint8()
+        fn = self._lib.ionto_reply_type
+        fn.restype, fn.argtypes = ctypes.c_bool, [ctypes.c_uint32, ctypes.POINTER(ctypes.c_uint8)]
+        return int(reply.value) if fn(request_type, ctypes.byref(reply)) else None
+
+    def is_safety_request(self, type_id: int) -> bool:
+        fn = self._lib.ionto_is_safety_request
+        fn.restype, fn.argtypes = ctypes.c_bool, [ctypes.c_uint32]
+        return bool(fn(type_id))
+
+    def is_request(self, type_id: int) -> bool:
+        fn = self._lib.ionto_is_request
+        fn.restype, fn.argtypes = ctypes.c_bool, [ctypes.c_uint32]
+        return bool(fn(type_id))
+
+    def request_rule(self, request_type: int, state: int) -> tuple[int, bool] | None:
+        """``ionto_request_rule``: (refusal code or 0, needs zero output), or None outside the table."""
+
+        class Rule(ctypes.Structure):
+            _fields_ = [("refusal", ctypes.c_uint8), ("needs_zero_output", ctypes.c_bool)]
+
+        rule = Rule()
+        fn = self._lib.ionto_request_rule
+        fn.restype, fn.argtypes = ctypes.c_bool, [ctypes.c_uint32, ctypes.c_uint32, ctypes.c_void_p]
+        if not fn(request_type, state, ctypes.byref(rule)):
+            return None
+        return int(rule.refusal), bool(rule.needs_zero_output)
+
+    def encode_version_refusal(self, request_type: int, seq: int) -> tuple[str, bytes]:
+        fn = self._lib.ionto_encode_version_refusal
+        fn.restype = ctypes.c_int
+        fn.argtypes = [ctypes.c_uint8, ctypes.c_uint16, ctypes.c_void_p, ctypes.c_size_t, ctypes.c_void_p]
+        status = fn(request_type, seq, self._out, len(self._out), ctypes.byref(self._out_len))
+        return ENCODE_STATUS[status], self._out.raw[: self._out_len.value]
 
 
 class CDecoder:

@@ -193,11 +193,19 @@ def render_header(schema: Schema) -> str:
             out.append(f"}} {struct_name(message)};")
     out += [
         "",
+        f"#define {macro('NO_FIELD')} 0xFFu /* ionto_frame_t.bad_field when no field is at fault */",
         "/* A decoded frame, or one to encode: the header's type and sequence number and the message. */",
         "typedef struct {",
         "    uint8_t type;           /* an IONTO_MESSAGE_TYPE_* value; selects the member of msg */",
+        "    uint8_t version;        /* decode: header byte 0 (encode always sends "
+        "IONTO_PROTOCOL_VERSION) */",
         "    uint16_t seq;           /* 0 for unsolicited messages, 1..65535 otherwise */",
-        "    uint16_t payload_bytes; /* decode: payload length received (valid once the header is known) */",
+        "    uint16_t payload_bytes; /* decode: payload length received */",
+        "    uint8_t bad_field;      /* decode, BAD_VALUE: index of the first field with an "
+        "undefined value */",
+        "    uint32_t bad_value;     /* decode, BAD_VALUE: its raw value (0 for a text field) */",
+        "    /* type, version, seq and payload_bytes are set once the header is known (see",
+        "     * ionto_decode_status_has_header); msg only on IONTO_DECODE_OK. */",
         "    union {",
     ]
     for message in schema.messages:
@@ -285,6 +293,7 @@ def render_header(schema: Schema) -> str:
         f"bool {PREFIX}_is_request(uint32_t type);",
         "/* The payload length of a known message type in *bytes; false for an unknown type. */",
         f"bool {PREFIX}_payload_bytes(uint32_t type, size_t *bytes);",
+        *_extras_header(schema),
         "",
         "#ifdef __cplusplus",
         "}",
@@ -299,6 +308,15 @@ def render_header(schema: Schema) -> str:
 # ------------------------------------------------------------------------------------------------ source
 
 _HELPERS: dict[str, str] = {
+    "undefined_value": r"""
+/* Record the first field of a frame holding an undefined value (IONTO_DECODE_BAD_VALUE); returns false. */
+static bool undefined_value(ionto_frame_t *frame, uint8_t field, uint32_t value)
+{
+    frame->bad_field = field;
+    frame->bad_value = value;
+    return false;
+}
+""",
     "put_u16": r"""
 static void put_u16(uint8_t *p, uint16_t v)
 {
@@ -496,7 +514,8 @@ static bool cobs_decode(const uint8_t *in, size_t len, uint8_t *out, size_t capa
 
 #define BODY_MIN (IONTO_HEADER_BYTES + IONTO_CRC_BYTES)
 
-ionto_encode_status_t ionto_encode(const ionto_frame_t *frame, uint8_t *out, size_t out_size, size_t *out_len)
+static ionto_encode_status_t encode_frame(const ionto_frame_t *frame, uint8_t version, uint8_t *out,
+                                          size_t out_size, size_t *out_len)
 {
     uint8_t body[IONTO_MAX_BODY_BYTES];
     size_t size;
@@ -507,7 +526,7 @@ ionto_encode_status_t ionto_encode(const ionto_frame_t *frame, uint8_t *out, siz
     if (status != IONTO_ENCODE_OK) {
         return status;
     }
-    body[0] = (uint8_t)IONTO_PROTOCOL_VERSION;
+    body[0] = version;
     body[1] = frame->type;
     put_u16(body + 2, frame->seq);
     size += IONTO_HEADER_BYTES;
@@ -522,6 +541,11 @@ ionto_encode_status_t ionto_encode(const ionto_frame_t *frame, uint8_t *out, siz
     out[size] = 0u;
     *out_len = size + 1u;
     return IONTO_ENCODE_OK;
+}
+
+ionto_encode_status_t ionto_encode(const ionto_frame_t *frame, uint8_t *out, size_t out_size, size_t *out_len)
+{
+    return encode_frame(frame, (uint8_t)IONTO_PROTOCOL_VERSION, out, out_size, out_len);
 }
 
 ionto_decode_status_t ionto_decode_body(const uint8_t *encoded, size_t len, ionto_frame_t *frame)
@@ -540,9 +564,12 @@ ionto_decode_status_t ionto_decode_body(const uint8_t *encoded, size_t len, iont
     if (ionto_crc16(body, size) != 0u) {
         return IONTO_DECODE_BAD_CRC;
     }
+    frame->version = body[0];
     frame->type = body[1];
     frame->seq = get_u16(body + 2);
     frame->payload_bytes = (uint16_t)(size - BODY_MIN);
+    frame->bad_field = IONTO_NO_FIELD;
+    frame->bad_value = 0u;
     if (body[0] != IONTO_PROTOCOL_VERSION) {
         return IONTO_DECODE_WRONG_VERSION;
     }
@@ -651,19 +678,20 @@ def _put_statement(field: FieldDef, offset: int) -> str:
     return f"    put_u{bits}({at}, {value});"
 
 
-def _get_statements(field: FieldDef, offset: int) -> list[str]:
+def _get_statements(field: FieldDef, offset: int, index: int) -> list[str]:
+    """Read one field; on an undefined value record which field and its raw value, and fail."""
     target = f"m->{field.name}"
     bits = field.wire_bytes * 8
     if field.kind == "text":
         return [
             f"    if (!get_text(p + {offset}, {target}, {field.text_bytes}u)) {{",
-            "        return false;",
+            f"        return undefined_value(frame, {index}u, 0u);",
             "    }",
         ]
     if field.kind == "bool":
         return [
             f"    if (p[{offset}] > 1u) {{",
-            "        return false;",
+            f"        return undefined_value(frame, {index}u, p[{offset}]);",
             "    }",
             f"    {target} = p[{offset}] == 1u;",
         ]
@@ -672,7 +700,11 @@ def _get_statements(field: FieldDef, offset: int) -> list[str]:
         raw = f"(int{bits}_t)to_signed({raw}, {literal(1 << (bits - 1))})"
     lines = [f"    {target} = {raw};"]
     if field.enum is not None:
-        lines += [f"    if (!{is_valid_function(field.enum)}({target})) {{", "        return false;", "    }"]
+        lines += [
+            f"    if (!{is_valid_function(field.enum)}({target})) {{",
+            f"        return undefined_value(frame, {index}u, {target});",
+            "    }",
+        ]
     return lines
 
 
@@ -738,9 +770,15 @@ def render_source(schema: Schema) -> str:
             out += ["    (void)m;", "    return true;"]
         out += ["}", "", f"static void put_{member_name(message)}(const {sname} *m, uint8_t *p)", "{"]
         out += [_put_statement(field, offset) for field, offset in offsets]
-        out += ["}", "", f"static bool get_{member_name(message)}(const uint8_t *p, {sname} *m)", "{"]
-        for field, offset in offsets:
-            out += _get_statements(field, offset)
+        out += [
+            "}",
+            "",
+            f"static bool get_{member_name(message)}(const uint8_t *p, {PREFIX}_frame_t *frame)",
+            "{",
+            f"    {sname} *m = &frame->msg.{member_name(message)};",
+        ]
+        for index, (field, offset) in enumerate(offsets):
+            out += _get_statements(field, offset, index)
         out += ["    return true;", "}"]
     out += [
         "",
@@ -792,7 +830,7 @@ def render_source(schema: Schema) -> str:
         ]
         if message.fields:
             out += [
-                f"        return get_{member_name(message)}(p, &frame->msg.{member_name(message)}) ? "
+                f"        return get_{member_name(message)}(p, frame) ? "
                 f"{macro('DECODE_OK')} : {macro('DECODE_BAD_VALUE')};"
             ]
         else:
@@ -839,11 +877,15 @@ def render_source(schema: Schema) -> str:
             f"    {PREFIX}_frame_t frame;",
             f"    frame.type = {literal(message.type_id)};",
             "    frame.seq = seq;",
+            f"    frame.version = {macro('PROTOCOL_VERSION')};",
             f"    frame.payload_bytes = {literal(message.payload_bytes)};",
+            f"    frame.bad_field = {macro('NO_FIELD')};",
+            "    frame.bad_value = 0u;",
         ]
         if message.fields:
             out.append(f"    frame.msg.{member_name(message)} = *message;")
         out += [f"    return {PREFIX}_encode(&frame, out, out_size, out_len);", "}"]
+    out += _extras_source(schema)
     out.append("")
     out[helpers_at:helpers_at] = _used_helpers("\n".join(out))
     return "\n".join(out)
@@ -859,3 +901,163 @@ def _used_helpers(code: str) -> list[str]:
         used.update(_HELPER_DEPENDENCIES.get(name, ()))
     title = "/* ---- little-endian access and text, written so that -Wconversion has nothing to say ---- */"
     return ["", title] + [_HELPERS[name] for name in _HELPERS if name in used]
+
+
+# ------------------------------------------------------------------ optional parts, where Python has them
+
+
+def _version_refusal_parts(schema: Schema) -> tuple[int, int, int] | None:
+    """(previous version, UNSUPPORTED, Field NONE) when the protocol defines a version refusal (v2 on)."""
+    previous = schema.constant("PREVIOUS_PROTOCOL_VERSION")
+    nack = schema.message("Nack")
+    codes, fields = schema.enum("ErrorCode"), schema.enum("Field")
+    if previous is None or nack is None or codes is None or fields is None:
+        return None
+    names = [f.name for f in nack.fields]
+    if names != ["request_type", "code", "field", "value", "minimum", "maximum"]:
+        raise UnsupportedLayout(f"Nack fields {names}: the version refusal template knows the v2 layout")
+    return previous, dict(codes.members)["UNSUPPORTED"], dict(fields.members)["NONE"]
+
+
+def _extras_header(schema: Schema) -> list[str]:
+    out = [
+        "/* The class of the data reply a request is answered with (its REPLY); false for other types. Every",
+        " * request may also be answered by Nack. */",
+        f"bool {PREFIX}_reply_type(uint32_t request_type, uint8_t *reply_type);",
+        "/* The safety commands: they only lower the output, are accepted in every state and never answered",
+        " * from the reply cache (docs/protocol.md 7.3). */",
+        f"bool {PREFIX}_is_safety_request(uint32_t type);",
+    ]
+    if _version_refusal_parts(schema) is not None:
+        out += [
+            "",
+            "/* ---- version refusal (docs/protocol.md 9) ---- */",
+            "/* True when a device must answer this bad frame with a version refusal: WRONG_VERSION "
+            "with header",
+            " * byte 0 = IONTO_PREVIOUS_PROTOCOL_VERSION, a request-range type (0x01-0x3F) and seq != 0. */",
+            f"bool {PREFIX}_wants_version_refusal({PREFIX}_decode_status_t status, const "
+            f"{PREFIX}_frame_t *frame);",
+            "/* The refusal frame: a Nack in the previous version's format, code UNSUPPORTED, value = that",
+            " * version, minimum = maximum = IONTO_PROTOCOL_VERSION. BAD_SEQUENCE for seq 0. */",
+            f"{PREFIX}_encode_status_t {PREFIX}_encode_version_refusal(uint8_t request_type, "
+            "uint16_t seq, uint8_t *out,",
+            "                                                     size_t out_size, size_t *out_len);",
+        ]
+    if schema.rules is not None:
+        out += [
+            "",
+            "/* ---- the request x state table (iontodrive/protocol/rules.py, docs/protocol.md 7.5) ---- */",
+            "typedef struct {",
+            "    uint8_t refusal;        /* 0: accepted; else the ErrorCode of the Nack (BAD_STATE, ...) */",
+            "    bool needs_zero_output; /* accepted only once the output has reached zero */",
+            f"}} {PREFIX}_rule_t;",
+            "/* The rule for a request type in a device state; false if either is not one the table has. */",
+            f"bool {PREFIX}_request_rule(uint32_t request_type, uint32_t state, {PREFIX}_rule_t *rule);",
+        ]
+    return out
+
+
+def _index_switch(name: str, values: tuple[int, ...]) -> list[str]:
+    lines = [f"static int {name}(uint32_t value)", "{", "    switch (value) {"]
+    for index, value in enumerate(values):
+        lines += [f"    case {literal(value)}:", f"        return {index};"]
+    lines += ["    default:", "        return -1;", "    }", "}"]
+    return lines
+
+
+def _extras_source(schema: Schema) -> list[str]:
+    by_name = {m.name: m for m in schema.messages}
+    out = ["", "/* ---- requests: replies and safety ---- */", ""]
+    out += [
+        f"bool {PREFIX}_reply_type(uint32_t request_type, uint8_t *reply_type)",
+        "{",
+        "    switch (request_type) {",
+    ]
+    for message in schema.messages:
+        if message.reply is not None:
+            reply = by_name[message.reply]
+            out += [
+                f"    case {literal(message.type_id)}: /* {message.name} -> {reply.name} */",
+                f"        *reply_type = {literal(reply.type_id)};",
+                "        return true;",
+            ]
+    out += ["    default:", "        (void)reply_type;", "        return false;", "    }", "}", ""]
+    out += [f"bool {PREFIX}_is_safety_request(uint32_t type)", "{"]
+    safety = [m for m in schema.messages if m.safety]
+    if safety:
+        out += ["    switch (type) {"]
+        out += [f"    case {literal(m.type_id)}: /* {m.name} */" for m in safety]
+        out += ["        return true;", "    default:", "        return false;", "    }", "}"]
+    else:
+        out += ["    (void)type;", "    return false;", "}"]
+    refusal = _version_refusal_parts(schema)
+    if refusal is not None:
+        previous, unsupported, no_field = refusal
+        out += [
+            "",
+            "/* ---- version refusal ---- */",
+            "",
+            f"bool {PREFIX}_wants_version_refusal({PREFIX}_decode_status_t status, const "
+            f"{PREFIX}_frame_t *frame)",
+            "{",
+            f"    return status == {macro('DECODE_WRONG_VERSION')} && frame->version == {literal(previous)}",
+            "        && frame->type >= 0x01u && frame->type <= 0x3Fu && frame->seq != 0u;",
+            "}",
+            "",
+            f"{PREFIX}_encode_status_t {PREFIX}_encode_version_refusal(uint8_t request_type, "
+            "uint16_t seq, uint8_t *out,",
+            "                                                     size_t out_size, size_t *out_len)",
+            "{",
+            f"    {PREFIX}_frame_t frame;",
+            f"    frame.type = {macro('MESSAGE_TYPE_NACK')};",
+            f"    frame.version = {literal(previous)};",
+            "    frame.seq = seq;",
+            f"    frame.payload_bytes = {macro('NACK_PAYLOAD_BYTES')};",
+            f"    frame.bad_field = {macro('NO_FIELD')};",
+            "    frame.bad_value = 0u;",
+            "    frame.msg.nack.request_type = request_type;",
+            f"    frame.msg.nack.code = {literal(unsupported)};",
+            f"    frame.msg.nack.field = {literal(no_field)};",
+            f"    frame.msg.nack.value = {literal(previous)};",
+            f"    frame.msg.nack.minimum = {macro('PROTOCOL_VERSION')};",
+            f"    frame.msg.nack.maximum = {macro('PROTOCOL_VERSION')};",
+            f"    return encode_frame(&frame, {literal(previous)}, out, out_size, out_len);",
+            "}",
+        ]
+    rules = schema.rules
+    if rules is not None:
+        cells = {(r, st): (refusal_code, zero) for r, st, refusal_code, zero in rules.cells}
+        for _, _, refusal_code, _ in rules.cells:
+            if not 0 <= refusal_code < 0x80:
+                raise UnsupportedLayout(f"rule refusal code {refusal_code} does not fit 7 bits")
+        out += ["", "/* ---- request x state table ---- */", ""]
+        out += _index_switch("request_index", rules.request_types) + [""]
+        out += _index_switch("state_index", rules.states) + [""]
+        out.append(
+            f"/* [request][state]: refusal code (0 = accepted) | 0x80 when the output must be at zero. "
+            f"States in order {', '.join(str(v) for v in rules.states)} ({rules.state_enum}). */"
+        )
+        out.append(f"static const uint8_t rules[{len(rules.request_types)}][{len(rules.states)}] = {{")
+        for request in rules.request_types:
+            row = []
+            for state in rules.states:
+                refusal_code, zero = cells[(request, state)]
+                row.append(f"0x{refusal_code | (0x80 if zero else 0):02X}u")
+            name = next(m.name for m in schema.messages if m.type_id == request)
+            out.append(f"    {{{', '.join(row)}}}, /* {name} */")
+        out += [
+            "};",
+            "",
+            f"bool {PREFIX}_request_rule(uint32_t request_type, uint32_t state, {PREFIX}_rule_t *rule)",
+            "{",
+            "    int r = request_index(request_type);",
+            "    int s = state_index(state);",
+            "    if (r < 0 || s < 0) {",
+            "        return false;",
+            "    }",
+            "    rule->refusal = (uint8_t)(rules[r][s] & 0x7Fu);",
+            "    rule->needs_zero_output = (rules[r][s] & 0x80u) != 0u;",
+            "    return true;",
+            "}",
+        ]
+    return out

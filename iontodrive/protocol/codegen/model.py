@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import ast
 import hashlib
+import importlib.util
 import inspect
 import re
 from dataclasses import dataclass
@@ -142,6 +143,8 @@ class MessageDef:
     fields: tuple[FieldDef, ...]
     payload_bytes: int
     doc: str
+    reply: str | None = None  # requests: the class name of the data reply (``REPLY``), if declared
+    safety: bool = False  # requests: ``SAFETY`` (only lowers the output)
 
     @property
     def unsolicited(self) -> bool:
@@ -156,6 +159,20 @@ class ConstantDef:
 
 
 @dataclass(frozen=True)
+class RulesDef:
+    """The request x state table of :mod:`iontodrive.protocol.rules`, as numbers.
+
+    ``cells[(request type, state)] = (refusal, needs_zero_output)``; refusal 0 means accepted, else it is
+    the ``ErrorCode`` value the Nack carries.
+    """
+
+    state_enum: str
+    request_types: tuple[int, ...]
+    states: tuple[int, ...]
+    cells: tuple[tuple[int, int, int, bool], ...]  # (request type, state, refusal, needs_zero_output)
+
+
+@dataclass(frozen=True)
 class Schema:
     """The whole protocol, as the C generator needs it."""
 
@@ -166,6 +183,16 @@ class Schema:
     decode_kinds: tuple[str, ...]  # DecodeErrorKind member names, declaration order
     crc_init: int
     header_format: str
+    rules: RulesDef | None = None
+
+    def message(self, name: str) -> MessageDef | None:
+        return next((m for m in self.messages if m.name == name), None)
+
+    def enum(self, name: str) -> EnumDef | None:
+        return next((e for e in self.enums if e.name == name), None)
+
+    def constant(self, name: str) -> int | None:
+        return next((c.value for c in self.constants if c.name == name), None)
 
     @property
     def fingerprint(self) -> int:
@@ -178,6 +205,8 @@ class Schema:
             self.decode_kinds,
             self.crc_init,
             self.header_format,
+            [(m.name, m.reply, m.safety) for m in self.messages],
+            self.rules,
         )
         return int(hashlib.sha256(repr(wire).encode("utf-8")).hexdigest()[:8], 16)
 
@@ -254,6 +283,30 @@ def _constants(module: ModuleType, extra: dict[str, int]) -> tuple[ConstantDef, 
     return tuple(result)
 
 
+def _rules() -> RulesDef | None:
+    """The request x state table, where the protocol declares one (``iontodrive.protocol.rules.RULES``)."""
+    if importlib.util.find_spec(f"{__package__.rsplit('.', 1)[0]}.rules") is None:
+        return None
+    from .. import rules as rules_module
+
+    table = getattr(rules_module, "RULES", None)
+    if not table:
+        return None
+    states = sorted({int(state) for row in table.values() for state in row})
+    state_enum = type(next(iter(next(iter(table.values())))))
+    cells = tuple(
+        (
+            int(request),
+            int(state),
+            int(cell.refusal) if cell.refusal is not None else 0,
+            cell.needs_zero_output,
+        )
+        for request, row in sorted(table.items())
+        for state, cell in sorted(row.items())
+    )
+    return RulesDef(state_enum.__name__, tuple(sorted(int(r) for r in table)), tuple(states), cells)
+
+
 def load_schema() -> Schema:
     """Read the protocol as :mod:`iontodrive.protocol` declares it now."""
     if HEADER_FORMAT != "<BBH":
@@ -272,12 +325,20 @@ def load_schema() -> Schema:
         fields = tuple(_field_def(cls.__name__, spec, enums) for spec in layout.specs)
         messages.append(
             MessageDef(
-                cls.__name__, type_id, cls.TYPE.kind.name, fields, layout.payload_size, _first_paragraph(cls)
+                cls.__name__,
+                type_id,
+                cls.TYPE.kind.name,
+                fields,
+                layout.payload_size,
+                _first_paragraph(cls),
+                reply.__name__ if (reply := getattr(cls, "REPLY", None)) is not None else None,
+                bool(getattr(cls, "SAFETY", False)),
             )
         )
     consts = _constants(constants_module, {"CRC_INIT": crc_module.CRC_INIT})
     version = next(c.value for c in consts if c.name == "PROTOCOL_VERSION")
     return Schema(
+        rules=_rules(),
         version=version,
         messages=tuple(messages),
         enums=tuple(enums.values()),

@@ -213,9 +213,7 @@ def qemu_command(image: Path) -> list[str]:
     ]
 
 
-def run_qemu_after(
-    image: Path, ready: bytes, stdin: bytes, *, timeout_s: float = 20.0
-) -> QemuRun:
+def run_qemu_after(image: Path, ready: bytes, stdin: bytes, *, timeout_s: float = 20.0) -> QemuRun:
     """Start an image, wait until its semihosting console (qemu's stderr) prints ``ready``, then send
     ``stdin`` to its UART and wait for it to exit. The emulated UART drops what arrives before the firmware
     enables it, so a host must not talk first. :class:`subprocess.TimeoutExpired` past the limit."""
