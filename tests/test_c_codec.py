@@ -13,8 +13,8 @@ import json
 import os
 import struct
 import subprocess
-import typing
 import sys
+import typing
 from pathlib import Path
 from typing import Any
 

@@ -1031,8 +1031,8 @@ def _extras_source(schema: Schema) -> list[str]:
             if not 0 <= refusal_code < 0x80:
                 raise UnsupportedLayout(f"rule refusal code {refusal_code} does not fit 7 bits")
         out += ["", "/* ---- request x state table ---- */", ""]
-        out += _index_switch("request_index", rules.request_types) + [""]
-        out += _index_switch("state_index", rules.states) + [""]
+        out += [*_index_switch("request_index", rules.request_types), ""]
+        out += [*_index_switch("state_index", rules.states), ""]
         out.append(
             f"/* [request][state]: refusal code (0 = accepted) | 0x80 when the output must be at zero. "
             f"States in order {', '.join(str(v) for v in rules.states)} ({rules.state_enum}). */"
