@@ -41,6 +41,7 @@ from iontodrive.protocol.codegen.toolchain import Footprint, ToolMissing, run_qe
 
 VECTORS: list[dict[str, Any]] = json.loads((ROOT / "docs" / "vectors.json").read_text(encoding="utf-8"))
 FLASH_BUDGET = 16 * 1024  # bytes: the whole codec with every function; a regression gate, not a target
+STACK_BUDGET = 512  # bytes: the deepest chain of the public API (docs/firmware.md quotes the measured depth)
 
 
 def _or_skip(build: Any, *args: Any, **kwargs: Any) -> Any:
@@ -74,6 +75,14 @@ def test_footprint_on_cortex_m4(tmp_path: Path) -> None:
     assert codec.ram == 0 and bitwise.ram == 0
     assert 0 < bitwise.text < codec.text <= FLASH_BUDGET
     assert codec.text - bitwise.text >= 400  # the 512-byte table, less the bitwise loop
+
+
+def test_stack_depth_on_cortex_m4(tmp_path: Path) -> None:
+    """The deepest call chain of the public API stays within a small, stated stack budget."""
+    frames = _or_skip(target.stack_frames, tmp_path)
+    assert "ionto_decode_body" in frames and "ionto_encode" in frames
+    for chain in target.STACK_CHAINS:
+        assert 0 < sum(frames.get(name, 0) for name in chain) <= STACK_BUDGET, chain
 
 
 def test_example_device_answers_over_its_uart(tmp_path: Path) -> None:

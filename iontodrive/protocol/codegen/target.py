@@ -125,6 +125,25 @@ def footprints(work: Path, source_dir: Path = FIRMWARE_DIR) -> list[FootprintRow
     return rows
 
 
+STACK_CHAINS: tuple[tuple[str, ...], ...] = (
+    ("ionto_decoder_feed", "ionto_decoder_push", "ionto_decode_body", "decode_payload"),
+    ("ionto_encode_status_report", "ionto_encode", "encode_frame", "encode_payload"),
+    ("ionto_encode", "encode_frame", "encode_payload"),
+)
+"""Call chains of the public API, outermost first (names absent from the object were inlined)."""
+
+
+def stack_frames(work: Path, source_dir: Path = FIRMWARE_DIR) -> dict[str, int]:
+    """Stack frame of every function left in the Cortex-M4 object (``-fstack-usage``), in bytes. Static
+    helpers inlined at -Os have no frame of their own: their use is in their caller's."""
+    obj = cross_compile(work / "codec_su.o", source_dir / SOURCE_NAME, [], ("-fstack-usage",))
+    frames: dict[str, int] = {}
+    for line in obj.with_suffix(".su").read_text(encoding="utf-8").splitlines():
+        where, size_text, _kind = line.split("\t")
+        frames[where.rsplit(":", 1)[-1]] = int(size_text)
+    return frames
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m iontodrive.protocol.codegen.target",
@@ -152,6 +171,11 @@ def main(argv: list[str] | None = None) -> int:
         for row in footprints(work / "size"):
             fp = row.footprint
             print(f"  {row.what:<58} {fp.text:>7} {fp.data:>6} {fp.bss:>6} {fp.flash:>7} {fp.ram:>6}")
+        frames = stack_frames(work / "size")
+        print("\nStack, bytes (sum of the frames along the deepest call chain):")
+        for chain in STACK_CHAINS:
+            depth = sum(frames.get(name, 0) for name in chain)
+            print(f"  {' -> '.join(n for n in chain if n in frames):<84} {depth:>5}")
     except ToolMissing as error:
         print(error, file=sys.stderr)
         return 2
