@@ -411,3 +411,12 @@ def test_differential_version_refusal(c_codec: CCodec, request_type: int, seq: i
             encode_version_refusal(request_type, seq)
     else:
         assert (status, frame) == ("OK", encode_version_refusal(request_type, seq))
+
+
+def test_nack_field_names_request_fields_like_python(c_codec: CCodec) -> None:
+    from iontodrive.protocol import Field
+
+    for cls in MESSAGE_CLASSES:
+        for index, spec in enumerate(COMPILED_BY_CLASS[cls].specs):
+            named = Field.__members__.get(spec.name.upper()) if cls.TYPE.kind is MessageKind.REQUEST else None
+            assert c_codec.nack_field(int(cls.TYPE), index) == int(named or Field.NONE), (cls, spec.name)

@@ -1877,6 +1877,83 @@ bool ionto_is_safety_request(uint32_t type)
     }
 }
 
+uint8_t ionto_nack_field(uint32_t type, uint32_t index)
+{
+    switch (type) {
+    case 3u: /* CheckContact */
+        if (index == 0u) {
+            return 13u;
+        }
+        if (index == 1u) {
+            return 1u;
+        }
+        return 0u;
+    case 4u: /* Start */
+        if (index == 0u) {
+            return 1u;
+        }
+        if (index == 1u) {
+            return 2u;
+        }
+        if (index == 2u) {
+            return 3u;
+        }
+        if (index == 3u) {
+            return 4u;
+        }
+        if (index == 4u) {
+            return 5u;
+        }
+        if (index == 5u) {
+            return 6u;
+        }
+        if (index == 6u) {
+            return 7u;
+        }
+        if (index == 7u) {
+            return 8u;
+        }
+        if (index == 8u) {
+            return 9u;
+        }
+        return 0u;
+    case 5u: /* SetCurrent */
+        if (index == 0u) {
+            return 1u;
+        }
+        if (index == 1u) {
+            return 10u;
+        }
+        return 0u;
+    case 11u: /* ConfigureTelemetry */
+        if (index == 0u) {
+            return 11u;
+        }
+        return 0u;
+    case 12u: /* FetchEvents */
+        if (index == 0u) {
+            return 15u;
+        }
+        if (index == 1u) {
+            return 16u;
+        }
+        return 0u;
+    case 13u: /* SetWatchdog */
+        if (index == 0u) {
+            return 12u;
+        }
+        return 0u;
+    case 16u: /* OpenSession */
+        if (index == 0u) {
+            return 18u;
+        }
+        return 0u;
+    default:
+        (void)index;
+        return 0u;
+    }
+}
+
 /* ---- version refusal ---- */
 
 bool ionto_wants_version_refusal(ionto_decode_status_t status, const ionto_frame_t *frame)

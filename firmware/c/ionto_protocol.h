@@ -603,6 +603,10 @@ bool ionto_reply_type(uint32_t request_type, uint8_t *reply_type);
 /* The safety commands: they only lower the output, are accepted in every state and never answered
  * from the reply cache (docs/protocol.md 7.3). */
 bool ionto_is_safety_request(uint32_t type);
+/* The Field a Nack names for field `index` (layout order, as ionto_frame_t.bad_field) of
+ * request `type`: the Field member named like the field (Start's polarity ->
+ * IONTO_FIELD_POLARITY), else IONTO_FIELD_NONE. */
+uint8_t ionto_nack_field(uint32_t type, uint32_t index);
 
 /* ---- version refusal (docs/protocol.md 9) ---- */
 /* True when a device must answer this bad frame with a version refusal: WRONG_VERSION with header

@@ -8,8 +8,8 @@
  * skeleton drives no output). Frames that fail to decode are answered as docs/protocol.md 3.5, 6 and 9
  * require: a version refusal for a previous-version request, a Nack for an unknown type, a wrong length
  * or an undefined value when the header can be trusted and seq is not 0, nothing otherwise. Reset is
- * acknowledged and then, in this example only, ends the program through semihosting so that the emulator
- * stops; real firmware resets the MCU. Not implemented (a real device needs them, and the conformance
+ * acknowledged and returns to the power-up state; built with -DEXAMPLE_STOP_ON_RESET (as the test suite
+ * does) it then ends the program through semihosting so that the emulator stops. Not implemented (a real device needs them, and the conformance
  * suite checks them): the reply cache of 7.3, the watchdog, telemetry, events, sessions and the output.
  *
  * Board: ARM MPS2 with the AN386 image (Cortex-M4), as qemu-system-arm -M mps2-an386 emulates it; UART0 is
@@ -245,17 +245,27 @@ static void answer_decode_error(ionto_decode_status_t status, const ionto_frame_
         }
         break;
     case IONTO_DECODE_BAD_VALUE:
-        /* frame->bad_field and bad_value say which field and what it held; a real device names the field
-         * (its Field value) and the allowed range */
-        send_nack(frame->seq, frame->type, IONTO_ERROR_CODE_OUT_OF_RANGE, IONTO_FIELD_NONE, frame->bad_value, 0,
-                  0);
+        /* frame->bad_field is the field's index in the layout and bad_value what it held; a real device also
+         * gives the allowed range (minimum, maximum) */
+        send_nack(frame->seq, frame->type, IONTO_ERROR_CODE_OUT_OF_RANGE,
+                  ionto_nack_field(frame->type, frame->bad_field), frame->bad_value, 0, 0);
         break;
     default:
         break;
     }
 }
 
-/* Returns false when the program should end (Reset, in this example). */
+/* The state after power-up and after Reset (S15): a real device also stops its output, clears its reply
+ * cache, and restarts its watchdog, telemetry and event numbering. */
+static void power_up(void)
+{
+    device_state = IONTO_DEVICE_STATE_IDLE;
+    host_sessions = 0u;
+    host_nonce = 0u;
+    open_session_seq = 0u;
+}
+
+/* Returns false when the program should end (Reset, with EXAMPLE_STOP_ON_RESET). */
 static bool answer(const ionto_frame_t *frame)
 {
     ionto_rule_t rule;
@@ -275,11 +285,21 @@ static bool answer(const ionto_frame_t *frame)
         answer_get_status(frame->seq);
         return true;
     case IONTO_MESSAGE_TYPE_OPEN_SESSION:
-        answer_open_session(frame->seq, frame->msg.open_session.host_nonce);
+        if (frame->msg.open_session.host_nonce == 0u) { /* 0 means "no host session" (7.3) */
+            send_nack(frame->seq, frame->type, IONTO_ERROR_CODE_OUT_OF_RANGE, IONTO_FIELD_HOST_NONCE, 0, 1,
+                      IONTO_MAX_HOST_NONCE);
+        } else {
+            answer_open_session(frame->seq, frame->msg.open_session.host_nonce);
+        }
         return true;
     case IONTO_MESSAGE_TYPE_RESET:
         send_ack(frame->seq, frame->type);
-        return false;
+        power_up();
+#ifdef EXAMPLE_STOP_ON_RESET
+        return false; /* the emulated test run ends here */
+#else
+        return true;
+#endif
     default:
         if (frame->type == IONTO_MESSAGE_TYPE_HEARTBEAT || ionto_is_safety_request(frame->type)) {
             send_ack(frame->seq, frame->type); /* accepted; at zero output there is nothing to do */
@@ -292,11 +312,12 @@ static bool answer(const ionto_frame_t *frame)
 
 int main(void)
 {
-    static ionto_decoder_t decoder; /* 140 bytes of state, no allocation */
+    static ionto_decoder_t decoder; /* 144 bytes of state on a Cortex-M4, no allocation */
     ionto_frame_t frame;
     bool running = true;
 
     ionto_decoder_init(&decoder);
+    power_up();
     uart_init();
     semihost_write("example device: ready\n"); /* the emulated UART drops bytes until it is enabled */
     while (running) {

@@ -255,6 +255,12 @@ class CCodec:
         fn.restype, fn.argtypes = ctypes.c_bool, [ctypes.c_uint32]
         return bool(fn(type_id))
 
+    def nack_field(self, type_id: int, index: int) -> int:
+        """``ionto_nack_field``: the Field value a Nack names for field ``index`` of a request."""
+        fn = self._lib.ionto_nack_field
+        fn.restype, fn.argtypes = ctypes.c_uint8, [ctypes.c_uint32, ctypes.c_uint32]
+        return int(fn(type_id, index))
+
     def is_request(self, type_id: int) -> bool:
         fn = self._lib.ionto_is_request
         fn.restype, fn.argtypes = ctypes.c_bool, [ctypes.c_uint32]

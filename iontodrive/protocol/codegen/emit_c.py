@@ -928,6 +928,13 @@ def _extras_header(schema: Schema) -> list[str]:
         " * from the reply cache (docs/protocol.md 7.3). */",
         f"bool {PREFIX}_is_safety_request(uint32_t type);",
     ]
+    if schema.enum("Field") is not None:
+        out += [
+            "/* The Field a Nack names for field `index` (layout order, as ionto_frame_t.bad_field) of",
+            " * request `type`: the Field member named like the field (Start's polarity ->",
+            " * IONTO_FIELD_POLARITY), else IONTO_FIELD_NONE. */",
+            f"uint8_t {PREFIX}_nack_field(uint32_t type, uint32_t index);",
+        ]
     if _version_refusal_parts(schema) is not None:
         out += [
             "",
@@ -990,6 +997,26 @@ def _extras_source(schema: Schema) -> list[str]:
         out += ["        return true;", "    default:", "        return false;", "    }", "}"]
     else:
         out += ["    (void)type;", "    return false;", "}"]
+    field_enum = schema.enum("Field")
+    if field_enum is not None:
+        by_field = dict(field_enum.members)
+        none = by_field.get("NONE", 0)
+        out += ["", f"uint8_t {PREFIX}_nack_field(uint32_t type, uint32_t index)", "{", "    switch (type) {"]
+        for message in schema.messages:
+            named = [
+                (i, by_field[f.name.upper()])
+                for i, f in enumerate(message.fields)
+                if f.name.upper() in by_field
+            ]
+            if not named or message.kind != "REQUEST":
+                continue
+            out.append(f"    case {literal(message.type_id)}: /* {message.name} */")
+            out += [
+                f"        if (index == {i}u) {{\n            return {literal(v)};\n        }}"
+                for i, v in named
+            ]
+            out.append(f"        return {literal(none)};")
+        out += ["    default:", "        (void)index;", f"        return {literal(none)};", "    }", "}"]
     refusal = _version_refusal_parts(schema)
     if refusal is not None:
         previous, unsupported, no_field = refusal

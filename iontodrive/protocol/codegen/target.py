@@ -95,10 +95,13 @@ def run_target(image: Path, *, stdin: bytes = b"", timeout_s: float = QEMU_TIMEO
     return RunnerResult(result.returncode, output, time.perf_counter() - start)
 
 
-def build_example(work: Path, source_dir: Path = FIRMWARE_DIR) -> Path:
-    """The example device (``firmware/c/example/example_device.c``) as an MPS2-AN386 image."""
+def build_example(work: Path, source_dir: Path = FIRMWARE_DIR, *, stop_on_reset: bool = True) -> Path:
+    """The example device (``firmware/c/example/example_device.c``) as an MPS2-AN386 image. With
+    ``stop_on_reset`` (the tests) a Reset ends the program, so that the emulator exits."""
     sources = [EXAMPLE_DIR / "example_device.c", source_dir / SOURCE_NAME]
-    return link_image(work / "example_device.elf", sources, [source_dir, EXAMPLE_DIR])
+    extra = ("-DEXAMPLE_STOP_ON_RESET",) if stop_on_reset else ()
+    name = "example_device.elf" if stop_on_reset else "example_device_running.elf"
+    return link_image(work / name, sources, [source_dir, EXAMPLE_DIR], extra)
 
 
 @dataclass(frozen=True)
