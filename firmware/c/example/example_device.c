@@ -33,7 +33,28 @@
 #define NVIC_ISER0 (*(volatile uint32_t *)0xE000E100u)
 #define UART0_RX_IRQ 0u
 
+/* ---- SysTick: the device's millisecond clock (MPS2 system clock 25 MHz) ---- */
+#define SYST_CSR (*(volatile uint32_t *)0xE000E010u)
+#define SYST_RVR (*(volatile uint32_t *)0xE000E014u)
+#define SYST_CVR (*(volatile uint32_t *)0xE000E018u)
+#define SYSTEM_CLOCK_HZ 25000000u
+
 void uart0_rx_handler(void);
+void systick_handler(void);
+
+static volatile uint32_t device_time_ms;
+
+void systick_handler(void)
+{
+    device_time_ms++;
+}
+
+static void clock_init(void)
+{
+    SYST_RVR = SYSTEM_CLOCK_HZ / 1000u - 1u;
+    SYST_CVR = 0u;
+    SYST_CSR = 0x7u; /* processor clock, interrupt, enable */
+}
 
 /* ---- receive: interrupt -> ring buffer (single producer, single consumer) ---- */
 #define RX_RING_BYTES 256u /* a power of two up to 256: the uint8_t indices wrap by themselves */
@@ -179,7 +200,7 @@ static void answer_get_status(uint16_t seq)
     ionto_status_report_t *status = &reply.msg.status_report;
     reply.type = IONTO_MESSAGE_TYPE_STATUS_REPORT;
     reply.seq = seq;
-    status->device_time_ms = 0u; /* a real device reads its millisecond clock */
+    status->device_time_ms = device_time_ms;
     status->state = device_state;
     status->flags = IONTO_STATUS_FLAGS_NONE;
     status->polarity = IONTO_POLARITY_NONE;
@@ -318,6 +339,7 @@ int main(void)
 
     ionto_decoder_init(&decoder);
     power_up();
+    clock_init();
     uart_init();
     semihost_write("example device: ready\n"); /* the emulated UART drops bytes until it is enabled */
     while (running) {

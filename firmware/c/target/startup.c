@@ -12,6 +12,7 @@ extern int main(void);
 void reset_handler(void);
 void default_handler(void);
 void uart0_rx_handler(void) __attribute__((weak, alias("default_handler")));
+void systick_handler(void) __attribute__((weak, alias("default_handler")));
 void *memcpy(void *to, const void *from, size_t n);
 void *memset(void *to, int value, size_t n);
 
@@ -52,7 +53,7 @@ __attribute__((section(".vectors"), used)) static void (*const vectors[17])(void
     default_handler, /* DebugMonitor */
     0,
     default_handler, /* PendSV */
-    default_handler, /* SysTick */
+    systick_handler, /* SysTick */
     uart0_rx_handler, /* IRQ 0: UART0 receive */
 };
 

@@ -194,8 +194,9 @@ class QemuRun:
     stderr: bytes
 
 
-def qemu_command(image: Path) -> list[str]:
-    """The emulator command line: no display, no monitor, UART0 on stdio, semihosting on."""
+def qemu_command(image: Path, serial: str = "stdio") -> list[str]:
+    """The emulator command line: no display, no monitor, UART0 on ``serial`` (a qemu chardev: ``stdio``,
+    ``tcp:127.0.0.1:PORT,server=on,wait=off``, ...), semihosting on (its console is qemu's stderr)."""
     return [
         tool("qemu-system-arm"),
         "-M",
@@ -205,7 +206,7 @@ def qemu_command(image: Path) -> list[str]:
         "-monitor",
         "none",
         "-serial",
-        "stdio",
+        serial,
         "-semihosting-config",
         "enable=on,target=native",
         "-kernel",
