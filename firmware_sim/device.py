@@ -44,9 +44,9 @@ from iontodrive.protocol import (
     MessageKind,
     MessageType,
     Nack,
-    OpenSession,
     Polarity,
     ReplyCache,
+    SessionOpened,
     StatusFlags,
     StatusReport,
     Waveform,
@@ -239,9 +239,9 @@ class Device:
             self._flush_outbox()
             self._send(cached)
             return
-        if message.__class__ is OpenSession:
-            self._cache.clear()  # the new host session starts with an empty memory of answers
         replies = fw.handle(message)
+        if replies[0].__class__ is SessionOpened:
+            self._cache.clear()  # the new host session starts with an empty memory of answers
         if len(replies) == 1:  # the reply itself (always a reply type)
             encoded = encode(replies[0], seq)
         else:  # FetchEvents: the report, then the replayed events (unsolicited, seq 0)

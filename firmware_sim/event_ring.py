@@ -25,13 +25,13 @@ class EventRing:
     """Events of one boot (ring and boot log) plus the simulator's log across boots (``log``)."""
 
     __slots__ = (
-        "_pending",
         "boot_log",
         "dropped",
         "last_fetched_no",
         "log",
         "next_event_no",
         "overflowed",
+        "pending",
         "ring",
     )
 
@@ -43,7 +43,7 @@ class EventRing:
         self.last_fetched_no = 0
         self.dropped = 0  # unfetched events dropped from the ring in this overflow episode
         self.overflowed = False
-        self._pending: list[tuple[int, int, EventCode, int]] = []
+        self.pending: list[tuple[int, int, EventCode, int]] = []  # recorded, not yet stamped and sent
 
     @property
     def last_event_no(self) -> int:
@@ -52,14 +52,14 @@ class EventRing:
 
     def record(self, code: EventCode, value: int, device_time_ms: int) -> None:
         """Number an event now; it is stamped with a state and sent by the next :meth:`commit`."""
-        self._pending.append((self.next_event_no & _U32, device_time_ms, code, int(value)))
+        self.pending.append((self.next_event_no & _U32, device_time_ms, code, int(value)))
         self.next_event_no += 1
 
     def commit(self, state: DeviceState, outbox: list[Message]) -> None:
         """Stamp the recorded events with ``state``, keep them in the ring and send them (``outbox``)."""
-        while self._pending:
-            pending = self._pending
-            self._pending = []
+        while self.pending:
+            pending = self.pending
+            self.pending = []
             for event_no, time_ms, code, value in pending:
                 event = Event(event_no=event_no, device_time_ms=time_ms, code=code, state=state, value=value)
                 self._keep(event, time_ms)

@@ -76,7 +76,7 @@ from .thresholds import (
     SMALL_BLOCK_STEPS,
 )
 from .trace import TraceSink
-from .triggers import Trigger
+from .triggers import Armed, Trigger
 
 log = logging.getLogger(__name__)
 
@@ -98,6 +98,7 @@ class Firmware:
     # fmt: off
     __slots__ = (
         "_events_log",
+        "armed_cache",
         "boot_count",
         "boot_n",
         "charge_sum",
@@ -190,6 +191,7 @@ class Firmware:
         self.stepper = PlantStepper(plant)
         self._events_log: deque[Event] | None = None  # every event, across restarts (made by the first boot)
         self.physical_next = False
+        self.armed_cache: tuple[tuple[object, ...], Armed] | None = None  # see triggers.arm
         self.boot_count = 0
         self._boot(cold=True)
 
@@ -619,8 +621,10 @@ class Firmware:
 
     def _boundary(self, wd_step: int | None) -> None:
         """Handle every scheduled event that is due after ``self.n`` steps."""
+        ring = self.ring
         for _ in range(16):
-            self.commit_events()
+            if ring.pending:  # events of the previous action (or of the trigger that ended the block)
+                ring.commit(self.state, self.outbox)
             if wd_step is not None and not self.watchdog_fired and self.n >= wd_step:
                 self._watchdog_fire()
                 continue
@@ -726,8 +730,6 @@ class Firmware:
                 stepping.step_block(self, self.n, end)
         self.link_now = link0 + link_dt
         self.commit_events()
-
-    # ------------------------------------------------------------------------------------------ blocks
 
     # --------------------------------------------------------------------------------- trigger reactions
 

@@ -53,6 +53,20 @@ def step_small(fw: Firmware, n0: int, n1: int) -> None:
     count = n1 - n0
     fxs = stepper.fault_inputs([(n0 + j + 1) * dt for j in range(count)])
     a = triggers.arm(fw)
+    # the shared rules, bound to locals: this loop runs once per physics step in real time
+    t_hardware_trip, t_overcurrent, t_short, t_open = (
+        triggers.hardware_trip,
+        triggers.overcurrent,
+        triggers.short,
+        triggers.open_circuit,
+    )
+    t_lift, t_high, t_low, t_dose = (
+        triggers.lift,
+        triggers.compliance_high,
+        triggers.compliance_low,
+        triggers.dose_reached,
+    )
+    ramp_charge = segments.ramp_charge
     hw_trip = a.hardware_trip_ua
     output_state = a.output
     protective = a.protective
@@ -101,24 +115,24 @@ def step_small(fw: Firmware, n0: int, n1: int) -> None:
         del hist_i[0], hist_v[0], hist_r[0]
         valid = i10 >= i_valid
         zf = v10 * 1000.0 / i10 if valid else math.inf
-        open_now = triggers.open_circuit(a, i_meas, r.i_reg, v_meas)
+        open_now = t_open(a, i_meas, r.i_reg, v_meas)
         # trigger conditions, in priority order (the lowest Trigger value wins within a step)
         trigger = None
-        if hw_trip and triggers.hardware_trip(a, r.i_true):
+        if hw_trip and t_hardware_trip(a, r.i_true):
             trigger = Trigger.HARDWARE_TRIP
-        elif a.overcurrent and triggers.overcurrent(a, i_meas, r.i_reg):
+        elif a.overcurrent and t_overcurrent(a, i_meas, r.i_reg):
             trigger = Trigger.OVERCURRENT
-        short_run = fw.short_run + 1 if protective and triggers.short(valid, zf) else 0
+        short_run = fw.short_run + 1 if protective and t_short(valid, zf) else 0
         if trigger is None and short_run >= fw.short_steps:
             trigger = Trigger.SHORT
         if trigger is None and protective and open_now:
             trigger = Trigger.OPEN
         if trigger is None and protective and valid:
             low = min(z_floor, zf, min(new_z) if new_z else math.inf)
-            if triggers.lift(valid, zf, low):  # check the exact window (the oldest j samples left it)
+            if t_lift(valid, zf, low):  # check the exact window (the oldest j samples left it)
                 window = float(hist_z[j:].min()) if j < hist_z.shape[0] else math.inf
                 low = min(window, zf, min(new_z) if new_z else math.inf)
-                if triggers.lift(valid, zf, low):
+                if t_lift(valid, zf, low):
                     trigger = Trigger.LIFT
         if counts_charge:
             charge_sum += i_meas
@@ -127,21 +141,19 @@ def step_small(fw: Firmware, n0: int, n1: int) -> None:
         if output_state:
             assert s is not None
             if frac is None:
-                v_high = triggers.compliance_high(a, v_meas)
-                v_low = triggers.compliance_low(a, v_meas)
+                v_high = t_high(a, v_meas)
+                v_low = t_low(a, v_meas)
             elif frac > PULSE_ON_FRACTION:
                 v_on = v_meas / frac
                 judged = segments.pulse_judged(s, n, frac, dt)
-                v_high = triggers.compliance_high(a, v_on) if judged else True
-                v_low = triggers.compliance_low(a, v_on)
+                v_high = t_high(a, v_on) if judged else True
+                v_low = t_low(a, v_on)
             else:  # off phase: neither starts nor breaks a run
                 v_high = v_low = True
             comp_run = fw.comp_run + 1 if v_high else 0
             if clear_watch:
                 clear_run = fw.clear_run + 1 if v_low else 0
-            if trigger is None and triggers.dose_reached(
-                charge, segments.ramp_charge(s, sp, output_tau_s, dt), dose_aim
-            ):
+            if trigger is None and t_dose(charge, ramp_charge(s, sp, output_tau_s, dt), dose_aim):
                 trigger = Trigger.DOSE
             if trigger is None and comp_run >= fw.compliance_steps:
                 trigger = Trigger.COMPLIANCE

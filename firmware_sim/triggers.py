@@ -8,9 +8,8 @@ step's floats with the same arithmetic. Within a step the lowest :class:`Trigger
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from enum import Enum
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from iontodrive.protocol import DeviceState, StatusFlags
 from iontodrive.protocol.rules import OUTPUT_STATES, RAMPING_DOWN_STATES
@@ -48,9 +47,12 @@ class Trigger(Enum):
     COMPLIANCE_CLEAR = 8
 
 
-@dataclass(frozen=True, slots=True)
-class Armed:
-    """Which triggers are watched during one block, and their levels (fixed for the block)."""
+class Armed(NamedTuple):
+    """Which triggers are watched during one block, and their levels (fixed for the block).
+
+    A named tuple, not a dataclass: it is made once per block, and the real-time runner's blocks are one
+    or a few physics steps long, where a frozen dataclass's construction would cost more than the step.
+    """
 
     hardware_trip_ua: float  # 0: not watched (no hardware trip, or it is latched already)
     overcurrent: bool  # S9: every state but FAULT
@@ -66,14 +68,22 @@ class Armed:
 
 
 def arm(fw: Firmware) -> Armed:
-    """The triggers watched in the firmware's present state."""
+    """The triggers watched in the firmware's present state.
+
+    Remembered while what it depends on stays the same (state, flags, ramp, ramp phase, session), since
+    the real-time runner asks once per control tick of a step or two.
+    """
+    key = (fw.state, fw.flags, fw.ramp, fw.ramp_done_at is None, fw.session)
+    cached = fw.armed_cache
+    if cached is not None and cached[0] == key:
+        return cached[1]
     m = fw.model
     state = fw.state
     s = fw.session
     slew = float(m.slew_limit_ua_per_s)
     output = state in OUTPUT_STATES and s is not None
     v_comp = float(m.compliance_mv)
-    return Armed(
+    armed = Armed(
         hardware_trip_ua=float(m.hardware_trip_ua)
         if m.hardware_trip_ua and not fw.flags & StatusFlags.HARDWARE_TRIP
         else 0.0,
@@ -85,13 +95,15 @@ def arm(fw: Firmware) -> Armed:
         and bool(fw.flags & StatusFlags.RESISTANCE_LIMIT)
         and state == S.HOLD
         and s is not None
-        and fw.setpoint < s.target_ua,
+        and fw.setpoint < s.target_ua,  # in HOLD the ramp is flat: the set-point is the ramp's
         v_high_mv=COMPLIANCE_HIGH * v_comp,
         v_low_mv=COMPLIANCE_CLEAR * v_comp,
         trip_current_ua=float(m.trip_current_ua),
         trip_margin_ua=fw.trip_margin,
         i_valid_ua=fw.i_valid,
     )
+    fw.armed_cache = (key, armed)
+    return armed
 
 
 def hardware_trip(a: Armed, i_true: Values) -> Values:

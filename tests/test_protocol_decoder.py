@@ -32,8 +32,8 @@ from test_protocol_vectors import (
 )
 
 from iontodrive.protocol import (
-    PROTOCOL_VERSION,
     MAX_FRAME_BYTES,
+    PROTOCOL_VERSION,
     DecodeError,
     DecodeErrorKind,
     Decoder,
@@ -399,7 +399,7 @@ ERROR_CASES: list[tuple[str, bytes, DecodeErrorKind, int | None, int | None]] = 
     ("version 1", _frame(1, 0x0A, 5, b""), DecodeErrorKind.WRONG_VERSION, 5, 0x0A),
     ("version 3", _frame(3, 0x0A, 5, b""), DecodeErrorKind.WRONG_VERSION, 5, 0x0A),
     ("version 0", _frame(0, 0xC0, 0, TELEMETRY_BODY), DecodeErrorKind.WRONG_VERSION, 0, 0xC0),
-    ("type 0x11", _frame(PROTOCOL_VERSION, 0x11, 9, b""), DecodeErrorKind.UNKNOWN_TYPE, 9, 0x11),
+    ("type 0x3F", _frame(PROTOCOL_VERSION, 0x3F, 9, b""), DecodeErrorKind.UNKNOWN_TYPE, 9, 0x3F),
     ("type 0x00", _frame(PROTOCOL_VERSION, 0x00, 9, b""), DecodeErrorKind.UNKNOWN_TYPE, 9, 0x00),
     ("payload too long", _frame(PROTOCOL_VERSION, 0x0A, 5, b"\x00"), DecodeErrorKind.BAD_LENGTH, 5, 0x0A),
     (

@@ -51,6 +51,13 @@ from iontodrive.protocol import (
 )
 
 S = DeviceState
+
+
+def state(device: Device) -> DeviceState:
+    """The device's state now (a call, so that the type checker does not narrow it between steps)."""
+    return device.state
+
+
 START = Start(2500, 0, 600_000, 5_000, 5_000, Polarity.CATHODE)
 
 
@@ -66,11 +73,11 @@ def flowing(device: Device, host: SimHost, first_seq: int) -> None:
     host.run(8.0, step_s=0.5)
     assert reply_to(host, first_seq + 2, Stop()) == Ack(Stop.TYPE)
     host.run(8.0, step_s=0.5)
-    assert device.state == S.DONE
+    assert state(device) == S.DONE
     assert isinstance(reply_to(host, first_seq + 3, GetStatus()), StatusReport)
     assert reply_to(host, first_seq + 4, START) == Ack(START.TYPE)
     host.run(8.0, step_s=0.5)
-    assert device.state == S.HOLD and device.output_ua > 2000
+    assert state(device) == S.HOLD and device.output_ua > 2000
 
 
 def test_a_second_hosts_stop_at_a_number_the_first_host_used_stops_the_output() -> None:
@@ -84,9 +91,9 @@ def test_a_second_hosts_stop_at_a_number_the_first_host_used_stops_the_output() 
     second.request(Identify(), 1)
     second.request(GetStatus(), 2)
     assert second.request(Stop(), 3) == Ack(Stop.TYPE)
-    assert device.state == S.RAMP_DOWN
+    assert state(device) == S.RAMP_DOWN
     second.run(8.0, step_s=0.5)
-    assert device.state == S.DONE and device.output_ua < 1.0
+    assert state(device) == S.DONE and device.output_ua < 1.0
 
 
 def test_after_the_handshake_a_second_host_gets_no_stale_answer() -> None:
@@ -103,7 +110,7 @@ def test_after_the_handshake_a_second_host_gets_no_stale_answer() -> None:
     refused = reply_to(second, 3, START)  # host 1's Start 3 was acknowledged: this one is refused
     assert isinstance(refused, Nack) and refused.code == ErrorCode.BAD_STATE
     assert reply_to(second, 4, Stop()) == Ack(Stop.TYPE)
-    assert device.state == S.RAMP_DOWN
+    assert state(device) == S.RAMP_DOWN
 
 
 def test_a_retried_open_session_is_answered_from_the_cache_and_opens_one_session() -> None:
@@ -135,7 +142,8 @@ def test_end_host_session_forgets_the_cache() -> None:
     assert host.request(GetStatus(), 5) == first  # a retry within the session: the remembered answer
     device.end_host_session()  # a transport saw its host disconnect
     fresh = host.request(GetStatus(), 5)
-    assert isinstance(fresh, StatusReport) and fresh.device_time_ms > first.device_time_ms  # type: ignore[union-attr]
+    assert isinstance(first, StatusReport) and isinstance(fresh, StatusReport)
+    assert fresh.device_time_ms > first.device_time_ms
 
 
 @pytest.mark.parametrize("command", [Pause(), Stop()])
@@ -147,18 +155,18 @@ def test_a_safety_command_repeated_with_its_number_is_executed_again(command: Pa
     assert host.request(command, 2) == Ack(command.TYPE)
     host.run(8.0)
     if isinstance(command, Pause):
-        assert device.state == S.PAUSED
+        assert state(device) == S.PAUSED
         assert host.request(Resume(), 3) == Ack(Resume.TYPE)
         host.run(8.0)
-        assert device.state == S.HOLD
+        assert state(device) == S.HOLD
         assert host.request(command, 2) == Ack(command.TYPE)  # same number, same bytes: still executed
-        assert device.state == S.PAUSING
+        assert state(device) == S.PAUSING
     else:
-        assert device.state == S.DONE
+        assert state(device) == S.DONE
         assert host.request(START, 3) == Ack(START.TYPE)
         host.run(8.0)
         assert host.request(command, 2) == Ack(command.TYPE)
-        assert device.state == S.RAMP_DOWN
+        assert state(device) == S.RAMP_DOWN
 
 
 def test_every_limit_the_device_enforces_is_in_its_identity() -> None:
@@ -308,7 +316,7 @@ def test_check_contact_records_an_event() -> None:
     report = host.request(CheckContact(50, 2000))
     events = [e for e in device.events if e.code in (EventCode.CONTACT_OK, EventCode.CONTACT_FAILED)]
     assert events and events[-1].value == report.impedance_ohm  # type: ignore[attr-defined]
-    assert device.state == S.IDLE
+    assert state(device) == S.IDLE
 
 
 def test_the_reading_with_output_disabled_is_zero() -> None:
@@ -318,3 +326,26 @@ def test_the_reading_with_output_disabled_is_zero() -> None:
     assert host.telemetry and all(t.measured_ua == 0 and t.voltage_mv == 0 for t in host.telemetry)
     status = host.status()
     assert (status.measured_ua, status.voltage_mv) == (0, 0)
+
+
+def test_a_refused_open_session_leaves_the_cache_alone() -> None:
+    device = Device()
+    host = SimHost(device)
+    first = host.request(GetStatus(), 5)
+    host.run(1.0)
+    assert isinstance(host.request(OpenSession(0)), Nack)
+    assert host.request(GetStatus(), 5) == first  # still this host's session: the remembered answer
+
+
+def test_a_dose_smaller_than_its_ramps_peaks_below_the_target_and_lands_on_the_dose() -> None:
+    device = Device()
+    host = SimHost(device)
+    dose = 2_000  # 2000 uA*s; 2 mA with 5 s ramps would deliver 10 000 uA*s in the ramps alone
+    assert host.request(Start(2000, dose, 0, 5_000, 5_000, Polarity.CATHODE)) == Ack(Start.TYPE)
+    peak = 0.0
+    for _ in range(40):
+        host.run(0.5)
+        peak = max(peak, device.setpoint_ua)
+    assert state(device) == S.DONE
+    assert peak < 2000 * 0.8
+    assert abs(device.charge_uas - dose) <= 0.01 * dose

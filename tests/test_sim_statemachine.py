@@ -6,7 +6,9 @@ step the ground-truth trace written since the previous step is checked against t
 * the polarity never changes while output flows;
 * the delivered dose never decreases within a session and never exceeds the model's cap;
 * after a latched fault the output only falls, reaches zero within the slew-limited ramp, and stays there;
-* host silence always brings the output to zero (watchdog + the session's ramp-down time).
+* host silence always brings the output to zero (watchdog + the session's ramp-down time);
+* every answer agrees with the request x state table (iontodrive.protocol.rules), and the safety
+  commands are always acknowledged.
 """
 
 from __future__ import annotations
@@ -22,18 +24,22 @@ from firmware_sim import (
     ElectrodeLift,
     ImpedanceRise,
     OverCurrent,
+    PlantFault,
     ShortCircuit,
     TraceRecorder,
 )
 from firmware_sim.host import SimHost
 from iontodrive.protocol import (
     Abort,
+    Ack,
     CheckContact,
     ClearFault,
     ConfigureTelemetry,
     DeviceState,
+    ErrorCode,
     Heartbeat,
     Message,
+    Nack,
     Pause,
     Polarity,
     Reset,
@@ -43,6 +49,7 @@ from iontodrive.protocol import (
     Start,
     Stop,
 )
+from iontodrive.protocol.rules import RULES
 
 S = DeviceState
 MODEL = "clinic-4"
@@ -50,6 +57,25 @@ SLEW = 5000.0
 CAP = 4_800_000
 MAX_UA = 4000.0
 SETTLE_S = 0.02
+
+
+def check_against_the_table(message: Message, state: DeviceState, output_zero: bool, reply: Message) -> None:
+    """The request x state table (iontodrive.protocol.rules): a refused cell gets its code, an accepted
+    cell is never refused for its state (field and contact checks may still refuse it)."""
+    cell = RULES[message.TYPE][state]
+    if cell.refusal is not None:
+        assert isinstance(reply, Nack), (message, state, reply)
+        allowed = {cell.refusal} | ({ErrorCode.POLARITY_LOCKED} if isinstance(message, Start) else set())
+        assert reply.code in allowed, (message, state, reply)
+    elif isinstance(reply, Nack):
+        assert reply.code != ErrorCode.BAD_STATE or (cell.needs_zero_output and not output_zero), (
+            message,
+            state,
+            reply,
+        )
+        assert reply.code != ErrorCode.FAULT_LATCHED or isinstance(message, ClearFault), (message, reply)
+    if message.SAFETY:
+        assert isinstance(reply, Ack), (message, state, reply)
 
 
 class FirmwareMachine(RuleBasedStateMachine):
@@ -67,8 +93,13 @@ class FirmwareMachine(RuleBasedStateMachine):
     # ------------------------------------------------------------------------------------ host side
 
     def send(self, message: Message) -> None:
-        self.host.send(message)
+        state = self.device.state
+        output_zero = self.device.firmware.output_is_zero()
+        seq, frames = self.host.send(message)
         self.last_frame_link = self.device.link_time_s
+        replies = [f.message for f in frames if f.seq == seq]
+        assert replies, f"no reply to {message!r}"
+        check_against_the_table(message, state, output_zero, replies[0])
 
     @rule(
         current=st.one_of(st.sampled_from([500, 2000, 4000]), st.integers(100, 4000)),
@@ -136,14 +167,14 @@ class FirmwareMachine(RuleBasedStateMachine):
 
     def inject(self, kind: str, delay: float, gain: float, factor: float) -> None:
         at = self.device.session_time_s + delay
-        fault = {
+        faults: dict[str, PlantFault] = {
             "lift": ElectrodeLift(at_s=at),
             "return": ContactReturn(at_s=at),
             "short": ShortCircuit(at_s=at, duration_s=2.0),
             "rise": ImpedanceRise(at_s=at, factor=factor, duration_s=15.0),
             "overcurrent": OverCurrent(at_s=at, gain=gain, rise_s=0.5, duration_s=5.0),
-        }[kind]
-        self.device.inject(fault)
+        }
+        self.device.inject(faults[kind])
 
     @rule(
         seconds=st.one_of(st.sampled_from([0.2, 2.0, 10.0, 30.0]), st.floats(0.01, 30.0)),

@@ -28,6 +28,7 @@ from dataclasses import fields
 from enum import IntEnum, IntFlag
 from pathlib import Path
 
+from cobs.cobs import decode as cobs_decode
 from cobs.cobs import encode as cobs_encode
 
 from iontodrive.protocol import (
@@ -53,6 +54,8 @@ from iontodrive.protocol import (
     WaveformSet,
     crc16_ccitt_false,
     encode,
+    encode_version_probe,
+    encode_version_refusal,
 )
 from iontodrive.protocol import constants as C
 from iontodrive.protocol.fastpath import COMPILED_BY_CLASS, FieldSpec
@@ -181,7 +184,7 @@ UNIT_SUFFIXES: tuple[tuple[str, str], ...] = (
 
 # ------------------------------------------------------------------------------------ enum member meanings
 
-ENUM_NOTES: dict[type, dict[str, str]] = {
+ENUM_NOTES: dict[type[IntEnum] | type[IntFlag], dict[str, str]] = {
     MessageKind: {
         "REQUEST": "0x01-0x3F: host to device; sequence number 1-65535; answered by exactly one reply.",
         "REPLY": "0x80-0xBF: device to host; echoes the request's sequence number.",
@@ -482,7 +485,7 @@ def _enum_table(enum_type: type[IntEnum] | type[IntFlag], hex_values: bool = Fal
     rows = []
     for member in enum_type.__members__.values():
         value = f"0x{int(member):04X}" if hex_values else str(int(member))
-        rows.append([value, f"`{member.name}`", notes[member.name]])
+        rows.append([value, f"`{member.name}`", notes[str(member.name)]])
     return _table(["Value", "Name", "Meaning"], rows)
 
 
@@ -581,7 +584,7 @@ def render_rules() -> str:
                 row.append(then + (" (at 0 output)" if cell.needs_zero_output else ""))
         rows.append(row)
     lines = _table(header, rows)
-    lines += ["", "What each accepted request does, per state (cells that differ from the row's first):", ""]
+    lines += ["", "What each accepted request does, grouped by the states where it does the same:", ""]
     effect_rows = []
     for request_type in sorted(RULES):
         seen: dict[str, list[str]] = {}
@@ -594,6 +597,26 @@ def render_rules() -> str:
             effect_rows.append([f"`{_class_name(request_type)}`", where, effect])
     lines += _table(["Request", "In", "Effect"], effect_rows)
     return "\n".join(lines)
+
+
+def render_version_frames() -> str:
+    """The version refusal and the version probe as bytes (§9)."""
+    refusal = encode_version_refusal(int(MessageType.IDENTIFY), 1)
+    probe = encode_version_probe(1)
+    body = cobs_decode(refusal[:-1])
+    return "\n".join(
+        [
+            "The refusal of a version-1 `Identify` numbered 1, and the version probe numbered 1:",
+            "",
+            *_table(
+                ["Frame", "Body (before COBS)", "On the wire"],
+                [
+                    ["version refusal", f"`{_hex(body)}`", f"`{_hex(refusal)}`"],
+                    ["version probe", f"`{_hex(cobs_decode(probe[:-1]))}`", f"`{_hex(probe)}`"],
+                ],
+            ),
+        ]
+    )
 
 
 def render_file_count() -> str:
@@ -614,6 +637,7 @@ NEW_MESSAGE_FILES: tuple[tuple[str, str], ...] = (
 BLOCKS: dict[str, Callable[[], str]] = {
     "rules": render_rules,
     "new_message": render_file_count,
+    "version_frames": render_version_frames,
     "constants": render_constants,
     "catalog": render_catalog,
     "layouts": render_layouts,

@@ -66,7 +66,7 @@ from iontodrive.protocol import (
     crc16_ccitt_false,
     encode,
 )
-from iontodrive.protocol.fastpath import COMPILED_BY_CLASS
+from iontodrive.protocol.fastpath import minimal_message
 
 VECTORS_PATH = Path(__file__).resolve().parents[1] / "docs" / "vectors.json"
 
@@ -347,23 +347,6 @@ def _nack_per_code() -> list[tuple[str, int, Message]]:
     return out
 
 
-def _derived_example(cls: type[Message]) -> Message:
-    """A message with every field at the low end of its wire range (first member of an enumeration)."""
-    values: list[Any] = []
-    for spec in COMPILED_BY_CLASS[cls].specs:
-        if spec.text_bytes is not None:
-            values.append("")
-        elif spec.code == "?":
-            values.append(False)
-        elif spec.allowed is not None:
-            values.append(min(spec.allowed))
-        elif spec.flag_mask is not None:
-            values.append(0)
-        else:
-            values.append(max(spec.minimum or 0, 0) if spec.minimum is not None else 0)
-    return cls(*values)
-
-
 def all_examples() -> list[tuple[str, int, Message]]:
     """The hand-picked examples, plus a derived one for any message class that has none."""
     chosen = examples()
@@ -375,7 +358,7 @@ def all_examples() -> list[tuple[str, int, Message]]:
                 (
                     f"{cls.__name__}, derived from its layout (no hand-picked example)",
                     seq,
-                    _derived_example(cls),
+                    minimal_message(cls),
                 )
             )
     return chosen

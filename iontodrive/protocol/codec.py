@@ -160,7 +160,7 @@ def encode(message: Message, seq: int | None = None) -> bytes:
     return bytes(_cobs_encode(body + _crc(body, CRC_INIT).to_bytes(2, "big"))) + DELIMITER
 
 
-def decode_body(encoded: bytes) -> Frame | DecodeError:
+def decode_body(encoded: bytes | bytearray | memoryview) -> Frame | DecodeError:
     """Decode one COBS-encoded frame (without its delimiter). Never raises on any input bytes.
 
     Returns a :class:`Frame`, or a :class:`DecodeError` whose kind is the first failed check in the order
@@ -262,7 +262,7 @@ def encode_version_probe(seq: int, version: int = PREVIOUS_PROTOCOL_VERSION) -> 
     return bytes(_cobs_encode(body + _crc(body, CRC_INIT).to_bytes(2, "big")) + DELIMITER)
 
 
-def _diagnose(encoded: bytes, body: bytes) -> DecodeError:
+def _diagnose(encoded: bytes | bytearray | memoryview, body: bytes) -> DecodeError:
     """Name the first check a COBS-decoded body fails (slow path of :func:`decode_body`)."""
     raw = bytes(encoded[:_RAW_KEEP])
     size = len(body)

@@ -58,7 +58,7 @@ class MessageType(IntEnum):
 
 
 class DeviceState(IntEnum):
-    """Firmware state (``docs/simulator.md`` has the transition table)."""
+    """Firmware state. Which request is allowed in which, and where it leads: :mod:`.rules`."""
 
     IDLE = 0
     CONTACT_CHECK = 1

@@ -339,6 +339,25 @@ COMPILED: dict[int, CompiledLayout] = {int(cls.TYPE): compile_layout(cls) for cl
 COMPILED_BY_CLASS: dict[type[Message], CompiledLayout] = {c.cls: c for c in COMPILED.values()}
 
 
+def minimal_message(cls: type[Message]) -> Message:
+    """An instance of ``cls`` with every field at the low end of its wire range: 0 (or the least value),
+    the first member of an enumeration, no flag bits, ``False``, empty text. For tools and tests that
+    need one valid frame of every message type without knowing the type (vectors, the state table)."""
+    values: list[Any] = []
+    for spec in COMPILED_BY_CLASS[cls].specs:
+        if spec.text_bytes is not None:
+            values.append("")
+        elif spec.code == "?":
+            values.append(False)
+        elif spec.allowed is not None:
+            values.append(typing.cast(type[IntEnum], spec.python_type)(min(spec.allowed)))
+        elif spec.flag_mask is not None:
+            values.append(spec.python_type(0))
+        else:
+            values.append(max(spec.minimum or 0, 0))
+    return cls(*values)
+
+
 def trusted_constructor(cls: type[Message]) -> Callable[..., Message]:
     """``cls(*values)`` without the dataclass constructor: a generated slot builder taking the fields as
     positional arguments, with the same conversions as decoding (plain ints become enumeration members).

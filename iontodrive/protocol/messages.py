@@ -318,10 +318,11 @@ class GetStatus(Message):
 @register
 @dataclass(frozen=True, slots=True)
 class CheckContact(Message):
-    """Measure electrode-skin impedance with a probe current (S3: at most 50 uA).
+    """Measure electrode-skin impedance with a probe current (S3: at most 50 uA): a spot measurement.
 
     ``target_current_ua`` is the current the host intends to deliver; the device uses it to compute the
-    compliance-based impedance limit. Answered by :class:`ContactReport`. Allowed only with output at zero.
+    compliance-based impedance limit. Answered by :class:`ContactReport` at once; records CONTACT_OK or
+    CONTACT_FAILED; the state does not change. Allowed in IDLE, PAUSED and DONE.
     """
 
     TYPE = MessageType.CHECK_CONTACT
@@ -387,7 +388,11 @@ class SetCurrent(Message):
 @register
 @dataclass(frozen=True, slots=True)
 class Pause(Message):
-    """Ramp to zero over the session's ramp-down time and hold the delivered dose (S7)."""
+    """Ramp to zero at the session's ramp-down rate and hold the delivered dose (S7).
+
+    A safety command: accepted in every state (no change where the output is already at or going to
+    zero) and never answered from the reply cache.
+    """
 
     TYPE = MessageType.PAUSE
     REPLY = Ack
@@ -408,7 +413,11 @@ class Resume(Message):
 @register
 @dataclass(frozen=True, slots=True)
 class Stop(Message):
-    """End the session with a ramp over the session's ramp-down time."""
+    """End the session with a ramp at the session's ramp-down rate (from the target: ``ramp_down_ms``).
+
+    A safety command: accepted in every state (no change without a session to end) and never answered
+    from the reply cache.
+    """
 
     TYPE = MessageType.STOP
     REPLY = Ack
@@ -419,7 +428,11 @@ class Stop(Message):
 @register
 @dataclass(frozen=True, slots=True)
 class Abort(Message):
-    """End the session with the fastest ramp the model allows (its hard slew limit), never a step."""
+    """End the session with the fastest ramp the model allows (its hard slew limit), never a step.
+
+    A safety command: accepted in every state (no change without a session to end) and never answered
+    from the reply cache.
+    """
 
     TYPE = MessageType.ABORT
     REPLY = Ack
@@ -488,7 +501,11 @@ class ClearFault(Message):
 @register
 @dataclass(frozen=True, slots=True)
 class Reset(Message):
-    """Restart the firmware. Refused unless output is at zero. After it, output is disabled (S15)."""
+    """Restart the firmware as at power-up, after the Ack (S15). Refused unless output is at zero.
+
+    Everything restarts: state IDLE, no session, latches cleared, no host session, empty reply cache, the
+    device clock, event and sample numbers, the watchdog and telemetry at their power-up values.
+    """
 
     TYPE = MessageType.RESET
     REPLY = Ack

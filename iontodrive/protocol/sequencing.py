@@ -3,8 +3,12 @@
 * The host numbers requests 1..65535, wrapping to 1 (0 is reserved for unsolicited frames).
 * A retry resends the *same* request with the *same* number. The device remembers its recent answers keyed
   by (sequence number, request), so a repeat takes effect at most once and gets the identical answer
-  (S17). Keying on the request as well as the number means a new host that happens to reuse a number
-  for a different request is not answered from the cache; that request's answer replaces the old one.
+  (S17). Keying on the request as well as the number means a host that reuses a number for a different
+  request is not answered from the cache; that request's answer replaces the old one.
+* The memory belongs to one host session (version 2, §7.3): the device empties it when a host opens its
+  session with OpenSession, so a new host is never answered from another host's memory; and the safety
+  commands (Stop, Abort, Pause) are never looked up in it. Both rules are the device's
+  (``firmware_sim.device``); this class is the bounded memory itself.
 """
 
 from __future__ import annotations
