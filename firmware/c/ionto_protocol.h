@@ -84,7 +84,7 @@ typedef enum {
 } ionto_message_type_t;
 bool ionto_message_type_is_valid(uint32_t value);
 
-/* DeviceState. Firmware state (``docs/simulator.md`` has the transition table). */
+/* DeviceState. Firmware state. Which request is allowed in which, and where it leads: :mod:`.rules`. */
 typedef enum {
     IONTO_DEVICE_STATE_IDLE = 0,
     IONTO_DEVICE_STATE_CONTACT_CHECK = 1,
@@ -234,7 +234,7 @@ bool ionto_event_code_is_valid(uint32_t value);
 #define IONTO_GET_STATUS_PAYLOAD_BYTES 0u
 
 /* CheckContact: request, type 0x03, payload 6 bytes. Measure electrode-skin impedance with a probe
- * current (S3: at most 50 uA).
+ * current (S3: at most 50 uA): a spot measurement.
  */
 #define IONTO_CHECK_CONTACT_PAYLOAD_BYTES 6u
 typedef struct {
@@ -267,7 +267,7 @@ typedef struct {
     uint32_t ramp_ms;
 } ionto_set_current_t;
 
-/* Pause: request, type 0x06, payload 0 bytes. Ramp to zero over the session's ramp-down time and hold
+/* Pause: request, type 0x06, payload 0 bytes. Ramp to zero at the session's ramp-down rate and hold
  * the delivered dose (S7).
  */
 #define IONTO_PAUSE_PAYLOAD_BYTES 0u
@@ -277,8 +277,8 @@ typedef struct {
  */
 #define IONTO_RESUME_PAYLOAD_BYTES 0u
 
-/* Stop: request, type 0x08, payload 0 bytes. End the session with a ramp over the session's ramp-down
- * time.
+/* Stop: request, type 0x08, payload 0 bytes. End the session with a ramp at the session's ramp-down
+ * rate (from the target: ``ramp_down_ms``).
  */
 #define IONTO_STOP_PAYLOAD_BYTES 0u
 
@@ -323,8 +323,8 @@ typedef struct {
  */
 #define IONTO_CLEAR_FAULT_PAYLOAD_BYTES 0u
 
-/* Reset: request, type 0x0F, payload 0 bytes. Restart the firmware. Refused unless output is at zero.
- * After it, output is disabled (S15).
+/* Reset: request, type 0x0F, payload 0 bytes. Restart the firmware as at power-up, after the Ack
+ * (S15). Refused unless output is at zero.
  */
 #define IONTO_RESET_PAYLOAD_BYTES 0u
 
