@@ -420,3 +420,26 @@ def test_nack_field_names_request_fields_like_python(c_codec: CCodec) -> None:
         for index, spec in enumerate(COMPILED_BY_CLASS[cls].specs):
             named = Field.__members__.get(spec.name.upper()) if cls.TYPE.kind is MessageKind.REQUEST else None
             assert c_codec.nack_field(int(cls.TYPE), index) == int(named or Field.NONE), (cls, spec.name)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("sanitized", [False, True], ids=["plain", "asan-ubsan"])
+def test_differential_thorough(tmp_path: Path, sanitized: bool) -> None:
+    """The differential tests at hypothesis's ``thorough`` profile (2000 examples each), plain and under the
+    sanitizers, in a child process (``make test-slow``)."""
+    if os.environ.get(SANITIZED_ENV) == "1":
+        pytest.skip("already a child run")
+    library = build_or_skip(tmp_path / "libionto.so", sanitize=sanitized)
+    env = child_environment(library, sanitized=sanitized)
+    env["HYPOTHESIS_PROFILE"] = "thorough"
+    result = subprocess.run(
+        pytest_command(__file__, "-s", "-k", "differential and not thorough and not under_sanitizers"),
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        env=env,
+        timeout=1800,
+        check=False,
+    )
+    tail = (result.stdout + result.stderr)[-3000:]
+    assert result.returncode == 0 and " passed" in result.stdout and "failed" not in result.stdout, tail
