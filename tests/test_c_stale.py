@@ -27,7 +27,7 @@ from iontodrive.protocol.codegen.binding import CCodec, StaleCodecError
 
 ORIGINAL = '        "sample_no" / Int32ul,'
 CHANGED = '        "sample_no" / Int16ul,'
-DIFFERENTIAL = "differential_valid or differential_hostile"
+DIFFERENTIAL = "differential_every_type or differential_valid or differential_hostile"
 
 
 @pytest.fixture(scope="module")
