@@ -89,6 +89,7 @@ def build_host_library(out: Path, source_dir: Path = FIRMWARE_DIR, *, sanitize: 
     out.parent.mkdir(parents=True, exist_ok=True)
     flags = [*STRICT_FLAGS, "-O2", "-fPIC", "-shared"]
     if sanitize:
+        sanitizer_runtime()  # ToolMissing (a skip, not a link error) where gcc has no sanitizer runtime
         flags += SANITIZE_FLAGS
     _run([gcc, *flags, str(source_dir / SOURCE_NAME), str(source_dir / SHIM_NAME), "-o", str(out)])
     return out
@@ -107,12 +108,16 @@ def build_host_program(
 
 
 def sanitizer_runtime() -> Path:
-    """The ``libasan`` a Python process must preload to load an ASan-instrumented shared object."""
+    """The ``libasan`` a Python process must preload to load an ASan-instrumented shared object
+    (:class:`ToolMissing` if it, or UBSan's ``libubsan``, is not installed with gcc)."""
     gcc = tool("gcc")
-    path = Path(_run([gcc, "-print-file-name=libasan.so"]).strip())
-    if not path.is_absolute() or not path.exists():
-        raise ToolMissing(f"libasan.so not found next to {gcc}; install gcc's sanitizer runtime (libasan)")
-    return path
+    paths = [Path(_run([gcc, f"-print-file-name={name}"]).strip()) for name in ("libasan.so", "libubsan.so")]
+    for path in paths:
+        if not path.is_absolute() or not path.exists():
+            raise ToolMissing(
+                f"{path.name} not found with {gcc}; install gcc's sanitizer runtimes (libasan, libubsan)"
+            )
+    return paths[0]
 
 
 # ------------------------------------------------------------------------------------------- the target
