@@ -505,11 +505,11 @@ typedef struct {
 
 /* ---- encoding ---- */
 typedef enum {
-    IONTO_ENCODE_OK = 0,
-    IONTO_ENCODE_UNKNOWN_TYPE,     /* frame->type is not a message type */
-    IONTO_ENCODE_BAD_SEQUENCE,     /* seq 0 on a request or reply, non-zero on unsolicited */
-    IONTO_ENCODE_BAD_VALUE,        /* enum, bit set or text field outside its rule */
-    IONTO_ENCODE_BUFFER_TOO_SMALL  /* out_size too small: give IONTO_MAX_FRAME_BYTES */
+    IONTO_ENCODE_OK = 0,  /* the frame is in out[0 .. *out_len) */
+    IONTO_ENCODE_UNKNOWN_TYPE = 1,  /* frame->type is not a message type */
+    IONTO_ENCODE_BAD_SEQUENCE = 2,  /* seq 0 on a request or reply, non-zero on unsolicited */
+    IONTO_ENCODE_BAD_VALUE = 3,  /* enum, bit set or text field outside its rule */
+    IONTO_ENCODE_BUFFER_TOO_SMALL = 4,  /* out_size too small: give IONTO_MAX_FRAME_BYTES */
 } ionto_encode_status_t;
 
 /* Encode one whole frame, delimiter included, into out[0 .. *out_len). On any failure nothing

@@ -20,14 +20,14 @@ from ..codec import Frame
 from ..errors import DecodeError, DecodeErrorKind
 from ..fastpath import COMPILED, COMPILED_BY_CLASS, FieldSpec
 from ..messages import Message
+from .emit_c import ENCODE_STATUSES, HEADER_KNOWN_KINDS
 from .model import load_schema
 
 _U64 = (1 << 64) - 1
-ENCODE_STATUS = ("OK", "UNKNOWN_TYPE", "BAD_SEQUENCE", "BAD_VALUE", "BUFFER_TOO_SMALL")
+ENCODE_STATUS = tuple(name for name, _ in ENCODE_STATUSES)
 """``ionto_encode_status_t`` by value; ``ionto_test_encode`` returns -1 for a wrong field count."""
 
 _DECODE_KINDS = tuple(DecodeErrorKind)  # C status k (1-based) is the k-th kind; 0 is OK
-_HEADER_KNOWN = ("WRONG_VERSION", "UNKNOWN_TYPE", "BAD_LENGTH", "BAD_VALUE", "BAD_SEQUENCE")
 DECODE_PENDING = len(_DECODE_KINDS) + 1
 C_DETAIL = "C codec"
 
@@ -161,7 +161,7 @@ class CCodec:
         type_id, version, seq, payload_bytes, bad_field, bad_value = self._header
         if status != 0:
             kind = _DECODE_KINDS[status - 1]
-            if kind.name not in _HEADER_KNOWN:
+            if kind.name not in HEADER_KNOWN_KINDS:
                 return DecodeError(kind, C_DETAIL)
             if kind is DecodeErrorKind.WRONG_VERSION:
                 return DecodeError(kind, C_DETAIL, b"", seq, type_id, version=version)

@@ -38,6 +38,15 @@ TEMPLATE_DECODE_KINDS = frozenset(
 )
 HEADER_KNOWN_KINDS = ("WRONG_VERSION", "UNKNOWN_TYPE", "BAD_LENGTH", "BAD_VALUE", "BAD_SEQUENCE")
 
+ENCODE_STATUSES: tuple[tuple[str, str], ...] = (
+    ("OK", "the frame is in out[0 .. *out_len)"),
+    ("UNKNOWN_TYPE", "frame->type is not a message type"),
+    ("BAD_SEQUENCE", "seq 0 on a request or reply, non-zero on unsolicited"),
+    ("BAD_VALUE", "enum, bit set or text field outside its rule"),
+    ("BUFFER_TOO_SMALL", "out_size too small: give IONTO_MAX_FRAME_BYTES"),
+)
+"""``ionto_encode_status_t``, by value (the binding reads it from here)."""
+
 _CONSTANTS_NEEDED = ("PROTOCOL_VERSION", "HEADER_BYTES", "CRC_BYTES", "MAX_BODY_BYTES", "MAX_FRAME_BYTES")
 
 
@@ -217,11 +226,10 @@ def render_header(schema: Schema) -> str:
         "",
         "/* ---- encoding ---- */",
         "typedef enum {",
-        f"    {macro('ENCODE_OK')} = 0,",
-        f"    {macro('ENCODE_UNKNOWN_TYPE')},     /* frame->type is not a message type */",
-        f"    {macro('ENCODE_BAD_SEQUENCE')},     /* seq 0 on a request or reply, non-zero on unsolicited */",
-        f"    {macro('ENCODE_BAD_VALUE')},        /* enum, bit set or text field outside its rule */",
-        f"    {macro('ENCODE_BUFFER_TOO_SMALL')}  /* out_size too small: give IONTO_MAX_FRAME_BYTES */",
+        *(
+            f"    {macro('ENCODE', name)} = {value},  /* {meaning} */"
+            for value, (name, meaning) in enumerate(ENCODE_STATUSES)
+        ),
         f"}} {PREFIX}_encode_status_t;",
         "",
         "/* Encode one whole frame, delimiter included, into out[0 .. *out_len). On any failure nothing",
