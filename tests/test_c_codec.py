@@ -351,6 +351,7 @@ def test_differential_hostile_streams(c_codec: CCodec, stream: bytes, cuts: list
         at += size
         python_results += [comparable(item) for item in python.feed(chunk)]
         c_results += [comparable(item) for item in c_decoder.feed(chunk)]
+        assert c_decoder.counts == (python.frames_ok, python.frames_bad, python.pending_bytes)
     assert c_results == python_results
 
 

@@ -24,6 +24,15 @@ uint32_t ionto_test_decode_loop(const uint8_t *encoded, size_t len, uint32_t n);
 uint32_t ionto_test_feed_loop(const uint8_t *stream, size_t len, uint32_t n);
 uint32_t ionto_test_encode_loop(const ionto_frame_t *frame, uint32_t n);
 void ionto_test_header(const ionto_frame_t *frame, uint32_t *out);
+void ionto_test_counts(const ionto_decoder_t *decoder, uint32_t *out);
+
+/* frames_ok, frames_bad and the pending byte count of a stream decoder. */
+void ionto_test_counts(const ionto_decoder_t *decoder, uint32_t *out)
+{
+    out[0] = decoder->frames_ok;
+    out[1] = decoder->frames_bad;
+    out[2] = (uint32_t)decoder->length;
+}
 
 /* type, version, seq, payload_bytes, bad_field, bad_value of a frame (whatever they hold). */
 void ionto_test_header(const ionto_frame_t *frame, uint32_t *out)

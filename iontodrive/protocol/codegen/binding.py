@@ -296,6 +296,15 @@ class CDecoder:
         self._status = ctypes.c_int()
         codec._lib.ionto_decoder_init(self._state)
 
+    @property
+    def counts(self) -> tuple[int, int, int]:
+        """(frames_ok, frames_bad, pending bytes), as ``Decoder`` has them."""
+        out = (ctypes.c_uint32 * 3)()
+        fn = self._codec._lib.ionto_test_counts
+        fn.restype, fn.argtypes = None, [ctypes.c_void_p, ctypes.c_void_p]
+        fn(self._state, out)
+        return int(out[0]), int(out[1]), int(out[2])
+
     def feed(self, data: bytes) -> list[Frame | DecodeError]:
         codec = self._codec
         results: list[Frame | DecodeError] = []
