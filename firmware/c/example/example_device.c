@@ -9,8 +9,9 @@
  * require: a version refusal for a previous-version request, a Nack for an unknown type, a wrong length
  * or an undefined value when the header can be trusted and seq is not 0, nothing otherwise. Reset is
  * acknowledged and returns to the power-up state; built with -DEXAMPLE_STOP_ON_RESET (as the test suite
- * does) it then ends the program through semihosting so that the emulator stops. Not implemented (a real device needs them, and the conformance
- * suite checks them): the reply cache of 7.3, the watchdog, telemetry, events, sessions and the output.
+ * does) it then ends the program through semihosting so that the emulator stops. Not implemented (a real
+ * device needs them, and the conformance suite checks them): the reply cache of 7.3, the watchdog,
+ * telemetry, events, the request field checks, treatment sessions and the output itself.
  *
  * Board: ARM MPS2 with the AN386 image (Cortex-M4), as qemu-system-arm -M mps2-an386 emulates it; UART0 is
  * a CMSDK APB UART at 0x40004000 whose receive interrupt is IRQ 0. Nothing here is specific to qemu. */
@@ -57,7 +58,7 @@ static void clock_init(void)
 }
 
 /* ---- receive: interrupt -> ring buffer (single producer, single consumer) ---- */
-#define RX_RING_BYTES 256u /* a power of two up to 256: the uint8_t indices wrap by themselves */
+#define RX_RING_BYTES 256u /* exactly 256: the uint8_t indices wrap by themselves */
 static volatile uint8_t rx_ring[RX_RING_BYTES];
 static volatile uint8_t rx_head; /* written by the interrupt only */
 static volatile uint8_t rx_tail; /* written by the main loop only */
