@@ -465,8 +465,11 @@ static size_t cobs_encode(const uint8_t *in, size_t len, uint8_t *out)
         } else {
             out[o++] = in[i];
             code = (uint8_t)(code + 1u);
-            if (code == 0xFFu) {
+            if (code == 0xFFu) { /* a full block of 254: a new one starts only if more input follows */
                 out[code_at] = code;
+                if (i + 1u == len) {
+                    return o;
+                }
                 code_at = o++;
                 code = 1;
             }
