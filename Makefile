@@ -6,7 +6,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: demo test test-slow lint typecheck bench fuzz soak faults clean sim-tools
+.PHONY: demo test test-slow lint typecheck bench fuzz soak faults clean sim-tools firmware firmware-tools firmware-check
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "Python 3.11+ required"'
@@ -18,7 +18,7 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(BIN)/iontodrive demo
 
-test: $(STAMP) sim-tools
+test: $(STAMP) sim-tools firmware-tools
 	$(BIN)/ruff check iontodrive firmware_sim tests bench examples tools
 	$(BIN)/mypy
 	$(BIN)/python -m pytest -q
@@ -39,6 +39,35 @@ bench: $(STAMP)
 	$(BIN)/python bench/sim_speed.py
 	$(BIN)/python bench/rtt.py
 	$(BIN)/python bench/telemetry.py
+
+# The C codec generated from the protocol definitions (issue 15; docs/firmware.md). `make test` runs its
+# tests (tests/test_c_*.py, including the --check of the generated files); they skip, saying so, without gcc.
+# firmware-tools installs what they need when it is missing (Debian, as root); otherwise it says what is missing.
+FIRMWARE_PACKAGES := gcc gcc-arm-none-eabi libnewlib-arm-none-eabi qemu-system-arm
+
+firmware-tools:
+	@missing=""; \
+	command -v gcc >/dev/null 2>&1 || missing="$$missing gcc"; \
+	command -v qemu-system-arm >/dev/null 2>&1 || missing="$$missing qemu-system-arm"; \
+	echo '#include <stdint.h>' | arm-none-eabi-gcc -E -x c - >/dev/null 2>&1 \
+		|| missing="$$missing gcc-arm-none-eabi libnewlib-arm-none-eabi"; \
+	if [ -n "$$missing" ]; then \
+		if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+			echo "firmware-tools: installing$$missing"; \
+			apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(FIRMWARE_PACKAGES) \
+				|| echo "firmware-tools: could not install$$missing; the C tests that need them will skip"; \
+		else \
+			echo "firmware-tools: missing$$missing (needs apt-get as root); the C tests that need them will skip"; \
+		fi; \
+	fi
+
+firmware: $(STAMP)
+	$(BIN)/python -m iontodrive.protocol.codegen
+
+firmware-check: $(STAMP) firmware-tools
+	$(BIN)/python -m iontodrive.protocol.codegen --check
+	$(BIN)/python -m iontodrive.protocol.codegen.target
+	$(BIN)/python -m pytest -q tests/test_c_codec.py tests/test_c_target.py tests/test_c_stale.py
 
 # Reliability (issue 7; docs/reliability.md). Reports go to $(REPORTS); the tables are also printed.
 REPORTS    ?= $(VENV)/reports

@@ -12,7 +12,15 @@ Paths:
       typed dataclass;
   (b) compiled:  the same Struct after ``.compile()``;
   (c) bare:      ``cobs`` + ``binascii.crc_hqx`` + a precompiled ``struct.Struct``, into/from a plain tuple;
-  (d) ours:      ``iontodrive.protocol.decode_body`` / ``encode`` (and ``Decoder.feed``, reported too).
+  (d) ours:      ``iontodrive.protocol.decode_body`` / ``encode`` (and ``Decoder.feed``, reported too);
+  (e) C ctypes:  the generated C codec (issue 15, ``firmware/c``) called per frame through the ctypes binding
+      the differential tests use (``iontodrive.protocol.codegen.binding``), typed message in and out;
+  (f) C loop:    the same C functions called n times in one C loop (no Python per frame): what firmware
+      pays on the host CPU. Decode: ``ionto_decode_body`` (and the stream decoder on 100 frames); encode:
+      ``ionto_encode`` from the decoded C struct. The C library is built with gcc -O2 at start (skipped,
+      saying so, without gcc).
+
+Ratios of (e) and (f) are against (d), Python's fast path, measured in the same run.
 
 Every path is timed with ``timeit`` in interleaved rounds (best of ``--repeat``), so that a busy machine
 slows all paths alike. Targets (issue 2), checked on Telemetry: ours ≥ 10x faster than (a) and at most 4x
@@ -30,16 +38,20 @@ import binascii
 import dataclasses
 import struct
 import sys
+import tempfile
+import time
 import timeit
 import typing
 from collections.abc import Callable
 from enum import IntEnum, IntFlag
+from pathlib import Path
 from typing import Any
 
 import construct
 from cobs import cobs
 
 from iontodrive.protocol import (
+    PROTOCOL_VERSION,
     Ack,
     Decoder,
     DeviceState,
@@ -54,6 +66,8 @@ from iontodrive.protocol import (
     decode_body,
     encode,
 )
+from iontodrive.protocol.codegen.binding import CCodec
+from iontodrive.protocol.codegen.toolchain import ToolMissing, build_host_library
 
 DECODE_TARGET_SPEEDUP = 10.0  # ours vs plain construct, at least
 MAX_SLOWDOWN_VS_BARE = 4.0  # ours vs bare struct path, at most
@@ -70,8 +84,9 @@ def _crc(data: bytes) -> int:
 class Paths:
     """The four encode and decode paths for one message, and the inputs they take."""
 
-    def __init__(self, message: Message, seq: int) -> None:
+    def __init__(self, message: Message, seq: int, c_codec: CCodec | None = None) -> None:
         cls = type(message)
+        self.c_codec = c_codec
         self.name = cls.__name__
         self.message = message
         self.seq = seq
@@ -114,7 +129,7 @@ class Paths:
 
     def _typed(self, container: construct.Container) -> Frame:
         header = container.fields.value
-        if header.version != 1 or header.type != int(self.cls.TYPE):
+        if header.version != PROTOCOL_VERSION or header.type != int(self.cls.TYPE):
             raise ValueError("wrong header")
         payload = header.payload
         values = {
@@ -149,25 +164,44 @@ class Paths:
     def _container(self) -> dict[str, Any]:
         message = self.message
         payload = {name: getattr(message, name) for name in self.field_names}
-        header = {"version": 1, "type": int(self.cls.TYPE), "seq": self.seq, "payload": payload}
+        header = {
+            "version": PROTOCOL_VERSION,
+            "type": int(self.cls.TYPE),
+            "seq": self.seq,
+            "payload": payload,
+        }
         return {"fields": {"value": header}}
 
     def encode_construct(self) -> bytes:
-        return cobs.encode(self.body_struct.build(self._container())) + b"\x00"
+        return bytes(cobs.encode(self.body_struct.build(self._container()))) + b"\x00"
 
     def encode_compiled(self) -> bytes:
-        return cobs.encode(self.compiled_struct.build(self._container())) + b"\x00"
+        return bytes(cobs.encode(self.compiled_struct.build(self._container()))) + b"\x00"
 
     def encode_bare(self) -> bytes:
         body = self.bare_struct.pack(*self.bare_values)
-        return cobs.encode(body + _crc(body).to_bytes(2, "big")) + b"\x00"
+        return bytes(cobs.encode(body + _crc(body).to_bytes(2, "big"))) + b"\x00"
 
     def encode_ours(self) -> bytes:
         return encode(self.message, self.seq)
 
+    def decode_c(self) -> Any:
+        assert self.c_codec is not None
+        return self.c_codec.decode_body(self.encoded)
+
+    def encode_c(self) -> bytes:
+        assert self.c_codec is not None
+        return self.c_codec.encode(self.message, self.seq)
+
     def verify(self) -> None:
         """All paths agree before anything is timed."""
         expected = Frame(self.seq, self.message)
+        if self.c_codec is not None:
+            assert self.decode_c() == expected, self.name
+            assert self.encode_c() == self.frame, self.name
+            assert self.c_codec.decode_loop(self.encoded, 10) == 10, self.name
+            assert self.c_codec.encode_loop(self.frame, 10) == 10, self.name
+            assert self.c_codec.feed_loop(self.feed_stream, 1) == _FEED_BATCH, self.name
         assert self.decode_construct() == expected, self.name
         assert self.decode_compiled() == expected, self.name
         assert self.decode_ours() == expected, self.name
@@ -180,7 +214,7 @@ class Paths:
 
 def _struct_code(subcon: construct.Construct) -> str:
     if isinstance(subcon, construct.FormatField):
-        return subcon.fmtstr[-1]
+        return str(subcon.fmtstr[-1])
     if isinstance(subcon, construct.StringEncoded):
         return f"{subcon.subcon.length}s"
     raise TypeError(type(subcon).__name__)
@@ -197,32 +231,54 @@ def best_seconds_per_call(paths: dict[str, Callable[[], Any]], number: int, repe
     return best
 
 
+def best_seconds_per_frame_in_c(
+    loop: Callable[[int], int], frames_per_call: int, number: int, repeat: int
+) -> float:
+    """Best time per frame of a C loop doing ``n`` calls' work (``frames_per_call`` frames each)."""
+    calls = max(1, number * 10 // frames_per_call)
+    best = float("inf")
+    for _ in range(repeat):
+        start = time.perf_counter()
+        loop(calls)
+        best = min(best, (time.perf_counter() - start) / (calls * frames_per_call))
+    return best
+
+
 def measure(paths_for: Paths, number: int, repeat: int) -> tuple[dict[str, float], dict[str, float]]:
-    decode = best_seconds_per_call(
-        {
-            "construct": paths_for.decode_construct,
-            "compiled": paths_for.decode_compiled,
-            "bare": paths_for.decode_bare,
-            "ours": paths_for.decode_ours,
-            "ours feed": paths_for.decode_ours_feed,
-        },
-        number,
-        repeat,
-    )
+    decode_paths: dict[str, Callable[[], Any]] = {
+        "construct": paths_for.decode_construct,
+        "compiled": paths_for.decode_compiled,
+        "bare": paths_for.decode_bare,
+        "ours": paths_for.decode_ours,
+        "ours feed": paths_for.decode_ours_feed,
+    }
+    encode_paths: dict[str, Callable[[], Any]] = {
+        "construct": paths_for.encode_construct,
+        "compiled": paths_for.encode_compiled,
+        "bare": paths_for.encode_bare,
+        "ours": paths_for.encode_ours,
+    }
+    if paths_for.c_codec is not None:
+        decode_paths["C ctypes"] = paths_for.decode_c
+        encode_paths["C ctypes"] = paths_for.encode_c
+    decode = best_seconds_per_call(decode_paths, number, repeat)
     batch = best_seconds_per_call(
         {"batch": paths_for.decode_ours_feed_batch}, max(1, number // _FEED_BATCH), repeat
     )
     decode["ours feed x100"] = batch["batch"] / _FEED_BATCH
-    encode_times = best_seconds_per_call(
-        {
-            "construct": paths_for.encode_construct,
-            "compiled": paths_for.encode_compiled,
-            "bare": paths_for.encode_bare,
-            "ours": paths_for.encode_ours,
-        },
-        number,
-        repeat,
-    )
+    encode_times = best_seconds_per_call(encode_paths, number, repeat)
+    c_codec = paths_for.c_codec
+    if c_codec is not None:
+        encoded, frame, stream = paths_for.encoded, paths_for.frame, paths_for.feed_stream
+        decode["C loop"] = best_seconds_per_frame_in_c(
+            lambda n: c_codec.decode_loop(encoded, n), 1, number, repeat
+        )
+        decode["C loop feed x100"] = best_seconds_per_frame_in_c(
+            lambda n: c_codec.feed_loop(stream, n), _FEED_BATCH, number, repeat
+        )
+        encode_times["C loop"] = best_seconds_per_frame_in_c(
+            lambda n: c_codec.encode_loop(frame, n), 1, number, repeat
+        )
     return decode, encode_times
 
 
@@ -237,6 +293,10 @@ def _report(title: str, times: dict[str, float]) -> tuple[float, float]:
         f"  ours vs compiled: {times['compiled'] / times['ours']:6.1f}x faster;"
         f"  ours vs bare: {slowdown:4.2f}x slower (target <= {MAX_SLOWDOWN_VS_BARE:.0f}x)"
     )
+    c_paths = [name for name in times if name.startswith("C ")]
+    if c_paths:
+        ratios = ";  ".join(f"{name} {times['ours'] / times[name]:6.1f}x" for name in c_paths)
+        print(f"    C codec vs ours (frames/s ratio, >1 is faster than Python's fast path): {ratios}")
     return speedup, slowdown
 
 
@@ -276,19 +336,31 @@ def sample_messages() -> list[tuple[Message, int]]:
     ]
 
 
+def _c_codec() -> CCodec | None:
+    """Build the generated C codec (gcc -O2) in a temporary directory; None, said in one line, without gcc."""
+    try:
+        library = build_host_library(Path(tempfile.mkdtemp(prefix="bench-codec-")) / "libionto_protocol.so")
+    except ToolMissing as error:
+        print(f"C codec left out: {error}")
+        return None
+    return CCodec(library)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="Codec speed against construct and a bare struct path.")
     parser.add_argument("--number", type=int, default=20_000, help="calls per timing of the fast paths")
     parser.add_argument("--repeat", type=int, default=7, help="rounds; the best round counts")
     parser.add_argument("--no-check", action="store_true", help="always exit 0, even if a target is missed")
+    parser.add_argument("--no-c", action="store_true", help="leave out the generated C codec")
     args = parser.parse_args(argv)
+    c_codec = None if args.no_c else _c_codec()
 
     print(
         f"Python {sys.version.split()[0]}, construct {construct.version_string}, best of {args.repeat} rounds"
     )
     missed: list[str] = []
     for message, seq in sample_messages():
-        paths = Paths(message, seq)
+        paths = Paths(message, seq, c_codec)
         paths.verify()
         kind = type(message).TYPE.kind
         payload = type(message).LAYOUT.sizeof()
