@@ -21,6 +21,23 @@ pulsed DC (hydro-30). Faults (``FAULTS``):
 ``mixed``           drop 1e-3 + corrupt 1e-3 + junk 0.1 + 10 ms latency + split reads
 ==================  ==================================================================================
 
+Hostile-device cases (issue 13; ``HOSTILE``): the in-process simulator wrapped so that it lies or
+misbehaves on the wire while its firmware and plant stay the ground truth:
+
+====================  ================================================================================
+``hostile_liar``      Identify answered "clinic-4, 1 A, unbounded slew, no minimum ramp": must be
+                      refused before any Start (S18), no output at all
+``hostile_mute``      no replies for 2.6 s during the hold while telemetry keeps flowing
+``hostile_mute_start``no replies for 2.6 s from the Start's ack on (finding 1; session engine)
+``hostile_self_raise``telemetry reports set-point = measured = 3 x the prescription (the true output is
+                      normal): the driver must abort (finding 2; session engine)
+``hostile_deaf``      Abort and Stop acked but ignored, with a 1.3 x regulator over-current (the
+                      firmware's own trip, S9, must still make it safe)
+``hostile_flood``     20,000 telemetry samples and 20,000 duplicate events in one burst
+``hostile_jump``      an event numbered 4,000,000,000 mid-session (the ring has none of the gap)
+``hostile_wrong_ack`` every Ack names Heartbeat instead of the request it answers (finding 6)
+====================  ================================================================================
+
 In-process runs use ``sim://`` on the wall clock at ``--speed`` (default 100; latency faults and ``mixed``
 at ``--link-speed``, default 20, because at speed 100 the simulator cannot release delayed bytes fast
 enough on a 2-core machine); the host-process faults use ``python -m firmware_sim --pty`` through
@@ -144,6 +161,8 @@ class Fault:
     link: tuple[tuple[str, float], ...] = ()
     expected: tuple[str, ...] = ("completed",)
     latency: bool = False  # run at --link-speed: a simulator at speed 100 cannot keep up with delayed bytes
+    hostile: str = ""  # a hostile-device behaviour from HOSTILE, wrapped around the in-process simulator
+    refuse_with: str = ""  # the right outcome is this typed error before any Start (no output, no record)
 
 
 _LINK_RATES = {
@@ -192,6 +211,17 @@ FAULTS: tuple[Fault, ...] = (
     ),
     Fault("port_reopen", stops_output=True, process=True, expected=("recovered_after_host_loss",)),
     *_link_faults(),
+    # hostile devices (issue 13): see HOSTILE and the module docstring
+    Fault("hostile_liar", hostile="liar", refuse_with="ContradictoryIdentityError"),
+    Fault("hostile_mute", hostile="mute", expected=("completed", "link_lost", "aborted", "stopped")),
+    Fault(
+        "hostile_mute_start", hostile="mute_start", expected=("completed", "link_lost", "aborted", "stopped")
+    ),
+    Fault("hostile_self_raise", hostile="self_raise", stops_output=True, expected=("aborted", "fault")),
+    Fault("hostile_deaf", hostile="deaf", stops_output=True, expected=("fault", "aborted")),
+    Fault("hostile_flood", hostile="flood"),
+    Fault("hostile_jump", hostile="jump"),
+    Fault("hostile_wrong_ack", hostile="wrong_ack", refuse_with="RemoteProtocolError"),
 )
 
 
@@ -289,6 +319,124 @@ def _sim_url(ctx: RunContext) -> str:
     return f"sim://{ctx.scenario.model}?{'&'.join(opts)}"
 
 
+HOSTILE_LIE = {"max_current_ua": 1_000_000, "slew_limit_ua_per_s": 0xFFFF_FFFF, "min_ramp_ms": 0}
+HOSTILE_MUTE_S = 2.6  # wall s: the issue's window
+HOSTILE_FLOOD = 20_000
+
+
+class Hostile:
+    """Wraps an in-process simulator so that it misbehaves on the wire (``Fault.hostile``); the firmware
+    and plant behind it, and so the trace, stay the truth. Hooks the device's request handler
+    (``_on_frame``), its output (``_send``) and its outbox flush (telemetry and events)."""
+
+    def __init__(self, ctx: RunContext, device: Any, lock: Any, facts: dict[str, Any]) -> None:
+        self.kind = ctx.fault.hostile
+        self.ctx, self.device, self.lock, self.facts = ctx, device, lock, facts
+        self.muted_until = 0.0
+        self.raise_from: float | None = None
+        self._in_request = False
+        self._on_frame = device._on_frame
+        self._send = device._send
+        self._flush = device._flush_outbox
+
+    def install(self, stim: Stimulator) -> None:
+        from iontodrive.protocol import Abort, Ack, Identify, Start, Stop, encode
+
+        device, kind = self.device, self.kind
+
+        def on_frame(frame: Any) -> None:
+            message = frame.message
+            if kind == "liar" and isinstance(message, Identify):
+                lie = dataclasses.replace(device.model.identity(), **HOSTILE_LIE)
+                self._send(encode(lie, frame.seq))
+                return
+            if kind == "deaf" and isinstance(message, (Abort, Stop)):
+                device.firmware.feed_watchdog()
+                self._send(encode(Ack(int(message.TYPE)), frame.seq))
+                return
+            self._in_request = True
+            try:
+                self._on_frame(frame)
+            finally:
+                self._in_request = False
+            if kind == "mute_start" and isinstance(message, Start):
+                self.muted_until = time.monotonic() + HOSTILE_MUTE_S
+                self.facts.setdefault("fault_at_s", device.session_time_s)
+
+        def send(data: bytes) -> None:
+            if self._in_request and time.monotonic() < self.muted_until:
+                return  # the reply (and what it flushed) never leaves
+            if kind == "wrong_ack" and self._in_request:
+                data = self._wrong_acks(data)
+            self._send(data)
+
+        def flush() -> None:
+            if self.raise_from is not None:
+                self._raise_telemetry()
+            self._flush()
+
+        device._on_frame, device._send, device._flush_outbox = on_frame, send, flush
+        if kind == "liar":
+            stim.identity = stim.identify()  # (the wrapper exists once the in-process sim is open)
+
+    def _wrong_acks(self, data: bytes) -> bytes:
+        from iontodrive.protocol import Ack, Decoder, Frame, Heartbeat, encode
+
+        out = []
+        for item in Decoder().feed(data):
+            if isinstance(item, Frame):
+                msg = item.message
+                if isinstance(msg, Ack) and msg.request_type != int(Heartbeat.TYPE):
+                    msg = Ack(int(Heartbeat.TYPE))
+                out.append(encode(msg, item.seq or None))
+        return b"".join(out)
+
+    def _raise_telemetry(self) -> None:
+        from iontodrive.protocol import Telemetry
+
+        fw = self.device.firmware
+        claim = round(3 * self.ctx.scenario.prescription.current_ma * 1000)
+        fw.outbox = [
+            dataclasses.replace(m, setpoint_ua=claim, measured_ua=claim) if isinstance(m, Telemetry) else m
+            for m in fw.outbox
+        ]
+
+    def schedule(self, at_s: float, offset_s: float) -> threading.Timer | None:
+        """Start the misbehaviour at device time ``at_s`` (``offset_s`` after the start request)."""
+        from iontodrive.protocol import DeviceState, Event, EventCode, Telemetry, encode
+
+        device, kind = self.device, self.kind
+        if kind == "deaf":
+            with self.lock:
+                device.inject(OverCurrent(at_s=at_s))
+            self.facts["fault_at_s"] = at_s
+            return None
+        if kind not in ("mute", "self_raise", "flood", "jump"):
+            return None
+
+        def begin() -> None:
+            with self.lock:
+                self.facts["fault_at_s"] = device.session_time_s
+                if kind == "mute":
+                    self.muted_until = time.monotonic() + HOSTILE_MUTE_S
+                elif kind == "self_raise":
+                    self.raise_from = device.session_time_s
+                elif kind == "flood":
+                    last = device.firmware.events[-1] if device.firmware.events else None
+                    sample = Telemetry(0, 0, DeviceState.HOLD, 0, 0, 0, 0, 0, 0, 0)  # type: ignore[arg-type]
+                    burst = [encode(sample)] * HOSTILE_FLOOD
+                    if last is not None:
+                        burst += [encode(last)] * HOSTILE_FLOOD
+                    self._send(b"".join(burst))
+                elif kind == "jump":
+                    jump = Event(4_000_000_000, 0, EventCode.TELEMETRY_CHANGED, DeviceState.HOLD, 0, False)
+                    self._send(encode(jump))
+
+        timer = threading.Timer(offset_s / self.ctx.speed, begin)
+        timer.start()
+        return timer
+
+
 def run_in_process(ctx: RunContext) -> dict[str, Any]:
     """Plant faults, power cycle, link faults and the control run, against an in-process ``sim://``."""
     firmware_sim.register_url_handler()
@@ -300,14 +448,19 @@ def run_in_process(ctx: RunContext) -> dict[str, Any]:
     port = stim.link.port
     device, lock = port.device, port.runner.lock
     timer: threading.Timer | None = None
+    hostile = Hostile(ctx, device, lock, facts) if ctx.fault.hostile else None
     try:
         with ctx.guard("session") as dog:
             try:
+                if hostile is not None:
+                    hostile.install(stim)
                 session = stim.start(ctx.scenario.prescription, record_path=ctx.record_path)
                 with lock:
                     t0 = device.session_time_s
                 offset, phase = ctx.fault_offset_s()
                 facts["phase"] = phase
+                if hostile is not None:
+                    timer = hostile.schedule(t0 + offset, offset)
                 if fault in ("lift", "lift_return", "impedance_rise", "short", "overcurrent"):
                     at = t0 + offset
                     make = {
@@ -540,7 +693,7 @@ def _slew_ratio(ctx: RunContext, trace: Any, fault_at_s: float | None) -> float:
             (_slice(trace, trace.t_s < fault_at_s), pulsed),
             (_slice(trace, trace.t_s > fault_at_s + 0.01), pulsed),
         ]
-    elif fault_at_s is not None and ctx.fault.name == "overcurrent":
+    elif fault_at_s is not None and ctx.fault.name in ("overcurrent", "hostile_deaf"):
         pieces = [
             (_slice(trace, trace.t_s < fault_at_s), pulsed),
             (_slice(trace, trace.t_s >= fault_at_s), True),
@@ -650,13 +803,21 @@ def check(ctx: RunContext, facts: dict[str, Any]) -> None:
     if ctx.fault.name == "power_cycle" and "charge_before_uas" in facts:
         device_uas = float(facts["charge_before_uas"])
     r.device_uas = round(float(device_uas), 1)
+    if ctx.fault.refuse_with and session_on.size:
+        r.problems.append(
+            f"output started although the device should have been refused ({r.error or 'no error'})"
+        )
     if not ctx.record_path.exists() and r.error and session_on.size == 0:
         # the session never started (a typed error before Start took effect): nothing to record
         r.outcome = "not_started"
-        if not ctx.fault.link:
-            r.problems.append(f"session never started: {r.error}")
-        else:
+        if ctx.fault.link or (ctx.fault.refuse_with and r.error.startswith(ctx.fault.refuse_with)):
             r.record_ok = True
+        else:
+            r.problems.append(f"session never started: {r.error}")
+        return
+    if ctx.fault.refuse_with and session_on.size == 0 and r.error.startswith(ctx.fault.refuse_with):
+        r.outcome = "not_started"  # refused before any output; a record of the refusal is fine too
+        r.record_ok = True
         return
     try:
         record = SessionRecord.load(ctx.record_path)

@@ -1,25 +1,60 @@
 """The device client: :class:`DeviceClient` (requests, replies, telemetry, events; no sessions).
 
+**The heartbeat rule (S19).** A heartbeat means "a controller that is alive and up to date is watching".
+While no session gate is registered the client heartbeats whenever it is otherwise silent, as long as this
+process runs. While at least one gate is registered (:meth:`DeviceClient.gate_heartbeats`; the session
+engine registers one for the life of a session) a heartbeat is sent only when *all* of these hold:
+
+1. every gate's ``is_live()`` returns True (a gate that raises counts as False);
+2. no safety listener has raised since the first gate was registered;
+3. the safety tier is at most :data:`SAFETY_LAG_MAX_S` behind the newest telemetry (:attr:`safety_lag_s`);
+4. the newest telemetry the safety tier has processed arrived at most :data:`SAFETY_FRESH_S` ago;
+5. the ordinary dispatcher is not wedged: it has handled an item within :data:`DISPATCH_WEDGED_S` whenever
+   items wait for it; and the client's threads are alive.
+
+Otherwise heartbeats stop (:attr:`DeviceClient.heartbeat_withheld` says why), the device's watchdog (S10,
+2 s by default, never less than 0.5 s) ramps the output down and records LINK_LOST. The bounds are well
+under the watchdog: with the default 2 s watchdog and 0.5 s heartbeat period, a controller that stops
+being live is followed by the device ramping down within about 2.5 s. Requests the session itself sends
+(Stop, Abort, status polls) are not gated: they feed the watchdog too, which is right for a live session
+and harmless for a wedged one (a wedged controller sends nothing).
+
 The public :class:`iontodrive.Stimulator` (in :mod:`iontodrive.session`) adds dose sessions on top.
 
 Threads (all daemon, all owned by the client, all stopped by :meth:`DeviceClient.close`):
 
 * **reader** -- reads the link whenever no request is waiting (see below), feeds the protocol
-  :class:`~iontodrive.protocol.Decoder`, completes pending requests by sequence number and queues telemetry
-  and events for dispatch. It never runs user code, so a slow callback can never delay a reply.
-* **dispatcher** -- calls listeners (telemetry, events, errors) in arrival order and fills subscription
-  queues; fetches missed events when it sees a gap in event numbers.
+  :class:`~iontodrive.protocol.Decoder`, completes pending requests by sequence number and hands telemetry
+  and events to the two delivery tiers. It never runs user code and never waits on a queue, so a slow
+  callback can never delay a reply (the same holds for a requesting thread that reads the link itself).
+* **safety** -- calls *safety* listeners (``safety=True``: the session engine's over-current, lift and
+  end checks) in arrival order, ahead of and independent of everything else.
+* **dispatch** -- calls ordinary listeners (telemetry, events, errors: user callbacks, record writes) in
+  arrival order and fills subscription queues.
+* **events** -- fetches missed events (a gap in event numbers) with ``FetchEvents``; the live events
+  after a gap are held back until it is filled, so both tiers see every event once, in order.
 * **heartbeat** -- sends :class:`~iontodrive.protocol.Heartbeat` whenever no request went out for
-  ``heartbeat_s`` (default: a quarter of the device watchdog), so the device's watchdog (S10) stays fed
-  exactly as long as this process is alive.
+  ``heartbeat_s`` (default: a quarter of the device watchdog), subject to the rule above.
+
+Queues (:mod:`iontodrive.delivery`): every one is bounded and none can block the thread reading the link.
+Each tier holds at most :data:`TIER_TELEMETRY_CAP` samples (full: the oldest is dropped and counted) and
+:data:`TIER_EVENT_CAP` events (full: the event is dropped for that tier, counted, and fetched again from
+the device by that tier's thread when it gets there; what cannot be fetched again is reported to error
+listeners as :class:`~iontodrive.errors.EventsLostError`). A gap is fetched for at most its newest
+:data:`~iontodrive.delivery.MAX_GAP_FETCH` numbers; at most :data:`~iontodrive.delivery.MAX_HELD_EVENTS`
+live events wait behind it. Subscriptions drop their oldest item when full.
 
 Locking contract: every public method may be called from any thread, concurrently. Requests from
 different threads are in flight at the same time, each matched to its reply by sequence number; the locks
-held across I/O are the link's write lock and the *lead* (below). Listener callbacks run on the dispatcher
+held across I/O are the link's write lock and the *lead* (below). Listener callbacks run on their tier's
 thread, one at a time; they may call the client (e.g. ``status()``), but must not block for long. An
 exception raised by a listener is logged, delivered to the error listeners and re-raised to the session
-that owns the listener. A failure of the reader thread (the link died) is stored and raised by the next
-call in any thread.
+that owns the listener (a safety listener's also withholds heartbeats while a gate is registered). A
+failure of the reader thread (the link died) is stored and raised by the next call in any thread.
+
+Replies are checked fully: a reply must be of a type the request allows
+(:data:`~iontodrive.protocol.REPLY_TYPES_FOR_REQUEST`), and an Ack or Nack must name the request it
+answers; anything else is a :class:`~iontodrive.errors.RemoteProtocolError`, never accepted.
 
 Who reads the link: one thread at a time, whichever holds the client's *lead* lock, so frames are decoded
 in order. On a POSIX port or pty a thread that sent a request takes the lead and reads (and dispatches)
@@ -54,8 +89,10 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, Self, TypeVar
 
+from iontodrive.delivery import DeliveryTier, EventSequencer, Gap, Mark, Routing, Wakeup
 from iontodrive.errors import (
     DeviceRefusal,
+    EventsLostError,
     IncompatibleDeviceError,
     IontodriveError,
     LinkClosedError,
@@ -69,8 +106,10 @@ from iontodrive.link import SerialLink
 from iontodrive.oneshot import OneShot
 from iontodrive.protocol import (
     MAX_HOST_NONCE,
+    MESSAGE_BY_TYPE,
     MESSAGE_CLASSES,
     PROTOCOL_VERSION,
+    REPLY_TYPES_FOR_REQUEST,
     Ack,
     CheckContact,
     ClearFault,
@@ -79,7 +118,6 @@ from iontodrive.protocol import (
     Decoder,
     EncodeError,
     Event,
-    EventCode,
     EventsReport,
     FetchEvents,
     Frame,
@@ -110,6 +148,15 @@ DEFAULT_RETRIES = 3
 DEFAULT_WATCHDOG_MS = 2000
 FETCH_BATCH = 32
 LEASE_S = 0.01  # the reader thread stays parked this long after a requesting thread last read the link
+MAX_GAP_REQUESTS = 64  # FetchEvents per gap at most (MAX_GAP_FETCH / FETCH_BATCH, twice over)
+# The heartbeat rule (module docstring). Seconds, monotonic clock.
+SAFETY_LAG_MAX_S = 0.25  # the safety tier may be this far behind the newest telemetry
+SAFETY_FRESH_S = 1.0  # the newest telemetry the safety tier processed arrived at most this long ago
+DISPATCH_WEDGED_S = 2.0  # the ordinary dispatcher handled nothing for this long while items wait: wedged
+HEARTBEAT_RECHECK_S = 0.01  # while heartbeats are withheld, the rule is asked again this often
+# Delivery tier bounds (items waiting per tier).
+TIER_TELEMETRY_CAP = 10_000
+TIER_EVENT_CAP = 10_000
 _FLUSH = b"\x00"  # a lone delimiter makes the device drop any partial frame
 _GET_STATUS = GetStatus()  # messages are immutable: the most frequent request is made once
 
@@ -120,16 +167,10 @@ EventListener = Callable[[Event], None]
 ErrorListener = Callable[[BaseException], None]
 
 
-class _DispatchMark:
-    """Put in the dispatch queue to learn when everything queued before it has reached the listeners."""
-
-    __slots__ = ("reached",)
-
-    def __init__(self) -> None:
-        self.reached = OneShot()  # waited for in the caller's thread: see iontodrive.oneshot
-
-
-_Dispatched = Message | BaseException | _DispatchMark | None  # None stops the dispatcher
+_REPLY_CLASSES: dict[type[Message], frozenset[type[Message]]] = {
+    cls: frozenset(c for c in MESSAGE_CLASSES if c.TYPE in REPLY_TYPES_FOR_REQUEST[cls.TYPE])
+    for cls in _REQUEST_CLASSES
+}
 
 
 class _Pending(OneShot):
@@ -153,6 +194,8 @@ class LinkStatistics:
     telemetry_lost: int = 0
     events_received: int = 0
     events_fetched: int = 0
+    events_lost: int = 0  # events that could not be delivered (reported as EventsLostError)
+    bad_replies: int = 0  # replies of the wrong type or naming another request (RemoteProtocolError)
     caller_reads: int = 0  # replies read by the requesting thread itself (no reader-thread hand-over)
 
 
@@ -258,14 +301,38 @@ class DeviceClient:
         self._failure: BaseException | None = None
         self._telemetry_listeners: list[TelemetryListener] = []
         self._event_listeners: list[EventListener] = []
+        self._safety_telemetry_listeners: list[TelemetryListener] = []
+        self._safety_event_listeners: list[EventListener] = []
         self._error_listeners: list[ErrorListener] = []
         self._subscriptions: list[Subscription[Any]] = []
         self._replay_collectors: list[Callable[[Event], None]] = []
         self._listener_lock = threading.Lock()
-        self._dispatch_queue: queue.Queue[_Dispatched] = queue.Queue(100_000)
-        self._next_event_no: int | None = None
-        self._seen_events: set[int] = set()
+        self._events = EventSequencer()
+        self._gap_wake = Wakeup()
         self._last_sample_no: int | None = None
+        self._last_telemetry_at: float | None = None  # arrival (monotonic) of the newest sample
+        self._gates: list[Callable[[], bool]] = []
+        self._safety_failure: BaseException | None = None  # latched while gates are registered
+        self._withheld: str | None = None
+        self._safety = DeliveryTier(
+            "safety",
+            on_telemetry=self._safety_telemetry,
+            on_event=self._safety_event,
+            on_error=self._notify_error,
+            refill=self._refill_events,
+            telemetry_cap=TIER_TELEMETRY_CAP,
+            event_cap=TIER_EVENT_CAP,
+        )
+        self._ordinary = DeliveryTier(
+            "dispatch",
+            on_telemetry=self._ordinary_telemetry,
+            on_event=self._ordinary_event,
+            on_error=self._notify_error,
+            refill=self._refill_events,
+            telemetry_cap=TIER_TELEMETRY_CAP,
+            event_cap=TIER_EVENT_CAP,
+        )
+        self._dispatcher = self._ordinary.thread
         self._session_closers: list[Callable[[], None]] = []
         self.identity: IdentityReport
         self.watchdog_ms = watchdog_ms or DEFAULT_WATCHDOG_MS
@@ -278,14 +345,14 @@ class DeviceClient:
         self._reader_resume = threading.Event()
 
         self._reader = threading.Thread(target=self._read_loop, name="iontodrive-reader", daemon=True)
-        self._dispatcher = threading.Thread(
-            target=self._dispatch_loop, name="iontodrive-dispatch", daemon=True
-        )
+        self._gap_fetcher = threading.Thread(target=self._gap_loop, name="iontodrive-events", daemon=True)
         self._heartbeat = threading.Thread(
             target=self._heartbeat_loop, name="iontodrive-heartbeat", daemon=True
         )
         self._reader.start()
-        self._dispatcher.start()
+        self._safety.start()
+        self._ordinary.start()
+        self._gap_fetcher.start()
         try:
             self._link.write(_FLUSH)  # flush any partial frame the device holds
             self._open_host_session()
@@ -297,7 +364,7 @@ class DeviceClient:
             if telemetry_hz is not None:
                 self.configure_telemetry(telemetry_hz)
             status = self.status()
-            self._next_event_no = status.last_event_no + 1
+            self._events.reset(status.last_event_no + 1)
         except BaseException:
             self._shutdown()
             raise
@@ -429,10 +496,20 @@ class DeviceClient:
         self._closed.set()
         self._reader_resume.set()
         self._link.close()
-        self._dispatch_queue.put(None)
-        for thread in (self._reader, self._dispatcher, self._heartbeat):
+        self._safety.stop()
+        self._ordinary.stop()
+        self._gap_wake.signal()
+        threads = (
+            self._reader,
+            self._safety.thread,
+            self._ordinary.thread,
+            self._gap_fetcher,
+            self._heartbeat,
+        )
+        deadline = time.monotonic() + 2.0  # for all of them together: a wedged listener cannot hold close()
+        for thread in threads:
             if thread.is_alive() and thread is not threading.current_thread():
-                thread.join(timeout=2.0)
+                thread.join(timeout=max(0.0, deadline - time.monotonic()))
         for pending in list(self._pending.values()):
             pending.set()
         with self._listener_lock:
@@ -489,11 +566,39 @@ class DeviceClient:
         if reply is None:
             self._raise_if_failed()
             raise LinkClosedError(f"link {self.url} closed while waiting for {type(message).__name__}")
-        if isinstance(reply, Nack):
+        kind = reply.__class__
+        allowed = _REPLY_CLASSES.get(message.__class__)
+        if (allowed is not None and kind not in allowed) or (
+            (kind is Ack or kind is Nack) and reply.request_type != message.TYPE  # type: ignore[attr-defined]
+        ):
+            self.stats.bad_replies += 1
+            raise RemoteProtocolError(self._describe_bad_reply(message, seq, reply))
+        if kind is Nack:
             raise DeviceRefusal(
-                reply.request_type, reply.code, reply.field, reply.value, reply.minimum, reply.maximum
+                reply.request_type,  # type: ignore[attr-defined]
+                reply.code,  # type: ignore[attr-defined]
+                reply.field,  # type: ignore[attr-defined]
+                reply.value,  # type: ignore[attr-defined]
+                reply.minimum,  # type: ignore[attr-defined]
+                reply.maximum,  # type: ignore[attr-defined]
             )
         return reply
+
+    @staticmethod
+    def _describe_bad_reply(message: Message, seq: int, reply: Message) -> str:
+        name = type(message).__name__
+        if isinstance(reply, (Ack, Nack)) and reply.request_type != message.TYPE:
+            try:
+                named = MESSAGE_BY_TYPE[reply.request_type].__name__
+            except KeyError:
+                named = f"0x{reply.request_type:02X}"
+            return (
+                f"{name} (seq {seq}) answered with {type(reply).__name__} naming {named}: the reply does not "
+                f"answer this request; not accepted"
+            )
+        return (
+            f"{name} (seq {seq}) answered with {type(reply).__name__}, which cannot answer it; not accepted"
+        )
 
     def _await_reply(self, pending: _Pending, timeout_s: float) -> bool:
         """Wait up to ``timeout_s`` for ``pending``'s reply, reading the link ourselves when we can take
@@ -583,7 +688,7 @@ class DeviceClient:
         if reply.__class__ is not StatusReport:
             got = type(reply).__name__
             raise RemoteProtocolError(f"GetStatus answered with {got}, expected StatusReport")
-        return reply  # type: ignore[return-value]
+        return reply
 
     def check_contact(self, target_current_ua: int, probe_current_ua: int = 50) -> ContactReport:
         """Measure electrode-skin impedance with ``probe_current_ua`` (<= 50 uA, S3).
@@ -616,15 +721,24 @@ class DeviceClient:
     def fetch_events(self, from_event_no: int, max_count: int = FETCH_BATCH) -> list[Event]:
         """Fetch events from the device's ring, from ``from_event_no`` on (at most ``max_count``).
 
-        The replayed events are also dispatched to event listeners (once each, in order); when this is
-        called from any thread but the dispatcher, they have reached the listeners when it returns.
+        Replayed events not seen before are also delivered to event listeners (once each, in order); when
+        this is called from any thread but the client's own, they have reached the listeners when it
+        returns (waiting at most one request deadline for each tier).
         """
+        _report, events = self._fetch_raw(from_event_no, max_count)
+        if threading.current_thread() not in (self._safety.thread, self._ordinary.thread, self._gap_fetcher):
+            self._wait_dispatched(self.timeout_s * (1 + self.retries))
+        return events
+
+    def _fetch_raw(self, from_event_no: int, max_count: int) -> tuple[EventsReport, list[Event]]:
+        """One FetchEvents: the report and the replayed events it announced (sorted; those that arrived
+        within a request deadline). The events go through the sequencer as they arrive (see _on_frame)."""
         collector: list[Event] = []
         done = OneShot()  # waited for in the caller's thread: see iontodrive.oneshot
         report: list[EventsReport] = []
 
         def collect(event: Event) -> None:
-            if event.replayed and event.event_no >= from_event_no:
+            if event.event_no >= from_event_no:
                 collector.append(event)
                 if report and len(collector) >= report[0].count:
                     done.set()
@@ -637,32 +751,143 @@ class DeviceClient:
             if len(collector) >= reply.count:
                 done.set()
             done.wait(self.timeout_s * (1 + self.retries))
-            if threading.current_thread() is not self._dispatcher:
-                self._wait_dispatched(self.timeout_s * (1 + self.retries))
         finally:
             with self._listener_lock:
                 self._replay_collectors.remove(collect)
         self.stats.events_fetched += len(collector)
-        return sorted(collector, key=lambda e: e.event_no)
+        return reply, sorted(collector, key=lambda e: e.event_no)
+
+    def _refill_events(self, first: int, last: int) -> list[Event]:
+        """Events ``[first, last]`` fetched again for a tier that dropped them (runs on that tier)."""
+        got: list[Event] = []
+        next_no = first
+        for _ in range(MAX_GAP_REQUESTS):
+            if next_no > last or self._closed.is_set():
+                break
+            report, events = self._fetch_raw(next_no, min(FETCH_BATCH, last - next_no + 1))
+            next_no = max(next_no, report.first_available_no)
+            wanted = [e for e in events if next_no <= e.event_no <= last]
+            if not wanted:
+                break
+            got += wanted
+            next_no = wanted[-1].event_no + 1
+        return got
 
     def _wait_dispatched(self, timeout_s: float) -> bool:
-        """Wait (at most ``timeout_s``) until every item queued for dispatch so far has been dispatched."""
-        mark = _DispatchMark()
-        try:
-            self._dispatch_queue.put(mark, timeout=timeout_s)
-        except queue.Full:
-            return False
-        return mark.reached.wait(timeout_s)
+        """Wait (at most ``timeout_s``) until every item queued so far has been handled by both tiers."""
+        marks = (Mark(), Mark())
+        self._safety.put_control(marks[0])
+        self._ordinary.put_control(marks[1])
+        deadline = time.monotonic() + timeout_s
+        return all(mark.reached.wait(max(0.0, deadline - time.monotonic())) for mark in marks)
 
     # ------------------------------------------------------------------------------ subscriptions
 
-    def add_telemetry_listener(self, callback: TelemetryListener) -> Callable[[], None]:
-        """Call ``callback(sample)`` on the dispatcher thread for every sample; returns a remover."""
-        return self._add(self._telemetry_listeners, callback)
+    def add_telemetry_listener(
+        self, callback: TelemetryListener, *, safety: bool = False
+    ) -> Callable[[], None]:
+        """Call ``callback(sample)`` for every sample, in arrival order; returns a remover.
 
-    def add_event_listener(self, callback: EventListener) -> Callable[[], None]:
-        """Call ``callback(event)`` for every event, live or fetched after a gap, once each, in order."""
-        return self._add(self._event_listeners, callback)
+        Ordinary listeners run on the dispatcher thread. ``safety=True``: on the client's safety thread,
+        ahead of and independent of ordinary listeners (a slow ordinary listener cannot delay it). Keep
+        safety listeners short (the heartbeat rule allows them :data:`SAFETY_LAG_MAX_S` of lag); one that
+        raises is reported to error listeners and withholds heartbeats while a gate is registered.
+        """
+        return self._add(self._safety_telemetry_listeners if safety else self._telemetry_listeners, callback)
+
+    def add_event_listener(self, callback: EventListener, *, safety: bool = False) -> Callable[[], None]:
+        """Call ``callback(event)`` for every event, live or fetched after a gap, once each, in order
+        (``safety``: as for :meth:`add_telemetry_listener`)."""
+        return self._add(self._safety_event_listeners if safety else self._event_listeners, callback)
+
+    def gate_heartbeats(self, is_live: Callable[[], bool]) -> Callable[[], None]:
+        """Send heartbeats only while ``is_live()`` (and the rest of the heartbeat rule, see the module
+        docstring) holds; returns the function that removes this gate.
+
+        ``is_live`` is called from the heartbeat thread about every :data:`HEARTBEAT_RECHECK_S` while a
+        heartbeat is due; it must be quick and must not call the client. Registering the first gate and
+        removing the last clear a latched safety-listener failure.
+        """
+        with self._listener_lock:
+            if not self._gates:
+                self._safety_failure = None
+            self._gates.append(is_live)
+
+        def remove() -> None:
+            with self._listener_lock:
+                if is_live in self._gates:
+                    self._gates.remove(is_live)
+                if not self._gates:
+                    self._safety_failure = None
+                    self._withheld = None
+
+        return remove
+
+    @property
+    def safety_lag_s(self) -> float:
+        """Seconds the safety tier is behind the newest telemetry (or event): how long the oldest item it
+        has not finished has waited; 0 when it is up to date."""
+        return self._safety.lag_s()
+
+    @property
+    def heartbeat_withheld(self) -> str | None:
+        """Why heartbeats are being withheld right now (the heartbeat rule), or None."""
+        return self._withheld
+
+    def liveness_problem(self) -> str | None:
+        """The first clause of the heartbeat rule that fails now, in words, or None when heartbeats may
+        be sent. Without gates there is no rule: always None."""
+        with self._listener_lock:
+            gates = list(self._gates)
+            failure = self._safety_failure
+        if not gates:
+            return None
+        for gate in gates:
+            try:
+                live = bool(gate())
+            except Exception as exc:
+                return f"a session gate raised {exc!r}"
+            if not live:
+                return (
+                    f"a session gate says its controller is not live ({getattr(gate, '__qualname__', gate)})"
+                )
+        if failure is not None:
+            return f"a safety listener raised {failure!r}"
+        now = time.monotonic()
+        lag = self._safety.lag_s(now)
+        if lag > SAFETY_LAG_MAX_S:
+            return f"the safety checks are {lag:.3f} s behind telemetry (bound {SAFETY_LAG_MAX_S} s)"
+        checked = self._safety_checked_at()
+        if checked is None or now - checked > SAFETY_FRESH_S:
+            age = "no telemetry yet" if checked is None else f"the newest is {now - checked:.3f} s old"
+            return f"no recent telemetry checked by the safety tier ({age}; bound {SAFETY_FRESH_S} s)"
+        stalled = self._ordinary.stalled_s(now)
+        if stalled > DISPATCH_WEDGED_S:
+            return f"the dispatcher is wedged: nothing handled for {stalled:.3f} s while items wait"
+        for thread in (self._safety.thread, self._ordinary.thread, self._reader):
+            if not thread.is_alive():
+                return f"thread {thread.name} has died"
+        return None
+
+    def _safety_checked_at(self) -> float | None:
+        """Arrival time of the newest sample the safety tier has processed (every sample counts as
+        processed at once while there are no safety listeners)."""
+        if self._safety_telemetry_listeners or self._safety_event_listeners:
+            return self._safety.last_telemetry_arrival
+        return self._last_telemetry_at
+
+    @property
+    def delivery_stats(self) -> dict[str, dict[str, int]]:
+        """Per tier: items handled, telemetry dropped (oldest first), events dropped and refilled."""
+        return {
+            tier.name: {
+                "handled": tier.handled,
+                "dropped_telemetry": tier.dropped_telemetry,
+                "dropped_events": tier.dropped_events,
+                "refilled_events": tier.refilled_events,
+            }
+            for tier in (self._safety, self._ordinary)
+        }
 
     def add_error_listener(self, callback: ErrorListener) -> Callable[[], None]:
         """Call ``callback(exc)`` for errors on background threads (link failure, listener exceptions)."""
@@ -714,8 +939,7 @@ class DeviceClient:
         if self._failure is None:
             self._failure = exc
             logger.error("link failure on %s: %s", self.url, exc)
-            with contextlib.suppress(queue.Full):
-                self._dispatch_queue.put_nowait(exc)
+            self._ordinary.put_control(exc)
         for pending in list(self._pending.values()):
             pending.set()
 
@@ -777,11 +1001,13 @@ class DeviceClient:
                 self.stats.decode_errors += 1
                 logger.debug("dropped bad frame: %s %s", item.kind.value, item.detail)  # type: ignore[union-attr]
                 continue
-            self._on_frame(item)  # type: ignore[arg-type]
+            self._on_frame(item)
 
     def _on_frame(self, frame: Frame) -> None:
+        """Act on one frame; called by whichever thread holds the lead. Never waits on a queue."""
         self.stats.frames_received += 1
-        self._last_received = time.monotonic()
+        now = time.monotonic()
+        self._last_received = now
         seq, message = frame
         if seq:
             pending = self._pending.get(seq)  # one dict lookup: atomic, no lock needed
@@ -792,42 +1018,110 @@ class DeviceClient:
             pending.reply = message
             pending.set()
             return
-        try:
-            self._dispatch_queue.put_nowait(message)
-        except queue.Full:
-            if isinstance(message, Telemetry):
-                self.stats.telemetry_lost += 1
-            else:  # never drop an event silently: wait for the dispatcher
-                self._dispatch_queue.put(message)
-        if type(message) is Event and message.replayed:
-            # collected here, not by the dispatcher: fetch_events() may be running on the dispatcher itself;
-            # queued first, so that a caller that then waits for the dispatcher sees them delivered
-            with self._listener_lock:
-                collectors = list(self._replay_collectors)
-            for collect in collectors:
-                collect(message)
+        kind = message.__class__
+        if kind is Telemetry:
+            self._on_telemetry(message, now)  # type: ignore[arg-type]
+        elif kind is Event:
+            self._on_event(message, now)  # type: ignore[arg-type]
 
-    def _dispatch_loop(self) -> None:
-        while True:
-            item = self._dispatch_queue.get()
-            if item is None:
-                return
-            if type(item) is _DispatchMark:
-                item.reached.set()
-            elif isinstance(item, BaseException):
-                self._notify_error(item)
-            elif isinstance(item, Telemetry):
-                self._dispatch_telemetry(item)
-            elif isinstance(item, Event):
-                self._dispatch_event(item)
-
-    def _dispatch_telemetry(self, sample: Telemetry) -> None:
+    def _on_telemetry(self, sample: Telemetry, now: float) -> None:
         self.stats.telemetry_received += 1
         last = self._last_sample_no
         if last is not None and sample.sample_no > last + 1:
             self.stats.telemetry_gaps += 1
             self.stats.telemetry_lost += sample.sample_no - last - 1
         self._last_sample_no = sample.sample_no
+        self._last_telemetry_at = now
+        if self._safety_telemetry_listeners or self._safety_event_listeners:
+            self._safety.put_telemetry(sample, now)
+        if self._telemetry_listeners or self._subscriptions:
+            self._ordinary.put_telemetry(sample, now)
+
+    def _on_event(self, event: Event, now: float) -> None:
+        if event.replayed:
+            routing = self._events.replayed(event)
+            # collected here, not by a tier: fetch_events() may be running on a tier's thread itself
+            with self._listener_lock:
+                collectors = list(self._replay_collectors)
+            for collect in collectors:
+                collect(event)
+        else:
+            routing = self._events.live(event)
+        self._route(routing, now)
+        if routing.gap is not None:
+            logger.info("event gap: %d..%d missing, fetching", routing.gap.first, routing.gap.upto - 1)
+            self._gap_wake.signal()
+
+    def _route(self, routing: Routing, now: float) -> None:
+        """Hand the sequencer's events to the tiers (see :class:`~iontodrive.delivery.Routing`)."""
+        safety, ordinary = self._safety, self._ordinary
+        for event in routing.safety:
+            safety.put_event(event, now)
+        for event in routing.both:
+            self.stats.events_received += 1
+            safety.put_event(event, now)
+            ordinary.put_event(event, now)
+        for event in routing.ordinary:
+            self.stats.events_received += 1
+            ordinary.put_event(event, now)
+        for gap, count, why in routing.lost:  # never silently: counted, logged, told to error listeners
+            self.stats.events_lost += count
+            error = EventsLostError(count, gap.first, gap.upto - 1, why)
+            logger.warning("%s", error)
+            ordinary.put_control(error)
+
+    def _gap_loop(self) -> None:
+        """The events thread: fill each gap the sequencer found, then release what waited behind it."""
+        while not self._closed.is_set():
+            if not self._gap_wake.wait(0.5):
+                continue
+            gap = self._events.gap
+            while gap is not None and not self._closed.is_set():
+                why = self._fill_gap(gap)
+                routing = self._events.gap_done(gap, why)
+                self._route(routing, time.monotonic())
+                gap = routing.gap or self._events.gap
+
+    def _fill_gap(self, gap: Gap) -> str:
+        """Fetch the gap's events (they reach the sequencer as they arrive); bounded in requests. Returns
+        why whatever is still missing is missing."""
+        next_no = gap.fetch_from
+        for _ in range(MAX_GAP_REQUESTS):
+            if next_no >= gap.upto or self._closed.is_set():
+                return "the device's ring no longer held them"
+            try:
+                report, events = self._fetch_raw(next_no, min(FETCH_BATCH, gap.upto - next_no))
+            except IontodriveError as exc:
+                logger.warning("could not fetch missed events from %d: %s", next_no, exc)
+                return f"fetching them failed ({exc})"
+            next_no = max(next_no, report.first_available_no)
+            numbers = [e.event_no for e in events if e.event_no >= next_no]
+            if not numbers:
+                return "the device's ring no longer held them"
+            next_no = numbers[-1] + 1
+        return f"more than {MAX_GAP_REQUESTS} FetchEvents would have been needed"
+
+    # the two tiers' handlers (each runs on its tier's thread)
+
+    def _safety_telemetry(self, sample: Telemetry) -> None:
+        for listener in list(self._safety_telemetry_listeners):
+            self._call_safety_listener(listener, sample)
+
+    def _safety_event(self, event: Event) -> None:
+        for listener in list(self._safety_event_listeners):
+            self._call_safety_listener(listener, event)
+
+    def _call_safety_listener(self, listener: Callable[[Any], None], item: Message) -> None:
+        try:
+            listener(item)
+        except Exception as exc:
+            logger.exception("safety listener %r raised", listener)
+            with self._listener_lock:
+                if self._gates and self._safety_failure is None:
+                    self._safety_failure = exc
+            self._notify_error(exc)
+
+    def _ordinary_telemetry(self, sample: Telemetry) -> None:
         with self._listener_lock:
             listeners = list(self._telemetry_listeners)
             subs = [s for s in self._subscriptions if s.kind is Telemetry]
@@ -836,42 +1130,7 @@ class DeviceClient:
         for listener in listeners:
             self._call_listener(listener, sample)
 
-    def _dispatch_event(self, event: Event) -> None:
-        self.stats.events_received += 1
-        if event.code is EventCode.POWER_ON and event.event_no == 1 and not event.replayed:
-            self._seen_events.clear()  # the device restarted: numbering starts again
-            self._next_event_no = 1
-        expected = self._next_event_no
-        if not event.replayed and expected is not None and event.event_no > expected:
-            self._fill_gap(expected, event.event_no)
-        self._deliver_event(event)
-
-    def _fill_gap(self, first_missing: int, upto: int) -> None:
-        """Fetch events [first_missing, upto) from the device; runs on the dispatcher thread."""
-        logger.info("event gap: %d..%d missing, fetching", first_missing, upto - 1)
-        next_no = first_missing
-        while next_no < upto and not self._closed.is_set():
-            try:
-                fetched = self.fetch_events(next_no, min(FETCH_BATCH, upto - next_no))
-            except IontodriveError as exc:
-                logger.warning("could not fetch missed events from %d: %s", next_no, exc)
-                return
-            if not fetched:
-                return
-            for event in fetched:
-                if event.event_no < upto:
-                    self._deliver_event(event)
-            next_no = fetched[-1].event_no + 1
-
-    def _deliver_event(self, event: Event) -> None:
-        if event.event_no in self._seen_events:
-            return
-        self._seen_events.add(event.event_no)
-        if len(self._seen_events) > 4096:
-            floor = max(self._seen_events) - 2048
-            self._seen_events = {n for n in self._seen_events if n > floor}
-        if self._next_event_no is None or event.event_no >= self._next_event_no:
-            self._next_event_no = event.event_no + 1
+    def _ordinary_event(self, event: Event) -> None:
         with self._listener_lock:
             listeners = list(self._event_listeners)
             subs = [s for s in self._subscriptions if s.kind is Event]
@@ -903,6 +1162,16 @@ class DeviceClient:
             if idle < period:
                 self._closed.wait(period - idle)
                 continue
+            problem = self.liveness_problem()
+            if problem is not None:  # S19: no heartbeat for a controller that is not live and current
+                if problem != self._withheld:
+                    logger.warning("heartbeats withheld (the device watchdog will act): %s", problem)
+                self._withheld = problem
+                self._closed.wait(HEARTBEAT_RECHECK_S)
+                continue
+            if self._withheld is not None:
+                logger.info("heartbeats resumed")
+                self._withheld = None
             try:
                 self.heartbeat()
             except LinkTimeoutError as exc:

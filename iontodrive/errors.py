@@ -5,12 +5,15 @@
     IontodriveError
     ├── LinkError                      the byte link failed
     │   ├── LinkClosedError            the port is closed (by us, or the device went away)
+    │   │   └── PortInUseError         the port is open in another process: nothing was written
     │   ├── LinkTimeoutError           no answer before the deadline, retries included
-    │   └── LinkLostError              the link died during a session; the device's watchdog ramps down
+    │   ├── LinkLostError              the link died during a session; the device's watchdog ramps down
+    │   └── EventsLostError            device events could not all be delivered (reported, never silent)
     ├── ProtocolViolation              the two ends disagree about the protocol
     │   ├── LocalProtocolError         we tried to send something invalid (wraps EncodeError)
     │   └── RemoteProtocolError        the device sent something invalid or unexpected
     │       └── IncompatibleDeviceError  wrong protocol version
+    │           └── ContradictoryIdentityError  limits that contradict the model family (S18)
     ├── DeviceRefusal                  the device answered NACK (code, field, value, range)
     ├── SafetyRefusal (ValueError)     the driver refused before sending anything (prescription, limits)
     ├── DeviceFault                    the device latched a fault or stopped a session on its own
@@ -67,6 +70,22 @@ class LinkLostError(LinkError):
     """The link was lost while output was on. The device's watchdog (S10) ramps output down by itself."""
 
 
+class PortInUseError(LinkClosedError):
+    """The port is already open elsewhere (another process holds its lock); nothing was written to it."""
+
+
+class EventsLostError(LinkError):
+    """Device events in ``[first, last]`` (``count`` of them) could not be delivered to listeners: the
+    device's ring no longer held them, a fetch failed, or a gap was absurdly large. Delivered to error
+    listeners, never raised by a request."""
+
+    def __init__(self, count: int, first: int, last: int, why: str) -> None:
+        self.count = count
+        self.first = first
+        self.last = last
+        super().__init__(f"{count} device event(s) between {first} and {last} lost: {why}")
+
+
 class ProtocolViolation(IontodriveError):
     """The two ends disagree about the protocol."""
 
@@ -87,6 +106,26 @@ class IncompatibleDeviceError(RemoteProtocolError):
         self.supported = supported
         super().__init__(
             f"device speaks protocol version {device_version}; this driver supports {list(supported)}"
+        )
+
+
+class ContradictoryIdentityError(IncompatibleDeviceError):
+    """The device's identity contradicts its model family (S18): e.g. a "clinic-4" claiming 1 A.
+
+    Attributes: ``model``, ``field`` (the IdentityReport field), ``value`` (reported), ``bound`` (the
+    driver's limit of plausibility for that family) and ``reason``. Raised before anything is sent.
+    """
+
+    def __init__(self, model: str, field: str, value: int, bound: int, reason: str) -> None:
+        self.model = model
+        self.field = field
+        self.value = value
+        self.bound = bound
+        self.reason = reason
+        self.device_version = -1
+        self.supported = ()
+        RemoteProtocolError.__init__(
+            self, f"device {model!r} reports {field} = {value}: {reason}; refused (S18)"
         )
 
 

@@ -8,11 +8,21 @@ A :class:`SerialLink` has one writer lock and is read by one thread at a time (t
 see "Who reads the link" in :mod:`iontodrive.client`). On POSIX ports a blocked :meth:`SerialLink.read`
 can be woken early with :meth:`SerialLink.interrupt` (a self-pipe); :attr:`SerialLink.interruptible` says
 whether that is available. Every failure of the port surfaces as :class:`~iontodrive.errors.LinkClosedError`.
+
+Exclusive ports (contract 6): a device path or pty (any URL without ``scheme://``) is opened with
+pyserial's ``exclusive=True``, an advisory ``flock(LOCK_EX | LOCK_NB)`` on POSIX that works on serial
+devices and pty slaves alike; a second process (or a second link in this one) then gets
+:class:`~iontodrive.errors.PortInUseError` before a byte is written or a setting changed. (A lock is
+advisory: it keeps out every program that asks for it -- this driver, pyserial with ``exclusive=True``,
+the simulator's tools -- not one that ignores locks.) Pass ``exclusive=False`` to opt out (bench tools).
+URL handlers (``socket://``, ``sim://``, ``spy://``...) decide for themselves: the simulator's TCP server
+refuses a second client.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import logging
 import os
 import select
@@ -21,15 +31,23 @@ from typing import Any
 
 import serial
 
+from iontodrive.errors import LinkClosedError, PortInUseError
+
+_PosixSerial: type[serial.SerialBase] | None
 try:
-    from serial.serialposix import Serial as _PosixSerial
+    from serial.serialposix import Serial as _ImportedPosixSerial
+
+    _PosixSerial = _ImportedPosixSerial
 except ImportError:  # Windows: no file descriptor to use directly
     _PosixSerial = None
 
-from iontodrive.errors import LinkClosedError
-
 logger = logging.getLogger(__name__)
 
+# A device path or pty is opened with pyserial's ``exclusive=True`` (POSIX: flock(LOCK_EX | LOCK_NB) on the
+# descriptor, taken before pyserial changes any setting). Windows opens COM ports exclusively anyway.
+_EXCLUSIVE_BY_DEFAULT = os.name == "posix"
+# flock's "held elsewhere" (EWOULDBLOCK = EAGAIN on Linux), and EBUSY: a tty in exclusive mode (TIOCEXCL).
+_IN_USE_ERRNOS = frozenset({errno.EAGAIN, errno.EWOULDBLOCK, errno.EBUSY})
 DEFAULT_BAUDRATE = 115_200
 DEFAULT_READ_TIMEOUT_S = 0.02
 READ_CHUNK = 4096
@@ -44,7 +62,8 @@ class SerialLink:
     """
 
     def __init__(self, port: serial.SerialBase, url: str = "") -> None:
-        self._port = port
+        # Any: a POSIX port's ``fd`` and every port's ``in_waiting`` are not in SerialBase's stubs
+        self._port: Any = port
         self.url = url or str(getattr(port, "portstr", "") or getattr(port, "port", ""))
         self._write_lock = threading.Lock()
         self._closed = False
@@ -78,12 +97,25 @@ class SerialLink:
         read_timeout_s: float = DEFAULT_READ_TIMEOUT_S,
         **serial_options: Any,
     ) -> SerialLink:
-        """Open ``url`` with pyserial. Raises LinkClosedError (with the port's reason) if it cannot open."""
+        """Open ``url`` with pyserial; a device path or pty is opened exclusively (see the module docstring).
+
+        Raises:
+            PortInUseError: another process (or another link here) has the port open; nothing was
+                written to it and its settings were not touched.
+            LinkClosedError: it cannot be opened for any other reason (with the port's reason).
+        """
+        if _EXCLUSIVE_BY_DEFAULT and "://" not in url:
+            serial_options.setdefault("exclusive", True)
         try:
             port = serial.serial_for_url(
                 url, baudrate=baudrate, timeout=read_timeout_s, write_timeout=2.0, **serial_options
             )
         except (serial.SerialException, OSError, ValueError) as exc:
+            if getattr(exc, "errno", None) in _IN_USE_ERRNOS:
+                raise PortInUseError(
+                    f"cannot open {url!r}: the port is in use by another process or client ({exc}); "
+                    "close the other program first"
+                ) from exc
             raise LinkClosedError(f"cannot open {url!r}: {exc}") from exc
         logger.debug("opened %s", url)
         return cls(port, url)
@@ -95,7 +127,8 @@ class SerialLink:
     @property
     def port(self) -> serial.SerialBase:
         """The underlying pyserial object (for tests and bench tools)."""
-        return self._port
+        port: serial.SerialBase = self._port
+        return port
 
     def write(self, data: bytes) -> None:
         if self._closed:

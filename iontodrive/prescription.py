@@ -7,7 +7,9 @@ A :class:`Prescription` is written in clinical units (mA, mA·min, s, cm²). It 
    5–60 s (S1); a time-based session at least as long as its two ramps; pulse fields only with pulsed DC
    (frequency required, duty 10–90 %, default 50 %); electrode area > 0. Strings are normalised to enums.
 2. **Against a device** (:meth:`Prescription.check_against`), against the hard limits the device reports in
-   its :class:`~iontodrive.protocol.IdentityReport` (S12) plus the slew limit (S1), the charge of the ramps
+   its :class:`~iontodrive.protocol.IdentityReport` (S12), each lowered to the driver's own cap for the
+   device's family and with a device whose identity contradicts its family refused
+   (:func:`iontodrive.ceilings.effective_identity`, S18), plus the slew limit (S1), the charge of the ramps
    for a dose-based session (S11), current density (S13) and the contact limits (S3).
 
 Every refusal raises :class:`~iontodrive.errors.SafetyRefusal` with the user-facing field name (for example
@@ -41,7 +43,8 @@ from collections.abc import Mapping
 from dataclasses import KW_ONLY, dataclass, fields
 from typing import Any, Final
 
-from iontodrive.errors import RemoteProtocolError, SafetyRefusal
+from iontodrive.ceilings import effective_identity
+from iontodrive.errors import SafetyRefusal
 from iontodrive.protocol import IdentityReport, Polarity, Start, Waveform, WaveformSet
 from iontodrive.ramp import RampProfile, SessionPlan, predict_session
 from iontodrive.units import (
@@ -127,20 +130,6 @@ def _parse_waveform(value: object) -> Waveform:
     raise SafetyRefusal("waveform", value, reason="must be 'dc' or 'pulsed_dc'")
 
 
-def _identity_sanity(identity: IdentityReport) -> None:
-    """Refuse an identity whose limits make no sense (a device bug), rather than divide by zero."""
-    if identity.max_current_ua <= 0 or identity.slew_limit_ua_per_s <= 0 or identity.compliance_mv <= 0:
-        raise RemoteProtocolError(
-            f"device {identity.model!r} reports unusable limits: max_current_ua={identity.max_current_ua}, "
-            f"slew_limit_ua_per_s={identity.slew_limit_ua_per_s}, compliance_mv={identity.compliance_mv}"
-        )
-    if identity.min_ramp_ms > identity.max_ramp_ms:
-        raise RemoteProtocolError(
-            f"device {identity.model!r} reports min_ramp_ms {identity.min_ramp_ms} > "
-            f"max_ramp_ms {identity.max_ramp_ms}"
-        )
-
-
 def contact_limits_ohm(
     identity: IdentityReport,
     current_ua: int,
@@ -160,7 +149,7 @@ def contact_limits_ohm(
     Raises SafetyRefusal("current_ma", ...) when the compliance voltage leaves no acceptable impedance at all
     at this current (``high < low``); its maximum is the highest current that would leave one.
     """
-    _identity_sanity(identity)
+    identity = effective_identity(identity)
     current = require_int("current_ua", current_ua, minimum=1, maximum=identity.max_current_ua)
     low = require_int(
         "contact_low_ohm", low_ohm, minimum=CONTACT_LOW_OHM_BOUNDS[0], maximum=CONTACT_LOW_OHM_BOUNDS[1]
@@ -308,7 +297,7 @@ class Prescription:
         )
         area = f", {self.electrode_area_cm2:g} cm²" if self.electrode_area_cm2 is not None else ""
         return (
-            f"{self.current_ma:g} mA {Polarity(self.polarity).name.lower()} {wave}, {amount}, "
+            f"{self.current_ma:g} mA {_parse_polarity(self.polarity).name.lower()} {wave}, {amount}, "
             f"ramps {self.ramp_up_s:g}/{self.ramp_down_s:g} s{area}"
         )
 
@@ -375,7 +364,8 @@ class Prescription:
         contact_low_ohm: int = CONTACT_LOW_OHM,
         contact_high_cap_ohm: int = CONTACT_HIGH_CAP_OHM,
     ) -> tuple[Start, list[str]]:
-        _identity_sanity(identity)
+        reported = identity
+        identity = effective_identity(identity)  # S18: the driver's own caps for the family, and refusals
         warn_density = require_real(
             "density_warn_ma_per_cm2",
             density_warn_ma_per_cm2,
@@ -396,7 +386,13 @@ class Prescription:
                 self.current_ma,
                 1 / UA_PER_MA,
                 max_ua / UA_PER_MA,
-                reason=f"above the maximum current of {model}",
+                reason=f"above the maximum current of {model}"
+                + (
+                    f" (the driver's cap for the family, S18; the device reports "
+                    f"{reported.max_current_ua} µA)"
+                    if reported.max_current_ua != max_ua
+                    else ""
+                ),
             )
         if current_ua < 1:
             raise SafetyRefusal(
@@ -408,7 +404,7 @@ class Prescription:
             )
 
         # Waveform and pulse parameters.
-        waveform = Waveform(self.waveform)
+        waveform = _parse_waveform(self.waveform)
         supported = WaveformSet(int(identity.waveforms))
         if not supported & _WAVEFORM_FLAG[waveform]:
             names = [w.name.lower() for w in Waveform if supported & _WAVEFORM_FLAG[w]]
@@ -571,7 +567,7 @@ class Prescription:
             duration_ms=duration_ms,
             ramp_up_ms=up_ms,
             ramp_down_ms=down_ms,
-            polarity=Polarity(self.polarity),
+            polarity=_parse_polarity(self.polarity),
             waveform=waveform,
             pulse_frequency_hz=pulse_hz,
             duty_percent=duty,

@@ -40,6 +40,7 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
+from iontodrive import ceilings
 from iontodrive.client import DeviceClient
 from iontodrive.errors import (
     DeviceFault,
@@ -367,13 +368,12 @@ class Session:
         target_ua = candidate.to_start(self.identity).target_current_ua
         readback = self._stim.status()
         delta = abs(target_ua - readback.setpoint_ua)
-        slew = self.identity.slew_limit_ua_per_s
-        by_slew_ms = -(-delta * 1000 // slew)
         by_prescription_ms = round(
             delta / self.start_message.target_current_ua * self.start_message.ramp_up_ms
         )
-        ramp_ms = max(by_slew_ms, by_prescription_ms, self.identity.min_ramp_ms if delta else 0)
-        ramp_ms = min(ramp_ms, self.identity.max_ramp_ms)
+        # S1/S18: never faster than the driver's minimum ramp or the effective slew (ceilings.min_ramp_ms)
+        ramp_ms = max(by_prescription_ms, ceilings.min_ramp_ms(self.identity, delta))
+        ramp_ms = min(ramp_ms, ceilings.effective_identity(self.identity).max_ramp_ms)
         self._stim.request(SetCurrent(target_ua, ramp_ms))
         readback_ua = readback.setpoint_ua
         self._write(

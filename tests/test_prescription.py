@@ -11,6 +11,7 @@ from devices import CLINIC, HYDRO
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
+from iontodrive.ceilings import effective_identity
 from iontodrive.errors import RemoteProtocolError, SafetyRefusal
 from iontodrive.prescription import (
     CONTACT_HIGH_CAP_OHM,
@@ -313,10 +314,14 @@ def test_compliance_too_low_for_any_contact_refuses_the_current() -> None:
 # --------------------------------------------------------------------------- conversion (hypothesis)
 
 
+# The limits a prescription is judged against: HYDRO's, each lowered to the driver's cap (S18).
+HYDRO_LIMITS = effective_identity(HYDRO)
+
+
 @st.composite
 def valid_prescriptions(draw) -> Prescription:
     current = draw(st.floats(min_value=0.05, max_value=30.0))
-    slew_min_s = current * 1000 / HYDRO.slew_limit_ua_per_s
+    slew_min_s = current * 1000 / HYDRO_LIMITS.slew_limit_ua_per_s
     up = draw(st.floats(min_value=max(5.0, slew_min_s + 0.001), max_value=60.0))
     down = draw(st.floats(min_value=max(5.0, slew_min_s + 0.001), max_value=60.0))
     pulsed = draw(st.booleans())
@@ -335,13 +340,13 @@ def valid_prescriptions(draw) -> Prescription:
     }
     if draw(st.booleans()):
         ramps_ma_min = current * fraction * (up + down) / 120
-        longest = current * fraction * (HYDRO.max_duration_ms / 60_000 - (up + down) / 120)
-        top = min(HYDRO.dose_cap_uas / 60_000, longest) - 0.01
+        longest = current * fraction * (HYDRO_LIMITS.max_duration_ms / 60_000 - (up + down) / 120)
+        top = min(HYDRO_LIMITS.dose_cap_uas / 60_000, longest) - 0.01
         assume(top > ramps_ma_min + 0.01)
         dose = draw(st.floats(min_value=ramps_ma_min + 0.01, max_value=top))
         return Prescription(current, dose_ma_min=dose, **common)
-    cap_s = HYDRO.dose_cap_uas / (current * 1000 * fraction) + (up + down) / 2
-    top_s = min(HYDRO.max_duration_ms / 1000, cap_s) - 0.01
+    cap_s = HYDRO_LIMITS.dose_cap_uas / (current * 1000 * fraction) + (up + down) / 2
+    top_s = min(HYDRO_LIMITS.max_duration_ms / 1000, cap_s) - 0.01
     duration = draw(st.floats(min_value=up + down, max_value=top_s))
     return Prescription(current, duration_s=duration, **common)
 
@@ -351,23 +356,23 @@ def valid_prescriptions(draw) -> Prescription:
 def test_valid_prescriptions_convert_within_limits_and_round_to_nearest(p: Prescription) -> None:
     start = p.to_start(HYDRO)
     assert abs(start.target_current_ua - p.current_ma * 1000) <= 0.5
-    assert 1 <= start.target_current_ua <= HYDRO.max_current_ua
+    assert 1 <= start.target_current_ua <= HYDRO_LIMITS.max_current_ua
     assert abs(start.ramp_up_ms - p.ramp_up_s * 1000) <= 0.5
     assert abs(start.ramp_down_ms - p.ramp_down_s * 1000) <= 0.5
     for ramp_ms in (start.ramp_up_ms, start.ramp_down_ms):
-        assert start.target_current_ua * 1000 <= HYDRO.slew_limit_ua_per_s * ramp_ms  # S1 slew
+        assert start.target_current_ua * 1000 <= HYDRO_LIMITS.slew_limit_ua_per_s * ramp_ms  # S1 slew
     if p.dose_based:
         assert start.duration_ms == 0
         assert abs(start.dose_uas - p.dose_ma_min * 60_000) <= 0.5
-        assert start.dose_uas <= HYDRO.dose_cap_uas
+        assert start.dose_uas <= HYDRO_LIMITS.dose_cap_uas
     else:
         assert start.dose_uas == 0
         assert start.duration_ms >= start.ramp_up_ms + start.ramp_down_ms
         assert abs(start.duration_ms - p.duration_s * 1000) <= 1.0
-        assert start.duration_ms <= HYDRO.max_duration_ms
+        assert start.duration_ms <= HYDRO_LIMITS.max_duration_ms
     plan = p.expected_plan(HYDRO)
-    assert plan.total_s * 1000 <= HYDRO.max_duration_ms * (1 + 1e-9)
-    assert plan.charge_uas <= HYDRO.dose_cap_uas * (1 + 1e-9)
+    assert plan.total_s * 1000 <= HYDRO_LIMITS.max_duration_ms * (1 + 1e-9)
+    assert plan.charge_uas <= HYDRO_LIMITS.dose_cap_uas * (1 + 1e-9)
     if p.dose_based:
         assert plan.charge_uas == pytest.approx(start.dose_uas)
     assert Decoder().feed(encode(start, seq=1))[0].message == start
