@@ -85,26 +85,14 @@ def test_a_clinic_claiming_one_ampere_gets_no_start_from_the_api(tmp_path: Path)
         assert dev.requests_of(Start) == []
 
 
+@pytest.mark.timeout(60)  # (4013fbb starts the session and then waits for a device that never ends it)
 def test_a_clinic_claiming_one_ampere_gets_no_start_from_deliver(tmp_path: Path) -> None:
-    from iontodrive.cli import main
+    from iontodrive.cli import exitcodes, main
 
     with HostileDevice(identity=LIAR, impedance_ohm=LOW_OHM) as dev:
-        code = main(
-            [
-                "deliver",
-                dev.url,
-                "--current-ma",
-                "100",
-                "--dose-ma-min",
-                "10",
-                "--polarity",
-                "cathode",
-                "--quiet",
-                "--record",
-                str(tmp_path / "r.jsonl"),
-            ]
-        )
-        assert code != 0
+        args = ["deliver", dev.url, "--current-ma", "100", "--dose-ma-min", "20", "--ramp-up-s", "5"]
+        args += ["--ramp-down-s", "5", "--polarity", "cathode", "--quiet", "--record", str(tmp_path / "r")]
+        assert main(args) == exitcodes.REFUSED
         assert dev.requests_of(Start) == []
 
 
@@ -253,14 +241,17 @@ def test_byte_loss_with_5_khz_telemetry_and_a_slow_callback_never_wedges(device:
         device.lose_bytes(0.002, seed=7)
         device.start_telemetry(5000)
         deadline = time.monotonic() + 3.0
-        failures = 0
+        failures = requests = 0
         while time.monotonic() < deadline:
             device.emit_event(EventCode.SETPOINT_CHANGED)
+            requests += 1
+            started = time.monotonic()
             try:
                 client.status()
-            except LinkTimeoutError:  # a request torn by the loss on every attempt: rare, never a hang
+            except LinkTimeoutError:  # a reply torn by the loss on every attempt: rare, never a hang
                 failures += 1
-        assert failures <= 2
+            assert time.monotonic() - started < 3 * 0.2 + 0.5  # bounded: three attempts of 0.2 s
+        assert failures <= max(3, requests // 20)
         assert client.stats.telemetry_received > 3000  # telemetry streamed (torn frames aside)
         assert client.stats.decode_errors > 0  # and the loss was real
         device.lose_bytes(0.0)

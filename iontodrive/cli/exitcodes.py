@@ -46,6 +46,7 @@ class UsageError(Exception):
 def exit_code_for(exc: BaseException) -> int:
     """The documented exit code for an exception that ended a command."""
     from iontodrive.errors import (
+        ContradictoryIdentityError,
         DeviceFault,
         DeviceRefusal,
         LinkError,
@@ -56,7 +57,7 @@ def exit_code_for(exc: BaseException) -> int:
 
     if isinstance(exc, (UsageError, PresetError)):
         return USAGE
-    if isinstance(exc, (SafetyRefusal, DeviceRefusal)):
+    if isinstance(exc, (SafetyRefusal, DeviceRefusal, ContradictoryIdentityError)):  # (S18: before sending)
         return REFUSED
     if isinstance(exc, DeviceFault):
         return DEVICE_FAULT

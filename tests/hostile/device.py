@@ -35,10 +35,12 @@ from iontodrive.protocol import (
     IdentityReport,
     Message,
     MessageType,
+    OpenSession,
     Pause,
     Polarity,
     Reset,
     Resume,
+    SessionOpened,
     SetCurrent,
     SetWatchdog,
     Start,
@@ -136,6 +138,8 @@ class HostileDevice:
         self.session_id = 0
         self.self_raised_ua: int | None = None
         self.watchdog_ms = 2000
+        self.host_sessions = 0  # protocol 2: OpenSession count, and the present host's nonce
+        self.host_nonce = 0
         self.telemetry_hz = telemetry_hz
         self._rate_ua_per_s = 0.0
         self._start: Start | None = None
@@ -378,7 +382,7 @@ class HostileDevice:
     def _answer(self, seq: int, request: Message) -> None:
         kind = type(request)
         answered = self._ignored.get(kind, True)
-        if kind not in self._ignored or kind in (Identify, GetStatus, FetchEvents, CheckContact):
+        if kind not in self._ignored or kind in (OpenSession, Identify, GetStatus, FetchEvents, CheckContact):
             replies = self._act(seq, request)
         else:
             replies = [encode(Ack(int(request.TYPE)), seq)]
@@ -400,6 +404,10 @@ class HostileDevice:
     def _act(self, seq: int, request: Message) -> list[bytes]:
         """What an honest minimal device does and answers."""
         ack = [encode(Ack(int(request.TYPE)), seq)]
+        if isinstance(request, OpenSession):  # the protocol-2 handshake
+            self.host_sessions += 1
+            previous, self.host_nonce = self.host_nonce, request.host_nonce
+            return [encode(SessionOpened(request.host_nonce, self.host_sessions, previous), seq)]
         if isinstance(request, Identify):
             return [encode(self.identity, seq)]
         if isinstance(request, GetStatus):
