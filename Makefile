@@ -6,19 +6,19 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: demo test test-slow lint typecheck bench fuzz soak faults clean
+.PHONY: demo test test-slow lint typecheck bench fuzz soak faults clean sim-tools
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "Python 3.11+ required"'
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[test,visa,plot,bench]'
+	$(BIN)/python -m pip install --quiet -e '.[test,visa,plot,bench,sim,browser]'
 	@touch $(STAMP)
 
 demo: $(STAMP)
 	$(BIN)/iontodrive demo
 
-test: $(STAMP)
+test: $(STAMP) sim-tools
 	$(BIN)/ruff check iontodrive firmware_sim tests bench examples tools
 	$(BIN)/python -m pytest -q
 
@@ -62,6 +62,19 @@ soak: $(STAMP)
 	@mkdir -p $(REPORTS)
 	$(BIN)/python bench/soak.py --minutes $(SOAK_MIN) --report $(REPORTS)/soak-report.md \
 		--json $(REPORTS)/soak-results.json
+
+# System tools the simulator's tests use (issue 19): socat (a null-modem pty pair for --serial), Chromium and
+# chromedriver (the web console's browser test). Installed with apt-get where missing and possible; where
+# not, those tests skip with one line saying why.
+SIM_TOOLS := socat:socat chromium:chromium chromedriver:chromium-driver
+sim-tools:
+	@missing=""; for pair in $(SIM_TOOLS); do command -v $${pair%%:*} >/dev/null 2>&1 || missing="$$missing $${pair#*:}"; done; \
+	if [ -n "$$missing" ]; then \
+		if command -v apt-get >/dev/null 2>&1 && [ "$$(id -u)" = 0 ]; then \
+			echo "installing$$missing"; (apt-get update -qq && apt-get install -y -qq $$missing) >/dev/null 2>&1 \
+				|| echo "could not install$$missing: the tests that need them will skip"; \
+		else echo "missing$$missing (no root apt-get): the tests that need them will skip"; fi; \
+	fi
 
 clean:
 	rm -rf $(VENV) build dist *.egg-info .pytest_cache .ruff_cache .hypothesis

@@ -101,6 +101,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import faults_runtime  # issue 19 (h19): run-time and replug cases
 import numpy as np
 from _reliability import CallWatchdog, trace_tools
 
@@ -223,6 +224,9 @@ FAULTS: tuple[Fault, ...] = (
     Fault("hostile_jump", hostile="jump"),
     Fault("hostile_wrong_ack", hostile="wrong_ack", refuse_with="RemoteProtocolError"),
 )
+# --- issue 19 (h19): faults injected at run time through the control API, and a USB replug -------------
+FAULTS = (*FAULTS, *faults_runtime.runtime_faults(Fault, LIFT_END))
+# --- end of issue 19's hunk ----------------------------------------------------------------------------
 
 
 def run_seed(rep: int, scenario: int, fault: int) -> int:
@@ -485,6 +489,8 @@ def run_in_process(ctx: RunContext) -> dict[str, Any]:
 
                     timer = threading.Timer(offset / ctx.speed, cut)
                     timer.start()
+                elif faults_runtime.is_runtime(fault):  # issue 19 (h19): through port.control
+                    faults_runtime.inject_in_process(fault, port.control, t0 + offset, facts)
                 session.wait()
             except IontodriveError as exc:
                 facts["error"] = f"{type(exc).__name__}: {exc}"
@@ -591,6 +597,12 @@ def run_with_process(ctx: RunContext) -> dict[str, Any]:
         str(ctx.trace_path),
         "--trace-rate",
         f"{TRACE_RATE_HZ:g}",
+        # issue 19 (h19): the replug case needs a stable link and the control API
+        *(
+            [a.format(link=ctx.workdir / "by-id-sim") for a in faults_runtime.simulator_args()]
+            if ctx.fault.name == "replug"
+            else []
+        ),
         log_path=ctx.workdir / "sim.log",
     )
     port = sim.start()
@@ -600,6 +612,10 @@ def run_with_process(ctx: RunContext) -> dict[str, Any]:
     try:
         if ctx.fault.name == "port_reopen":
             _port_reopen(ctx, port, offset, wait_s, facts)
+            return facts
+        if ctx.fault.name == "replug":  # issue 19 (h19)
+            assert sim.control_url is not None
+            faults_runtime.run_replug(ctx, port, sim.control_url, offset, wait_s, facts, _recover)
             return facts
         host = _start_host(ctx, port)
         try:
@@ -871,7 +887,8 @@ def execute(
     facts: dict[str, Any] = {}
     try:
         facts = run_with_process(ctx) if ctx.fault.process else run_in_process(ctx)
-        check(ctx, facts)
+        with faults_runtime.judged_as_base(ctx):  # issue 19 (h19): rt_X is judged as X
+            check(ctx, facts)
     except Exception as exc:  # a harness or driver bug must not end the campaign: record it
         log.exception("run %d failed", seed)
         ctx.result.problems.append(f"exception: {type(exc).__name__}: {exc}")

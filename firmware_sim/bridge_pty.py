@@ -10,14 +10,28 @@ A pty never loses bytes, it only stops taking them when the host does not read (
 is full). What the master cannot take at once waits in an :class:`~firmware_sim.outbuffer.OutBuffer` and
 is written as soon as the pty is writable again (:meth:`PtyTransport.read` polls for it); only a host that
 stops reading for long (the buffer above its cap) loses data, and then whole frames, telemetry first.
+
+Exclusive: once a host has the port open the bridge sets the tty's exclusive flag (TIOCEXCL), so a second
+open fails with EBUSY as a serial port held by another program does (the kernel lets a process with
+CAP_SYS_ADMIN through anyway; the driver's own lock covers that case). When the host closes the port the
+flag is cleared again for the next one; where it cannot be (a simulator without the privilege to reopen
+an exclusive tty) the bridge moves to a fresh pty under the same stable link.
+
+Stable path and replug: with ``link_path`` the bridge keeps a symbolic link to the pty (as udev keeps
+``/dev/serial/by-id/...`` names for real adapters). :meth:`PtyTransport.unplug` closes the master -- the
+host's open port then fails its reads and writes with EIO, and the path is gone -- and
+:meth:`PtyTransport.replug` creates a new pty and points the link at it. The device keeps running
+throughout (its watchdog, S10, pauses the session).
 """
 
 from __future__ import annotations
 
 import errno
+import fcntl
 import logging
 import os
 import select
+import termios
 import time
 
 from .outbuffer import DEFAULT_CAP_BYTES, OutBuffer, OutputCounters
@@ -36,11 +50,36 @@ class PtyTransport(OutputCounters):
     :attr:`dropped_bytes` counts output bytes that never reached a host (none connected, or shed),
     :attr:`dropped_frames` / :attr:`dropped_telemetry` the whole frames shed for a host that did not read.
 
+    ``link_path``: keep a symbolic link there to the pty (the stable path; see the module docstring);
+    ``exclusive``: refuse a second open while a host has the port (default).
+
     Raises:
-        OSError: the platform cannot create a pty.
+        OSError: the platform cannot create a pty, or the link cannot be made.
     """
 
-    def __init__(self, out_cap_bytes: int = DEFAULT_CAP_BYTES) -> None:
+    def __init__(
+        self, out_cap_bytes: int = DEFAULT_CAP_BYTES, *, link_path: str | None = None, exclusive: bool = True
+    ) -> None:
+        self.link_path = link_path
+        self.exclusive = exclusive
+        self._fd = -1
+        self.path = ""
+        self._out = OutBuffer(out_cap_bytes)
+        self._poll = select.poll()
+        self._polling_out = False
+        self.connected = False
+        self.connects = 0
+        self.plugged = True
+        self.replugs = 0
+        self._dropped_unconnected = 0
+        self._open_pty()
+
+    @property
+    def stable_path(self) -> str:
+        """The path a host should open: the link if there is one, else the pty itself."""
+        return self.link_path or self.path
+
+    def _open_pty(self) -> None:
         import pty
         import tty
 
@@ -50,24 +89,76 @@ class PtyTransport(OutputCounters):
         os.close(slave)
         os.set_blocking(master, False)
         self._fd = master
-        self._out = OutBuffer(out_cap_bytes)
-        self._poll = select.poll()
         self._poll.register(master, _IN)
         self._polling_out = False
+        if self.link_path is not None:
+            tmp = f"{self.link_path}.{os.getpid()}.tmp"
+            if os.path.lexists(tmp):
+                os.unlink(tmp)
+            os.symlink(self.path, tmp)
+            os.replace(tmp, self.link_path)  # atomic: the link never points nowhere while plugged
+
+    def _close_pty(self) -> None:
+        if self._fd >= 0:
+            self._poll.unregister(self._fd)
+            os.close(self._fd)
+            self._fd = -1
         self.connected = False
-        self.connects = 0
-        self._dropped_unconnected = 0
+
+    def _remove_link(self) -> None:
+        if self.link_path is not None and os.path.islink(self.link_path):
+            os.unlink(self.link_path)
+
+    def unplug(self) -> None:
+        """The adapter is pulled: the pty vanishes (the host sees EIO), the stable link is removed."""
+        if not self.plugged:
+            return
+        log.info("unplugged %s", self.path)
+        self._out.clear()
+        self._close_pty()
+        self._remove_link()
+        self.plugged = False
+
+    def replug(self) -> None:
+        """The adapter is plugged in again: a new pty, the stable link pointed at it."""
+        if self.plugged:
+            return
+        self._open_pty()
+        self.plugged = True
+        self.replugs += 1
+        log.info("replugged as %s (link %s)", self.path, self.link_path)
 
     def fileno(self) -> int:
         return self._fd
+
+    def _set_exclusive(self, on: bool) -> bool:
+        """Set (or clear) the slave's exclusive flag through a short-lived descriptor of our own."""
+        try:
+            fd = os.open(self.path, os.O_RDWR | os.O_NOCTTY | os.O_NONBLOCK)
+        except OSError as exc:
+            log.debug("cannot open %s to %s its exclusive flag: %s", self.path, "set" if on else "clear", exc)
+            return False
+        try:
+            fcntl.ioctl(fd, termios.TIOCEXCL if on else termios.TIOCNXCL)
+        finally:
+            os.close(fd)
+        return True
 
     def _mark(self, connected: bool) -> None:
         if connected and not self.connected:
             self.connects += 1
             log.info("host opened %s", self.path)
+            if self.exclusive:
+                self._set_exclusive(True)
         elif not connected and self.connected:
             log.info("host closed %s", self.path)
             self._out.clear()  # a host that opens the port later must not read stale frames
+            if self.exclusive and not self._set_exclusive(False):
+                log.info("cannot clear the exclusive flag of %s: moving to a fresh pty", self.path)
+                self.connected = False
+                self._close_pty()
+                self._open_pty()
+                return
         self.connected = connected
 
     def _want_out(self, want: bool) -> None:
@@ -154,7 +245,5 @@ class PtyTransport(OutputCounters):
             self._mark(False)
 
     def close(self) -> None:
-        if self._fd >= 0:
-            self._poll.unregister(self._fd)
-            os.close(self._fd)
-            self._fd = -1
+        self._close_pty()
+        self._remove_link()

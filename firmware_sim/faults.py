@@ -104,6 +104,12 @@ def _check_fault(fault: PlantFault) -> None:
         raise ValueError(f"{name}.duration_s = {duration!r} is out of range: must be > 0 or None")
 
 
+def _start_s(fault: PlantFault) -> float:
+    """A scheduled fault's start time (faults are stored with ``at_s`` resolved)."""
+    assert fault.at_s is not None
+    return fault.at_s
+
+
 @dataclass(frozen=True, slots=True)
 class PlantInputs:
     """Per-step fault arrays for a block (all length N)."""
@@ -140,7 +146,7 @@ class FaultSchedule:
         fault = replace(fault, at_s=at)
         if isinstance(fault, ElectrodeLift | ContactReturn):
             entries = [f for f, _ in self._area] + [fault]
-            entries.sort(key=lambda f: f.at_s)  # stable: equal times keep injection order
+            entries.sort(key=_start_s)  # stable: equal times keep injection order
             self._area = []
             for f in entries:
                 start_area = float(self._area_at(np.array([f.at_s]))[0])
@@ -173,7 +179,8 @@ class FaultSchedule:
         masked = np.zeros(n, dtype=bool)
         for fault in self._others:
             assert fault.at_s is not None
-            end = math.inf if getattr(fault, "duration_s", None) is None else fault.at_s + fault.duration_s
+            duration = fault.duration_s if isinstance(fault, ShortCircuit | OverCurrent) else None
+            end = math.inf if duration is None else fault.at_s + duration
             if isinstance(fault, ImpedanceRise):
                 progress = np.clip((t - fault.at_s) / fault.duration_s, 0.0, 1.0)
                 z_mult *= fault.factor**progress

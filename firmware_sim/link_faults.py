@@ -72,19 +72,25 @@ class LinkChannel:
         self.corrupted_bytes = 0
         self.junk_chunks = 0
 
+    def mangle(self, data: bytes) -> bytes:
+        """``data`` with this channel's byte loss and corruption applied (no junk, no latency): the
+        run-time link faults of :class:`~firmware_sim.wired.WiredTransport` use it."""
+        return self._mangle(data, junk_here=False)
+
     def _mangle(self, data: bytes, junk_here: bool) -> bytes:
         f = self.faults
         if not data:
             return data
         arr = np.frombuffer(data, dtype=np.uint8).copy()
         if f.corrupt_rate:
-            hit = self._rng.random(arr.shape[0]) < f.corrupt_rate
-            if hit.any():
-                arr[hit] ^= self._rng.integers(1, 256, int(hit.sum()), dtype=np.uint8)
-                self.corrupted_bytes += int(hit.sum())
+            hit = np.less(self._rng.random(arr.shape[0]), f.corrupt_rate)
+            n_hit = int(np.count_nonzero(hit))
+            if n_hit:
+                arr[hit] ^= self._rng.integers(1, 256, n_hit, dtype=np.uint8)
+                self.corrupted_bytes += n_hit
         if f.drop_rate:
-            keep = self._rng.random(arr.shape[0]) >= f.drop_rate
-            self.dropped_bytes += int((~keep).sum())
+            keep = np.greater_equal(self._rng.random(arr.shape[0]), f.drop_rate)
+            self.dropped_bytes += int(arr.shape[0] - np.count_nonzero(keep))
             arr = arr[keep]
         out = arr.tobytes()
         if junk_here and f.junk_rate and self._rng.random() < f.junk_rate:

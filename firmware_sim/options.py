@@ -11,6 +11,7 @@ from .faults import ContactReturn, ElectrodeLift, ImpedanceRise, OverCurrent, Pl
 from .link_faults import LinkFaults
 from .models import MODELS, resolve_model
 from .trace import TraceWriter
+from .wire import WireSettings
 
 
 @dataclass(slots=True)
@@ -37,6 +38,8 @@ class SimOptions:
     latency_ms: float = 0.0
     silent_at_s: float | None = None
     clock: str = "wall"
+    baud: int | None = None  # wire model of a serial line (wall clock only); None = none
+    latency_timer_ms: float | None = None
 
     def validate(self) -> None:
         """Raise ValueError naming the first bad option and its allowed range."""
@@ -54,6 +57,17 @@ class SimOptions:
         if self.clock not in ("wall", "virtual"):
             raise ValueError(f"clock = {self.clock!r} is out of range: must be 'wall' or 'virtual'")
         self.link_faults()  # validates the rates
+        if self.latency_timer_ms is not None and self.baud is None:
+            raise ValueError("latency_timer_ms needs baud (the latency timer is part of the wire model)")
+        if self.baud is not None and self.clock == "virtual":
+            raise ValueError("baud needs clock=wall (the wire model paces bytes in wall time)")
+        self.wire_settings()  # validates baud and the latency timer
+
+    def wire_settings(self) -> WireSettings | None:
+        """The wire model these options ask for (None: no serial line modelled)."""
+        if self.baud is None:
+            return None
+        return WireSettings(baud=self.baud, latency_timer_ms=self.latency_timer_ms)
 
     def plant_faults(self) -> list[PlantFault]:
         faults: list[PlantFault] = []

@@ -20,6 +20,8 @@ injecting faults, reading state) should hold it too, or use :meth:`DeviceRunner.
 
 from __future__ import annotations
 
+import heapq
+import itertools
 import logging
 import threading
 import time
@@ -104,6 +106,31 @@ class DeviceRunner:
         self._thread: threading.Thread | None = None
         self.ticks = 0
         self.requests_without_advance = 0  # host writes answered without simulating physics first
+        self._timers: list[tuple[float, int, Callable[[Device], object]]] = []  # (session s, order, action)
+        self._timer_order = itertools.count()
+
+    def at(self, session_s: float, action: Callable[[Device], object]) -> None:
+        """Run ``action(device)`` in the loop, under the lock, once the device's session time reaches
+        ``session_s`` (at the first physics tick at or after it; now if it has passed). Thread-safe."""
+        with self.lock:
+            heapq.heappush(self._timers, (float(session_s), next(self._timer_order), action))
+
+    @property
+    def scheduled(self) -> int:
+        """Actions given to :meth:`at` that have not run yet."""
+        return len(self._timers)
+
+    def _run_due(self) -> float | None:
+        """Run the actions that are due (lock held); return the session time of the next one, if any."""
+        timers = self._timers
+        device = self.device
+        while timers and timers[0][0] <= device.session_time_s + 1e-9:
+            _, _, action = heapq.heappop(timers)
+            try:
+                action(device)
+            except Exception:  # a scheduled action must not end the simulator
+                log.exception("scheduled action %r failed", action)
+        return timers[0][0] if timers else None
 
     def start(self) -> DeviceRunner:
         """Start the thread (idempotent)."""
@@ -218,7 +245,10 @@ class DeviceRunner:
                         now = monotonic() - origin
                         device.advance((now - last_phys) * speed, now - last_link)
                         last_phys = last_link = now
+                        next_timer = self._run_due() if self._timers else None
                         horizon = device.idle_horizon_s()
+                        if next_timer is not None:
+                            horizon = min(horizon, max(0.0, next_timer - device.session_time_s))
                         pieces = self._drain()
                     for piece in pieces:
                         transport.write(piece)

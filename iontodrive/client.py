@@ -637,7 +637,14 @@ class DeviceClient:
         return self._request_typed(CheckContact(probe_current_ua, target_current_ua), ContactReport)
 
     def configure_telemetry(self, rate_hz: int) -> None:
-        """Set the telemetry rate in hertz (0 = off; maximum ``identity.max_telemetry_hz``)."""
+        """Set the telemetry rate in hertz (0 = off; maximum ``identity.max_telemetry_hz``).
+
+        Over a serial port paced by a UART, a rate its baud rate cannot carry is refused with
+        ``SafetyRefusal`` (field ``rate_hz``) and one that leaves no room for replies is logged
+        (:mod:`iontodrive.telemetry_budget`)."""
+        from iontodrive.telemetry_budget import check_telemetry_rate, paced_baud  # link budget (issue 19)
+
+        check_telemetry_rate(rate_hz, paced_baud(getattr(self._link, "port", None)))
         self._request_typed(ConfigureTelemetry(rate_hz), Ack)
 
     def set_watchdog(self, timeout_ms: int) -> None:

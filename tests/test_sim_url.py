@@ -211,8 +211,12 @@ def test_runner_moves_bytes_and_reports_errors() -> None:
             data = transport.to_host.read(None, 0.05)
             found = any(isinstance(f, Frame) and f.seq == 3 for f in decoder.feed(data))
         assert found
-        time.sleep(0.05)
-        assert runner.call(lambda d: d.session_time_s) > 0.2  # speed 10
+        # device time moves on at the loop's ticks (up to idle_s = 50 ms of wall apart when idle): wait
+        # for it instead of sleeping a fixed 50 ms, which failed about 1 run in 8 on a loaded machine
+        deadline = time.monotonic() + 2.0
+        while runner.call(lambda d: d.session_time_s) <= 0.2 and time.monotonic() < deadline:
+            transport.to_host.read(None, 0.01)
+        assert runner.call(lambda d: d.session_time_s) > 0.2  # speed 10: 20 ms of wall
     broken = DeviceRunner(Device(), MemoryTransport())
     broken.device.advance = None  # type: ignore[method-assign,assignment]
     broken.start()

@@ -30,12 +30,17 @@ fault options may be repeated or comma-separated):
 ``split=1``               device output handed out in small random pieces
 ``latency_ms=F``          added delivery delay, link (wall) time
 ``silent_at_s=T``         from T on the host's bytes never reach the device (watchdog test)
+``baud=N``                wall clock only: the wire model of a serial line at N baud 8N1
+                          (``firmware_sim.wire``): output paced, telemetry beyond it shed
+``latency_timer_ms=F``    with ``baud``: a USB-serial chip's latency timer (FTDI: 16)
 ``logging=LEVEL``         debug, info, warning or error for the ``firmware_sim`` loggers
 ========================  ==================================================================
 
 The port object exposes the simulation for tests: ``port.device`` (:class:`~firmware_sim.Device`),
 ``port.runner`` (:class:`~firmware_sim.DeviceRunner`, wall clock only; hold ``port.runner.lock`` while
-touching the device) and ``port.clock`` (:class:`~firmware_sim.VirtualClock`, virtual clock only).
+touching the device), ``port.control`` (:class:`~firmware_sim.control.SimController`, wall clock only:
+faults, power, skin at run time) and ``port.clock`` (:class:`~firmware_sim.VirtualClock`, virtual clock
+only).
 Example: ``serial.serial_for_url("sim://hydro-30?speed=50&seed=1&lift_at_s=12", timeout=0.1)`` after
 :func:`firmware_sim.register_url_handler`.
 """
@@ -46,15 +51,20 @@ import logging
 import numbers
 import time
 import urllib.parse
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from serial.serialutil import PortNotOpenError, SerialBase, SerialException, to_bytes
+from serial.serialutil import PortNotOpenError, SerialBase, SerialException
 
 from ..clock import VirtualClock
+from ..control import SimController
 from ..device import Device
 from ..options import SimOptions
 from ..runner import DeviceRunner
 from ..streams import BytePipe, MemoryTransport
+from ..wired import WiredTransport
+
+if TYPE_CHECKING:
+    from typing_extensions import Buffer
 
 log = logging.getLogger(__name__)
 
@@ -68,8 +78,9 @@ _FLOAT = {
     "junk_rate": "junk_rate",
     "latency_ms": "latency_ms",
     "silent_at_s": "silent_at_s",
+    "latency_timer_ms": "latency_timer_ms",
 }
-_INT = {"seed": "seed", "telemetry_hz": "telemetry_hz"}
+_INT = {"seed": "seed", "telemetry_hz": "telemetry_hz", "baud": "baud"}
 _FAULT_LISTS = ("lift_at_s", "contact_return_at_s", "impedance_rise_at_s", "short_at_s", "overcurrent_at_s")
 _LOG_LEVELS = {
     "debug": logging.DEBUG,
@@ -135,6 +146,7 @@ class Serial(SerialBase):
         self.device: Device | None = None
         self.runner: DeviceRunner | None = None
         self.clock: VirtualClock | None = None
+        self.control: SimController | None = None
         self.options: SimOptions | None = None
         self._to_host = BytePipe()
         self._transport: MemoryTransport | None = None
@@ -146,20 +158,23 @@ class Serial(SerialBase):
         """Build the device from the URL and start it. Raises SerialException for a bad URL."""
         if self.is_open:
             raise SerialException("Port is already open.")
-        if self._port is None:
+        if self.port is None:
             raise SerialException("Port must be configured before it can be used.")
         try:
-            self.options = parse_url(str(self._port))
+            self.options = parse_url(str(self.port))
             self.device = self.options.build_device()
         except (ValueError, OSError) as exc:
-            raise SerialException(f"could not open {self._port!r}: {exc}") from exc
+            raise SerialException(f"could not open {self.port!r}: {exc}") from exc
         self._to_host = BytePipe()
         if self.options.clock == "virtual":
             self.clock = VirtualClock()
             self.clock.add_listener(self._on_virtual_time)
         else:
             self._transport = MemoryTransport(BytePipe(), self._to_host)
-            self.runner = DeviceRunner(self.device, self._transport, speed=self.options.speed).start()
+            wired = WiredTransport(self._transport, self.options.wire_settings(), seed=self.options.seed)
+            self.runner = DeviceRunner(self.device, wired, speed=self.options.speed)
+            self.control = SimController(self.runner, wired)
+            self.runner.start()
         self.is_open = True
 
     def close(self) -> None:
@@ -185,8 +200,9 @@ class Serial(SerialBase):
         return parse_url(url)
 
     def _reconfigure_port(self, force_update: bool = False) -> None:
-        if not isinstance(self._baudrate, numbers.Integral) or not 0 < self._baudrate < 2**32:
-            raise ValueError(f"invalid baudrate: {self._baudrate!r}")
+        baud = self.baudrate
+        if not isinstance(baud, numbers.Integral) or not 0 < int(baud) < 2**32:
+            raise ValueError(f"invalid baudrate: {baud!r}")
 
     # ----------------------------------------------------------------------------------------- data
 
@@ -227,9 +243,9 @@ class Serial(SerialBase):
         if size <= 0:
             return b""
         if self.clock is None:
-            return self._to_host.read_exactly(size, self._timeout)
+            return self._to_host.read_exactly(size, self.timeout)
         self._pump_virtual()
-        limit = VIRTUAL_MAX_BLOCK_S if self._timeout is None else float(self._timeout)
+        limit = VIRTUAL_MAX_BLOCK_S if self.timeout is None else float(self.timeout)
         waited = 0.0
         data = bytearray(self._to_host.read(size, 0.0))
         while len(data) < size and waited < limit - 1e-12:
@@ -239,9 +255,9 @@ class Serial(SerialBase):
             data += self._to_host.read(size - len(data), 0.0)
         return bytes(data)
 
-    def write(self, data: bytes | bytearray | memoryview) -> int:
+    def write(self, data: Buffer, /) -> int:
         self._check()
-        payload = to_bytes(data)
+        payload = bytes(data)
         if self.clock is not None:
             assert self.device is not None
             self.device.receive(payload)

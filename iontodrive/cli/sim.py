@@ -15,8 +15,10 @@ def add_parser(subparsers: Any) -> None:
         help="run the firmware simulator (options as `python -m firmware_sim`; `iontodrive sim --help`)",
         description=(
             "Run the firmware simulator. Everything after `sim` is passed to the simulator's own command "
-            "line unchanged, e.g. `iontodrive sim --pty --model hydro-30 --speed 20` or "
-            "`iontodrive sim --tcp 127.0.0.1:0 --trace trace.csv`. It prints `PORT <path-or-url>` first."
+            "line unchanged, e.g. `iontodrive sim --pty --model hydro-30 --speed 20`, "
+            "`iontodrive sim --tcp 127.0.0.1:0 --trace trace.csv` or "
+            "`iontodrive sim --serial /dev/ttyUSB0 --baud 115200 --control 127.0.0.1:8765` (a web console "
+            "and control API). It prints `PORT <path-or-url>` first (and `CONTROL <url>` with --control)."
         ),
         add_help=False,
     )

@@ -63,6 +63,7 @@ class SimulatorProcess:
         self.startup_timeout_s = startup_timeout_s
         self.proc: subprocess.Popen[str] | None = None
         self.url = ""
+        self.control_url: str | None = None  # the control API, when started with --control
         self._log: IO[str] | None = None
         self._drain: threading.Thread | None = None
 
@@ -95,6 +96,18 @@ class SimulatorProcess:
             where = f"; see {self.log_path}" if self.log_path else ""
             raise SimulatorError(f"simulator {' '.join(self.args[1:])!r} {detail}{where}")
         self.url = port_url(line.split(" ", 1)[1].strip())
+        if "--control" in self.args:  # the simulator prints `CONTROL <url>` as its second line
+            second: list[str] = []
+            reader = threading.Thread(target=lambda: second.append(self._readline()), daemon=True)
+            reader.start()
+            reader.join(self.startup_timeout_s)
+            line = second[0].strip() if second else ""
+            if not line.startswith("CONTROL "):
+                self.stop()
+                raise SimulatorError(
+                    f"simulator {' '.join(self.args[1:])!r} printed no CONTROL line: {line!r}"
+                )
+            self.control_url = line.split(" ", 1)[1].strip()
         self._drain = threading.Thread(target=self._drain_output, name="sim-drain", daemon=True)
         self._drain.start()
         return self.url
