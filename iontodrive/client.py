@@ -887,7 +887,8 @@ class DeviceClient:
         """Decode ``data`` and act on every frame in it (and trace it, if ``tracing``); called only by the
         thread holding the lead. Never waits on a queue."""
         core = self._core
-        core.trace = self._trace.received if tracing else None
+        if tracing or core.trace is not None:
+            core.trace = self._trace.received if tracing else None
         core.receive(data, time.monotonic(), self)
 
     # the core's sink (iontodrive.clientcore.CoreSink): called by whichever thread holds the lead
