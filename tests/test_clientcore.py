@@ -165,7 +165,9 @@ class VirtualDriver:
             outcome, error = None, None
             try:
                 if isinstance(step, Call):
-                    outcome = check_type(step.message, self.call(step.message, retries=step.retries), step.expect)
+                    outcome = check_type(
+                        step.message, self.call(step.message, retries=step.retries), step.expect
+                    )
                 elif isinstance(step, Write):
                     self.device.receive(step.data)
                 else:
@@ -233,7 +235,7 @@ def test_a_silent_device_times_out_after_the_same_frame_went_out_each_time() -> 
         assert deadline is not None and deadline >= driver.now
         driver.tick(0.01)
     assert driver.sent == [pending.frame] * 4  # one send and three retries, one sequence number
-    assert driver.timeouts[0].attempts == 4  # type: ignore[attr-defined]
+    assert driver.timeouts[0].attempts == 4
     assert driver.core.stats.retries == 3 and driver.core.stats.timeouts == 1
     assert driver.core.next_deadline() is None and not driver.core.pending
 
@@ -461,7 +463,7 @@ class LossyLink(RuleBasedStateMachine):
                 assert reply is not None
                 self.done[pending.seq] = "reply"
                 self.inflight.remove(pending)
-        timed_out = {e.seq for e in self.driver.timeouts}  # type: ignore[attr-defined]
+        timed_out = {e.seq for e in self.driver.timeouts}
         for pending in list(self.inflight):
             if pending.seq in timed_out:
                 assert pending.seq not in self.done
