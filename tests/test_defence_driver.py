@@ -25,9 +25,8 @@ from pathlib import Path
 import pytest
 from hostile import HostileDevice, lying_identity, wait_until
 
-from iontodrive import Prescription, Stimulator
+from iontodrive import Prescription, Stimulator, clientcore
 from iontodrive import client as client_module
-from iontodrive import clientcore
 from iontodrive.client import DeviceClient
 from iontodrive.errors import (
     EventsLostError,
