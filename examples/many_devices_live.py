@@ -7,8 +7,9 @@ end is the device's own charge (the device is the authority).
 
 Against hardware, pass the ports instead: ``python examples/many_devices_live.py /dev/ttyUSB0 /dev/ttyUSB1``.
 
-Note: the sessions are started with the protocol's ``Start`` through :class:`iontodrive.aio.AsyncDeviceClient`;
-the asyncio session API on the one session engine (``AsyncStimulator``) is not part of this release.
+Note: the sessions are started with the protocol's ``Start`` through
+:class:`iontodrive.aio.AsyncDeviceClient`; the asyncio session API on the one session engine
+(``AsyncStimulator``) is not part of this release.
 """
 
 from __future__ import annotations
