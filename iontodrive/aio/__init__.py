@@ -1,7 +1,8 @@
-"""asyncio API: :class:`AsyncDeviceClient` (the second driver of :mod:`iontodrive.clientcore`).
+"""asyncio API: :class:`AsyncStimulator` (dose sessions on the one session engine) and
+:class:`AsyncDeviceClient` (the second driver of :mod:`iontodrive.clientcore`).
 
-    async with await AsyncDeviceClient.open("/dev/ttyUSB0") as client:
-        status = await client.status()
+    async with AsyncStimulator.open("/dev/ttyUSB0") as stim:
+        record = await stim.deliver(prescription)
 
 See ``docs/api.md`` ("asyncio").
 """
@@ -9,5 +10,6 @@ See ``docs/api.md`` ("asyncio").
 from __future__ import annotations
 
 from .client import AsyncDeviceClient, AsyncSubscription
+from .stimulator import AsyncSession, AsyncStimulator, TaskCancelled
 
-__all__ = ["AsyncDeviceClient", "AsyncSubscription"]
+__all__ = ["AsyncDeviceClient", "AsyncSession", "AsyncStimulator", "AsyncSubscription", "TaskCancelled"]

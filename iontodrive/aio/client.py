@@ -34,7 +34,7 @@ from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Generator
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Generic, Self, TypeVar
+from typing import Any, Generic, Protocol, Self, TypeVar
 
 from iontodrive.client import TIER_EVENT_CAP, TIER_TELEMETRY_CAP
 from iontodrive.clientcore import (
@@ -96,6 +96,13 @@ _FLUSH = b"\x00"
 _GET_STATUS = GetStatus()
 
 
+class _Owner(Protocol):
+    @property
+    def closed(self) -> bool: ...
+
+    def _unsubscribe(self, sub: AsyncSubscription[Any]) -> None: ...
+
+
 class AsyncSubscription(Generic[T]):
     """A bounded queue of telemetry samples or events: ``async for item in sub`` until closed.
 
@@ -103,7 +110,7 @@ class AsyncSubscription(Generic[T]):
     device or the client). Iteration ends when the subscription or the client is closed.
     """
 
-    def __init__(self, owner: AsyncDeviceClient, kind: type[T], maxsize: int) -> None:
+    def __init__(self, owner: _Owner, kind: type[T], maxsize: int) -> None:
         if maxsize < 1:
             raise ValueError(f"maxsize = {maxsize!r} is out of range: must be at least 1")
         self._owner = owner
@@ -113,6 +120,7 @@ class AsyncSubscription(Generic[T]):
         self._ready = asyncio.Event()
         self.dropped = 0
         self.closed = False
+        self._on_close: Callable[[], None] | None = None
 
     def _put(self, item: T) -> None:
         if len(self._items) >= self._maxsize:
