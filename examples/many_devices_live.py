@@ -1,83 +1,75 @@
 """Live progress of several devices from one asyncio process (issue 16).
 
-Four in-process simulated stimulators (``sim://``, session time 20 x real time), each running a dose
-session; one asyncio task per device follows its telemetry, and one more prints a line of live progress
-for all of them a few times a second, until every device reports its session done. The dose printed at the
-end is the device's own charge (the device is the authority).
+Four in-process simulated stimulators (``sim://``, session time 20 x real time), each delivering a dose
+session through :class:`iontodrive.aio.AsyncStimulator` (the one session engine: the same checks, records
+and outcome as the threaded API). The engine's progress callbacks hand each update to the loop; one task
+prints a line of live progress for all devices a few times a second until every session is over. The dose
+printed at the end is the record's, which is the device's own count (the device is the authority).
 
 Against hardware, pass the ports instead: ``python examples/many_devices_live.py /dev/ttyUSB0 /dev/ttyUSB1``.
-
-Note: the sessions are started with the protocol's ``Start`` through
-:class:`iontodrive.aio.AsyncDeviceClient`; the asyncio session API on the one session engine
-(``AsyncStimulator``) is not part of this release.
 """
 
 from __future__ import annotations
 
 import asyncio
 import sys
+import tempfile
+from pathlib import Path
+from typing import Any
 
 import firmware_sim
-from iontodrive.aio import AsyncDeviceClient
-from iontodrive.protocol import DeviceState, Polarity, Start, Telemetry
+from iontodrive import Prescription
+from iontodrive.aio import AsyncStimulator
 
-DOSE_UAS = 6000  # 1 mA: 5 s ramp up, 1 s hold, 5 s ramp down (the device's own dose accounting)
-START = Start(
-    target_current_ua=1000,
-    dose_uas=DOSE_UAS,
-    duration_ms=0,
-    ramp_up_ms=5000,
-    ramp_down_ms=5000,
-    polarity=Polarity.ANODE,
+PRESCRIPTION = Prescription(
+    current_ma=1.0, dose_ma_min=0.1, ramp_up_s=5, ramp_down_s=5, polarity="cathode", electrode_area_cm2=10.0
 )
 
 
-class Device:
-    """What the display shows for one device (updated from its telemetry)."""
+class Row:
+    """What the display shows for one device."""
 
     def __init__(self, name: str) -> None:
         self.name = name
-        self.latest: Telemetry | None = None
-        self.done = asyncio.Event()
+        self.progress: Any = None
+        self.done = False
 
 
-async def run_session(url: str, device: Device) -> int:
-    async with await AsyncDeviceClient.open(url, telemetry_hz=50) as client:
-        started = False
+async def run_session(url: str, row: Row, record_dir: Path) -> str:
+    loop = asyncio.get_running_loop()
 
-        def on_sample(sample: Telemetry) -> None:
-            device.latest = sample
-            if started and sample.state is DeviceState.DONE:
-                device.done.set()
+    def on_progress(progress: Any) -> None:  # called on the engine's thread: hand it to the loop
+        loop.call_soon_threadsafe(setattr, row, "progress", progress)
 
-        client.add_telemetry_listener(on_sample)
-        await client.request(START)
-        started = True
-        await asyncio.wait_for(device.done.wait(), 120)
-        return (await client.status()).charge_uas
+    async with AsyncStimulator.open(url) as stim:
+        record = await stim.deliver(
+            PRESCRIPTION, on_progress=on_progress, record_path=record_dir / f"{row.name[1:]}.jsonl"
+        )
+    row.done = True
+    summary = record.summary or {}
+    return f"{row.name}: {summary.get('end_reason')}, {record.delivered_uas} µA·s by the device's count"
 
 
-async def display(devices: list[Device]) -> None:
-    while not all(d.done.is_set() for d in devices):
+async def display(rows: list[Row]) -> None:
+    while not all(r.done for r in rows):
         cells = []
-        for d in devices:
-            s = d.latest
-            cells.append(
-                f"{d.name} {'-' if s is None else s.state.name:9s} "
-                f"{0 if s is None else s.charge_uas / DOSE_UAS:4.0%}"
-            )
+        for r in rows:
+            p = r.progress
+            state = "-" if p is None else p.state.name
+            cells.append(f"{r.name} {state:9s} {0.0 if p is None else p.fraction:4.0%}")
         print(" | ".join(cells), flush=True)
         await asyncio.sleep(0.25)
 
 
 async def main(urls: list[str]) -> None:
-    devices = [Device(f"#{n + 1}") for n in range(len(urls))]
-    painter = asyncio.create_task(display(devices))
-    charges = await asyncio.gather(*(run_session(u, d) for u, d in zip(urls, devices, strict=True)))
-    await painter
-    for device, charge in zip(devices, charges, strict=True):
-        print(f"{device.name}: done, {charge} µA·s delivered by the device's count (prescribed {DOSE_UAS})")
-    print(f"all {len(devices)} sessions completed")
+    rows = [Row(f"#{n + 1}") for n in range(len(urls))]
+    with tempfile.TemporaryDirectory() as tmp:
+        painter = asyncio.create_task(display(rows))
+        lines = await asyncio.gather(*(run_session(u, r, Path(tmp)) for u, r in zip(urls, rows, strict=True)))
+        await painter
+    for line in lines:
+        print(line)
+    print(f"all {len(rows)} sessions over")
 
 
 if __name__ == "__main__":
