@@ -52,6 +52,7 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
+CANCEL_RAMP_BOUND_S = 120.0  # a cancelled task waits at most this long for the engine's ramp-down
 R = TypeVar("R")
 T = TypeVar("T")
 
@@ -121,13 +122,24 @@ class AsyncSession:
         future: asyncio.Future[SessionRecord] = loop.create_future()
 
         def run() -> None:
-            try:
-                record = self.handle.wait(timeout_s)
-            except BaseException as exc:  # handed to the awaiting task, whatever it is
-                error = exc
-                _settle(loop, future, None, error)
-            else:
-                _settle(loop, future, record, None)
+            outcome: tuple[Any, BaseException | None] | None = None
+            escaped = False  # the interrupt got past the engine's own handling: stop explicitly
+            while True:
+                try:
+                    if outcome is None:
+                        try:
+                            if escaped:
+                                self.handle.stop()
+                            outcome = (self.handle.wait(timeout_s), None)
+                        except TaskCancelled:
+                            escaped = True
+                            continue
+                        except BaseException as exc:  # handed to the awaiting task, whatever it is
+                            outcome = (None, exc)
+                    _settle(loop, future, *outcome)
+                    return
+                except TaskCancelled:  # arrived after wait() was over: nothing left to interrupt
+                    continue
 
         thread = threading.Thread(target=run, name="iontodrive-aio-wait", daemon=True)
         thread.start()
@@ -136,8 +148,8 @@ class AsyncSession:
         except asyncio.CancelledError:
             logger.warning("task cancelled: ramping down the session before going on")
             _raise_in_thread(thread, TaskCancelled)
-            with contextlib.suppress(BaseException):
-                await asyncio.shield(future)  # the engine's ramp-down and record
+            with contextlib.suppress(BaseException):  # the engine's ramp-down and record (bounded)
+                await asyncio.wait_for(asyncio.shield(future), CANCEL_RAMP_BOUND_S)
             self._end()
             raise
         self._end()
