@@ -33,8 +33,13 @@ def _register() -> None:
     firmware_sim.register_url_handler()
 
 
-UP_RATE = 2000 / 5  # LONG: 2 mA, 5 s up, 10 s down (uA/s)
+UP_RATE = 2000 / 5  # LONG: 2 mA, 5 s up, 10 s down (uA/s); ended at HOLD by each exit path
 DOWN_RATE = 2000 / 10
+QUICK_RATE = 1000 / 5  # QUICK (the normal end, run to completion): 1 mA, 5 s ramps
+
+
+def prescription_for(how: str) -> Any:
+    return QUICK if how == "normal" else LONG
 
 
 class Boom(Exception):
@@ -70,10 +75,10 @@ def run_threaded(url: str, record: Path, how: str) -> BaseException | SessionRec
 
         try:
             if how in ("stop", "abort"):
-                session = stim.start(LONG, record_path=record, on_progress=on_progress)
+                session = stim.start(prescription_for(how), record_path=record, on_progress=on_progress)
                 return session.wait()
             session = None  # type: ignore[assignment]
-            return stim.deliver(LONG, on_progress=on_progress, record_path=record)
+            return stim.deliver(prescription_for(how), on_progress=on_progress, record_path=record)
         except (Boom, SessionInterrupted, KeyboardInterrupt) as exc:
             return exc
 
@@ -96,11 +101,13 @@ def run_async(url: str, record: Path, how: str) -> BaseException | SessionRecord
                 loop.call_soon_threadsafe(holding.set)
 
             if how in ("stop", "abort"):
-                session = await stim.start(LONG, record_path=record, on_progress=on_progress)
+                session = await stim.start(prescription_for(how), record_path=record, on_progress=on_progress)
                 await holding.wait()
                 await (session.stop() if how == "stop" else session.abort())
                 return await session.wait()
-            task = asyncio.create_task(stim.deliver(LONG, on_progress=on_progress, record_path=record))
+            task = asyncio.create_task(
+                stim.deliver(prescription_for(how), on_progress=on_progress, record_path=record)
+            )
 
             async def act() -> None:
                 await holding.wait()
@@ -149,6 +156,8 @@ def test_every_exit_path_ramps_down_and_is_recorded(api: str, how: str, tmp_path
     assert record.summary["end_reason"] == reason
     if how == "abort":  # an abort ramps at the hard slew limit
         assert_ramped_to_zero(settle_trace(trace_path), 5000)
+    elif how == "normal":
+        assert_ramped_to_zero(settle_trace(trace_path), QUICK_RATE, QUICK_RATE)
     else:
         assert_ramped_to_zero(settle_trace(trace_path), UP_RATE, DOWN_RATE)
 
