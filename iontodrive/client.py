@@ -110,6 +110,8 @@ from iontodrive.clientcore import (
     ReplayCollector,
     Step,
     Write,
+    check_retries,
+    check_timeout_s,
     check_type,
     fill_gap,
     opening,
@@ -425,13 +427,21 @@ class DeviceClient:
 
     @property
     def timeout_s(self) -> float:
-        """Reply deadline per attempt, seconds."""
+        """Reply deadline per attempt, seconds (settable: applies to requests made afterwards)."""
         return self._core.timeout_s
+
+    @timeout_s.setter
+    def timeout_s(self, value: float) -> None:
+        self._core.timeout_s = check_timeout_s(value)
 
     @property
     def retries(self) -> int:
-        """Re-sends with the same sequence number after a missed deadline."""
+        """Re-sends with the same sequence number after a missed deadline (settable, as ``timeout_s``)."""
         return self._core.retries
+
+    @retries.setter
+    def retries(self, value: int) -> None:
+        self._core.retries = check_retries(value)
 
     @property
     def watchdog_ms(self) -> int:

@@ -129,6 +129,20 @@ class LinkStatistics:
     caller_reads: int = 0  # replies read by the requesting thread itself (no reader-thread hand-over)
 
 
+def check_timeout_s(timeout_s: object) -> float:
+    """``timeout_s`` as seconds, or ValueError naming it and the range (0.001..60)."""
+    if isinstance(timeout_s, bool) or not (isinstance(timeout_s, (int, float)) and 0.001 <= timeout_s <= 60):
+        raise ValueError(f"timeout_s = {timeout_s!r} is out of range: must be in [0.001, 60]")
+    return float(timeout_s)
+
+
+def check_retries(retries: object) -> int:
+    """``retries``, or ValueError naming it and the range (an integer 0..20)."""
+    if isinstance(retries, bool) or not (isinstance(retries, int) and 0 <= retries <= 20):
+        raise ValueError(f"retries = {retries!r} is out of range: must be an integer in [0, 20]")
+    return retries
+
+
 class PendingRequest:
     """One request in flight. :attr:`reply` is set by :meth:`ClientCore.receive`; :attr:`waiter` belongs to
     the driver (a thread's one-shot, an asyncio future): the core never touches it."""
@@ -214,12 +228,8 @@ class ClientCore:
         first_seq: int | None = None,
         now: float = 0.0,
     ) -> None:
-        if isinstance(timeout_s, bool) or not (
-            isinstance(timeout_s, (int, float)) and 0.001 <= timeout_s <= 60
-        ):
-            raise ValueError(f"timeout_s = {timeout_s!r} is out of range: must be in [0.001, 60]")
-        if isinstance(retries, bool) or not (isinstance(retries, int) and 0 <= retries <= 20):
-            raise ValueError(f"retries = {retries!r} is out of range: must be an integer in [0, 20]")
+        check_timeout_s(timeout_s)
+        check_retries(retries)
         if heartbeat_s is not None and (
             isinstance(heartbeat_s, bool)
             or not (isinstance(heartbeat_s, (int, float)) and 0.01 <= heartbeat_s <= 60)
