@@ -426,7 +426,8 @@ class Hostile:
                 elif kind == "self_raise":
                     self.raise_from = device.session_time_s
                 elif kind == "flood":
-                    last = device.firmware.events[-1] if device.firmware.events else None
+                    ring = device.firmware.ring.ring  # (firmware_sim.event_ring.EventRing)
+                    last = ring[-1] if ring else None
                     sample = Telemetry(0, 0, DeviceState.HOLD, 0, 0, 0, 0, 0, 0, 0)  # type: ignore[arg-type]
                     burst = [encode(sample)] * HOSTILE_FLOOD
                     if last is not None:

@@ -512,6 +512,8 @@ class DeviceClient:
             LinkTimeoutError: no answer within ``timeout_s`` after ``retries`` re-sends of the same frame.
             LinkClosedError: the link is closed or failed (also raised for an earlier reader failure).
             LocalProtocolError: ``message`` cannot be encoded (out-of-range field).
+            RemoteProtocolError: the reply is of a type that cannot answer ``message``, or an Ack/Nack
+                names another request (the request may have taken effect: treat it as unconfirmed).
         """
         self._raise_if_failed()
         core = self._core
@@ -1013,5 +1015,7 @@ class DeviceClient:
                 self.heartbeat()
             except LinkTimeoutError as exc:
                 logger.warning("heartbeat unanswered: %s", exc)
-            except IontodriveError:
+            except IontodriveError as exc:  # link gone, or a device answering nonsense: its watchdog acts
+                if not self._closed.is_set():
+                    logger.error("heartbeats stopped: %s", exc)
                 return

@@ -36,6 +36,7 @@ from iontodrive.errors import (
 )
 from iontodrive.protocol import (
     Abort,
+    Event,
     EventCode,
     FetchEvents,
     Heartbeat,
@@ -209,6 +210,29 @@ def test_an_event_flood_during_a_gap_fetch_does_not_deadlock(device: HostileDevi
         )
         started = time.monotonic()
     assert time.monotonic() - started < 2.5
+
+
+def test_events_a_full_tier_dropped_are_fetched_again_in_order(device: HostileDevice) -> None:
+    """Policy for events on overflow: dropped for that tier, then fetched again by the tier's own thread
+    (FetchEvents) when it gets there, so its listener still sees each once, in order."""
+    with open_client(device, timeout_s=0.5, retries=2) as client:
+        seen: list[int] = []
+        release = threading.Event()
+
+        def slow_listener(event: Event) -> None:
+            release.wait(10.0)
+            seen.append(event.event_no)
+
+        client.add_event_listener(slow_listener)
+        device.bottomless_ring()  # the device's ring still has every event when the tier asks again
+        total = client_module.TIER_EVENT_CAP + 300
+        device.flood_events(total)
+        assert wait_until(lambda: client.delivery_stats["dispatch"]["dropped_events"] >= 299, timeout_s=10.0)
+        release.set()
+        assert wait_until(lambda: len(seen) >= total, timeout_s=10.0), len(seen)
+        assert seen == sorted(seen) and len(set(seen)) == total
+        assert client.delivery_stats["dispatch"]["refilled_events"] >= 299
+        assert device.requests_of(FetchEvents)  # fetched again from the device
 
 
 def test_an_event_number_jump_to_four_billion_is_bounded(device: HostileDevice) -> None:
