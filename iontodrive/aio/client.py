@@ -626,7 +626,9 @@ class AsyncDeviceClient:
                 await self.heartbeat()
             except LinkTimeoutError as exc:
                 logger.warning("heartbeat unanswered: %s", exc)
-            except IontodriveError:
+            except IontodriveError as exc:  # link gone, or a device answering nonsense: its watchdog acts
+                if not self._closed:
+                    logger.error("heartbeats stopped: %s", exc)
                 return
 
     # --------------------------------------------------------------------------------- listeners
