@@ -39,6 +39,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 REPO = Path(__file__).resolve().parent.parent
 TARGET_ASYNC_CPU_PERCENT = 25.0
@@ -206,6 +207,51 @@ async def run_async(ports: list[str], dose_uas: int, telemetry_hz: int) -> Run:
     return run
 
 
+async def run_engine(ports: list[str], dose_uas: int, telemetry_hz: int, record_dir: Path) -> Run:
+    """The same sessions through ``AsyncStimulator`` (the one session engine, which runs on threads):
+    the dose is the record's (the device's count), samples lost are the client's own count."""
+    from iontodrive import Prescription
+    from iontodrive.aio import AsyncStimulator
+
+    run = Run("engine")
+    threads = ThreadCounter()
+    prescription = Prescription(
+        current_ma=CURRENT_UA / 1000,
+        dose_ma_min=dose_uas / 60_000,
+        ramp_up_s=RAMP_MS / 1000,
+        ramp_down_s=RAMP_MS / 1000,
+        polarity="cathode",
+        electrode_area_cm2=10.0,
+    )
+    stims = await asyncio.gather(*(AsyncStimulator.open(p) for p in ports))
+    try:
+        run.results = [Result() for _ in stims]
+
+        async def session(index: int, stim: AsyncStimulator, result: Result) -> None:
+            before = stim.stimulator.stats.telemetry_lost
+            record = await stim.deliver(
+                prescription, record_path=record_dir / f"{index}.jsonl", telemetry_hz=telemetry_hz
+            )
+            client: Any = stim.stimulator
+            result.lost = client.stats.telemetry_lost - before + record.telemetry_dropped
+            result.samples = len(record.telemetry)
+            result.charge_uas, result.target_uas = int(record.delivered_uas or 0), dose_uas
+            result.done = bool(record.summary and record.summary["end_reason"] == "completed")
+
+        cpu0, wall0 = time.process_time(), time.perf_counter()
+        sampler = asyncio.create_task(_note_threads(threads))
+        await asyncio.gather(
+            *(session(i, s, r) for i, (s, r) in enumerate(zip(stims, run.results, strict=True)))
+        )
+        sampler.cancel()
+        run.wall_s = time.perf_counter() - wall0
+        run.cpu_percent = 100.0 * (time.process_time() - cpu0) / run.wall_s
+        run.threads = threads.peak
+    finally:
+        await asyncio.gather(*(s.aclose() for s in stims))
+    return run
+
+
 async def _note_threads(threads: ThreadCounter) -> None:
     while True:
         threads.note()
@@ -329,6 +375,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         default="uvloop",
         help="event loop for the asyncio client (default uvloop, falling back to asyncio's own if missing)",
     )
+    parser.add_argument(
+        "--engine",
+        action="store_true",
+        help="also run the sessions through AsyncStimulator (the session engine, on threads; informational)",
+    )
     parser.add_argument("--no-check", action="store_true", help="always exit 0 (report only)")
     parser.add_argument("--serve", type=int, help=argparse.SUPPRESS)
     return parser.parse_args(argv)
@@ -365,8 +416,24 @@ def main(argv: list[str] | None = None) -> int:
         threaded_run = run_threaded(farm.ports, args.dose_uas, args.telemetry_hz)
     finally:
         farm.close()
+    engine_run: Run | None = None
+    if args.engine:
+        import tempfile
+
+        farm = Farm(args.devices, args.telemetry_hz)
+        loop = new_loop(args.loop)
+        try:
+            with tempfile.TemporaryDirectory() as tmp:
+                engine_run = loop.run_until_complete(
+                    run_engine(farm.ports, args.dose_uas, args.telemetry_hz, Path(tmp))
+                )
+        finally:
+            loop.close()
+            farm.close()
     print(describe(async_run))
     print(describe(threaded_run))
+    if engine_run is not None:
+        print(describe(engine_run) + "  (AsyncStimulator on the engine; samples: the records' lines)")
     print(
         f"ratio CPU asyncio/threads = {async_run.cpu_percent / max(threaded_run.cpu_percent, 1e-9):.2f}; "
         f"threads {async_run.threads} against {threaded_run.threads}"
