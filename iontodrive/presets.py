@@ -6,8 +6,10 @@ data, not code: add one by editing ``presets.json`` (or point ``$IONTODRIVE_PRES
 same format to use your own list instead).
 
 Failure modes: an unknown preset name, an unknown field or a malformed file raise :class:`PresetError`
-(a ``ValueError``) naming the preset and the field. The numbers themselves are checked by
-:class:`~iontodrive.prescription.Prescription` and against the device when a session starts.
+(an :class:`~iontodrive.errors.IontodriveError` and a ``ValueError``) naming the preset and the field. The
+numbers themselves are checked by :class:`~iontodrive.prescription.Prescription` and against the device when
+a session starts; :func:`check_preset_fits` words a refusal of a preset made for another model as that
+(:class:`PresetModelError`), rather than as the field that happened to fail first.
 """
 
 from __future__ import annotations
@@ -19,8 +21,11 @@ from importlib import resources
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from iontodrive.errors import IontodriveError, SafetyRefusal
+
 if TYPE_CHECKING:
     from iontodrive.prescription import Prescription
+    from iontodrive.protocol import IdentityReport
 
 ENV_FILE = "IONTODRIVE_PRESETS"
 
@@ -40,13 +45,33 @@ PRESCRIPTION_FIELDS: tuple[str, ...] = (
 _LENGTH_FIELDS = ("dose_ma_min", "duration_s")
 
 
-class PresetError(ValueError):
+class PresetError(IontodriveError, ValueError):
     """A preset is unknown or malformed. ``name`` and ``field`` say which (``""`` when not applicable)."""
 
     def __init__(self, message: str, name: str = "", field: str = "") -> None:
         self.name = name
         self.field = field
         super().__init__(message)
+
+
+class PresetModelError(PresetError):
+    """A preset made for one model was refused on another (``preset_model``, ``device_model``)."""
+
+    def __init__(
+        self, name: str, preset_model: str, device_model: str, refusal: SafetyRefusal, others: list[str]
+    ) -> None:
+        self.preset_model = preset_model
+        self.device_model = device_model
+        self.refusal = refusal
+        self.others = others
+        detail = str(refusal)
+        choose = f"presets for {device_model}: {', '.join(others)}" if others else "see `iontodrive presets`"
+        super().__init__(
+            f"preset {name} is for {preset_model}, and this device is a {device_model} ({detail}); "
+            f"choose a preset for {device_model} ({choose}) or give the prescription with options",
+            name,
+            "preset",
+        )
 
 
 @dataclass(frozen=True)
@@ -176,3 +201,27 @@ def build_prescription(
     else:
         values = get_preset(name, path).merged(overrides)
     return Prescription(**values)
+
+
+def check_preset_fits(
+    name: str | None, prescription: Prescription, identity: IdentityReport, path: str | Path | None = None
+) -> list[str]:
+    """``prescription.check_against(identity)`` (returns its warnings), for a prescription built from preset
+    ``name``.
+
+    Raises:
+        PresetModelError: the check refused, and the preset is meant for another model than
+            ``identity.model`` (the message says so, with the refusal's detail).
+        SafetyRefusal: the check refused otherwise (a preset for this model, no preset, or overrides).
+    """
+    try:
+        return prescription.check_against(identity)
+    except SafetyRefusal as exc:
+        if name is None:
+            raise
+        presets = load_presets(path)
+        preset = presets.get(name)
+        if preset is None or preset.model is None or preset.model == identity.model:
+            raise
+        others = [p.name for p in presets.values() if p.model == identity.model]
+        raise PresetModelError(name, preset.model, identity.model, exc, others) from exc

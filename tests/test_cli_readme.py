@@ -86,7 +86,7 @@ def test_readme_quick_start_works_as_written(tmp_path: Path, monkeypatch: pytest
                 sim_proc.kill()
     assert "Serial ports:" in outputs["ports"]
     assert "clinic-4" in outputs["info"]
-    assert "event: SESSION_STARTED" in outputs["deliver"] and "outcome: completed" in outputs["deliver"]
+    assert "] SESSION_STARTED " in outputs["deliver"] and "outcome: completed" in outputs["deliver"]
     assert "HOLD" in outputs["deliver"] and "mA·min" in outputs["deliver"]  # progress was shown
     record = SessionRecord.load(tmp_path / "session.jsonl")
     assert record.complete and record.delivered_uas == pytest.approx(40 * 60_000, rel=0.01)

@@ -150,7 +150,11 @@ def test_demo_writes_record_plot_and_trace_and_says_where(tmp_path: Path) -> Non
     assert record.summary is not None and record.summary["end_reason"] == "completed"
     assert record.delivered_uas == pytest.approx(40 * 60_000, rel=0.01)
     png_size(outdir / "session.png")
-    assert (outdir / "trace.csv").stat().st_size > 0
+    assert 0 < (outdir / "trace.csv").stat().st_size < 500_000  # 5 Hz of device time: small (it was 4 MB)
+    log = (outdir / "simulator.log").read_text(encoding="utf-8")
+    assert "serving clinic-4" in log and "client connected" in log  # it was always empty
     for name in ("session.jsonl", "session.png", "trace.csv"):
         assert str(outdir / name) in result.stdout
     assert "delivered     " in result.stdout and "outcome       completed" in result.stdout
+    ignored = (Path(__file__).resolve().parents[1] / ".gitignore").read_text(encoding="utf-8").split()
+    assert "/demo-output/" in ignored

@@ -22,7 +22,7 @@ from iontodrive.cli import exitcodes
 PROG = "iontodrive"
 _GLOBAL_WITH_VALUE = ("--frame-trace", "--timeout-s", "--retries")
 ENV_TIMEOUT = "IONTODRIVE_TIMEOUT_S"
-MAX_ERROR_CHARS = 300
+MAX_ERROR_CHARS = 400
 _GLOBAL_FLAGS = ("--debug",)
 
 EPILOG = """exit codes:
@@ -80,6 +80,9 @@ def build_parser() -> argparse.ArgumentParser:
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for module in (ports, device, deliver, report, presets_cmd, sim, demo):
         module.add_parser(subparsers)
+    from iontodrive.conformance import command as conformance  # the conformance suite (issue 14)
+
+    conformance.add_parser(subparsers)
     return parser
 
 
@@ -147,6 +150,7 @@ def configure_logging(debug: bool) -> Callable[[], None]:
     else:
         handler.setFormatter(_CliFormatter())
         handler.addFilter(_NoLibraryErrors())
+        handler.addFilter(_AreaHintOnce())
         root.setLevel(logging.WARNING)
     logging.captureWarnings(True)  # library warnings (e.g. pyvisa's) as one line each, like ours
     root.addHandler(handler)
@@ -167,6 +171,31 @@ class _NoLibraryErrors(logging.Filter):
         return not (record.levelno >= logging.ERROR and record.name.startswith("iontodrive"))
 
 
+AREA_HINT = (
+    "no electrode area given, so the current density (S13: warn above 0.5, refuse above 2 mA/cm²) was not "
+    "checked; give the active electrode's area with --area-cm2"
+)
+
+
+class _AreaHintOnce(logging.Filter):
+    """The library warns about a missing electrode area on every session it checks; the command line shows
+    it once per process, as a hint naming the option that gives the area."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.shown = False
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if "electrode_area_cm2 not given" not in record.getMessage():
+            return True
+        if self.shown:
+            return False
+        self.shown = True
+        record.msg, record.args = AREA_HINT, None
+        record.cli_prefix = "hint"
+        return True
+
+
 class _CliFormatter(logging.Formatter):
     """``iontodrive: warning: ...`` on one line; Python warnings (captured) without file and source line."""
 
@@ -176,7 +205,8 @@ class _CliFormatter(logging.Formatter):
             first = message.strip().splitlines()[0] if message.strip() else message
             match = re.match(r"^.*?:\d+: (\w+: .*)$", first)
             message = match.group(1) if match else first
-        return f"{PROG}: {record.levelname.lower()}: {message}"
+        prefix = getattr(record, "cli_prefix", record.levelname.lower())
+        return f"{PROG}: {prefix}: {message}"
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -216,22 +246,24 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _fail(args: argparse.Namespace, exc: BaseException, code: int) -> int:
     if getattr(args, "debug", False):
         traceback.print_exception(exc, file=sys.stderr)
-    print(f"{PROG}: {error_line(exc, code)}", file=sys.stderr)
+    print(f"{PROG}: {error_line(exc, code, args)}", file=sys.stderr)
     return code
 
 
-def error_line(exc: BaseException, code: int) -> str:
-    """``error: ...`` or ``interrupted: ...``: the single line printed for a failed command."""
-    if code == exitcodes.INTERRUPTED:
-        detail = str(exc) or "Ctrl-C"
-        return f"interrupted: {detail}"
-    detail = str(exc) or type(exc).__name__
-    if code == exitcodes.FAILURE and not isinstance(exc, OSError):
-        detail = f"{type(exc).__name__}: {detail}"
+def error_line(exc: BaseException, code: int, args: argparse.Namespace | None = None) -> str:
+    """``error: ...``, or for an interrupt ``stopped by Ctrl-C; ...``: the single line for a failed command.
+
+    Worded by :func:`iontodrive.cli.messages.plain_message` (what was asked, the range in the user's units,
+    what to do), without Python class names; ``--debug`` prints the traceback as well."""
+    from iontodrive.cli.messages import plain_message
+
+    detail = plain_message(exc, args)
     lines = detail.strip().splitlines() or [detail]
     detail = lines[0]
     if len(detail) > MAX_ERROR_CHARS or len(lines) > 1:
         detail = detail[:MAX_ERROR_CHARS].rstrip() + " ... (--debug shows all)"
+    if code == exitcodes.INTERRUPTED:
+        return detail  # "stopped by Ctrl-C; the output was ramped down ..." is not an error
     return f"error: {detail}"
 
 

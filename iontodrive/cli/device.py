@@ -30,9 +30,8 @@ def as_dict(obj: Any) -> dict[str, Any]:
 
 def _enum_name(value: Any) -> Any:
     if isinstance(value, Enum):
-        if value.name is None:  # a combination of flags
-            return str(value)
-        return value.name
+        name: str | None = value.name  # None for a combination of flags
+        return str(value) if name is None else name
     return value
 
 
@@ -111,7 +110,16 @@ def add_parser(subparsers: Any) -> None:
         type=int,
         default=1,
         metavar="N",
-        help="in text mode print every Nth sample (default: 1, every sample); CSV always has every sample",
+        help="text mode on a pipe: print at most every Nth sample (default: 1); CSV has every sample",
+    )
+    # h17 (issue 17): text mode is a live view on a terminal and rate-limited lines on a pipe.
+    monitor.add_argument(
+        "--interval-s",
+        type=float,
+        default=1.0,
+        metavar="S",
+        help="text mode on a pipe: at most one line per S seconds of wall time, and one at every change of "
+        "state or alarm (default: 1); on a terminal the status is one live view",
     )
     monitor.set_defaults(func=run_monitor)
 
@@ -180,7 +188,7 @@ def status_lines(status: Any) -> list[str]:
 
 
 def _require_stimulator(stim: Any, command: str) -> None:
-    if not hasattr(stim, "status") or not hasattr(stim, "check_contact"):
+    if not stim.has_device_status:
         raise exitcodes.UsageError(
             f"{command} needs a stimulator (the framed protocol); {type(stim).__name__} is a bench source"
         )
@@ -189,8 +197,8 @@ def _require_stimulator(stim: Any, command: str) -> None:
 def run_info(args: argparse.Namespace) -> int:
     with open_for(args) as stim:
         identity = stim.identity
-        status = stim.status() if hasattr(stim, "status") else None
-        url = getattr(stim, "url", None) or getattr(stim, "resource_name", None) or args.port
+        status = stim.status() if stim.has_device_status else None
+        url = stim.url or args.port
     if args.json:
         body = {
             "port": url,
@@ -339,21 +347,24 @@ def run_monitor(args: argparse.Namespace) -> int:
         elif status.telemetry_hz == 0:
             stim.configure_telemetry(2)
 
-        def on_event(event: Any) -> None:
-            text = fmt.describe_event(event.code, event.value, event.state)
-            line = f"[{fmt.duration(event.device_time_ms / 1000)}] event #{event.event_no}: {text}"
-            print(line, file=sys.stderr if writer else out, flush=True)
+        # h17 (issue 17): the text view (iontodrive.cli.monitor_view); events go to stderr in CSV mode.
+        from iontodrive.cli.display import live_wanted
+        from iontodrive.cli.monitor_view import MonitorView
 
-        remove = stim.add_event_listener(on_event)
+        view = MonitorView(
+            sys.stderr if writer else out,
+            live=writer is None and live_wanted(out),
+            interval_s=args.interval_s,
+            every=args.every,
+        )
+        remove = stim.add_event_listener(view.event)
         subscription = stim.subscribe_telemetry()
         try:
             if writer is not None:
                 writer.writerow(CSV_COLUMNS)
                 out.flush()
             else:
-                print(
-                    f"monitoring {stim.identity.model} on {getattr(stim, 'url', args.port)}; Ctrl-C to stop"
-                )
+                view.message(f"monitoring {stim.identity.model} on {stim.url}; Ctrl-C to stop")
             while deadline is None or time.monotonic() < deadline:
                 wait = 0.25 if deadline is None else max(0.0, min(0.25, deadline - time.monotonic()))
                 sample = subscription.get(timeout=wait)
@@ -365,19 +376,14 @@ def run_monitor(args: argparse.Namespace) -> int:
                 if writer is not None:
                     writer.writerow(telemetry_row(sample, t0))
                     out.flush()
-                elif (count - 1) % args.every == 0:
-                    print(
-                        f"[{fmt.duration(sample.device_time_ms / 1000)}] {sample.state.name:<10} "
-                        f"I {sample.measured_ua / 1000:6.3f} mA (set {sample.setpoint_ua / 1000:.3f})  "
-                        f"U {sample.voltage_mv / 1000:5.1f} V  Z {fmt.ohm(sample.impedance_ohm)}  "
-                        f"dose {sample.charge_uas / 60000:.3f} mA·min",
-                        flush=True,
-                    )
+                else:
+                    view.sample(sample)
         except KeyboardInterrupt:
             pass  # Ctrl-C is the normal way to end monitoring
         finally:
             remove()
             subscription.close()
+            view.close()
     if writer is None:
         print(f"{count} samples")
     return exitcodes.OK

@@ -56,6 +56,14 @@ def duration(seconds: float | None) -> str:
     return f"{hours}:{minutes:02d}:{secs:02d}" if hours else f"{minutes}:{secs:02d}"
 
 
+def signed_percent(value: float | None) -> str:
+    """``+0.42 %``; a value that rounds to zero reads ``+0.00 %`` (never ``-0.00 %``)."""
+    if value is None or not math.isfinite(value):
+        return "-- %"
+    text = f"{value:+.2f}"
+    return ("+0.00" if text == "-0.00" else text) + " %"
+
+
 def event_code(code: int | str) -> EventCode | None:
     """Parse an event code given as an integer or a name; None if unknown."""
     try:
@@ -95,14 +103,27 @@ def event_value(code: EventCode | None, value: int) -> str:
     return "" if not value else str(value)
 
 
-def describe_event(code: int | str, value: int, state: int | str | None = None) -> str:
-    """``ELECTRODE_LIFT open -> PAUSING``: the code's name, its value in user units, the new state."""
+def event_name(code: int | str) -> str:
+    """The event code's name (``SESSION_STARTED``), or ``event N`` for a code this driver does not know."""
     parsed = event_code(code)
-    name = parsed.name if parsed is not None else f"event {code}"
+    return parsed.name if parsed is not None else f"event {code}"
+
+
+def describe_event(code: int | str, value: int, state: int | str | None = None) -> str:
+    """One event in user units.
+
+    A state change reads ``STATE_CHANGED RAMP_UP -> HOLD`` (its value is the state it left); every other
+    event gives its value and the state the device was in, in brackets, so that it never reads as a state
+    change: ``TELEMETRY_CHANGED 10 Hz (device DONE)``, ``ELECTRODE_LIFT open (device PAUSING)``."""
+    parsed = event_code(code)
+    name = event_name(code)
+    if parsed is EventCode.STATE_CHANGED:
+        new = f" -> {state_name(state)}" if state is not None else ""
+        return f"{name} {state_name(int(value or 0))}{new}"
     text = name
     shown = event_value(parsed, int(value or 0))
     if shown:
         text += f" {shown}"
     if state is not None:
-        text += f" -> {state_name(state)}"
+        text += f" (device {state_name(state)})"
     return text

@@ -89,6 +89,8 @@ def visa_resources(timeout_s: float = VISA_TIMEOUT_S) -> tuple[list[str], str | 
 def run(args: argparse.Namespace) -> int:
     serial_list = serial_ports()
     sims = simulators()
+    visa: list[str]
+    visa_note: str | None
     if args.no_visa:
         visa, visa_note = [], "skipped (--no-visa)"
     else:

@@ -31,30 +31,23 @@ def add_parser(subparsers: Any) -> None:
         help="write a figure: current, voltage, impedance and dose against time, events marked, "
         "prescription in the title (needs matplotlib: pip install iontodrive[plot])",
     )
+    parser.add_argument(
+        "--pdf",
+        metavar="OUT.pdf",
+        help="write a report a clinic can file (A4): prescription, device, labels, dose and time as numbers, "
+        "the figure, and every event (needs matplotlib)",
+    )
+    parser.add_argument(
+        "--csv",
+        metavar="OUT.csv",
+        help="export the telemetry as CSV in user units (t_s since the session started, mA, V, ohm, "
+        "mA·min); '-' writes to stdout",
+    )
     parser.add_argument("--json", action="store_true", help="print the summary as one JSON object")
     parser.add_argument(
         "--no-events", action="store_true", help="leave the event list out of the text summary"
     )
     parser.set_defaults(func=run)
-
-
-def _identity_report(identity: dict[str, Any]) -> Any:
-    """Rebuild the device's IdentityReport from the record's dict (None if it does not fit)."""
-    import dataclasses
-
-    from iontodrive.protocol import IdentityReport, WaveformSet
-
-    names = {f.name for f in dataclasses.fields(IdentityReport)}
-    if not names <= set(identity):
-        return None
-    values = {k: identity[k] for k in names}
-    waveforms = values["waveforms"]
-    if isinstance(waveforms, str):
-        values["waveforms"] = WaveformSet[waveforms] if waveforms in WaveformSet.__members__ else 0
-    try:
-        return IdentityReport(**values)
-    except (TypeError, ValueError):
-        return None
 
 
 def summarize(record: Any) -> dict[str, Any]:
@@ -63,6 +56,7 @@ def summarize(record: Any) -> dict[str, Any]:
     Dose error: for a dose-based session against the prescribed dose; for a time-based one against the
     charge the driver predicts for the prescription on this device (``target_kind`` says which).
     """
+    from iontodrive.plotting import identity_report
     from iontodrive.prescription import Prescription
 
     p = record.prescription
@@ -72,7 +66,7 @@ def summarize(record: Any) -> dict[str, Any]:
     try:
         prescription = Prescription.from_dict(p)
         description = prescription.describe()
-        report_identity = _identity_report(identity)
+        report_identity = identity_report(identity)
         if report_identity is not None:
             plan_charge = prescription.expected_plan(report_identity).charge_uas
     except Exception:  # a record from another version: show what is there
@@ -115,6 +109,8 @@ def summarize(record: Any) -> dict[str, Any]:
         "record": str(record.path),
         "complete": record.complete,
         "truncated_last_line": record.truncated_last_line,
+        "truncated": None if getattr(record, "truncated", None) is None else str(record.truncated),
+        "problems": [str(problem) for problem in getattr(record, "problems", [])],
         "outcome": summary.get("end_reason", "incomplete"),
         "detail": summary.get("detail"),
         "prescription": p,
@@ -144,6 +140,10 @@ def summarize(record: Any) -> dict[str, Any]:
 def summary_lines(s: dict[str, Any], *, events: bool = True) -> list[str]:
     """The text report."""
     lines = [f"record        {s['record']}" + ("" if s["complete"] else "  (INCOMPLETE: no summary line)")]
+    if s.get("truncated"):
+        lines.append(f"record cut    {s['truncated']}")
+    for problem in s.get("problems", []):
+        lines.append(f"skipped       {problem}")
     lines.append(f"prescription  {s['prescription_text'] or json.dumps(s['prescription'])}")
     d = s["device"]
     lines.append(f"device        {d['model']} #{d['serial_number']} firmware {d['firmware']}")
@@ -165,7 +165,7 @@ def summary_lines(s: dict[str, Any], *, events: bool = True) -> list[str]:
         if s["target_ma_min"]:
             text += (
                 f" of {s['target_ma_min']:.3f} mA·min {s['target_kind']}"
-                f"  (error {s['dose_error_percent']:+.2f} %)"
+                f"  (error {fmt.signed_percent(s['dose_error_percent'])})"
             )
         lines.append(text)
     outcome = s["outcome"] + (f" ({s['detail']})" if s.get("detail") else "")
@@ -186,12 +186,25 @@ def run(args: argparse.Namespace) -> int:
         raise FileNotFoundError(f"{path}: no such record")
     record = SessionRecord.load(path)
     summary = summarize(record)
-    plot_path = None
+    plot_path = pdf_path = None
     if args.plot:
         from iontodrive.plotting import plot_record
 
         plot_path = plot_record(record, args.plot)
         summary["plot"] = str(plot_path)
+    if args.pdf:
+        from iontodrive.cli.report_pdf import write_pdf
+
+        pdf_path = write_pdf(record, summary, args.pdf)
+        summary["pdf"] = str(pdf_path)
+    csv_rows = None
+    if args.csv:
+        from iontodrive.cli.report_csv import export_csv
+
+        csv_rows = export_csv(record, args.csv)
+        if args.csv == "-":
+            return exitcodes.OK  # stdout holds the CSV alone
+        summary["csv"] = str(args.csv)
     if args.json:
         print(json.dumps(summary, indent=2))
     else:
@@ -199,4 +212,8 @@ def run(args: argparse.Namespace) -> int:
             print(line)
         if plot_path is not None:
             print(f"plot          {plot_path}")
+        if pdf_path is not None:
+            print(f"pdf           {pdf_path}")
+        if csv_rows is not None:
+            print(f"csv           {args.csv} ({csv_rows} rows)")
     return exitcodes.OK

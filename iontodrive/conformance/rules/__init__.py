@@ -1,0 +1,20 @@
+"""Every rule of the suite, one module per group, in the order they run (``docs/conformance.md`` §2)."""
+
+from __future__ import annotations
+
+from ..rule import Rule
+from . import device, framing, hosts, nacks, polarity, ramps, sequencing, states, watchdog
+
+ALL_RULES: tuple[Rule, ...] = (
+    *framing.RULES,
+    *nacks.RULES,
+    *sequencing.RULES,
+    *hosts.RULES,
+    *device.RULES,
+    *ramps.RULES,
+    *polarity.RULES,
+    *watchdog.RULES,
+    *states.RULES,
+)
+
+__all__ = ["ALL_RULES"]
