@@ -1,6 +1,6 @@
 # Two commands do all set-up from a fresh clone with only Python 3.11+ and make:
 #   make demo   create .venv, install, deliver a dose against the built-in simulator, show the result
-#   make test   create .venv, install, run the linter and the whole test suite
+#   make test   create .venv, install, run the linter, the type checker and the whole test suite
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
@@ -20,6 +20,7 @@ demo: $(STAMP)
 
 test: $(STAMP) sim-tools
 	$(BIN)/ruff check iontodrive firmware_sim tests bench examples tools
+	$(BIN)/mypy
 	$(BIN)/python -m pytest -q
 
 test-slow: $(STAMP)

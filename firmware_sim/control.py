@@ -296,4 +296,4 @@ def set_load(device: Device, **changes: float) -> None:
     plant = device.plant
     plant.load = dataclasses.replace(plant.load, **changes)
     device.load = plant.load
-    device.firmware._stepper = PlantStepper(plant)
+    device.firmware.stepper = PlantStepper(plant)
