@@ -186,3 +186,26 @@ def test_a_loop_that_stops_stops_the_heartbeats_and_the_device_ramps_down(tmp_pa
     assert client.heartbeat_withheld is not None and "not live" in client.heartbeat_withheld
     assert_ramped_to_zero(trace, 1000 / 5)
     stim.stimulator.close()
+
+
+def test_leaving_async_with_during_a_session_ramps_down(tmp_path: Path) -> None:
+    trace_path, record_path = tmp_path / "trace.csv", tmp_path / "r.jsonl"
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        async with AsyncStimulator.open(sim_url(trace_path, speed=50)) as stim:
+            holding = asyncio.Event()
+
+            def on_progress(progress: Any) -> None:
+                if when_holding(progress):
+                    loop.call_soon_threadsafe(holding.set)
+
+            await stim.start(LONG, record_path=record_path, on_progress=on_progress)
+            await holding.wait()
+        # the block is left with the session running: closing ramps it down (S16)
+
+    asyncio.run(main())
+    record = SessionRecord.load(record_path)
+    assert record.complete and record.summary is not None
+    assert record.summary["end_reason"] in ("stopped", "interrupted")
+    assert_ramped_to_zero(settle_trace(trace_path), UP_RATE, DOWN_RATE)
