@@ -11,6 +11,9 @@ Cases (each over its own raw-mode pty pair from ``pty.openpty()``):
 (d) iontodrive            ``Stimulator.open(pty)`` against ``python -m firmware_sim --pty``; ``status()``
 (e) simulator floor       ``GetStatus`` frames over raw fds by one thread, against a second simulator:
                           what no host client can beat (informational, with ``--sim-floor``)
+(f) iontodrive asyncio    ``AsyncDeviceClient.status()`` on its own event loop (``--aio uvloop`` or
+                          ``--aio asyncio``) against a simulator of its own; target (issue 16): within
+                          1.3 x (d), measured in the same rounds
 
 All cases are set up first, warmed up, then measured in interleaved rounds so that background load on
 the machine falls on every case alike. The pymodbus sync client is the exception: at about 2.3 ms a
@@ -46,6 +49,7 @@ from _pty_baselines import (
 
 TARGET_VS_PYSERIAL = 2.5
 TARGET_VS_PYMODBUS = 0.5
+TARGET_AIO_VS_THREADED = 1.3
 STATUS_REPLY_REGISTERS = 26  # a 57-byte RTU reply, against the 58-byte StatusReport frame
 
 
@@ -79,6 +83,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--quick",
         action="store_true",
         help="tiny smoke-test run (defaults 50 requests, 10 warm-up, 1 round)",
+    )
+    parser.add_argument(
+        "--aio",
+        choices=("uvloop", "asyncio"),
+        help="also measure the asyncio client on this event loop (target: within 1.3 x the threaded one)",
     )
     parser.add_argument("--no-check", action="store_true", help="always exit 0 (report only)")
     args = parser.parse_args(argv)
@@ -114,6 +123,8 @@ def main(argv: list[str] | None = None) -> int:
                 "iontodrive status() (sim, pty)", model=args.model, speed=args.speed, sim_args=args.sim_arg
             )
         )
+        if args.aio:
+            cases.append(aio := AsyncClientCase(args.aio, args.model, args.speed, args.sim_arg))
 
         for case in cases:
             case.measure(args.warmup)
@@ -165,8 +176,62 @@ def main(argv: list[str] | None = None) -> int:
             f"ratio ours/sim-floor = {ours_median / sim_floor:.2f} (the driver's overhead)"
         )
     ok = ok_pyserial and ok_pymodbus
+    if args.aio:
+        vs_threaded = stats[aio.label].median_us / ours_median
+        ok_aio = vs_threaded <= TARGET_AIO_VS_THREADED
+        print(
+            f"ratio asyncio/threaded = {vs_threaded:.2f} (target <= {TARGET_AIO_VS_THREADED}) "
+            f"{verdict(ok_aio)}"
+        )
+        ok = ok and ok_aio
     print(f"rtt: {verdict(ok)}")
     return 0 if ok or args.no_check else 1
+
+
+class AsyncClientCase(RoundTripCase):
+    """(f) ``AsyncDeviceClient.status()`` on its own loop, against a simulator of its own."""
+
+    def __init__(self, loop_kind: str, model: str, speed: float | None, sim_args: list[str]) -> None:
+        import asyncio
+
+        from _pty_baselines import SimulatorProcess
+
+        from iontodrive.aio import AsyncDeviceClient
+
+        self.label = f"iontodrive asyncio status() ({loop_kind})"
+        self.loop: asyncio.AbstractEventLoop
+        if loop_kind == "uvloop":
+            import uvloop
+
+            self.loop = uvloop.new_event_loop()
+        else:
+            self.loop = asyncio.new_event_loop()
+        self.sim = SimulatorProcess(model=model, speed=speed, extra_args=sim_args)
+        try:
+            self.client = self.loop.run_until_complete(AsyncDeviceClient.open(self.sim.port, telemetry_hz=0))
+        except BaseException:
+            self.sim.stop()
+            raise
+
+    def measure(self, n: int) -> list[int]:
+        import time
+
+        async def run() -> list[int]:
+            clock, status, out = time.perf_counter_ns, self.client.status, []
+            for _ in range(n):
+                t0 = clock()
+                await status()
+                out.append(clock() - t0)
+            return out
+
+        return self.loop.run_until_complete(run())
+
+    def close(self) -> None:
+        try:
+            self.loop.run_until_complete(self.client.aclose())
+            self.loop.close()
+        finally:
+            self.sim.stop()
 
 
 if __name__ == "__main__":

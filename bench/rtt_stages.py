@@ -148,22 +148,22 @@ def measure(n: int, warmup: int, sim_args: list[str], caller_reads: bool = True)
         cur: list[int] = [0] * 8  # t0, write, write_end, reader_wake, read_end, set, woke, end
 
         original_send = client_mod.DeviceClient._send
-        original_on_frame = client_mod.DeviceClient._on_frame
+        original_on_reply = client_mod.DeviceClient.on_reply
         original_await = client_mod.DeviceClient._await_reply
         original_write = link_mod.SerialLink.write
 
-        def send(self: object, seq: int, message: object, frame: bytes) -> None:
-            state["seq"] = seq
-            original_send(self, seq, message, frame)  # type: ignore[arg-type]
+        def send(self: object, pending: Any) -> None:
+            state["seq"] = pending.seq
+            original_send(self, pending)  # type: ignore[arg-type]
 
         def link_write(self: object, data: bytes) -> None:
             cur[1] = clock()
             original_write(self, data)  # type: ignore[arg-type]
             cur[2] = clock()
 
-        def on_frame(self: object, frame: Any) -> None:
-            original_on_frame(self, frame)  # type: ignore[arg-type]
-            if frame[0] == state["seq"]:
+        def on_reply(self: object, pending: Any) -> None:
+            original_on_reply(self, pending)  # type: ignore[arg-type]
+            if pending.seq == state["seq"]:
                 cur[4] = clock()  # the reply is matched and its waiter released
 
         def await_reply(self: object, pending: object, timeout_s: float) -> bool:
@@ -173,7 +173,7 @@ def measure(n: int, warmup: int, sim_args: list[str], caller_reads: bool = True)
 
         client_mod.DeviceClient._send = send  # type: ignore[method-assign]
         link_mod.SerialLink.write = link_write  # type: ignore[method-assign]
-        client_mod.DeviceClient._on_frame = on_frame  # type: ignore[method-assign]
+        client_mod.DeviceClient.on_reply = on_reply  # type: ignore[method-assign]
         client_mod.DeviceClient._await_reply = await_reply  # type: ignore[method-assign]
         totals: list[int] = []
         try:

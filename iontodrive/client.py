@@ -21,6 +21,11 @@ and harmless for a wedged one (a wedged controller sends nothing).
 
 The public :class:`iontodrive.Stimulator` (in :mod:`iontodrive.session`) adds dose sessions on top.
 
+What the client *knows* -- sequence numbers, matching and checking replies, deadlines and retries, the
+handshake and opening, event gaps and ``FetchEvents``, the heartbeat schedule and the rule above -- is the
+sans-I/O :class:`~iontodrive.clientcore.ClientCore` and its procedures; this module is its threaded
+driver (threads, the link, waiting), as :mod:`iontodrive.aio` is its asyncio driver.
+
 Threads (all daemon, all owned by the client, all stopped by :meth:`DeviceClient.close`):
 
 * **reader** -- reads the link whenever no request is waiting (see below), feeds the protocol
@@ -79,81 +84,92 @@ from __future__ import annotations
 import contextlib
 import logging
 import queue
-import random
-import secrets
 import threading
 import time
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from collections.abc import Callable, Generator, Iterator
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Self, TypeVar
 
-from iontodrive.delivery import DeliveryTier, EventSequencer, Gap, Mark, Routing, Wakeup
+from iontodrive.clientcore import (
+    DEFAULT_RETRIES,
+    DEFAULT_TIMEOUT_S,
+    DEFAULT_WATCHDOG_MS,
+    DISPATCH_WEDGED_S,
+    FETCH_BATCH,
+    HEARTBEAT_RECHECK_S,
+    MAX_GAP_REQUESTS,
+    SAFETY_FRESH_S,
+    SAFETY_LAG_MAX_S,
+    SUPPORTED_PROTOCOL_VERSIONS,
+    Call,
+    ClientCore,
+    Fetch,
+    LinkStatistics,
+    PendingRequest,
+    ReplayCollector,
+    Step,
+    Write,
+    check_retries,
+    check_timeout_s,
+    check_type,
+    fill_gap,
+    opening,
+    refill,
+)
+from iontodrive.delivery import DeliveryTier, Mark, Routing, Wakeup
 from iontodrive.errors import (
-    DeviceRefusal,
     EventsLostError,
-    IncompatibleDeviceError,
     IontodriveError,
     LinkClosedError,
     LinkError,
     LinkTimeoutError,
-    LocalProtocolError,
     RemoteProtocolError,
 )
 from iontodrive.frametrace import FrameTrace
 from iontodrive.link import SerialLink
 from iontodrive.oneshot import OneShot
 from iontodrive.protocol import (
-    MAX_HOST_NONCE,
-    MESSAGE_BY_TYPE,
-    MESSAGE_CLASSES,
-    PROTOCOL_VERSION,
-    REPLY_TYPES_FOR_REQUEST,
     Ack,
     CheckContact,
     ClearFault,
     ConfigureTelemetry,
     ContactReport,
-    Decoder,
-    EncodeError,
     Event,
     EventsReport,
-    FetchEvents,
-    Frame,
     GetStatus,
     Heartbeat,
     Identify,
     IdentityReport,
     Message,
-    MessageKind,
-    Nack,
-    OpenSession,
     Reset,
-    SequenceCounter,
-    SessionOpened,
     SetWatchdog,
     StatusReport,
     Telemetry,
-    encode,
-    encode_version_probe,
 )
 
 logger = logging.getLogger(__name__)
 
-SUPPORTED_PROTOCOL_VERSIONS: tuple[int, ...] = (PROTOCOL_VERSION,)
-_REQUEST_CLASSES = frozenset(c for c in MESSAGE_CLASSES if c.TYPE.kind is MessageKind.REQUEST)
-DEFAULT_TIMEOUT_S = 0.25
-DEFAULT_RETRIES = 3
-DEFAULT_WATCHDOG_MS = 2000
-FETCH_BATCH = 32
+__all__ = [
+    "DEFAULT_RETRIES",
+    "DEFAULT_TIMEOUT_S",
+    "DEFAULT_WATCHDOG_MS",
+    "DISPATCH_WEDGED_S",
+    "FETCH_BATCH",
+    "HEARTBEAT_RECHECK_S",
+    "LEASE_S",
+    "MAX_GAP_REQUESTS",
+    "SAFETY_FRESH_S",
+    "SAFETY_LAG_MAX_S",
+    "SUPPORTED_PROTOCOL_VERSIONS",
+    "TIER_EVENT_CAP",
+    "TIER_TELEMETRY_CAP",
+    "DeviceClient",
+    "LinkStatistics",
+    "Subscription",
+]
+
 LEASE_S = 0.01  # the reader thread stays parked this long after a requesting thread last read the link
-MAX_GAP_REQUESTS = 64  # FetchEvents per gap at most (MAX_GAP_FETCH / FETCH_BATCH, twice over)
-# The heartbeat rule (module docstring). Seconds, monotonic clock.
-SAFETY_LAG_MAX_S = 0.25  # the safety tier may be this far behind the newest telemetry
-SAFETY_FRESH_S = 1.0  # the newest telemetry the safety tier processed arrived at most this long ago
-DISPATCH_WEDGED_S = 2.0  # the ordinary dispatcher handled nothing for this long while items wait: wedged
-HEARTBEAT_RECHECK_S = 0.01  # while heartbeats are withheld, the rule is asked again this often
 # Delivery tier bounds (items waiting per tier).
 TIER_TELEMETRY_CAP = 10_000
 TIER_EVENT_CAP = 10_000
@@ -161,42 +177,34 @@ _FLUSH = b"\x00"  # a lone delimiter makes the device drop any partial frame
 _GET_STATUS = GetStatus()  # messages are immutable: the most frequent request is made once
 
 M = TypeVar("M", bound=Message)
+R = TypeVar("R")
 
 TelemetryListener = Callable[[Telemetry], None]
 EventListener = Callable[[Event], None]
 ErrorListener = Callable[[BaseException], None]
 
 
-_REPLY_CLASSES: dict[type[Message], frozenset[type[Message]]] = {
-    cls: frozenset(c for c in MESSAGE_CLASSES if c.TYPE in REPLY_TYPES_FOR_REQUEST[cls.TYPE])
-    for cls in _REQUEST_CLASSES
-}
+class _Health:
+    """The threaded driver's side of the heartbeat rule (:class:`~iontodrive.clientcore.DriverHealth`)."""
 
+    def __init__(self, client: DeviceClient) -> None:
+        self._client = client
 
-class _Pending(OneShot):
-    """One request waiting for its reply: set once :attr:`reply` is in, or once the client failed or closed
-    (then :attr:`reply` stays None)."""
+    def safety_lag_s(self, now: float) -> float:
+        return self._client._safety.lag_s(now)
 
-    reply: Message | None = None  # a class default, so that making one runs no __init__ of its own
+    def safety_checked_at(self) -> float | None:
+        return self._client._safety_checked_at()
 
+    def dispatch_stalled_s(self, now: float) -> float:
+        return self._client._ordinary.stalled_s(now)
 
-@dataclass
-class LinkStatistics:
-    """Counters for bench tools and the soak test."""
-
-    requests: int = 0
-    retries: int = 0
-    timeouts: int = 0
-    frames_received: int = 0
-    decode_errors: int = 0
-    telemetry_received: int = 0
-    telemetry_gaps: int = 0
-    telemetry_lost: int = 0
-    events_received: int = 0
-    events_fetched: int = 0
-    events_lost: int = 0  # events that could not be delivered (reported as EventsLostError)
-    bad_replies: int = 0  # replies of the wrong type or naming another request (RemoteProtocolError)
-    caller_reads: int = 0  # replies read by the requesting thread itself (no reader-thread hand-over)
+    def dead_worker(self) -> str | None:
+        client = self._client
+        for thread in (client._safety.thread, client._ordinary.thread, client._reader):
+            if not thread.is_alive():
+                return f"thread {thread.name}"
+        return None
 
 
 class Subscription(Iterator[M]):
@@ -272,31 +280,21 @@ class DeviceClient:
         trace_path: str | Path | None = None,
         caller_reads: bool = True,
     ) -> None:
-        if isinstance(timeout_s, bool) or not (
-            isinstance(timeout_s, (int, float)) and 0.001 <= timeout_s <= 60
-        ):
-            raise ValueError(f"timeout_s = {timeout_s!r} is out of range: must be in [0.001, 60]")
-        if isinstance(retries, bool) or not (isinstance(retries, int) and 0 <= retries <= 20):
-            raise ValueError(f"retries = {retries!r} is out of range: must be an integer in [0, 20]")
-        if heartbeat_s is not None and (
-            isinstance(heartbeat_s, bool)
-            or not (isinstance(heartbeat_s, (int, float)) and 0.01 <= heartbeat_s <= 60)
-        ):
-            raise ValueError(f"heartbeat_s = {heartbeat_s!r} is out of range: must be None or in [0.01, 60]")
+        self._core = core = ClientCore(
+            timeout_s=timeout_s,
+            retries=retries,
+            heartbeat_s=heartbeat_s,
+            watchdog_ms=watchdog_ms or DEFAULT_WATCHDOG_MS,
+            now=time.monotonic(),
+        )
         self._link = link
         self.url = link.url
-        self.timeout_s = float(timeout_s)
-        self.retries = retries
-        self.stats = LinkStatistics()
+        self.stats = core.stats
         self._trace = FrameTrace(trace_path)
-        self._decoder = Decoder()
-        # a new host never reuses a recent seq; shared by all threads without a lock (see SequenceCounter)
-        self._seq = SequenceCounter(random.randint(1, 0xFFFF))
-        # seq -> request awaiting its reply. Single dict operations only (atomic under the GIL); code that
-        # walks it takes a snapshot first (``list(d.values())`` is one operation too).
-        self._pending: dict[int, _Pending] = {}
-        self._last_sent = time.monotonic()
-        self._last_received = time.monotonic()
+        self._decoder = core.decoder
+        self._seq = core.seq  # shared by all threads without a lock (see SequenceCounter)
+        self._pending = core.pending  # seq -> request in flight (single dict operations only)
+        self._health = _Health(self)
         self._closed = threading.Event()
         self._failure: BaseException | None = None
         self._telemetry_listeners: list[TelemetryListener] = []
@@ -305,15 +303,10 @@ class DeviceClient:
         self._safety_event_listeners: list[EventListener] = []
         self._error_listeners: list[ErrorListener] = []
         self._subscriptions: list[Subscription[Any]] = []
-        self._replay_collectors: list[Callable[[Event], None]] = []
+        self._replay_collectors: list[ReplayCollector] = []
         self._listener_lock = threading.Lock()
-        self._events = EventSequencer()
+        self._events = core.events
         self._gap_wake = Wakeup()
-        self._last_sample_no: int | None = None
-        self._last_telemetry_at: float | None = None  # arrival (monotonic) of the newest sample
-        self._gates: list[Callable[[], bool]] = []
-        self._safety_failure: BaseException | None = None  # latched while gates are registered
-        self._withheld: str | None = None
         self._safety = DeliveryTier(
             "safety",
             on_telemetry=self._safety_telemetry,
@@ -335,8 +328,6 @@ class DeviceClient:
         self._dispatcher = self._ordinary.thread
         self._session_closers: list[Callable[[], None]] = []
         self.identity: IdentityReport
-        self.watchdog_ms = watchdog_ms or DEFAULT_WATCHDOG_MS
-        self._heartbeat_s = heartbeat_s
         self._caller_reads = bool(caller_reads) and link.interruptible
         # Held by whichever thread reads the link. An RLock, never taken twice, only so that a thread can ask
         # whether it holds it (_await_reply: Ctrl-C or SIGTERM may strike just after it was taken).
@@ -355,16 +346,9 @@ class DeviceClient:
         self._gap_fetcher.start()
         try:
             self._link.write(_FLUSH)  # flush any partial frame the device holds
-            self._open_host_session()
-            self.identity = self.identify()
-            if self.identity.protocol_version not in SUPPORTED_PROTOCOL_VERSIONS:
-                raise IncompatibleDeviceError(self.identity.protocol_version, SUPPORTED_PROTOCOL_VERSIONS)
-            if watchdog_ms is not None:
-                self.set_watchdog(watchdog_ms)
-            if telemetry_hz is not None:
-                self.configure_telemetry(telemetry_hz)
-            status = self.status()
-            self._events.reset(status.last_event_no + 1)
+            self.identity = self._run(
+                opening(core, watchdog_ms=watchdog_ms, telemetry_hz=telemetry_hz)
+            ).identity
         except BaseException:
             self._shutdown()
             raise
@@ -380,38 +364,6 @@ class DeviceClient:
         )
 
     # ------------------------------------------------------------------------------------------ opening
-
-    def _open_host_session(self) -> None:
-        """The protocol-2 handshake (``docs/protocol.md`` §7.3, §9): open this host's session on the device.
-
-        A random non-zero nonce names the session; the device answers ``SessionOpened`` and starts a reply
-        cache of its own for it, so no answer meant for an earlier host can reach this one (S17). The
-        random first sequence number is no longer needed for that; it stays as a guard against replies
-        to a previous host still in flight on a serial line. A device that does not answer is sent one
-        version-1 Identify (which changes nothing): if anything it sends is of another protocol version,
-        it is refused as incompatible.
-
-        Raises:
-            IncompatibleDeviceError: the device speaks another protocol version (e.g. version 1).
-            LinkTimeoutError: no answer and no frame of another version either.
-            RemoteProtocolError: the answer does not echo this host's nonce.
-        """
-        nonce = secrets.randbelow(MAX_HOST_NONCE) + 1
-        try:
-            opened = self._request_typed(OpenSession(nonce), SessionOpened)
-        except LinkTimeoutError:
-            if self._decoder.foreign_version is None:
-                self._link.write(encode_version_probe(self._seq.next()))
-                with contextlib.suppress(LinkTimeoutError):  # only listening: a version-1 device answers
-                    self.request(Heartbeat(), retries=0)
-            if self._decoder.foreign_version is not None:
-                version = self._decoder.foreign_version
-                raise IncompatibleDeviceError(version, SUPPORTED_PROTOCOL_VERSIONS) from None
-            raise
-        if opened.host_nonce != nonce:
-            raise RemoteProtocolError(f"SessionOpened echoes nonce {opened.host_nonce}, sent {nonce}")
-        if opened.previous_nonce:
-            logger.info("host session %d replaces another host's session", opened.host_session_no)
 
     @classmethod
     def open(
@@ -474,6 +426,34 @@ class DeviceClient:
         return self._closed.is_set()
 
     @property
+    def timeout_s(self) -> float:
+        """Reply deadline per attempt, seconds (settable: applies to requests made afterwards)."""
+        return self._core.timeout_s
+
+    @timeout_s.setter
+    def timeout_s(self, value: float) -> None:
+        self._core.timeout_s = check_timeout_s(value)
+
+    @property
+    def retries(self) -> int:
+        """Re-sends with the same sequence number after a missed deadline (settable, as ``timeout_s``)."""
+        return self._core.retries
+
+    @retries.setter
+    def retries(self, value: int) -> None:
+        self._core.retries = check_retries(value)
+
+    @property
+    def watchdog_ms(self) -> int:
+        """The device watchdog this client set (S10); the heartbeat period follows it."""
+        return self._core.watchdog_ms
+
+    @property
+    def core(self) -> ClientCore:
+        """The sans-I/O state machine this client drives (read it; do not drive it from outside)."""
+        return self._core
+
+    @property
     def link(self) -> SerialLink:
         return self._link
 
@@ -511,7 +491,9 @@ class DeviceClient:
             if thread.is_alive() and thread is not threading.current_thread():
                 thread.join(timeout=max(0.0, deadline - time.monotonic()))
         for pending in list(self._pending.values()):
-            pending.set()
+            waiter = pending.waiter
+            if waiter is not None:
+                waiter.set()
         with self._listener_lock:
             subscriptions = list(self._subscriptions)
         for sub in subscriptions:
@@ -534,75 +516,25 @@ class DeviceClient:
                 names another request (the request may have taken effect: treat it as unconfirmed).
         """
         self._raise_if_failed()
-        # the protocol's own request classes by a set lookup; anything else (a subclass, a non-message) by
-        # its TYPE, which costs ten times as much
-        if message.__class__ not in _REQUEST_CLASSES and (
-            getattr(getattr(message, "TYPE", None), "kind", None) is not MessageKind.REQUEST
-        ):
-            raise LocalProtocolError(f"{type(message).__name__} is not a request")
-        deadline = self.timeout_s if timeout_s is None else timeout_s
-        attempts = 1 + (self.retries if retries is None else retries)
-        seq = self._seq.next()
+        core = self._core
+        pending = core.begin(message, timeout_s=timeout_s, retries=retries)
+        pending.waiter = waiter = OneShot()
         try:
-            frame = encode(message, seq)
-        except EncodeError as exc:
-            raise LocalProtocolError(str(exc)) from exc
-        pending = _Pending()
-        try:
-            self._pending[seq] = pending
-            for attempt in range(attempts):
-                if attempt:
-                    self.stats.retries += 1
-                    logger.debug("retry %d of %s seq %d", attempt, type(message).__name__, seq)
-                self._send(seq, message, frame)
-                if self._await_reply(pending, deadline):
+            while True:
+                self._send(pending)
+                if self._await_reply(waiter, pending.timeout_s):
                     break
                 if self._closed.is_set():
                     break
-            else:
-                self.stats.timeouts += 1
-                raise LinkTimeoutError(type(message).__name__, seq, attempts, deadline)
+                core.expire(pending)  # LinkTimeoutError once no attempt is left
         finally:
-            self._pending.pop(seq, None)
-        reply = pending.reply
-        if reply is None:
+            core.forget(pending)
+        if pending.reply is None:
             self._raise_if_failed()
             raise LinkClosedError(f"link {self.url} closed while waiting for {type(message).__name__}")
-        kind = reply.__class__
-        allowed = _REPLY_CLASSES.get(message.__class__)
-        if (allowed is not None and kind not in allowed) or (
-            (kind is Ack or kind is Nack) and reply.request_type != message.TYPE  # type: ignore[attr-defined]
-        ):
-            self.stats.bad_replies += 1
-            raise RemoteProtocolError(self._describe_bad_reply(message, seq, reply))
-        if kind is Nack:
-            raise DeviceRefusal(
-                reply.request_type,  # type: ignore[attr-defined]
-                reply.code,  # type: ignore[attr-defined]
-                reply.field,  # type: ignore[attr-defined]
-                reply.value,  # type: ignore[attr-defined]
-                reply.minimum,  # type: ignore[attr-defined]
-                reply.maximum,  # type: ignore[attr-defined]
-            )
-        return reply
+        return core.finish(pending)
 
-    @staticmethod
-    def _describe_bad_reply(message: Message, seq: int, reply: Message) -> str:
-        name = type(message).__name__
-        if isinstance(reply, (Ack, Nack)) and reply.request_type != message.TYPE:
-            try:
-                named = MESSAGE_BY_TYPE[reply.request_type].__name__
-            except KeyError:
-                named = f"0x{reply.request_type:02X}"
-            return (
-                f"{name} (seq {seq}) answered with {type(reply).__name__} naming {named}: the reply does not "
-                f"answer this request; not accepted"
-            )
-        return (
-            f"{name} (seq {seq}) answered with {type(reply).__name__}, which cannot answer it; not accepted"
-        )
-
-    def _await_reply(self, pending: _Pending, timeout_s: float) -> bool:
+    def _await_reply(self, pending: OneShot, timeout_s: float) -> bool:
         """Wait up to ``timeout_s`` for ``pending``'s reply, reading the link ourselves when we can take
         the lead (see "Who reads the link" in the module docstring). True once the reply (or a failure)
         is in."""
@@ -653,7 +585,7 @@ class DeviceClient:
                         self.stats.caller_reads += 1
                     if len(self._pending) > 1:  # ours is one of them
                         waiting = list(self._pending.values())
-                        others_wait = any(not p.is_set() for p in waiting if p is not pending)
+                        others_wait = any(p.reply is None for p in waiting if p.waiter is not pending)
                 finally:
                     lead.release()
                 if others_wait:  # hand the lead straight back to the reader thread
@@ -662,23 +594,39 @@ class DeviceClient:
         return pending.is_set()
 
     def _request_typed(self, message: Message, reply_type: type[M], **kwargs: Any) -> M:
-        reply = self.request(message, **kwargs)
-        if not isinstance(reply, reply_type):
-            got, want = type(reply).__name__, reply_type.__name__
-            raise RemoteProtocolError(f"{type(message).__name__} answered with {got}, expected {want}")
-        return reply
+        return check_type(message, self.request(message, **kwargs), reply_type)
 
-    def _send(self, seq: int, message: Message, frame: bytes) -> None:
+    def _send(self, pending: PendingRequest) -> None:
         try:
-            self._link.write(frame)
+            self._link.write(pending.frame)
         except LinkClosedError as exc:
             self._fail(exc)
             raise
         # the bookkeeping after the write: the device is already at work on the request meanwhile
-        self._last_sent = time.monotonic()
-        self.stats.requests += 1
+        self._core.sent(pending, time.monotonic())
         if self._trace.active:
-            self._trace.sent(seq, message, frame)
+            self._trace.sent(pending.seq, pending.message, pending.frame)
+
+    def _run(self, procedure: Generator[Step, Any, R]) -> R:
+        """Perform a core procedure (:mod:`iontodrive.clientcore`) step by step with blocking calls."""
+        outcome: Any = None
+        error: IontodriveError | None = None
+        while True:
+            try:
+                step = procedure.send(outcome) if error is None else procedure.throw(error)
+            except StopIteration as stop:
+                result: R = stop.value
+                return result
+            outcome, error = None, None
+            try:
+                if isinstance(step, Call):
+                    outcome = self._request_typed(step.message, step.expect, retries=step.retries)
+                elif isinstance(step, Write):
+                    self._link.write(step.data)
+                else:
+                    outcome = self._fetch_raw(step)
+            except IontodriveError as exc:
+                error = exc
 
     def identify(self) -> IdentityReport:
         """Identity and hard limits (S12)."""
@@ -714,7 +662,7 @@ class DeviceClient:
     def set_watchdog(self, timeout_ms: int) -> None:
         """Set the device's host-silence timeout (S10) and adapt the heartbeat period to it."""
         self._request_typed(SetWatchdog(timeout_ms), Ack)
-        self.watchdog_ms = timeout_ms
+        self._core.watchdog_ms = timeout_ms
 
     def clear_fault(self) -> None:
         """Clear a latched fault (S9). Refused while output is not at zero."""
@@ -734,53 +682,34 @@ class DeviceClient:
         this is called from any thread but the client's own, they have reached the listeners when it
         returns (waiting at most one request deadline for each tier).
         """
-        _report, events = self._fetch_raw(from_event_no, max_count)
+        _report, events = self._fetch_raw(Fetch(from_event_no, max_count))
         if threading.current_thread() not in (self._safety.thread, self._ordinary.thread, self._gap_fetcher):
             self._wait_dispatched(self.timeout_s * (1 + self.retries))
         return events
 
-    def _fetch_raw(self, from_event_no: int, max_count: int) -> tuple[EventsReport, list[Event]]:
+    def _fetch_raw(self, step: Fetch) -> tuple[EventsReport, list[Event]]:
         """One FetchEvents: the report and the replayed events it announced (sorted; those that arrived
-        within a request deadline). The events go through the sequencer as they arrive (see _on_frame)."""
-        collector: list[Event] = []
+        within a request deadline). The events go through the sequencer as they arrive (see on_replay)."""
         done = OneShot()  # waited for in the caller's thread: see iontodrive.oneshot
-        report: list[EventsReport] = []
-
-        def collect(event: Event) -> None:
-            if event.event_no >= from_event_no:
-                collector.append(event)
-                if report and len(collector) >= report[0].count:
-                    done.set()
-
+        collector = ReplayCollector(step.from_event_no, done.set)
         with self._listener_lock:
-            self._replay_collectors.append(collect)
+            self._replay_collectors.append(collector)
         try:
-            reply = self._request_typed(FetchEvents(from_event_no, max_count), EventsReport)
-            report.append(reply)
-            if len(collector) >= reply.count:
-                done.set()
+            reply = self._request_typed(step.message, EventsReport)
+            collector.reported(reply)
             done.wait(self.timeout_s * (1 + self.retries))
         finally:
             with self._listener_lock:
-                self._replay_collectors.remove(collect)
-        self.stats.events_fetched += len(collector)
-        return reply, sorted(collector, key=lambda e: e.event_no)
+                self._replay_collectors.remove(collector)
+        events = collector.result()
+        self.stats.events_fetched += len(events)
+        return reply, events
 
     def _refill_events(self, first: int, last: int) -> list[Event]:
         """Events ``[first, last]`` fetched again for a tier that dropped them (runs on that tier)."""
-        got: list[Event] = []
-        next_no = first
-        for _ in range(MAX_GAP_REQUESTS):
-            if next_no > last or self._closed.is_set():
-                break
-            report, events = self._fetch_raw(next_no, min(FETCH_BATCH, last - next_no + 1))
-            next_no = max(next_no, report.first_available_no)
-            wanted = [e for e in events if next_no <= e.event_no <= last]
-            if not wanted:
-                break
-            got += wanted
-            next_no = wanted[-1].event_no + 1
-        return got
+        if self._closed.is_set():
+            return []
+        return self._run(refill(first, last))
 
     def _wait_dispatched(self, timeout_s: float) -> bool:
         """Wait (at most ``timeout_s``) until every item queued so far has been handled by both tiers."""
@@ -818,17 +747,11 @@ class DeviceClient:
         removing the last clear a latched safety-listener failure.
         """
         with self._listener_lock:
-            if not self._gates:
-                self._safety_failure = None
-            self._gates.append(is_live)
+            remove_gate = self._core.add_gate(is_live)
 
         def remove() -> None:
             with self._listener_lock:
-                if is_live in self._gates:
-                    self._gates.remove(is_live)
-                if not self._gates:
-                    self._safety_failure = None
-                    self._withheld = None
+                remove_gate()
 
         return remove
 
@@ -841,49 +764,19 @@ class DeviceClient:
     @property
     def heartbeat_withheld(self) -> str | None:
         """Why heartbeats are being withheld right now (the heartbeat rule), or None."""
-        return self._withheld
+        return self._core.withheld
 
     def liveness_problem(self) -> str | None:
         """The first clause of the heartbeat rule that fails now, in words, or None when heartbeats may
         be sent. Without gates there is no rule: always None."""
-        with self._listener_lock:
-            gates = list(self._gates)
-            failure = self._safety_failure
-        if not gates:
-            return None
-        for gate in gates:
-            try:
-                live = bool(gate())
-            except Exception as exc:
-                return f"a session gate raised {exc!r}"
-            if not live:
-                return (
-                    f"a session gate says its controller is not live ({getattr(gate, '__qualname__', gate)})"
-                )
-        if failure is not None:
-            return f"a safety listener raised {failure!r}"
-        now = time.monotonic()
-        lag = self._safety.lag_s(now)
-        if lag > SAFETY_LAG_MAX_S:
-            return f"the safety checks are {lag:.3f} s behind telemetry (bound {SAFETY_LAG_MAX_S} s)"
-        checked = self._safety_checked_at()
-        if checked is None or now - checked > SAFETY_FRESH_S:
-            age = "no telemetry yet" if checked is None else f"the newest is {now - checked:.3f} s old"
-            return f"no recent telemetry checked by the safety tier ({age}; bound {SAFETY_FRESH_S} s)"
-        stalled = self._ordinary.stalled_s(now)
-        if stalled > DISPATCH_WEDGED_S:
-            return f"the dispatcher is wedged: nothing handled for {stalled:.3f} s while items wait"
-        for thread in (self._safety.thread, self._ordinary.thread, self._reader):
-            if not thread.is_alive():
-                return f"thread {thread.name} has died"
-        return None
+        return self._core.liveness_problem(time.monotonic(), self._health)
 
     def _safety_checked_at(self) -> float | None:
         """Arrival time of the newest sample the safety tier has processed (every sample counts as
         processed at once while there are no safety listeners)."""
         if self._safety_telemetry_listeners or self._safety_event_listeners:
             return self._safety.last_telemetry_arrival
-        return self._last_telemetry_at
+        return self._core.last_telemetry_at
 
     @property
     def delivery_stats(self) -> dict[str, dict[str, int]]:
@@ -950,7 +843,9 @@ class DeviceClient:
             logger.error("link failure on %s: %s", self.url, exc)
             self._ordinary.put_control(exc)
         for pending in list(self._pending.values()):
-            pending.set()
+            waiter = pending.waiter
+            if waiter is not None:
+                waiter.set()
 
     def _raise_if_failed(self) -> None:
         if self._failure is not None:
@@ -963,7 +858,7 @@ class DeviceClient:
     @property
     def last_frame_age_s(self) -> float:
         """Seconds since the last valid frame arrived from the device (wall clock)."""
-        return time.monotonic() - self._last_received
+        return time.monotonic() - self._core.last_received
 
     @property
     def failure(self) -> BaseException | None:
@@ -1002,82 +897,48 @@ class DeviceClient:
 
     def _process(self, data: bytes, tracing: bool) -> None:
         """Decode ``data`` and act on every frame in it (and trace it, if ``tracing``); called only by the
-        thread holding the lead."""
-        for item in self._decoder.feed(data):
-            if tracing:
-                self._trace.received(item)
-            if item.__class__ is not Frame:
-                self.stats.decode_errors += 1
-                logger.debug("dropped bad frame: %s %s", item.kind.value, item.detail)  # type: ignore[union-attr]
-                continue
-            self._on_frame(item)
+        thread holding the lead. Never waits on a queue."""
+        core = self._core
+        if tracing or core.trace is not None:
+            core.trace = self._trace.received if tracing else None
+        core.receive(data, time.monotonic(), self)
 
-    def _on_frame(self, frame: Frame) -> None:
-        """Act on one frame; called by whichever thread holds the lead. Never waits on a queue."""
-        self.stats.frames_received += 1
-        now = time.monotonic()
-        self._last_received = now
-        seq, message = frame
-        if seq:
-            pending = self._pending.get(seq)  # one dict lookup: atomic, no lock needed
-            if pending is None:
-                return  # a late duplicate answer to a retried request
-            if pending.is_set():
-                return
-            pending.reply = message
-            pending.set()
-            return
-        kind = message.__class__
-        if kind is Telemetry:
-            self._on_telemetry(message, now)  # type: ignore[arg-type]
-        elif kind is Event:
-            self._on_event(message, now)  # type: ignore[arg-type]
+    # the core's sink (iontodrive.clientcore.CoreSink): called by whichever thread holds the lead
 
-    def _on_telemetry(self, sample: Telemetry, now: float) -> None:
-        self.stats.telemetry_received += 1
-        last = self._last_sample_no
-        if last is not None and sample.sample_no > last + 1:
-            self.stats.telemetry_gaps += 1
-            self.stats.telemetry_lost += sample.sample_no - last - 1
-        self._last_sample_no = sample.sample_no
-        self._last_telemetry_at = now
+    def on_reply(self, pending: PendingRequest) -> None:
+        waiter = pending.waiter
+        if waiter is not None:
+            waiter.set()
+
+    def on_telemetry(self, sample: Telemetry, now: float) -> None:
         if self._safety_telemetry_listeners or self._safety_event_listeners:
             self._safety.put_telemetry(sample, now)
         if self._telemetry_listeners or self._subscriptions:
             self._ordinary.put_telemetry(sample, now)
 
-    def _on_event(self, event: Event, now: float) -> None:
-        if event.replayed:
-            routing = self._events.replayed(event)
-            # collected here, not by a tier: fetch_events() may be running on a tier's thread itself
-            with self._listener_lock:
-                collectors = list(self._replay_collectors)
-            for collect in collectors:
-                collect(event)
-        else:
-            routing = self._events.live(event)
-        self._route(routing, now)
-        if routing.gap is not None:
-            logger.info("event gap: %d..%d missing, fetching", routing.gap.first, routing.gap.upto - 1)
-            self._gap_wake.signal()
+    def on_replay(self, event: Event) -> None:
+        # collected here, not by a tier: fetch_events() may be running on a tier's thread itself
+        with self._listener_lock:
+            collectors = list(self._replay_collectors)
+        for collector in collectors:
+            collector.add(event)
 
-    def _route(self, routing: Routing, now: float) -> None:
+    def on_routing(self, routing: Routing, now: float) -> None:
         """Hand the sequencer's events to the tiers (see :class:`~iontodrive.delivery.Routing`)."""
         safety, ordinary = self._safety, self._ordinary
         for event in routing.safety:
             safety.put_event(event, now)
         for event in routing.both:
-            self.stats.events_received += 1
             safety.put_event(event, now)
             ordinary.put_event(event, now)
         for event in routing.ordinary:
-            self.stats.events_received += 1
             ordinary.put_event(event, now)
-        for gap, count, why in routing.lost:  # never silently: counted, logged, told to error listeners
-            self.stats.events_lost += count
+        for gap, count, why in routing.lost:  # never silently: counted (by the core), logged, told
             error = EventsLostError(count, gap.first, gap.upto - 1, why)
             logger.warning("%s", error)
             ordinary.put_control(error)
+        if routing.gap is not None:
+            self._gap_wake.signal()
 
     def _gap_loop(self) -> None:
         """The events thread: fill each gap the sequencer found, then release what waited behind it."""
@@ -1086,29 +947,10 @@ class DeviceClient:
                 continue
             gap = self._events.gap
             while gap is not None and not self._closed.is_set():
-                why = self._fill_gap(gap)
-                routing = self._events.gap_done(gap, why)
-                self._route(routing, time.monotonic())
+                why = self._run(fill_gap(gap))
+                routing = self._core.gap_done(gap, why)
+                self.on_routing(routing, time.monotonic())
                 gap = routing.gap or self._events.gap
-
-    def _fill_gap(self, gap: Gap) -> str:
-        """Fetch the gap's events (they reach the sequencer as they arrive); bounded in requests. Returns
-        why whatever is still missing is missing."""
-        next_no = gap.fetch_from
-        for _ in range(MAX_GAP_REQUESTS):
-            if next_no >= gap.upto or self._closed.is_set():
-                return "the device's ring no longer held them"
-            try:
-                report, events = self._fetch_raw(next_no, min(FETCH_BATCH, gap.upto - next_no))
-            except IontodriveError as exc:
-                logger.warning("could not fetch missed events from %d: %s", next_no, exc)
-                return f"fetching them failed ({exc})"
-            next_no = max(next_no, report.first_available_no)
-            numbers = [e.event_no for e in events if e.event_no >= next_no]
-            if not numbers:
-                return "the device's ring no longer held them"
-            next_no = numbers[-1] + 1
-        return f"more than {MAX_GAP_REQUESTS} FetchEvents would have been needed"
 
     # the two tiers' handlers (each runs on its tier's thread)
 
@@ -1126,8 +968,7 @@ class DeviceClient:
         except Exception as exc:
             logger.exception("safety listener %r raised", listener)
             with self._listener_lock:
-                if self._gates and self._safety_failure is None:
-                    self._safety_failure = exc
+                self._core.safety_listener_failed(exc)
             self._notify_error(exc)
 
     def _ordinary_telemetry(self, sample: Telemetry) -> None:
@@ -1166,21 +1007,10 @@ class DeviceClient:
 
     def _heartbeat_loop(self) -> None:
         while not self._closed.is_set():
-            period = self._heartbeat_s or self.watchdog_ms / 4000.0
-            idle = time.monotonic() - self._last_sent
-            if idle < period:
-                self._closed.wait(period - idle)
+            wait = self._core.heartbeat_poll(time.monotonic(), self._health)
+            if wait is not None:  # not due, or withheld by the heartbeat rule (S19)
+                self._closed.wait(wait)
                 continue
-            problem = self.liveness_problem()
-            if problem is not None:  # S19: no heartbeat for a controller that is not live and current
-                if problem != self._withheld:
-                    logger.warning("heartbeats withheld (the device watchdog will act): %s", problem)
-                self._withheld = problem
-                self._closed.wait(HEARTBEAT_RECHECK_S)
-                continue
-            if self._withheld is not None:
-                logger.info("heartbeats resumed")
-                self._withheld = None
             try:
                 self.heartbeat()
             except LinkTimeoutError as exc:

@@ -25,7 +25,7 @@ from pathlib import Path
 import pytest
 from hostile import HostileDevice, lying_identity, wait_until
 
-from iontodrive import Prescription, Stimulator
+from iontodrive import Prescription, Stimulator, clientcore
 from iontodrive import client as client_module
 from iontodrive.client import DeviceClient
 from iontodrive.errors import (
@@ -371,7 +371,7 @@ def test_a_lagging_safety_listener_stops_heartbeats(device: HostileDevice) -> No
 
 
 def test_a_wedged_dispatcher_stops_heartbeats(device: HostileDevice, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(client_module, "DISPATCH_WEDGED_S", 0.2)
+    monkeypatch.setattr(clientcore, "DISPATCH_WEDGED_S", 0.2)  # the heartbeat rule lives in the core
     with open_client(device, heartbeat_s=0.05) as client:
         release = threading.Event()
         client.add_telemetry_listener(lambda s: None, safety=True)

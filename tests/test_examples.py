@@ -16,6 +16,7 @@ EXPECTED: dict[str, list[str]] = {
     "hyperhidrosis_pulsed.py": ["hydro-30", "pulsed DC 100 Hz 50 %", "outcome completed", "record: "],
     "bench_electrode_lift.py": ["ELECTRODE_LIFT", "PASS"],
     "embedded_app.py": ["operator: pausing", "operator: resuming", "outcome completed", "callbacks ran on"],
+    "many_devices_live.py": ["RAMP_UP", "#4: completed", "by the device's count", "all 4 sessions over"],
 }
 
 
