@@ -31,6 +31,7 @@ import logging
 import threading
 from abc import ABC, abstractmethod
 from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -299,10 +300,15 @@ class DeliversSessions(ABC):
         on_event: Callable[[Event], None] | None = None,
         on_alarm: Callable[[str], None] | None = None,
         telemetry_hz: int | None = DEFAULT_SESSION_TELEMETRY_HZ,
+        while_running: Callable[[SessionHandle], AbstractContextManager[object]] | None = None,
     ) -> SessionRecord:
         """Run a whole session and return its record. Ctrl-C and SIGTERM ramp down before raising.
 
-        Raises what ``start()`` and the session's ``wait()`` raise.
+        ``while_running(session)``, when given, is entered once the session has started and exited when
+        ``wait()`` returns or raises: what a caller runs alongside the session with its handle (the CLI's
+        operator keys, :mod:`iontodrive.cli.keys`). Raises what ``start()`` and the session's ``wait()``
+        raise. An error while entering ``while_running`` propagates before ``wait()``; the session is then
+        still running and ``close()`` ramps it down (S16), as for any error around a started session.
         """
         with sigterm_as_exception():
             session = self.start(
@@ -315,7 +321,8 @@ class DeliversSessions(ABC):
                 telemetry_hz=telemetry_hz,
             )
             self._last_session = session
-            return session.wait()
+            with nullcontext() if while_running is None else while_running(session):
+                return session.wait()
 
     _last_session: SessionHandle | None = None
 
