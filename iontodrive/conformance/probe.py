@@ -86,20 +86,6 @@ MAX_FRAMES_PER_HOST_S = 1000
 RAW_KEEP_BYTES = 4 * 1024 * 1024  # the raw record of one rule stops growing here
 POLL_S = 0.02  # longest single read while waiting (host s)
 
-SESSION_STATES = frozenset(
-    {
-        DeviceState.CONTACT_CHECK,
-        DeviceState.RAMP_UP,
-        DeviceState.HOLD,
-        DeviceState.ADJUST,
-        DeviceState.RAMP_DOWN,
-        DeviceState.PAUSING,
-        DeviceState.PAUSED,
-    }
-)
-OUTPUT_STATES = frozenset({DeviceState.RAMP_UP, DeviceState.HOLD, DeviceState.ADJUST})
-QUIET_STATES = frozenset({DeviceState.IDLE, DeviceState.DONE, DeviceState.PAUSED, DeviceState.FAULT})
-
 
 class ByteLink(Protocol):
     """What the probe needs of a link (a :class:`~iontodrive.link.SerialLink` has it)."""

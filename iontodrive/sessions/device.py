@@ -85,6 +85,7 @@ from iontodrive.protocol import (
     Stop,
     Telemetry,
 )
+from iontodrive.protocol.rules import IDLE_STATES, QUIET_STATES
 from iontodrive.record import RecordWriter, SessionRecord
 from iontodrive.resources import normalise_resource
 from iontodrive.sessions.engine import DEFAULT_SESSION_TELEMETRY_HZ, DeliversSessions, SessionEngine
@@ -98,8 +99,6 @@ from iontodrive.units import UAS_PER_MA_MIN
 
 logger = logging.getLogger("iontodrive.session")
 
-IDLE_STATES = frozenset({DeviceState.IDLE, DeviceState.DONE, DeviceState.FAULT})
-AT_ZERO_STATES = IDLE_STATES | {DeviceState.PAUSED}
 FAULT_EVENTS = frozenset({EventCode.OVERCURRENT_TRIP, EventCode.HARDWARE_TRIP})
 # Events after which the device has paused the session at zero output by itself.
 DEVICE_PAUSE_EVENTS = frozenset({EventCode.ELECTRODE_LIFT, EventCode.SHORT_CIRCUIT, EventCode.LINK_LOST})
@@ -115,7 +114,7 @@ RECORD_FLUSH_S = 2.0  # the 'starting' and 'started' notes are waited for (fsync
 
 
 def _at_zero(state: DeviceState, setpoint_ua: int, measured_ua: int) -> bool:
-    return state in AT_ZERO_STATES and setpoint_ua == 0 and measured_ua <= OVERCURRENT_FLOOR_UA
+    return state in QUIET_STATES and setpoint_ua == 0 and measured_ua <= OVERCURRENT_FLOOR_UA
 
 
 class DeviceSession(SessionEngine):
