@@ -22,7 +22,8 @@ the interrupt-safe wait    :func:`~iontodrive.sessions.waiting.wait_interruptibl
 =========================  ===========================================================================
 
 A source supplies only what differs: how to start, stop, abort, pause, resume and change the current, how
-to wait a step, and how to read back its own account at the end.
+to wait a step, and how to read back its own account at the end. ``start()``'s options are declared once,
+here (:meth:`DeliversSessions.start`), and reach the session as one :class:`SessionOptions`.
 """
 
 from __future__ import annotations
@@ -32,9 +33,9 @@ import threading
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from contextlib import AbstractContextManager, nullcontext
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 from iontodrive.protocol import DeviceState, Event
 from iontodrive.sessions.progress import ProgressBuilder, record_alarm
@@ -50,6 +51,19 @@ if TYPE_CHECKING:
 logger = logging.getLogger("iontodrive.session")
 
 DEFAULT_SESSION_TELEMETRY_HZ = 10
+
+
+@dataclass(frozen=True)
+class SessionOptions:
+    """What ``start()`` takes besides the prescription (see :meth:`DeliversSessions.start`), handed from
+    the source to its session in one piece."""
+
+    record_path: str | Path | None = None
+    labels: dict[str, str] | None = None
+    on_progress: Callable[[Progress], None] | None = None
+    on_event: Callable[[Event], None] | None = None
+    on_alarm: Callable[[str], None] | None = None
+    telemetry_hz: int | None = DEFAULT_SESSION_TELEMETRY_HZ
 
 
 def resolve_record_path(record_path: str | Path | None, serial: object) -> Path:
@@ -69,21 +83,16 @@ class SessionEngine:
         self,
         prescription: Prescription,
         identity: IdentityReport,
-        *,
-        record_path: str | Path | None,
-        labels: dict[str, str] | None,
-        on_progress: Callable[[Progress], None] | None,
-        on_event: Callable[[Event], None] | None,
-        on_alarm: Callable[[str], None] | None,
+        options: SessionOptions,
     ) -> None:
         self.prescription = prescription
         self.identity = identity
-        self.labels = dict(labels or {})
+        self.labels = dict(options.labels or {})
         self.warnings: list[str] = []
-        self._on_progress = on_progress
-        self._on_event = on_event
-        self._on_alarm = on_alarm
-        self.record_path = resolve_record_path(record_path, identity.serial_number)
+        self._on_progress = options.on_progress
+        self._on_event = options.on_event
+        self._on_alarm = options.on_alarm
+        self.record_path = resolve_record_path(options.record_path, identity.serial_number)
         self.start_message = prescription.to_start(identity)  # SafetyRefusal before anything is sent
         self._session_id = ""
         self._builder: ProgressBuilder | None = None
@@ -273,10 +282,12 @@ class SessionEngine:
         return account
 
 
-class DeliversSessions(ABC):
-    """``deliver()`` for every source whose ``start()`` returns a session handle with ``wait()``."""
+SessionT = TypeVar("SessionT", bound=SessionHandle)
 
-    @abstractmethod
+
+class DeliversSessions(ABC, Generic[SessionT]):
+    """``start()`` and ``deliver()`` for every source; a source supplies :meth:`_begin_session`."""
+
     def start(
         self,
         prescription: Prescription,
@@ -287,8 +298,39 @@ class DeliversSessions(ABC):
         on_event: Callable[[Event], None] | None = None,
         on_alarm: Callable[[str], None] | None = None,
         telemetry_hz: int | None = DEFAULT_SESSION_TELEMETRY_HZ,
-    ) -> SessionHandle:
-        """Check and start a session; return its handle."""
+    ) -> SessionT:
+        """Check and start a session; return its handle at once (the output then ramps up by itself).
+
+        ``record_path``: the session record to write (default: a new file from
+        :func:`iontodrive.record.default_record_path`); ``labels``: operator labels stored in it;
+        ``on_progress`` / ``on_event`` / ``on_alarm``: callbacks (an exception in one ends the session
+        with a ramp-down and is re-raised by ``wait()``); ``telemetry_hz``: the telemetry rate during the
+        session (device-time Hz, within the source's limit; None keeps the source's).
+
+        Raises:
+            SafetyRefusal: the prescription, the options or the contact check failed the driver's checks,
+                or the source is busy; nothing was started.
+            DeviceRefusal / InstrumentError: the device or instrument refused; nothing changed.
+            LinkError: the start may have reached the source but could not be confirmed; the output was
+                brought to zero (or the device's watchdog does it) and the record says what is known.
+        """
+        session = self._begin_session(
+            prescription,
+            SessionOptions(
+                record_path=record_path,
+                labels=labels,
+                on_progress=on_progress,
+                on_event=on_event,
+                on_alarm=on_alarm,
+                telemetry_hz=telemetry_hz,
+            ),
+        )
+        self._last_session = session
+        return session
+
+    @abstractmethod
+    def _begin_session(self, prescription: Prescription, options: SessionOptions) -> SessionT:
+        """Check and start a session on this source (what :meth:`start` does); return its handle."""
 
     def deliver(
         self,
@@ -300,7 +342,7 @@ class DeliversSessions(ABC):
         on_event: Callable[[Event], None] | None = None,
         on_alarm: Callable[[str], None] | None = None,
         telemetry_hz: int | None = DEFAULT_SESSION_TELEMETRY_HZ,
-        while_running: Callable[[SessionHandle], AbstractContextManager[object]] | None = None,
+        while_running: Callable[[SessionT], AbstractContextManager[object]] | None = None,
     ) -> SessionRecord:
         """Run a whole session and return its record. Ctrl-C and SIGTERM ramp down before raising.
 
@@ -320,16 +362,12 @@ class DeliversSessions(ABC):
                 on_alarm=on_alarm,
                 telemetry_hz=telemetry_hz,
             )
-            self._last_session = session
             with nullcontext() if while_running is None else while_running(session):
                 return session.wait()
 
-    _last_session: SessionHandle | None = None
+    _last_session: SessionT | None = None
 
     @property
-    def last_session(self) -> SessionHandle | None:
+    def last_session(self) -> SessionT | None:
         """The last session started on this source by ``start()`` or ``deliver()`` (or None)."""
         return self._last_session
-
-    def _remember(self, session: SessionHandle) -> None:
-        self._last_session = session
