@@ -51,6 +51,7 @@ if TYPE_CHECKING:
 logger = logging.getLogger("iontodrive.session")
 
 DEFAULT_SESSION_TELEMETRY_HZ = 10
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -169,11 +170,7 @@ class SessionEngine:
             if self._last_progress is not None:
                 self._last_progress = self._with_alarms(self._last_progress)
             self._changed.notify_all()
-        if self._on_alarm is not None:
-            try:
-                self._on_alarm(text)
-            except Exception as exc:
-                self._callback_failed(exc)
+        self._call_back(self._on_alarm, text, after_error=True)  # an alarm reaches the operator regardless
 
     # --------------------------------------------------------------------------------- progress
 
@@ -190,20 +187,24 @@ class SessionEngine:
         with self._changed:
             self._last_progress = progress
             self._changed.notify_all()
-        if self._on_progress is not None and self._callback_error is None:
-            try:
-                self._on_progress(progress)
-            except Exception as exc:
-                self._callback_failed(exc)
+        self._call_back(self._on_progress, progress)
 
     def _publish_event(self, event: Event) -> None:
-        if self._on_event is not None and self._callback_error is None:
-            try:
-                self._on_event(event)
-            except Exception as exc:
-                self._callback_failed(exc)
+        self._call_back(self._on_event, event)
 
     # ----------------------------------------------------------------------------- callback errors
+
+    def _call_back(
+        self, callback: Callable[[T], None] | None, value: T, *, after_error: bool = False
+    ) -> None:
+        """Give ``value`` to a user callback (if any); an exception from it ends the session
+        (:meth:`_callback_failed`). After the first callback error only ``after_error`` calls still go out."""
+        if callback is None or (self._callback_error is not None and not after_error):
+            return
+        try:
+            callback(value)
+        except Exception as exc:
+            self._callback_failed(exc)
 
     def _callback_failed(self, exc: BaseException) -> None:
         logger.error("session callback raised %r: ramping down", exc)
