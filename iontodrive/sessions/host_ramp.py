@@ -325,7 +325,7 @@ class HostRampController:
                 return
 
         # S5 resistance limit
-        if state in (DeviceState.RAMP_DOWN, DeviceState.PAUSING):
+        if state in RAMPING_DOWN_STATES:
             self._compliance_since = self._recovery_since = None
             return
         at_compliance = abs(v_mv) >= COMPLIANCE_FRACTION * self.compliance_mv
