@@ -656,31 +656,13 @@ def run_with_process(ctx: RunContext) -> dict[str, Any]:
 
 
 def _port_reopen(ctx: RunContext, port: str, offset: float, wait_s: float, facts: dict[str, Any]) -> None:
-    with ctx.guard("open") as dog:
-        stim = Stimulator.open(port)
-    ctx.note_hang(dog)
-    with ctx.guard("session") as dog:
-        try:
-            session = stim.start(ctx.scenario.prescription, record_path=ctx.record_path)
+    def close_port(stim: Stimulator) -> None:
+        facts["fault_wall"] = time.monotonic()
+        stim.link.port.close()
 
-            def close_port() -> None:
-                facts["fault_wall"] = time.monotonic()
-                stim.link.port.close()
-
-            closer = threading.Timer(offset / ctx.speed, close_port)
-            closer.start()
-            try:
-                session.wait()
-            finally:
-                closer.join()
-        except IontodriveError as exc:
-            facts["error"] = f"{type(exc).__name__}: {exc}"
-        except KeyboardInterrupt:
-            facts["error"] = "KeyboardInterrupt (watchdog)"
-    ctx.note_hang(dog)
-    with ctx.guard("close after port loss", 60.0) as dog:
-        stim.close()
-    ctx.note_hang(dog)
+    faults_runtime.session_with_fault(
+        ctx, port, offset / ctx.speed, close_port, "close after port loss", facts
+    )
     time.sleep(wait_s)
     _recover(ctx, port, facts)
 

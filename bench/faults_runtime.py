@@ -82,12 +82,13 @@ def unplug_for(control_url: str, seconds: float, facts: dict[str, Any]) -> None:
         facts["unplug"] = json.loads(r.read())
 
 
-def run_replug(
-    ctx: Any, port: str, control_url: str, offset_s: float, wait_s: float, facts: dict[str, Any], recover: Any
+def session_with_fault(
+    ctx: Any, port: str, after_wall_s: float, inject: Any, close_as: str, facts: dict[str, Any]
 ) -> None:
-    """The ``replug`` case: a session on the stable link, the port unplugged for :data:`UNPLUGGED_S` at
-    ``offset_s`` (device s) into it, the driver's typed link error, then ``recover(ctx, port, facts)`` on
-    the same path once the device's watchdog has paused the session."""
+    """Open the device at ``port``, start the scenario's session, call ``inject(stim)`` on a timer thread
+    ``after_wall_s`` (wall s) later, and wait for the session; its typed error (or a watchdog's
+    KeyboardInterrupt) goes in ``facts["error"]``. Then close the device (the step named ``close_as``).
+    Every step is under ``ctx.guard`` and its hang noted, as the campaign does for each step."""
     import threading
 
     from iontodrive import Stimulator
@@ -99,20 +100,33 @@ def run_replug(
     with ctx.guard("session") as dog:
         try:
             session = stim.start(ctx.scenario.prescription, record_path=ctx.record_path)
-            puller = threading.Timer(offset_s / ctx.speed, unplug_for, (control_url, UNPLUGGED_S, facts))
-            puller.start()
+            injector = threading.Timer(after_wall_s, inject, (stim,))
+            injector.start()
             try:
                 session.wait()
             finally:
-                puller.join()
+                injector.join()
         except IontodriveError as exc:
             facts["error"] = f"{type(exc).__name__}: {exc}"
         except KeyboardInterrupt:
             facts["error"] = "KeyboardInterrupt (watchdog)"
     ctx.note_hang(dog)
-    with ctx.guard("close after unplug", 60.0) as dog:
+    with ctx.guard(close_as, 60.0) as dog:
         stim.close()
     ctx.note_hang(dog)
+
+
+def run_replug(
+    ctx: Any, port: str, control_url: str, offset_s: float, wait_s: float, facts: dict[str, Any], recover: Any
+) -> None:
+    """The ``replug`` case: a session on the stable link, the port unplugged for :data:`UNPLUGGED_S` at
+    ``offset_s`` (device s) into it, the driver's typed link error, then ``recover(ctx, port, facts)`` on
+    the same path once the device's watchdog has paused the session."""
+
+    def unplug(_stim: Any) -> None:
+        unplug_for(control_url, UNPLUGGED_S, facts)
+
+    session_with_fault(ctx, port, offset_s / ctx.speed, unplug, "close after unplug", facts)
     time.sleep(max(wait_s, UNPLUGGED_S + 0.5))
     recover(ctx, port, facts)
 

@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from iontodrive.protocol import DeviceState
 from iontodrive.record import SessionRecord
 
 if TYPE_CHECKING:
@@ -82,18 +83,7 @@ PHASE_COLOURS = {
     "ramp down": "#c6dbef",
     "paused": "#d9d9d9",
 }
-_STATE_NAMES = (
-    "IDLE",
-    "CONTACT_CHECK",
-    "RAMP_UP",
-    "HOLD",
-    "ADJUST",
-    "RAMP_DOWN",
-    "PAUSING",
-    "PAUSED",
-    "DONE",
-    "FAULT",
-)
+_STATE_NAMES = tuple(state.name for state in DeviceState)  # by value: DeviceState numbers from 0
 
 
 @dataclass(frozen=True)

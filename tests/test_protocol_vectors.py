@@ -21,6 +21,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from iontodrive.conformance.frames import crc16_reference
 from iontodrive.protocol import (
     MAX_FRAME_BYTES,
     MESSAGE_BY_NAME,
@@ -50,14 +51,8 @@ def _load_tool(name: str) -> ModuleType:
 # ------------------------------------------------------------ independent implementation (from the doc)
 
 
-def crc16_reference(data: bytes) -> int:
-    """CRC-16/CCITT-FALSE, bit by bit, as docs/protocol.md §2.3 gives it."""
-    crc = 0xFFFF
-    for byte in data:
-        crc ^= byte << 8
-        for _ in range(8):
-            crc = ((crc << 1) ^ 0x1021) & 0xFFFF if crc & 0x8000 else (crc << 1) & 0xFFFF
-    return crc
+# crc16_reference: the conformance suite's (iontodrive.conformance.frames), bit by bit from §2.3 and
+# independent of the codec's table-driven CRC; one reference implementation serves both.
 
 
 def cobs_decode_reference(data: bytes) -> bytes:

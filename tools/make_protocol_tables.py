@@ -31,6 +31,7 @@ from pathlib import Path
 from cobs.cobs import decode as cobs_decode
 from cobs.cobs import encode as cobs_encode
 
+from iontodrive.errors import unit_of
 from iontodrive.protocol import (
     MAX_FRAME_BYTES,
     MAX_PAYLOAD_BYTES,
@@ -171,16 +172,6 @@ FIELD_NOTES_BY_MESSAGE: dict[tuple[str, str], str] = {
     ("Nack", "code"): "`ErrorCode`.",
 }
 
-UNIT_SUFFIXES: tuple[tuple[str, str], ...] = (
-    ("_ua_per_s", "µA/s"),
-    ("_uas", "µA·s"),
-    ("_ua", "µA"),
-    ("_mv", "mV"),
-    ("_ms", "ms"),
-    ("_ohm", "Ω"),
-    ("_hz", "Hz"),
-    ("_percent", "%"),
-)
 
 # ------------------------------------------------------------------------------------ enum member meanings
 
@@ -342,10 +333,7 @@ def _wire_type(spec: FieldSpec) -> str:
 
 
 def _unit(name: str) -> str:
-    for suffix, unit in UNIT_SUFFIXES:
-        if name.endswith(suffix):
-            return unit
-    return "-"
+    return unit_of(name) or "-"  # the one suffix table (iontodrive.errors)
 
 
 def _range(spec: FieldSpec) -> str:

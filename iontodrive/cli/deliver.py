@@ -330,21 +330,22 @@ def run(args: argparse.Namespace) -> int:
                     display.notice(f"ALARM: {text}")
 
                 try:
-                    # h17 (issue 17): start + wait as deliver() does, with the operator keys
-                    # (iontodrive.cli.keys) acting on the session handle while it runs.
-                    from iontodrive.cli.keys import run_with_keys
+                    # h17 (issue 17): the operator keys (iontodrive.cli.keys) act on the session handle
+                    # while it runs, through the one deliver() path.
+                    from iontodrive.cli.keys import keys_while_running
 
-                    run_with_keys(
-                        stim,
+                    def with_keys(session: Any) -> contextlib.AbstractContextManager[None]:
+                        return keys_while_running(session, prescription, display)
+
+                    stim.deliver(
                         prescription,
-                        display,
-                        keys=live,
-                        on_progress=None if args.quiet else display.progress,
+                        None if args.quiet else display.progress,
                         record_path=record_path,
                         labels=labels,
                         on_event=None if args.quiet else display.event,
                         on_alarm=on_alarm,
                         telemetry_hz=args.telemetry_hz,
+                        while_running=with_keys if live else None,
                     )
                 except KeyboardInterrupt:
                     # Escaped before the session's own handling took over: make sure output ramps down.

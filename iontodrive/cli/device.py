@@ -304,8 +304,9 @@ CSV_COLUMNS = (
 
 
 def telemetry_row(sample: Any, t0: float) -> list[Any]:
-    """One CSV row in user units; impedance empty when the circuit is open."""
-    from iontodrive.protocol import OPEN_CIRCUIT_OHM
+    """One CSV row in user units (:func:`iontodrive.cli.report_csv.measurement_cells`: the conversions of
+    ``report --csv``); impedance empty when the circuit is open."""
+    from iontodrive.cli.report_csv import measurement_cells
 
     return [
         f"{time.monotonic() - t0:.3f}",
@@ -314,11 +315,9 @@ def telemetry_row(sample: Any, t0: float) -> list[Any]:
         sample.state.name,
         int(sample.flags),
         sample.polarity.name,
-        f"{sample.setpoint_ua / 1000:.3f}",
-        f"{sample.measured_ua / 1000:.3f}",
-        f"{sample.voltage_mv / 1000:.3f}",
-        "" if sample.impedance_ohm == OPEN_CIRCUIT_OHM else sample.impedance_ohm,
-        f"{sample.charge_uas / 60000:.4f}",
+        *measurement_cells(
+            sample.setpoint_ua, sample.measured_ua, sample.voltage_mv, sample.impedance_ohm, sample.charge_uas
+        ),
     ]
 
 

@@ -33,7 +33,7 @@ import os
 import threading
 import time
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, Protocol, TextIO
 
@@ -48,6 +48,7 @@ logger = logging.getLogger(__name__)
 
 if TYPE_CHECKING:
     from iontodrive.ramp import SessionPlan
+    from iontodrive.sessions.types import Progress
 
 #: Redraws of the live view per second.
 REFRESH_PER_S = 10
@@ -65,45 +66,6 @@ _STATE_STYLE = {
     "DONE": "bold",
     "FAULT": "bold white on red",
 }
-
-
-class ProgressLike(Protocol):
-    """The fields of :class:`iontodrive.Progress` (contract 3) the display reads."""
-
-    @property
-    def state(self) -> Any: ...
-    @property
-    def device_time_s(self) -> float: ...
-    @property
-    def elapsed_s(self) -> float: ...
-    @property
-    def delivered_ma_min(self) -> float: ...
-    @property
-    def target_ma_min(self) -> float | None: ...
-    @property
-    def target_s(self) -> float | None: ...
-    @property
-    def fraction(self) -> float: ...
-    @property
-    def time_left_s(self) -> float | None: ...
-    @property
-    def ramp_down_left_s(self) -> float | None: ...
-    @property
-    def setpoint_ma(self) -> float: ...
-    @property
-    def current_ma(self) -> float: ...
-    @property
-    def pulse_amplitude_ma(self) -> float | None: ...
-    @property
-    def average_current_ma(self) -> float | None: ...
-    @property
-    def voltage_v(self) -> float: ...
-    @property
-    def compliance_v(self) -> float | None: ...
-    @property
-    def impedance_ohm(self) -> int | None: ...
-    @property
-    def alarms(self) -> tuple[str, ...]: ...
 
 
 class EventLike(Protocol):
@@ -171,21 +133,21 @@ class DeviceRate:
 # ---------------------------------------------------------------------------------------------- fields
 
 
-def _current_text(p: ProgressLike) -> str:
+def _current_text(p: Progress) -> str:
     if p.pulse_amplitude_ma is not None:
         average = "" if p.average_current_ma is None else f", average {p.average_current_ma:.3f} mA"
         return f"I pulse {p.pulse_amplitude_ma:.3f} mA{average} (set {p.setpoint_ma:.3f})"
     return f"I {p.current_ma:.3f} mA (set {p.setpoint_ma:.3f})"
 
 
-def _voltage_text(p: ProgressLike) -> str:
+def _voltage_text(p: Progress) -> str:
     if p.compliance_v:
         return f"U {p.voltage_v:.1f} V of {p.compliance_v:g} V"
     return f"U {p.voltage_v:.1f} V"
 
 
 def status_fields(
-    p: ProgressLike, rate: DeviceRate | None = None, *, percent: bool = True
+    p: Progress, rate: DeviceRate | None = None, *, percent: bool = True
 ) -> list[tuple[str, str]]:
     """The status as ``(text, style)`` fields in user units, in display order (shared by both modes).
 
@@ -234,7 +196,19 @@ def fold(fields: Iterable[tuple[str, str]], width: int, gap: str = FIELD_GAP) ->
     return [line for line in lines if line]
 
 
-def plain_line(stamp: str, p: ProgressLike, rate: DeviceRate | None = None) -> str:
+def field_lines(fields: Iterable[tuple[str, str]], width: int) -> Iterator[Text]:
+    """The ``(text, style)`` fields as styled lines of at most ``width`` characters (:func:`fold`), the
+    fields of a line joined by :data:`FIELD_GAP`: the live session view's and the monitor's layout."""
+    for line in fold(fields, width):
+        out = Text(no_wrap=True, overflow="fold")
+        for index, (text, style) in enumerate(line):
+            if index:
+                out.append(FIELD_GAP)
+            out.append(text, style=style)
+        yield out
+
+
+def plain_line(stamp: str, p: Progress, rate: DeviceRate | None = None) -> str:
     """One plain progress line: session time, the fields, then any alarm."""
     text = f"[{stamp}] " + FIELD_GAP.join(t for t, _ in status_fields(p, rate))
     if p.alarms:
@@ -255,13 +229,7 @@ class StatusView:
             yield Text("starting ...", style="dim")
             return
         yield _BarLine(p.fraction, width, f" {100.0 * p.fraction:5.1f} %")
-        for line in fold(status_fields(p, rate, percent=False), width):
-            out = Text(no_wrap=True, overflow="fold")
-            for index, (text, style) in enumerate(line):
-                if index:
-                    out.append(FIELD_GAP)
-                out.append(text, style=style)
-            yield out
+        yield from field_lines(status_fields(p, rate, percent=False), width)
         for alarm in p.alarms:
             yield Text(f" ALARM: {alarm} ".ljust(width), style="bold white on red", overflow="fold")
         if key_help:
@@ -308,7 +276,7 @@ class LiveDisplay:
         self._key_help: tuple[str, ...] = ()
         self._faulted = False
         self.plan: SessionPlan | None = None
-        self.last: ProgressLike | None = None
+        self.last: Progress | None = None
         self._console = Console(
             file=stream,
             force_terminal=tty,
@@ -346,11 +314,11 @@ class LiveDisplay:
         with self._lock:
             self._key_help = tuple(keys)
 
-    def snapshot(self) -> tuple[ProgressLike | None, tuple[str, ...], DeviceRate]:
+    def snapshot(self) -> tuple[Progress | None, tuple[str, ...], DeviceRate]:
         with self._lock:
             return self.last, self._key_help, self._rate
 
-    def progress(self, p: ProgressLike) -> None:
+    def progress(self, p: Progress) -> None:
         """Take a progress sample (called on the driver's thread). Never raises: a display fault must not
         end a session (the driver treats a raising callback as a reason to stop); it is logged once."""
         try:
@@ -360,7 +328,7 @@ class LiveDisplay:
                 self._faulted = True
                 logger.debug("live display failed; progress is no longer shown", exc_info=True)
 
-    def _progress(self, p: ProgressLike) -> None:
+    def _progress(self, p: Progress) -> None:
         now = time.monotonic()
         with self._lock:
             self.last = p

@@ -170,22 +170,15 @@ def operator_keys(control: ComfortControl, stdin: Any = None) -> Iterator[bool]:
         termios.tcsetattr(fd, termios.TCSADRAIN, saved)
 
 
-def run_with_keys(stim: Any, prescription: Any, display: Any, *, keys: bool, **start_options: Any) -> Any:
-    """Run a whole session as ``stim.deliver`` does (start, then wait; SIGTERM ramps down like Ctrl-C),
-    with the operator keys read while it runs when ``keys`` is true and stdin is a terminal.
-
-    Returns the session's record; raises what ``start()`` and ``wait()`` raise."""
-    from iontodrive.session import sigterm_as_exception
-
-    with sigterm_as_exception():
-        session = stim.start(prescription, **start_options)
-        if not keys:
-            return session.wait()
-        control = ComfortControl(session, float(prescription.current_ma), display.notice)
-        with operator_keys(control) as reading:
-            if reading:
-                display.set_key_help(KEY_HELP)
-            try:
-                return session.wait()
-            finally:
-                display.set_key_help(())
+@contextlib.contextmanager
+def keys_while_running(session: Any, prescription: Any, display: Any) -> Iterator[None]:
+    """The operator keys on ``session`` while the block runs (the ``while_running`` hook of the engine's
+    ``deliver()``), with the key help on the display while keys are read (stdin a terminal)."""
+    control = ComfortControl(session, float(prescription.current_ma), display.notice)
+    with operator_keys(control) as reading:
+        if reading:
+            display.set_key_help(KEY_HELP)
+        try:
+            yield
+        finally:
+            display.set_key_help(())

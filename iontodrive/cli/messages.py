@@ -14,6 +14,8 @@ import math
 import re
 from typing import Any
 
+from iontodrive.errors import unit_of
+
 #: Prescription fields (and other refused fields) as the CLI spells their options.
 OPTION_FOR_FIELD: dict[str, str] = {
     "current_ma": "--current-ma",
@@ -30,31 +32,8 @@ OPTION_FOR_FIELD: dict[str, str] = {
     "record_path": "--record",
     "resource": "PORT",
 }
-#: The unit of a field, by the end of its name (longest first).
-_UNIT_BY_SUFFIX = (
-    ("_ma_per_cm2", "mA/cm²"),
-    ("_ma_min", "mA·min"),
-    ("_ma", "mA"),
-    ("_ua", "µA"),
-    ("_uas", "µA·s"),
-    ("_mv", "mV"),
-    ("_ms", "ms"),
-    ("_s", "s"),
-    ("_hz", "Hz"),
-    ("_percent", "%"),
-    ("_cm2", "cm²"),
-    ("_ohm", "Ω"),
-)
 PORTS_HINT = "run `iontodrive ports` to list serial ports and running simulators"
 LIMITS_HINT = "`iontodrive info PORT` shows this device's limits"
-
-
-def unit_of(field: str) -> str:
-    """The unit of a field named with its unit (``current_ma`` -> ``mA``), or ``""``."""
-    for suffix, unit in _UNIT_BY_SUFFIX:
-        if field.endswith(suffix):
-            return unit
-    return ""
 
 
 def option_for(field: str) -> str:

@@ -21,7 +21,7 @@ from rich.live import Live
 from rich.text import Text
 
 from iontodrive.cli import fmt
-from iontodrive.cli.display import FIELD_GAP, REFRESH_PER_S, fold, state_name
+from iontodrive.cli.display import FIELD_GAP, REFRESH_PER_S, field_lines, state_name
 
 DEFAULT_INTERVAL_S = 1.0
 
@@ -128,12 +128,6 @@ class MonitorView:
         rate = self.rate_hz()
         fields = sample_fields(sample)
         fields.append((f"{self._count} samples" + (f", {rate:.1f}/s" if rate else ""), "dim"))
-        for line in fold(fields, width):
-            out = Text(no_wrap=True, overflow="fold")
-            for index, (text, style) in enumerate(line):
-                if index:
-                    out.append(FIELD_GAP)
-                out.append(text, style=style)
-            yield out
+        yield from field_lines(fields, width)
         for alarm in sample_alarms(sample):
             yield Text(f" ALARM: {alarm} ".ljust(width), style="bold white on red")

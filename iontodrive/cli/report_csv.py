@@ -33,11 +33,29 @@ COLUMNS = (
 )
 
 
+def measurement_cells(
+    setpoint_ua: int, measured_ua: int, voltage_mv: int, impedance_ohm: int, charge_uas: int
+) -> list[Any]:
+    """The cells ``setpoint_ma``, ``current_ma``, ``voltage_v``, ``impedance_ohm`` (empty for an open
+    circuit), ``dose_ma_min`` of one telemetry sample: its integers in user units, converted exactly (µA ->
+    mA with three decimals, mV -> V with three, µA·s -> mA·min with six). Used by ``report --csv`` and
+    ``monitor --csv``."""
+    return [
+        f"{setpoint_ua / 1000:.3f}",
+        f"{measured_ua / 1000:.3f}",
+        f"{voltage_mv / 1000:.3f}",
+        "" if impedance_ohm == OPEN_CIRCUIT_OHM else impedance_ohm,
+        f"{charge_uas / UAS_PER_MA_MIN:.6f}",
+    ]
+
+
+_MEASURED = ("setpoint_ua", "measured_ua", "voltage_mv", "impedance_ohm", "charge_uas")
+
+
 def telemetry_rows(record: SessionRecord) -> Iterator[list[Any]]:
     """The CSV rows (without the header) of ``record``'s telemetry."""
     t0_ms = round(session_start_s(record) * 1000)
     for row in record.telemetry:
-        impedance = row["impedance_ohm"]
         yield [
             f"{(row['device_time_ms'] - t0_ms) / 1000:.3f}",
             f"{row['device_time_ms'] / 1000:.3f}",
@@ -45,11 +63,13 @@ def telemetry_rows(record: SessionRecord) -> Iterator[list[Any]]:
             row["state"],
             row["flags"],
             row.get("polarity", ""),
-            f"{row['setpoint_ua'] / 1000:.3f}",
-            f"{row['measured_ua'] / 1000:.3f}",
-            f"{row['voltage_mv'] / 1000:.3f}",
-            "" if impedance == OPEN_CIRCUIT_OHM else impedance,
-            f"{row['charge_uas'] / UAS_PER_MA_MIN:.6f}",
+            *measurement_cells(
+                row["setpoint_ua"],
+                row["measured_ua"],
+                row["voltage_mv"],
+                row["impedance_ohm"],
+                row["charge_uas"],
+            ),
         ]
 
 

@@ -20,8 +20,9 @@ from iontodrive.protocol import (
     StatusFlags,
     StatusReport,
 )
+from iontodrive.protocol.rules import IDLE_STATES, SESSION_STATES
 
-from .probe import SESSION_STATES, Probe, describe
+from .probe import Probe, describe
 from .rule import RuleFailed
 
 SETTLE_DEVICE_S = 1.0  # device time allowed on top of the ramp's own length
@@ -50,7 +51,7 @@ def restore_safe_idle(probe: Probe) -> StatusReport:
             # longest ramp the identity allows before calling it stuck.
             slew = max(1, probe.ident.slew_limit_ua_per_s)
             budget = max(status.setpoint_ua / slew, probe.ident.max_ramp_ms / 1000) + SETTLE_DEVICE_S
-            status = probe.wait_state((DeviceState.IDLE, DeviceState.DONE, DeviceState.FAULT), budget)
+            status = probe.wait_state(IDLE_STATES, budget)
         if status.state == DeviceState.FAULT:
             reply = probe.request(ClearFault())
             if isinstance(reply, Ack):

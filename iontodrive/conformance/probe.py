@@ -85,20 +85,7 @@ OBSERVE_HZ = 100
 MAX_FRAMES_PER_HOST_S = 1000
 RAW_KEEP_BYTES = 4 * 1024 * 1024  # the raw record of one rule stops growing here
 POLL_S = 0.02  # longest single read while waiting (host s)
-
-SESSION_STATES = frozenset(
-    {
-        DeviceState.CONTACT_CHECK,
-        DeviceState.RAMP_UP,
-        DeviceState.HOLD,
-        DeviceState.ADJUST,
-        DeviceState.RAMP_DOWN,
-        DeviceState.PAUSING,
-        DeviceState.PAUSED,
-    }
-)
-OUTPUT_STATES = frozenset({DeviceState.RAMP_UP, DeviceState.HOLD, DeviceState.ADJUST})
-QUIET_STATES = frozenset({DeviceState.IDLE, DeviceState.DONE, DeviceState.PAUSED, DeviceState.FAULT})
+RAMP_SLACK_S = 1.0  # a ramp is waited for 1.5 times its time plus this (device s): ramp_budget_s
 
 
 class ByteLink(Protocol):
@@ -565,9 +552,14 @@ class Probe:
         if not isinstance(reply, Ack):
             raise RuleFailed(f"{describe(start)} was answered by {describe(reply)}, expected Ack")
         if until:
-            budget_s = 1.0 + (start.ramp_up_ms / 1000.0) * 1.5
-            self.wait_state(until, budget_s)
+            self.wait_state(until, ramp_budget_s(start.ramp_up_ms))
         return start
+
+
+def ramp_budget_s(ramp_ms: float, slack_s: float = RAMP_SLACK_S) -> float:
+    """How long (device s) a rule waits for a ramp of ``ramp_ms`` to end before it fails: 1.5 times the
+    ramp's time plus ``slack_s``."""
+    return ramp_ms / 1000 * 1.5 + slack_s
 
 
 def driver_limits(identity: IdentityReport) -> IdentityReport:

@@ -44,6 +44,9 @@ SESSION_STATES: frozenset[DeviceState] = frozenset(
 QUIET_STATES: frozenset[DeviceState] = frozenset({S.IDLE, S.DONE, S.PAUSED, S.FAULT})
 """States whose output is zero once any ramp in progress has ended."""
 RAMPING_DOWN_STATES: frozenset[DeviceState] = frozenset({S.RAMP_DOWN, S.PAUSING})
+"""States ramping the output to zero (to end the session, or to pause it)."""
+IDLE_STATES: frozenset[DeviceState] = frozenset(ALL_STATES) - SESSION_STATES
+"""States in which no session exists (IDLE, DONE, FAULT): a new session may start (FAULT once cleared)."""
 
 
 @dataclass(frozen=True, slots=True)

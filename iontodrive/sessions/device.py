@@ -85,21 +85,20 @@ from iontodrive.protocol import (
     Stop,
     Telemetry,
 )
+from iontodrive.protocol.rules import IDLE_STATES, QUIET_STATES
 from iontodrive.record import RecordWriter, SessionRecord
 from iontodrive.resources import normalise_resource
-from iontodrive.sessions.engine import DEFAULT_SESSION_TELEMETRY_HZ, DeliversSessions, SessionEngine
+from iontodrive.sessions.engine import DeliversSessions, SessionEngine, SessionOptions
 from iontodrive.sessions.guards import OVERCURRENT_FLOOR_UA, OvercurrentGuard
 from iontodrive.sessions.outcome import SessionFacts, decide_outcome
 from iontodrive.sessions.progress import ProgressBuilder
 from iontodrive.sessions.recording import start_to_dict
-from iontodrive.sessions.types import OutputNotConfirmedError, Progress, SessionOutcome
+from iontodrive.sessions.types import OutputNotConfirmedError, SessionOutcome
 from iontodrive.sessions.waiting import wait_interruptibly
 from iontodrive.units import UAS_PER_MA_MIN
 
 logger = logging.getLogger("iontodrive.session")
 
-IDLE_STATES = frozenset({DeviceState.IDLE, DeviceState.DONE, DeviceState.FAULT})
-AT_ZERO_STATES = IDLE_STATES | {DeviceState.PAUSED}
 FAULT_EVENTS = frozenset({EventCode.OVERCURRENT_TRIP, EventCode.HARDWARE_TRIP})
 # Events after which the device has paused the session at zero output by itself.
 DEVICE_PAUSE_EVENTS = frozenset({EventCode.ELECTRODE_LIFT, EventCode.SHORT_CIRCUIT, EventCode.LINK_LOST})
@@ -115,7 +114,7 @@ RECORD_FLUSH_S = 2.0  # the 'starting' and 'started' notes are waited for (fsync
 
 
 def _at_zero(state: DeviceState, setpoint_ua: int, measured_ua: int) -> bool:
-    return state in AT_ZERO_STATES and setpoint_ua == 0 and measured_ua <= OVERCURRENT_FLOOR_UA
+    return state in QUIET_STATES and setpoint_ua == 0 and measured_ua <= OVERCURRENT_FLOOR_UA
 
 
 class DeviceSession(SessionEngine):
@@ -130,16 +129,15 @@ class DeviceSession(SessionEngine):
         self,
         stim: Stimulator,
         prescription: Prescription,
+        options: SessionOptions | None = None,
         *,
-        record_path: str | Path | None = None,
-        labels: dict[str, str] | None = None,
-        on_progress: Callable[[Progress], None] | None = None,
-        on_event: Callable[[Event], None] | None = None,
-        on_alarm: Callable[[str], None] | None = None,
-        telemetry_hz: int | None = DEFAULT_SESSION_TELEMETRY_HZ,
         record_telemetry_hz: float = 10.0,
+        **option_fields: Any,
     ) -> None:
+        # ``option_fields``: the first wave's keyword form (``Session(stim, rx, record_path=...)``).
+        options = options if options is not None else SessionOptions(**option_fields)
         client = stim.client
+        telemetry_hz = options.telemetry_hz
         top_hz = client.identity.max_telemetry_hz
         if telemetry_hz is not None and (
             isinstance(telemetry_hz, bool)
@@ -153,15 +151,7 @@ class DeviceSession(SessionEngine):
                 top_hz,
                 reason=f"must be an integer within the limit of {client.identity.model}",
             )
-        super().__init__(
-            prescription,
-            client.identity,
-            record_path=record_path,
-            labels=labels,
-            on_progress=on_progress,
-            on_event=on_event,
-            on_alarm=on_alarm,
-        )
+        super().__init__(prescription, client.identity, options)
         self._stim = stim
         self._client = client
         self._telemetry_hz = telemetry_hz
@@ -211,9 +201,9 @@ class DeviceSession(SessionEngine):
     # ------------------------------------------------------------------------------------ start
 
     @classmethod
-    def begin(cls, stim: Stimulator, prescription: Prescription, **options: Any) -> DeviceSession:
+    def begin(cls, stim: Stimulator, prescription: Prescription, options: SessionOptions) -> DeviceSession:
         """Check and start a session on ``stim`` (what :meth:`Stimulator.start` does); see there."""
-        session = cls(stim, prescription, **options)
+        session = cls(stim, prescription, options)
         session._begin()
         return session
 
@@ -1009,7 +999,7 @@ class DeviceSession(SessionEngine):
             self._request_end(Stop(), SessionOutcome.CALLBACK_ERROR)
 
 
-class Stimulator(DeliversSessions):
+class Stimulator(DeliversSessions["DeviceSession"]):
     """A connected stimulator that can deliver dose sessions. Open with :meth:`Stimulator.open`.
 
     A Stimulator *has* a :class:`~iontodrive.client.DeviceClient` (:attr:`client`); the device methods
@@ -1160,17 +1150,7 @@ class Stimulator(DeliversSessions):
 
     # ---------------------------------------------------------------------------------- sessions
 
-    def start(
-        self,
-        prescription: Prescription,
-        *,
-        record_path: str | Path | None = None,
-        labels: dict[str, str] | None = None,
-        on_progress: Callable[[Progress], None] | None = None,
-        on_event: Callable[[Event], None] | None = None,
-        on_alarm: Callable[[str], None] | None = None,
-        telemetry_hz: int | None = DEFAULT_SESSION_TELEMETRY_HZ,
-    ) -> DeviceSession:
+    def _begin_session(self, prescription: Prescription, options: SessionOptions) -> DeviceSession:
         """Check and start a session; return its handle at once (the device ramps up by itself).
 
         Raises:
@@ -1179,18 +1159,8 @@ class Stimulator(DeliversSessions):
             LinkError: ``Start`` may have reached the device but could not be confirmed; the device was
                 brought to zero (or its watchdog does it) and the record says what is known.
         """
-        session = DeviceSession.begin(
-            self,
-            prescription,
-            record_path=record_path,
-            labels=labels,
-            on_progress=on_progress,
-            on_event=on_event,
-            on_alarm=on_alarm,
-            telemetry_hz=telemetry_hz,
-        )
+        session = DeviceSession.begin(self, prescription, options)
         self._session = session
-        self._remember(session)
         return session
 
     def ensure_output_zero(self, timeout_s: float) -> None:

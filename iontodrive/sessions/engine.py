@@ -22,7 +22,8 @@ the interrupt-safe wait    :func:`~iontodrive.sessions.waiting.wait_interruptibl
 =========================  ===========================================================================
 
 A source supplies only what differs: how to start, stop, abort, pause, resume and change the current, how
-to wait a step, and how to read back its own account at the end.
+to wait a step, and how to read back its own account at the end. ``start()``'s options are declared once,
+here (:meth:`DeliversSessions.start`), and reach the session as one :class:`SessionOptions`.
 """
 
 from __future__ import annotations
@@ -31,9 +32,10 @@ import logging
 import threading
 from abc import ABC, abstractmethod
 from collections.abc import Callable
-from dataclasses import replace
+from contextlib import AbstractContextManager, nullcontext
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 from iontodrive.protocol import DeviceState, Event
 from iontodrive.sessions.progress import ProgressBuilder, record_alarm
@@ -49,6 +51,20 @@ if TYPE_CHECKING:
 logger = logging.getLogger("iontodrive.session")
 
 DEFAULT_SESSION_TELEMETRY_HZ = 10
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class SessionOptions:
+    """What ``start()`` takes besides the prescription (see :meth:`DeliversSessions.start`), handed from
+    the source to its session in one piece."""
+
+    record_path: str | Path | None = None
+    labels: dict[str, str] | None = None
+    on_progress: Callable[[Progress], None] | None = None
+    on_event: Callable[[Event], None] | None = None
+    on_alarm: Callable[[str], None] | None = None
+    telemetry_hz: int | None = DEFAULT_SESSION_TELEMETRY_HZ
 
 
 def resolve_record_path(record_path: str | Path | None, serial: object) -> Path:
@@ -68,21 +84,16 @@ class SessionEngine:
         self,
         prescription: Prescription,
         identity: IdentityReport,
-        *,
-        record_path: str | Path | None,
-        labels: dict[str, str] | None,
-        on_progress: Callable[[Progress], None] | None,
-        on_event: Callable[[Event], None] | None,
-        on_alarm: Callable[[str], None] | None,
+        options: SessionOptions,
     ) -> None:
         self.prescription = prescription
         self.identity = identity
-        self.labels = dict(labels or {})
+        self.labels = dict(options.labels or {})
         self.warnings: list[str] = []
-        self._on_progress = on_progress
-        self._on_event = on_event
-        self._on_alarm = on_alarm
-        self.record_path = resolve_record_path(record_path, identity.serial_number)
+        self._on_progress = options.on_progress
+        self._on_event = options.on_event
+        self._on_alarm = options.on_alarm
+        self.record_path = resolve_record_path(options.record_path, identity.serial_number)
         self.start_message = prescription.to_start(identity)  # SafetyRefusal before anything is sent
         self._session_id = ""
         self._builder: ProgressBuilder | None = None
@@ -159,11 +170,7 @@ class SessionEngine:
             if self._last_progress is not None:
                 self._last_progress = self._with_alarms(self._last_progress)
             self._changed.notify_all()
-        if self._on_alarm is not None:
-            try:
-                self._on_alarm(text)
-            except Exception as exc:
-                self._callback_failed(exc)
+        self._call_back(self._on_alarm, text, after_error=True)  # an alarm reaches the operator regardless
 
     # --------------------------------------------------------------------------------- progress
 
@@ -180,20 +187,24 @@ class SessionEngine:
         with self._changed:
             self._last_progress = progress
             self._changed.notify_all()
-        if self._on_progress is not None and self._callback_error is None:
-            try:
-                self._on_progress(progress)
-            except Exception as exc:
-                self._callback_failed(exc)
+        self._call_back(self._on_progress, progress)
 
     def _publish_event(self, event: Event) -> None:
-        if self._on_event is not None and self._callback_error is None:
-            try:
-                self._on_event(event)
-            except Exception as exc:
-                self._callback_failed(exc)
+        self._call_back(self._on_event, event)
 
     # ----------------------------------------------------------------------------- callback errors
+
+    def _call_back(
+        self, callback: Callable[[T], None] | None, value: T, *, after_error: bool = False
+    ) -> None:
+        """Give ``value`` to a user callback (if any); an exception from it ends the session
+        (:meth:`_callback_failed`). After the first callback error only ``after_error`` calls still go out."""
+        if callback is None or (self._callback_error is not None and not after_error):
+            return
+        try:
+            callback(value)
+        except Exception as exc:
+            self._callback_failed(exc)
 
     def _callback_failed(self, exc: BaseException) -> None:
         logger.error("session callback raised %r: ramping down", exc)
@@ -272,10 +283,12 @@ class SessionEngine:
         return account
 
 
-class DeliversSessions(ABC):
-    """``deliver()`` for every source whose ``start()`` returns a session handle with ``wait()``."""
+SessionT = TypeVar("SessionT", bound=SessionHandle)
 
-    @abstractmethod
+
+class DeliversSessions(ABC, Generic[SessionT]):
+    """``start()`` and ``deliver()`` for every source; a source supplies :meth:`_begin_session`."""
+
     def start(
         self,
         prescription: Prescription,
@@ -286,8 +299,39 @@ class DeliversSessions(ABC):
         on_event: Callable[[Event], None] | None = None,
         on_alarm: Callable[[str], None] | None = None,
         telemetry_hz: int | None = DEFAULT_SESSION_TELEMETRY_HZ,
-    ) -> SessionHandle:
-        """Check and start a session; return its handle."""
+    ) -> SessionT:
+        """Check and start a session; return its handle at once (the output then ramps up by itself).
+
+        ``record_path``: the session record to write (default: a new file from
+        :func:`iontodrive.record.default_record_path`); ``labels``: operator labels stored in it;
+        ``on_progress`` / ``on_event`` / ``on_alarm``: callbacks (an exception in one ends the session
+        with a ramp-down and is re-raised by ``wait()``); ``telemetry_hz``: the telemetry rate during the
+        session (device-time Hz, within the source's limit; None keeps the source's).
+
+        Raises:
+            SafetyRefusal: the prescription, the options or the contact check failed the driver's checks,
+                or the source is busy; nothing was started.
+            DeviceRefusal / InstrumentError: the device or instrument refused; nothing changed.
+            LinkError: the start may have reached the source but could not be confirmed; the output was
+                brought to zero (or the device's watchdog does it) and the record says what is known.
+        """
+        session = self._begin_session(
+            prescription,
+            SessionOptions(
+                record_path=record_path,
+                labels=labels,
+                on_progress=on_progress,
+                on_event=on_event,
+                on_alarm=on_alarm,
+                telemetry_hz=telemetry_hz,
+            ),
+        )
+        self._last_session = session
+        return session
+
+    @abstractmethod
+    def _begin_session(self, prescription: Prescription, options: SessionOptions) -> SessionT:
+        """Check and start a session on this source (what :meth:`start` does); return its handle."""
 
     def deliver(
         self,
@@ -299,10 +343,15 @@ class DeliversSessions(ABC):
         on_event: Callable[[Event], None] | None = None,
         on_alarm: Callable[[str], None] | None = None,
         telemetry_hz: int | None = DEFAULT_SESSION_TELEMETRY_HZ,
+        while_running: Callable[[SessionT], AbstractContextManager[object]] | None = None,
     ) -> SessionRecord:
         """Run a whole session and return its record. Ctrl-C and SIGTERM ramp down before raising.
 
-        Raises what ``start()`` and the session's ``wait()`` raise.
+        ``while_running(session)``, when given, is entered once the session has started and exited when
+        ``wait()`` returns or raises: what a caller runs alongside the session with its handle (the CLI's
+        operator keys, :mod:`iontodrive.cli.keys`). Raises what ``start()`` and the session's ``wait()``
+        raise. An error while entering ``while_running`` propagates before ``wait()``; the session is then
+        still running and ``close()`` ramps it down (S16), as for any error around a started session.
         """
         with sigterm_as_exception():
             session = self.start(
@@ -314,15 +363,12 @@ class DeliversSessions(ABC):
                 on_alarm=on_alarm,
                 telemetry_hz=telemetry_hz,
             )
-            self._last_session = session
-            return session.wait()
+            with nullcontext() if while_running is None else while_running(session):
+                return session.wait()
 
-    _last_session: SessionHandle | None = None
+    _last_session: SessionT | None = None
 
     @property
-    def last_session(self) -> SessionHandle | None:
+    def last_session(self) -> SessionT | None:
         """The last session started on this source by ``start()`` or ``deliver()`` (or None)."""
         return self._last_session
-
-    def _remember(self, session: SessionHandle) -> None:
-        self._last_session = session

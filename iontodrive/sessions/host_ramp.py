@@ -45,6 +45,7 @@ from typing import Any
 from iontodrive.errors import DeviceFault
 from iontodrive.protocol import OPEN_CIRCUIT_OHM, DeviceState, EventCode, StatusFlags
 from iontodrive.protocol.messages import Start
+from iontodrive.protocol.rules import OUTPUT_STATES, RAMPING_DOWN_STATES
 from iontodrive.ramp import RampPlan, SetpointStream
 from iontodrive.sessions.guards import OvercurrentGuard
 from iontodrive.sessions.types import SessionOutcome
@@ -70,8 +71,8 @@ OVERRUN_STALL_S = 2.0  # guard: abort if a ramp-down sends nothing for 2 s
 TICK_EMA_WEIGHT = 0.05  # weight of the newest interval in the running mean of the tick period
 LEVEL_ZERO_UA = 1e-3  # a read-back level at or below this magnitude is zero (1 nA)
 
-ACTIVE_STATES = frozenset({DeviceState.RAMP_UP, DeviceState.HOLD, DeviceState.ADJUST})
-OUTPUT_STATES = ACTIVE_STATES | {DeviceState.RAMP_DOWN, DeviceState.PAUSING}
+ACTIVE_STATES = OUTPUT_STATES  # the protocol's: a non-zero set-point the session means to keep
+OUTPUT_ON_STATES = OUTPUT_STATES | RAMPING_DOWN_STATES  # output on, including a ramp to zero
 COUNTING_STATES = ACTIVE_STATES | {DeviceState.RAMP_DOWN}  # time-based sessions count these
 
 
@@ -281,7 +282,7 @@ class HostRampController:
 
     def _check_safety(self, t: float) -> None:
         state = self.state
-        if state not in OUTPUT_STATES:
+        if state not in OUTPUT_ON_STATES:
             self.guard.count = self._low_count = 0
             self._impedance_window.clear()
             self._compliance_since = self._recovery_since = None
@@ -324,7 +325,7 @@ class HostRampController:
                 return
 
         # S5 resistance limit
-        if state in (DeviceState.RAMP_DOWN, DeviceState.PAUSING):
+        if state in RAMPING_DOWN_STATES:
             self._compliance_since = self._recovery_since = None
             return
         at_compliance = abs(v_mv) >= COMPLIANCE_FRACTION * self.compliance_mv
@@ -620,7 +621,7 @@ class HostRampController:
         if state is previous:
             return
         self.state = state
-        on = state in OUTPUT_STATES or (state is DeviceState.PAUSED)
+        on = state in OUTPUT_ON_STATES or (state is DeviceState.PAUSED)
         self.flags = (self.flags | StatusFlags.OUTPUT_ON) if on else (self.flags & ~StatusFlags.OUTPUT_ON)
         if state is DeviceState.DONE:
             self.flags &= ~StatusFlags.SESSION_ACTIVE

@@ -25,8 +25,9 @@ from __future__ import annotations
 from collections import deque
 from dataclasses import dataclass, field
 
-from iontodrive.protocol import OPEN_CIRCUIT_OHM, DeviceState, StatusFlags, Telemetry, Waveform
+from iontodrive.protocol import OPEN_CIRCUIT_OHM, StatusFlags, Telemetry, Waveform
 from iontodrive.protocol.messages import Start
+from iontodrive.protocol.rules import RAMPING_DOWN_STATES
 from iontodrive.sessions.types import Progress
 from iontodrive.units import UAS_PER_MA_MIN
 
@@ -38,7 +39,6 @@ FLAG_ALARMS: tuple[tuple[StatusFlags, str], ...] = (
     (StatusFlags.LINK_LOST, "LINK LOST"),
     (StatusFlags.RESISTANCE_LIMIT, "RESISTANCE LIMIT"),
 )
-RAMP_DOWN_STATES = frozenset({DeviceState.RAMP_DOWN, DeviceState.PAUSING})
 AVERAGE_WINDOW_S = 0.5  # pulsed DC: the average current is the charge rate over at least this long
 
 
@@ -113,7 +113,7 @@ class ProgressBuilder:
         if completed:
             fraction, time_left = 1.0, 0.0
         ramp_down_left: float | None = None
-        if state in RAMP_DOWN_STATES:
+        if state in RAMPING_DOWN_STATES:
             if aborting or not start.ramp_down_ms:
                 rate = float(self.slew_limit_ua_per_s)
             else:

@@ -49,9 +49,7 @@ import math
 import queue
 import threading
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from iontodrive.errors import IontodriveError, LinkError, LinkLostError, SafetyRefusal, SessionInterrupted
@@ -66,7 +64,7 @@ from iontodrive.protocol import (
     Telemetry,
 )
 from iontodrive.record import SessionRecord
-from iontodrive.sessions.engine import SessionEngine
+from iontodrive.sessions.engine import SessionEngine, SessionOptions
 from iontodrive.sessions.host_ramp import (
     ArmFallback,
     DisarmFallback,
@@ -78,7 +76,7 @@ from iontodrive.sessions.host_ramp import (
 from iontodrive.sessions.outcome import SessionFacts, decide_outcome
 from iontodrive.sessions.progress import ProgressBuilder
 from iontodrive.sessions.recording import start_to_dict
-from iontodrive.sessions.types import Progress, SessionOutcome
+from iontodrive.sessions.types import SessionOutcome
 from iontodrive.sessions.waiting import wait_interruptibly
 from iontodrive.units import UAS_PER_MA_MIN
 
@@ -91,7 +89,6 @@ LEVEL_ZERO_A = 1e-9  # a read-back level at or below this magnitude is zero (1 n
 PROBE_UA = 50  # S3: contact check with at most 50 µA
 PROBE_READINGS = 3
 PROBE_OPEN_FRACTION = 0.1  # probe current below 10 % of the probe: open circuit
-DEFAULT_TELEMETRY_HZ = 10
 REQUEST_TIMEOUT_S = 30.0
 FINISH_MARGIN_S = 10.0
 
@@ -118,24 +115,12 @@ class VisaSession(SessionEngine):
         self,
         source: VisaSource,
         prescription: Prescription,
+        options: SessionOptions,
         *,
-        record_path: str | Path | None = None,
-        labels: dict[str, str] | None = None,
-        on_progress: Callable[[Progress], None] | None = None,
-        on_event: Callable[[Event], None] | None = None,
-        on_alarm: Callable[[str], None] | None = None,
-        telemetry_hz: float | None = DEFAULT_TELEMETRY_HZ,
         session_id: int = 0,
     ) -> None:
-        super().__init__(
-            prescription,
-            source.identity,
-            record_path=record_path,
-            labels=labels,
-            on_progress=on_progress,
-            on_event=on_event,
-            on_alarm=on_alarm,
-        )
+        super().__init__(prescription, source.identity, options)
+        telemetry_hz = options.telemetry_hz
         self._source = source
         self._smu = source.instrument
         self._clock = source.clock
@@ -199,9 +184,11 @@ class VisaSession(SessionEngine):
     # --------------------------------------------------------------------------------------- begin
 
     @classmethod
-    def begin(cls, source: VisaSource, prescription: Prescription, **options: Any) -> VisaSession:
+    def begin(
+        cls, source: VisaSource, prescription: Prescription, options: SessionOptions, *, session_id: int
+    ) -> VisaSession:
         """Check, configure and start a session on ``source`` (what :meth:`VisaSource.start` does)."""
-        session = cls(source, prescription, **options)
+        session = cls(source, prescription, options, session_id=session_id)
         session._begin()
         return session
 

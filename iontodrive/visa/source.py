@@ -37,21 +37,19 @@ import logging
 import os
 import threading
 from collections.abc import Callable
-from pathlib import Path
 from types import TracebackType
 from typing import Any, Self, cast
 
 from iontodrive.errors import LinkClosedError, SafetyRefusal
 from iontodrive.prescription import Prescription
-from iontodrive.protocol import Event, IdentityReport, WaveformSet
+from iontodrive.protocol import IdentityReport, WaveformSet
 from iontodrive.resources import normalise_resource
-from iontodrive.sessions.engine import DeliversSessions
-from iontodrive.sessions.types import Progress
+from iontodrive.sessions.engine import DeliversSessions, SessionOptions
 from iontodrive.units import require_real
 from iontodrive.visa.clock import Clock, RealClock, ScaledClock
 from iontodrive.visa.drivers import connect
 from iontodrive.visa.instrument import DEFAULT_TIMEOUT_S, CommandRecorder, VisaResource
-from iontodrive.visa.session import DEFAULT_TELEMETRY_HZ, LEVEL_ZERO_A, VisaSession
+from iontodrive.visa.session import LEVEL_ZERO_A, VisaSession
 from iontodrive.visa.simload import DEFAULT_LOAD_OHM, SimulatedLoad
 from iontodrive.visa.smu import SourceMeter
 
@@ -78,7 +76,7 @@ NO_WATCHDOG_WARNING = (
 )
 
 
-class VisaSource(DeliversSessions):
+class VisaSource(DeliversSessions["VisaSession"]):
     """A bench source-meter that runs host-ramped dose sessions. Open with :meth:`open`.
 
     Example::
@@ -285,17 +283,7 @@ class VisaSource(DeliversSessions):
 
     # ------------------------------------------------------------------------------------ sessions
 
-    def start(
-        self,
-        prescription: Prescription,
-        *,
-        record_path: str | Path | None = None,
-        labels: dict[str, str] | None = None,
-        on_progress: Callable[[Progress], None] | None = None,
-        on_event: Callable[[Event], None] | None = None,
-        on_alarm: Callable[[str], None] | None = None,
-        telemetry_hz: int | None = DEFAULT_TELEMETRY_HZ,
-    ) -> VisaSession:
+    def _begin_session(self, prescription: Prescription, options: SessionOptions) -> VisaSession:
         """Check, configure and start a session; return its handle once the ramp-up has begun.
 
         Raises:
@@ -309,19 +297,8 @@ class VisaSource(DeliversSessions):
             if self._session is not None and not self._session.finished:
                 raise SafetyRefusal("state", "busy", reason="a session is already running on this source")
             self._sessions_started += 1
-            session = VisaSession.begin(
-                self,
-                prescription,
-                record_path=record_path,
-                labels=labels,
-                on_progress=on_progress,
-                on_event=on_event,
-                on_alarm=on_alarm,
-                telemetry_hz=telemetry_hz,
-                session_id=self._sessions_started,
-            )
+            session = VisaSession.begin(self, prescription, options, session_id=self._sessions_started)
             self._session = session
-        self._remember(session)
         return session
 
     @property

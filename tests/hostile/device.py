@@ -50,20 +50,11 @@ from iontodrive.protocol import (
     Telemetry,
     encode,
 )
+from iontodrive.protocol.rules import OUTPUT_STATES, SESSION_STATES
 
 EVENT_RING_SIZE = 256  # as the firmware's ring (firmware_sim/firmware.py)
 UINT32_MAX = 0xFFFF_FFFF
 FLOOD_CHUNK = 256  # frames a flood writes between two looks at the host's requests
-_ACTIVE = frozenset(
-    {
-        DeviceState.RAMP_UP,
-        DeviceState.HOLD,
-        DeviceState.ADJUST,
-        DeviceState.RAMP_DOWN,
-        DeviceState.PAUSING,
-        DeviceState.PAUSED,
-    }
-)
 
 
 def lying_identity(model: str = "clinic-4", **limits: Any) -> IdentityReport:
@@ -456,7 +447,7 @@ class HostileDevice:
             self._emit(EventCode.SETPOINT_CHANGED, request.target_current_ua)
             return ack
         if isinstance(request, (Stop, Abort, Pause)):
-            if self.state not in _ACTIVE:
+            if self.state not in SESSION_STATES:
                 return [self._nack(seq, request)]
             if isinstance(request, Abort):
                 self._rate_ua_per_s = float(max(1, self.identity.slew_limit_ua_per_s))
@@ -523,9 +514,9 @@ class HostileDevice:
         dt_s = dt_ms / 1000.0
         if self.self_raised_ua is not None:
             self.setpoint_ua = float(self.self_raised_ua)
-            if self.state not in _ACTIVE or self.state in (DeviceState.PAUSED,):
+            if self.state not in SESSION_STATES or self.state in (DeviceState.PAUSED,):
                 self._set_state(DeviceState.HOLD)
-        elif self.state in (DeviceState.RAMP_UP, DeviceState.ADJUST, DeviceState.HOLD):
+        elif self.state in OUTPUT_STATES:
             self.setpoint_ua = _toward(self.setpoint_ua, self.target_ua, self._rate_ua_per_s * dt_s)
             if self.setpoint_ua == self.target_ua and self.state is not DeviceState.HOLD:
                 self._set_state(DeviceState.HOLD)
@@ -541,7 +532,7 @@ class HostileDevice:
                     self._emit(EventCode.SESSION_ENDED, int(self.charge_uas))
                     self._end_code = EventCode.SESSION_ENDED
         self.measured_ua = round(self.setpoint_ua)
-        if self.state in _ACTIVE:
+        if self.state in SESSION_STATES:
             self.charge_uas += self.measured_ua * dt_s
             self._session_ms += dt_ms
             self._maybe_end()
@@ -568,7 +559,7 @@ class HostileDevice:
         flags = StatusFlags.CONTACT_OK
         if self.measured_ua:
             flags |= StatusFlags.OUTPUT_ON
-        if self.state in _ACTIVE:
+        if self.state in SESSION_STATES:
             flags |= StatusFlags.SESSION_ACTIVE
             if self._start is not None and self._start.dose_uas:
                 flags |= StatusFlags.DOSE_BASED

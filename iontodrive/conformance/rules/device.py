@@ -28,7 +28,7 @@ from iontodrive.protocol import (
     Stop,
 )
 
-from ..probe import Probe, describe
+from ..probe import Probe, describe, ramp_budget_s
 from ..rule import Rule, RuleFailed, expect, rule
 from .ramps import observe, samples
 
@@ -182,9 +182,9 @@ def _reaction(probe: Probe, message: Message) -> list[Event]:
 def events_state_after(probe: Probe) -> str:
     start = probe.session_request()
     reactions = [_reaction(probe, start)]
-    probe.wait_state((S.HOLD,), start.ramp_up_ms / 1000 * 1.5 + 1)
+    probe.wait_state((S.HOLD,), ramp_budget_s(start.ramp_up_ms))
     reactions.append(_reaction(probe, Pause()))
-    probe.wait_state((S.PAUSED,), start.ramp_down_ms / 1000 * 1.5 + 1)
+    probe.wait_state((S.PAUSED,), ramp_budget_s(start.ramp_down_ms))
     reactions.append(_reaction(probe, Stop()))
     caused = {e.event_no for group in reactions for e in group}
     own: dict[int, list[Event]] = {}
@@ -346,7 +346,7 @@ def dose_small(probe: Probe) -> str:
     dose = max(1, int(target * ramp / 1000 / 4))  # a quarter of what the two ramps alone would deliver
     observe(probe)
     probe.start(Start(target, dose, 0, ramp, ramp, probe.session_request().polarity), until=())
-    status = probe.wait_state((S.DONE,), 2 * ramp / 1000 * 1.5 + 2)
+    status = probe.wait_state((S.DONE,), ramp_budget_s(2 * ramp, slack_s=2))
     error = abs(status.charge_uas - dose) / dose
     peak = max((s.setpoint_ua for s in samples(probe)), default=0)
     expect(

@@ -28,7 +28,7 @@ from iontodrive.protocol import (
     Stop,
 )
 
-from ..probe import Probe, describe
+from ..probe import Probe, describe, ramp_budget_s
 from ..rule import Rule, RuleFailed, expect, rule
 from .ramps import observe
 
@@ -138,7 +138,7 @@ def host_cache_start(probe: Probe) -> str:
     observe(probe)
     start = probe.session_request()
     seq_start, seq_stop = probe.next_seq(), probe.next_seq()
-    up, down = start.ramp_up_ms / 1000 * 1.5 + 1, start.ramp_down_ms / 1000 * 1.5 + 1
+    up, down = ramp_budget_s(start.ramp_up_ms), ramp_budget_s(start.ramp_down_ms)
     reply = probe.request(start, seq_start)
     expect(isinstance(reply, Ack), f"Start answered {describe(reply)}")
     probe.await_telemetry_state((S.HOLD,), up)
@@ -178,7 +178,7 @@ def host_cache_start(probe: Probe) -> str:
 def safety_always(probe: Probe) -> str:
     observe(probe)
     start = probe.session_request()
-    up, down = start.ramp_up_ms / 1000 * 1.5 + 1, start.ramp_down_ms / 1000 * 1.5 + 1
+    up, down = ramp_budget_s(start.ramp_up_ms), ramp_budget_s(start.ramp_down_ms)
     notes = []
     for command in sorted(SAFETY_REQUESTS, key=lambda cls: cls.TYPE):
         message = command()

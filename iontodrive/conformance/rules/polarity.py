@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from iontodrive.protocol import DeviceState, ErrorCode, Field, Nack, Polarity, StatusFlags, Stop
 
-from ..probe import Probe, describe
+from ..probe import Probe, describe, ramp_budget_s
 from ..rule import Rule, RuleFailed, expect, rule
 from .ramps import HOLD_OBSERVE_DEVICE_S, observe, samples
 
@@ -65,7 +65,7 @@ def polarity_session(probe: Probe) -> str:
     observe(probe)
     first = probe.start(probe.session_request(polarity=Polarity.CATHODE))
     probe.ack(Stop())
-    probe.wait_state((S.DONE,), first.ramp_down_ms / 1000 * 1.5 + 1)
+    probe.wait_state((S.DONE,), ramp_budget_s(first.ramp_down_ms))
     wrong = _output_samples_with_other_polarity(probe, Polarity.CATHODE)
     expect(not wrong, f"first session (CATHODE): {'; '.join(wrong[:3])}")
     mark = len(probe.telemetry)

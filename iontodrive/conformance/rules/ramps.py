@@ -25,7 +25,7 @@ from iontodrive.protocol import (
 )
 
 from ..observe import ROUNDING_UA, in_states, length_ok, period_s, ramp_span, worst_jump
-from ..probe import Probe
+from ..probe import Probe, ramp_budget_s
 from ..rule import Rule, expect, rule
 
 S = DeviceState
@@ -125,7 +125,7 @@ def ramp_stop(probe: Probe) -> str:
     start = probe.start()
     probe.wait(probe.host_s(HOLD_OBSERVE_DEVICE_S))
     probe.ack(Stop())
-    probe.wait_state((S.DONE,), start.ramp_down_ms / 1000 * 1.5 + 1)
+    probe.wait_state((S.DONE,), ramp_budget_s(start.ramp_down_ms))
     probe.wait(probe.host_s(HOLD_OBSERVE_DEVICE_S))
     seen = samples(probe)
     rate = start.target_current_ua * 1000 / start.ramp_down_ms
@@ -179,7 +179,7 @@ def ramp_setcurrent(probe: Probe) -> str:
     new = max(1, start.target_current_ua // 2)
     ramp_ms = probe.drive.min_ramp_ms
     probe.ack(SetCurrent(new, ramp_ms))
-    probe.wait_state((S.HOLD,), ramp_ms / 1000 * 1.5 + 1)
+    probe.wait_state((S.HOLD,), ramp_budget_s(ramp_ms))
     probe.wait(probe.host_s(HOLD_OBSERVE_DEVICE_S))
     seen = samples(probe)
     after = [s for s in seen if s.state in (S.ADJUST, S.HOLD)]
@@ -206,7 +206,7 @@ def ramp_pause_resume(probe: Probe) -> str:
     start = probe.start()
     probe.wait(probe.host_s(HOLD_OBSERVE_DEVICE_S))
     probe.ack(Pause())
-    paused = probe.wait_state((S.PAUSED,), start.ramp_down_ms / 1000 * 1.5 + 1)
+    paused = probe.wait_state((S.PAUSED,), ramp_budget_s(start.ramp_down_ms))
     charge_paused = paused.charge_uas
     expect(charge_paused > 0, "PAUSED with charge_uas 0: the delivered dose was not kept")
     expect(
@@ -224,7 +224,7 @@ def ramp_pause_resume(probe: Probe) -> str:
     note = check_ramp(seen_pause, S.PAUSING, rate, start.ramp_down_ms / 1000, "pause ramp")
     mark = len(probe.telemetry)
     probe.ack(Resume())
-    probe.wait_state((S.HOLD,), start.ramp_up_ms / 1000 * 1.5 + 2)
+    probe.wait_state((S.HOLD,), ramp_budget_s(start.ramp_up_ms, slack_s=2))
     resumed = samples(probe)[mark:]
     states = [s.state for s in resumed]
     expect(S.CONTACT_CHECK in states, "Resume went to RAMP_UP without a contact check (S7)")

@@ -44,7 +44,7 @@ from iontodrive.protocol import (
 from iontodrive.protocol.rules import RULES as TABLE
 from iontodrive.protocol.rules import Rule as Cell
 
-from ..probe import Probe, describe
+from ..probe import Probe, describe, ramp_budget_s
 from ..rule import Rule, RuleFailed, expect, rule
 
 S = DeviceState
@@ -140,7 +140,7 @@ def reach(probe: Probe, state: DeviceState) -> StatusReport:
     if state == S.PAUSED:
         probe.start(fast)
         probe.ack(Pause())
-        return probe.wait_state((S.PAUSED,), fast.ramp_down_ms / 1000 * 1.5 + 1)
+        return probe.wait_state((S.PAUSED,), ramp_budget_s(fast.ramp_down_ms))
     raise RuleFailed(f"the suite cannot reach {state.name}")
 
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 from iontodrive.protocol import DeviceState, EventCode, SetWatchdog, StatusFlags
 
 from .. import frames
-from ..probe import Probe
+from ..probe import Probe, ramp_budget_s
 from ..rule import Rule, expect, rule
 from .ramps import check_ramp, observe, samples
 
@@ -69,7 +69,7 @@ def _silence_and_judge(probe: Probe, timeout_ms: int, *, spoil: bool) -> str:
         f"LINK_LOST {after * 1000:.0f} ms after the last request; timeout {timeout_ms} ms "
         f"(+{late * 1000:.0f} ms allowed)",
     )
-    status = probe.wait_state((S.PAUSED,), start_req.ramp_down_ms / 1000 * 1.5 + 1)
+    status = probe.wait_state((S.PAUSED,), ramp_budget_s(start_req.ramp_down_ms))
     expect(bool(status.flags & StatusFlags.LINK_LOST), f"PAUSED without the LINK_LOST flag: {status.flags!r}")
     expect(status.charge_uas > 0, "the dose was not kept after the watchdog paused the session")
     seen = samples(probe)
