@@ -15,12 +15,18 @@ its pty, sends ``ConfigureTelemetry(5000)`` and keeps it running for ``--seconds
 its own writer thread, fsync'd as in sessions) from a telemetry listener, and counts the samples the record
 lost among the losses (issue 18: the target holds with durable records on).
 
+``--session`` runs the same measurement *inside a session*: a time-based dose session at the same telemetry
+rate, with its durable record (h18r's writer: header, events, notes and summary fsync'd, telemetry recorded
+at 10 Hz), the session engine's safety listeners, progress building per sample and a progress callback -
+the whole driver as ``deliver`` runs it (issue 18).
+
 Targets (issue 4): zero samples lost and under 50 % of one core; the bench also requires the achieved
 rate to be within 2 % of the configured one (otherwise "zero lost" would prove nothing). Prints PASS/FAIL
 and exits 1 on FAIL unless ``--no-check``.
 
     .venv/bin/python bench/telemetry.py                  # 60 s
     .venv/bin/python bench/telemetry.py --quick --no-check
+    .venv/bin/python bench/telemetry.py --session          # 60 s inside a session, durable record
 """
 
 from __future__ import annotations
@@ -38,7 +44,7 @@ from pathlib import Path
 
 from _pty_baselines import SimulatorProcess, verdict
 
-from iontodrive import Stimulator
+from iontodrive import Prescription, Stimulator
 from iontodrive.protocol import Telemetry
 from iontodrive.record import RecordWriter, SessionRecord, identity_to_dict
 
@@ -110,6 +116,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--record", action="store_true", help="also write every sample to a durable session record"
     )
     parser.add_argument("--quick", action="store_true", help="3-second run for smoke tests")
+    parser.add_argument(
+        "--session",
+        action="store_true",
+        help="measure inside a time-based session with its durable record (the whole driver)",
+    )
     parser.add_argument("--no-check", action="store_true", help="always exit 0 (report only)")
     args = parser.parse_args(argv)
     if args.seconds is None:
@@ -140,7 +151,26 @@ def main(argv: list[str] | None = None) -> int:
                 )
                 stim.add_telemetry_listener(writer.telemetry)
             stats = stim.stats
-            stim.configure_telemetry(args.rate)
+            session = None
+            if args.session:
+                session_dir = Path(tempfile.mkdtemp(prefix="bench-telemetry-session-"))
+                long_enough = WARMUP_S + args.seconds + DRAIN_S + 60.0
+                prescription = Prescription(
+                    current_ma=1.0, duration_s=long_enough, ramp_up_s=5, ramp_down_s=5, polarity="cathode"
+                )
+                progress_seen = [0]
+
+                def on_progress(_p: object) -> None:
+                    progress_seen[0] += 1
+
+                session = stim.start(
+                    prescription,
+                    record_path=session_dir / "bench.jsonl",
+                    on_progress=on_progress,
+                    telemetry_hz=args.rate,
+                )
+            else:
+                stim.configure_telemetry(args.rate)
             time.sleep(WARMUP_S)
 
             wall0, cpu0, sim_cpu0 = time.perf_counter(), cpu_seconds(), sim.cpu_seconds()
@@ -149,6 +179,10 @@ def main(argv: list[str] | None = None) -> int:
             wall1, cpu1, sim_cpu1 = time.perf_counter(), cpu_seconds(), sim.cpu_seconds()
             count1, sample1 = check.snapshot()
 
+            if session is not None:
+                session.abort()  # ramps down at the slew limit (a fast ramp, never a step)
+                session.wait(timeout_s=60)
+                print(f"session: {progress_seen[0]} progress callbacks; record {session.record_path}")
             stim.configure_telemetry(0)
             time.sleep(DRAIN_S)  # let the dispatcher deliver what is still queued
             client_received, client_lost = stats.telemetry_received, stats.telemetry_lost

@@ -2,8 +2,12 @@
 
 Layers, each depending only on those before it: :mod:`iontodrive.protocol` (sans-I/O wire protocol),
 :mod:`iontodrive.link` (pyserial URLs), :mod:`iontodrive.client` (requests, telemetry, events),
-:mod:`iontodrive.ramp` and :mod:`iontodrive.prescription` (planning and checks), :mod:`iontodrive.session`
-(dose sessions and :class:`Stimulator`), :mod:`iontodrive.record` (session records) and the command line.
+:mod:`iontodrive.ramp` and :mod:`iontodrive.prescription` (planning and checks), :mod:`iontodrive.sessions`
+(one session engine for every source; :class:`Stimulator`), :mod:`iontodrive.record` (session records),
+:mod:`iontodrive.source` (:func:`open_source`, one factory over a table of backends) and the command line.
+
+``sim://`` resources work as soon as this package is imported: :func:`open_source` and
+:meth:`Stimulator.open` register the simulator's URL handler on first use (:mod:`iontodrive.resources`).
 
 Quick use::
 
@@ -37,8 +41,19 @@ if TYPE_CHECKING:
     from iontodrive.prescription import Prescription
     from iontodrive.protocol import DeviceState, Polarity, Waveform
     from iontodrive.record import SessionRecord
-    from iontodrive.session import Progress, Session, SessionOutcome, Stimulator
-    from iontodrive.source import CurrentSource, SessionHandle, open_source
+    from iontodrive.resources import InvalidResourceError
+    from iontodrive.sessions.device import DeviceSession, Stimulator
+    from iontodrive.sessions.types import (
+        CurrentSource,
+        OutputNotConfirmedError,
+        Progress,
+        SessionAccount,
+        SessionHandle,
+        SessionOutcome,
+    )
+    from iontodrive.source import open_source
+
+    Session = DeviceSession
 
 # Exports are loaded on first use (PEP 562), so ``import iontodrive.protocol`` stays light: the firmware
 # simulator imports only the protocol and must not pull in the driver, numpy planning or pyserial.
@@ -61,8 +76,18 @@ _EXPORTS = {
     "iontodrive.prescription": ("Prescription",),
     "iontodrive.protocol": ("DeviceState", "Polarity", "Waveform"),
     "iontodrive.record": ("SessionRecord",),
-    "iontodrive.session": ("Progress", "Session", "SessionOutcome", "Stimulator"),
-    "iontodrive.source": ("CurrentSource", "SessionHandle", "open_source"),
+    "iontodrive.resources": ("InvalidResourceError",),
+    "iontodrive.sessions.device": ("DeviceSession", "Stimulator"),
+    "iontodrive.sessions.types": (
+        "CurrentSource",
+        "OutputNotConfirmedError",
+        "Progress",
+        "SessionAccount",
+        "SessionHandle",
+        "SessionOutcome",
+    ),
+    "iontodrive.session": ("Session",),
+    "iontodrive.source": ("open_source",),
 }
 _MODULE_OF = {name: module for module, names in _EXPORTS.items() for name in names}
 
@@ -82,14 +107,17 @@ __all__ = [
     "CurrentSource",
     "DeviceFault",
     "DeviceRefusal",
+    "DeviceSession",
     "DeviceState",
     "IncompatibleDeviceError",
+    "InvalidResourceError",
     "IontodriveError",
     "LinkClosedError",
     "LinkError",
     "LinkLostError",
     "LinkTimeoutError",
     "LocalProtocolError",
+    "OutputNotConfirmedError",
     "Polarity",
     "Prescription",
     "Progress",
@@ -97,6 +125,7 @@ __all__ = [
     "RemoteProtocolError",
     "SafetyRefusal",
     "Session",
+    "SessionAccount",
     "SessionHandle",
     "SessionInterrupted",
     "SessionOutcome",

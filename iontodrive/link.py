@@ -70,7 +70,9 @@ class SerialLink:
         # A POSIX port or pty is read and written through its (non-blocking) file descriptor directly:
         # pyserial's read costs a select, an ioctl and a 1-byte read per frame, its write a select after
         # every write. Other pyserial ports (socket://, loop://, sim://) go through pyserial.
-        self._posix = _PosixSerial is not None and isinstance(port, _PosixSerial)
+        # Exactly a POSIX Serial: a subclass such as pyserial's spy:// wrapper overrides read/write (to log,
+        # to alter) and must be used through them, as pyserial documents it (h18, issue 17 item 4).
+        self._posix = _PosixSerial is not None and type(port) is _PosixSerial
         timeout = port.timeout
         self._read_timeout_s = DEFAULT_READ_TIMEOUT_S if timeout is None else float(timeout)
         self._wake_r = self._wake_w = -1

@@ -293,8 +293,10 @@ class SessionPlan:
 def _fraction_integral(profile: RampProfile, u: np.ndarray) -> np.ndarray:
     """∫₀ᵘ profile_fraction(v) dv for u in [0, 1] (the normalised charge of a 0→1 ramp up to ``u``)."""
     if profile is RampProfile.LINEAR:
-        return 0.5 * u * u
-    return 0.5 * (u - np.sin(np.pi * u) / np.pi)
+        linear: np.ndarray = 0.5 * u * u
+        return linear
+    sine: np.ndarray = 0.5 * (u - np.sin(np.pi * u) / np.pi)
+    return sine
 
 
 def predict_session(

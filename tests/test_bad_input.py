@@ -397,7 +397,7 @@ def test_deliver_refuses_bad_options_naming_them_and_starts_nothing(
         (["info", "sim://clinic-4?speed=nan"], exitcodes.LINK_ERROR, "speed"),
         (["info", "sim://clinic-4?bogus=1"], exitcodes.LINK_ERROR, "bogus"),
         (["info", "GPIB0::31::INSTR"], exitcodes.REFUSED, "resource"),
-        (["info", ""], exitcodes.LINK_ERROR, "cannot open ''"),
+        (["info", ""], exitcodes.REFUSED, "resource = '' refused: empty resource string"),
         (["presets", "no-such-preset"], exitcodes.USAGE, "no-such-preset"),
     ],
 )

@@ -85,6 +85,7 @@ def settled(trace_path: Path) -> Trace:
 def test_dose_session_with_json_result_record_and_labels(sim: tuple[str, Path], tmp_path: Path) -> None:
     url, trace_path = sim
     record_path = tmp_path / "records" / "s1.jsonl"
+    record_path.parent.mkdir()  # a missing parent is refused (--record), not created
     result = cli(
         "deliver", url, "--current-ma", "2", "--dose-ma-min", "4", "--ramp-up-s", "5", "--ramp-down-s", "5",
         "--polarity", "cathode", "--area-cm2", "8", "--record", str(record_path),

@@ -19,8 +19,8 @@ from interrupts import interrupt_at, lines_of
 from firmware_sim import Device
 from firmware_sim.bridge_pty import PtyTransport
 from firmware_sim.runner import DeviceRunner
-from iontodrive import Stimulator
 from iontodrive import client as client_module
+from iontodrive.client import DeviceClient
 from iontodrive.errors import LinkClosedError, LinkTimeoutError
 from iontodrive.protocol import DeviceState, GetStatus, StatusReport, Telemetry
 
@@ -48,7 +48,7 @@ def pty_device() -> Iterator[PtyDevice]:
 
 
 def test_a_requesting_thread_reads_its_own_reply(pty_device: PtyDevice) -> None:
-    with Stimulator.open(pty_device.path, telemetry_hz=0) as stim:
+    with DeviceClient.open(pty_device.path, telemetry_hz=0) as stim:
         assert stim.link.interruptible
         before = stim.stats.caller_reads
         for _ in range(50):
@@ -60,7 +60,7 @@ def test_a_requesting_thread_reads_its_own_reply(pty_device: PtyDevice) -> None:
 def test_many_threads_get_their_own_replies_while_telemetry_streams() -> None:
     sim = PtyDevice(telemetry_hz=1000)
     try:
-        with Stimulator.open(sim.path, telemetry_hz=1000) as stim:
+        with DeviceClient.open(sim.path, telemetry_hz=1000) as stim:
             samples = stim.subscribe_telemetry()
             errors: list[BaseException] = []
             watchdogs: list[int] = []
@@ -104,7 +104,7 @@ def test_many_threads_get_their_own_replies_while_telemetry_streams() -> None:
 def test_telemetry_keeps_arriving_between_requests() -> None:
     sim = PtyDevice(telemetry_hz=200)
     try:
-        with Stimulator.open(sim.path, telemetry_hz=200) as stim:
+        with DeviceClient.open(sim.path, telemetry_hz=200) as stim:
             stim.status()  # a caller took the lead; the reader thread must take it back afterwards
             with stim.subscribe_telemetry() as samples:
                 first = samples.get(timeout=1.0)
@@ -119,7 +119,7 @@ def test_telemetry_keeps_arriving_between_requests() -> None:
         sim.close()
 
 
-def ask_in_thread(stim: Stimulator) -> tuple[threading.Thread, list[BaseException | object]]:
+def ask_in_thread(stim: DeviceClient) -> tuple[threading.Thread, list[BaseException | object]]:
     """Start ``stim.status()`` in a thread; return once its request is on the wire (the thread then waits
     for the reply, reading the link itself). The list receives the reply or the exception."""
     outcome: list[BaseException | object] = []
@@ -141,7 +141,7 @@ def ask_in_thread(stim: Stimulator) -> tuple[threading.Thread, list[BaseExceptio
 
 
 def test_a_link_that_dies_while_a_caller_reads_raises_within_the_deadline(pty_device: PtyDevice) -> None:
-    stim = Stimulator.open(pty_device.path, telemetry_hz=0, watchdog_ms=None)
+    stim = DeviceClient.open(pty_device.path, telemetry_hz=0, watchdog_ms=None)
     try:
         pty_device.runner.stop()  # the device stops answering
         asker, outcome = ask_in_thread(stim)
@@ -157,7 +157,7 @@ def test_a_link_that_dies_while_a_caller_reads_raises_within_the_deadline(pty_de
         stim.close()
 
 
-def wait_until_the_reader_thread_reads(stim: Stimulator) -> None:
+def wait_until_the_reader_thread_reads(stim: DeviceClient) -> None:
     """Wait (up to 5 s) until another thread -- the reader thread, no request being made -- holds the lead."""
     deadline = time.monotonic() + 5.0
     while stim._lead.acquire(blocking=False):
@@ -171,7 +171,7 @@ def test_time_spent_waiting_for_the_lead_counts_against_the_deadline(
 ) -> None:
     """A request that has to wait for the reader thread to hand over the lead has that much less time left
     for its reply: the deadline is the request's, not the read's."""
-    stim = Stimulator.open(
+    stim = DeviceClient.open(
         pty_device.path, telemetry_hz=0, watchdog_ms=None, timeout_s=0.5, retries=0, read_timeout_s=0.4
     )
     try:
@@ -191,7 +191,7 @@ def test_time_spent_waiting_for_the_lead_counts_against_the_deadline(
 
 
 def test_closing_the_client_releases_a_caller_waiting_with_the_lead(pty_device: PtyDevice) -> None:
-    stim = Stimulator.open(pty_device.path, telemetry_hz=0, watchdog_ms=None, timeout_s=5.0, retries=0)
+    stim = DeviceClient.open(pty_device.path, telemetry_hz=0, watchdog_ms=None, timeout_s=5.0, retries=0)
     pty_device.runner.stop()
     asker, outcome = ask_in_thread(stim)
     started = time.monotonic()
@@ -220,7 +220,7 @@ def test_an_interrupt_anywhere_after_the_lead_is_taken_leaves_the_link_usable(pt
     from iontodrive.client import DeviceClient
 
     code = DeviceClient._await_reply.__code__
-    with Stimulator.open(pty_device.path, telemetry_hz=0) as stim:
+    with DeviceClient.open(pty_device.path, telemetry_hz=0) as stim:
         for line in _lines_after_the_lead_is_taken():
             sys.settrace(interrupt_at(code, line))
             try:

@@ -35,7 +35,7 @@ from iontodrive.protocol import (
     Waveform,
 )
 from iontodrive.record import SessionRecord
-from iontodrive.session import IDLE_STATES
+from iontodrive.sessions.device import IDLE_STATES
 
 BENCH = Path(__file__).resolve().parents[1] / "bench"
 sys.path.insert(0, str(BENCH))
@@ -295,13 +295,13 @@ def test_a_few_unanswered_status_polls_do_not_abandon_a_live_session(tmp_path: P
     """Soak/campaign defect: one GetStatus that timed out (a loaded machine) ended the session as
     ``link_lost`` while the link and the device were fine and the device went on delivering."""
     with _open(tmp_path, speed=20) as stim:
-        stim.retries = 0
-        stim.timeout_s = 0.05
+        stim.client.retries = 0
+        stim.client.timeout_s = 0.05
         session = stim.start(QUICK, record_path=tmp_path / "r.jsonl")
         lose_until = time.monotonic() + 1.2
         _swallow_replies(stim, GetStatus, lambda: time.monotonic() > lose_until)
         record = session.wait(timeout_s=60)
-        stim.retries = 3
+        stim.client.retries = 3
         device_uas = stim.status().charge_uas
     assert record.summary is not None and record.summary["end_reason"] == "completed"
     assert record.delivered_uas == device_uas == pytest.approx(60_000, rel=0.01)
@@ -312,7 +312,7 @@ def test_an_unanswered_final_status_takes_the_dose_from_the_session_ended_event(
     raised LinkTimeoutError and left the record without a summary, though SESSION_ENDED had the dose."""
     with _open(tmp_path, speed=20) as stim:
         session = stim.start(QUICK, record_path=tmp_path / "r.jsonl")
-        stim.timeout_s, stim.retries = 0.05, 0
+        stim.client.timeout_s, stim.client.retries = 0.05, 0
         _swallow_replies(stim, GetStatus, lambda: False)  # no status reply from here on
         record = session.wait(timeout_s=60)
         device_uas = stim.link.port.device.charge_uas

@@ -253,7 +253,7 @@ def test_an_unanswered_status_right_after_start_does_not_abandon_the_session(tmp
     is asked again, as a poll during the session already was."""
     trace_path = tmp_path / "trace.csv"
     with Stimulator.open(sim_url(trace_path, speed=50)) as stim:
-        real_request, real_status = stim.request, stim.status
+        real_request, real_status = stim.client.request, stim.client.status
         started: list[bool] = []
         unanswered: list[bool] = []
 
@@ -269,8 +269,8 @@ def test_an_unanswered_status_right_after_start_does_not_abandon_the_session(tmp
                 raise LinkTimeoutError("GetStatus", 1, 4, 0.25)
             return real_status()
 
-        stim.request = request  # type: ignore[method-assign]
-        stim.status = status  # type: ignore[method-assign]
+        stim.client.request = request  # type: ignore[method-assign]
+        stim.client.status = status  # type: ignore[method-assign]
         record = stim.deliver(QUICK, record_path=tmp_path / "r.jsonl")
     assert unanswered == [True]
     assert record.complete and record.summary is not None and record.summary["end_reason"] == "completed"

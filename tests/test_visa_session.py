@@ -29,7 +29,7 @@ from iontodrive.errors import DeviceFault, LinkLostError, SafetyRefusal
 from iontodrive.prescription import Prescription
 from iontodrive.protocol import DeviceState, EventCode
 from iontodrive.record import SessionRecord
-from iontodrive.session import Progress, SessionOutcome
+from iontodrive.sessions.types import Progress, SessionOutcome
 from iontodrive.visa import Reading
 
 RATE_HZ = 20.0

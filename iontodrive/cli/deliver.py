@@ -14,11 +14,8 @@ import logging
 import math
 import signal
 import sys
-import tempfile
 import threading
-import time
 from collections.abc import Iterator
-from datetime import UTC, datetime
 from pathlib import Path
 from types import FrameType
 from typing import Any
@@ -28,16 +25,7 @@ from iontodrive.cli.device import PORT_HELP
 from iontodrive.cli.display import DisplayLogHandler, LiveDisplay
 from iontodrive.cli.ports_open import open_for
 
-DEFAULT_RECORD_DIR = Path(tempfile.gettempdir()) / "iontodrive-records"
 SESSION_TELEMETRY_HZ = 10
-
-# Messages of iontodrive.session that the CLI replaces with its own Ctrl-C notices.
-_DRIVER_INTERRUPT_MESSAGES = frozenset(
-    {
-        "%s: ramping down before exiting",
-        "%s again: still ramping down, output is not cut",
-    }
-)
 
 
 def add_parser(subparsers: Any) -> None:
@@ -112,7 +100,8 @@ def add_parser(subparsers: Any) -> None:
     parser.add_argument(
         "--record",
         metavar="PATH",
-        help=f"session record to write (JSON Lines; must not exist; default: a file in {DEFAULT_RECORD_DIR})",
+        help="session record to write (JSON Lines; must not exist; default: a new file in your private "
+        "iontodrive data directory)",
     )
     parser.add_argument(
         "--label",
@@ -207,17 +196,6 @@ def prescription_from(args: argparse.Namespace) -> Any:
     return build_prescription(args.preset, overrides)
 
 
-def default_record_path(serial: object) -> Path:
-    DEFAULT_RECORD_DIR.mkdir(parents=True, exist_ok=True)
-    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S")
-    path = DEFAULT_RECORD_DIR / f"{stamp}-{serial}.jsonl"
-    n = 1
-    while path.exists():
-        n += 1
-        path = DEFAULT_RECORD_DIR / f"{stamp}-{serial}-{n}.jsonl"
-    return path
-
-
 # ------------------------------------------------------------------------------------------- Ctrl-C
 
 
@@ -269,7 +247,9 @@ class InterruptGuard:
 
 class _DropDriverInterruptNotices(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
-        return not (record.name == "iontodrive.session" and record.msg in _DRIVER_INTERRUPT_MESSAGES)
+        from iontodrive.sessions.waiting import INTERRUPT_MESSAGES, logger
+
+        return not (record.name == logger.name and record.msg in INTERRUPT_MESSAGES)
 
 
 @contextlib.contextmanager
@@ -297,36 +277,12 @@ def display_logging(display: LiveDisplay) -> Iterator[None]:
         root.setLevel(level)
 
 
-def ensure_ramped_down(stim: Any, timeout_s: float) -> None:
-    """Safety net for an interrupt that escaped before the driver's session took charge.
-
-    If the device still has output on or a session running, send Stop (a ramp) and wait for zero.
-    """
-    from iontodrive.protocol import DeviceState, Stop
-
-    if not hasattr(stim, "status"):  # a bench source: it ramps its own output down on close
-        return
-    idle = {DeviceState.IDLE, DeviceState.DONE, DeviceState.FAULT}
-    status = stim.status()
-    if status.state in idle and status.setpoint_ua == 0:
-        return
-    with contextlib.suppress(Exception):
-        stim.request(Stop())
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        status = stim.status()
-        if status.state in idle and status.setpoint_ua == 0:
-            return
-        time.sleep(0.1)
-
-
 # ------------------------------------------------------------------------------------------------ run
 
 
 def run(args: argparse.Namespace) -> int:
     from iontodrive.cli.report import summarize
     from iontodrive.errors import SessionInterrupted
-    from iontodrive.protocol import IdentityReport
     from iontodrive.record import SessionRecord
 
     prescription = prescription_from(args)
@@ -337,28 +293,28 @@ def run(args: argparse.Namespace) -> int:
         )
     if args.telemetry_hz < 1:
         raise exitcodes.UsageError("--telemetry-hz must be >= 1")
+    from iontodrive.record import check_record_path, default_record_path
+
     record_path = Path(args.record) if args.record else None
     if record_path is not None and record_path.exists():
         raise exitcodes.UsageError(f"--record {record_path}: file exists (a record is never overwritten)")
     if record_path is not None:
-        record_path.parent.mkdir(parents=True, exist_ok=True)
+        check_record_path(record_path, option="--record")  # before anything is sent to the device
 
     stream = sys.stderr if args.json else sys.stdout
     display = LiveDisplay(stream, tty=stream.isatty(), interval_s=args.interval_s, notice_stream=sys.stderr)
     error: BaseException | None = None
     code = exitcodes.OK
+    account: Any = None
     with display_logging(display), InterruptGuard(display, prescription.ramp_down_s) as guard:
         try:
             with open_for(args) as stim:
                 identity = stim.identity
                 if record_path is None:
-                    record_path = default_record_path(getattr(identity, "serial_number", "device"))
-                if isinstance(identity, IdentityReport):  # a stimulator (VISA sources check themselves)
-                    _check_and_plan(display, prescription, identity)
+                    record_path = default_record_path(identity.serial_number)
+                _check_and_plan(display, prescription, identity)
                 if not args.quiet:
-                    model = getattr(identity, "model", "device")
-                    serial = getattr(identity, "serial_number", "?")
-                    display.message(f"{model} #{serial} on {getattr(stim, 'url', args.port)}")
+                    display.message(stim.description)
                     display.message(f"prescription: {prescription.describe()}")
                     if display.plan is not None:
                         plan = display.plan
@@ -373,9 +329,9 @@ def run(args: argparse.Namespace) -> int:
                         fmt.describe_event(event.code, event.value, event.state), event.device_time_ms / 1000
                     )
 
-                extra: dict[str, Any] = {}
-                if hasattr(stim, "configure_telemetry"):  # a stimulator: set its telemetry rate
-                    extra["telemetry_hz"] = args.telemetry_hz
+                def on_alarm(text: str) -> None:
+                    display.notice(f"ALARM: {text}")
+
                 try:
                     stim.deliver(
                         prescription,
@@ -383,13 +339,17 @@ def run(args: argparse.Namespace) -> int:
                         record_path=record_path,
                         labels=labels,
                         on_event=None if args.quiet else on_event,
-                        **extra,
+                        on_alarm=on_alarm,
+                        telemetry_hz=args.telemetry_hz,
                     )
                 except KeyboardInterrupt:
                     # Escaped before the session's own handling took over: make sure output ramps down.
                     display.notice("interrupted before the session was under way: checking the output")
-                    ensure_ramped_down(stim, prescription.ramp_down_s * 2 + 10)
+                    stim.ensure_output_zero(prescription.ramp_down_s * 2 + 10)
                     raise
+                finally:
+                    session = stim.last_session
+                    account = None if session is None else session.account
         except BaseException as exc:
             if not isinstance(exc, Exception | KeyboardInterrupt):
                 raise
@@ -415,11 +375,13 @@ def run(args: argparse.Namespace) -> int:
             "error": None if error is None else str(error),
             "error_type": None if error is None else type(error).__name__,
             "record": None if record_path is None else str(record_path),
+            "record_complete": None if account is None else account.record_complete,
+            "device": None if account is None else account.to_dict(),
             "session": summary,
         }
         print(json.dumps(result, indent=2))
-    elif summary is not None:
-        _print_result(summary, record_path)
+    elif account is not None or summary is not None:
+        _print_result(account, summary, record_path)
     if error is not None:
         from iontodrive.cli import error_line
 
@@ -438,17 +400,30 @@ def _check_and_plan(display: LiveDisplay, prescription: Any, identity: Any) -> N
     display.set_plan(prescription.expected_plan(identity))
 
 
-def _print_result(summary: dict[str, Any], record_path: Path | None) -> None:
-    delivered = summary.get("delivered_ma_min")
-    target = summary.get("target_ma_min")
-    line = f"outcome: {summary.get('outcome')}"
-    if delivered is not None:
-        line += f"; delivered {delivered:.3f} mA·min"
-        if target:
-            line += f" of {target:g} ({summary.get('dose_error_percent', 0.0):+.2f} %)"
+def _print_result(account: Any, summary: dict[str, Any] | None, record_path: Path | None) -> None:
+    """The outcome line: the source's own account (the device is the authority on the dose), then the
+    record's state said plainly when it is incomplete."""
+    summary = summary or {}
+    if account is not None:
+        line = f"outcome: {account.outcome.value}; delivered {account.delivered_ma_min:.3f} mA·min"
+        if account.target_uas:
+            target = account.target_uas / 60_000
+            error = 100.0 * (account.delivered_uas - account.target_uas) / account.target_uas
+            line += f" of {target:g} ({error:+.2f} %)"
+        line += f" ({account.dose_source}{'' if account.confirmed else ', NOT confirmed at the end'})"
+    else:
+        line = f"outcome: {summary.get('outcome')}"
+        delivered = summary.get("delivered_ma_min")
+        if delivered is not None:
+            line += f"; delivered {delivered:.3f} mA·min (from the record)"
     if summary.get("duration_s") is not None:
         line += f" in {fmt.duration(summary['duration_s'])}"
     print(line)
+    if account is not None and not account.record_complete:
+        print(
+            f"RECORD INCOMPLETE: {account.record_error or 'the record could not be completed'}; the figures "
+            f"above are the {account.dose_source}'s own, not the record's"
+        )
     if record_path is not None:
         print(f"record: {record_path}")
         print(f"report: iontodrive report {record_path} --plot {record_path.with_suffix('.png')}")

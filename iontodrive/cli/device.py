@@ -30,9 +30,8 @@ def as_dict(obj: Any) -> dict[str, Any]:
 
 def _enum_name(value: Any) -> Any:
     if isinstance(value, Enum):
-        if value.name is None:  # a combination of flags
-            return str(value)
-        return value.name
+        name: str | None = value.name  # None for a combination of flags
+        return str(value) if name is None else name
     return value
 
 
@@ -180,7 +179,7 @@ def status_lines(status: Any) -> list[str]:
 
 
 def _require_stimulator(stim: Any, command: str) -> None:
-    if not hasattr(stim, "status") or not hasattr(stim, "check_contact"):
+    if not stim.has_device_status:
         raise exitcodes.UsageError(
             f"{command} needs a stimulator (the framed protocol); {type(stim).__name__} is a bench source"
         )
@@ -189,8 +188,8 @@ def _require_stimulator(stim: Any, command: str) -> None:
 def run_info(args: argparse.Namespace) -> int:
     with open_for(args) as stim:
         identity = stim.identity
-        status = stim.status() if hasattr(stim, "status") else None
-        url = getattr(stim, "url", None) or getattr(stim, "resource_name", None) or args.port
+        status = stim.status() if stim.has_device_status else None
+        url = stim.url or args.port
     if args.json:
         body = {
             "port": url,
@@ -351,9 +350,7 @@ def run_monitor(args: argparse.Namespace) -> int:
                 writer.writerow(CSV_COLUMNS)
                 out.flush()
             else:
-                print(
-                    f"monitoring {stim.identity.model} on {getattr(stim, 'url', args.port)}; Ctrl-C to stop"
-                )
+                print(f"monitoring {stim.identity.model} on {stim.url}; Ctrl-C to stop")
             while deadline is None or time.monotonic() < deadline:
                 wait = 0.25 if deadline is None else max(0.0, min(0.25, deadline - time.monotonic()))
                 sample = subscription.get(timeout=wait)

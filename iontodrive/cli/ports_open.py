@@ -18,13 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from iontodrive.cli.exitcodes import UsageError
-
-_VISA_RESOURCE = re.compile(r"^(GPIB|USB|TCPIP|ASRL|VXI|PXI|VICP)[^:]*::.*", re.IGNORECASE)
-
-
-def is_visa_resource(port: str) -> bool:
-    """True for VISA resource strings (``GPIB0::24::INSTR``, ``TCPIP0::host::inst0::INSTR``, ...)."""
-    return bool(_VISA_RESOURCE.match(port)) and "://" not in port
+from iontodrive.resources import is_visa_resource  # the one resource grammar (h18: issue 18, item 2)
 
 
 def normalise_port(port: str) -> str:

@@ -19,6 +19,7 @@ Quick use::
 
 from __future__ import annotations
 
+from iontodrive.source import open_source
 from iontodrive.visa.clock import Clock, RealClock, ScaledClock, VirtualClock
 from iontodrive.visa.drivers import DRIVERS, connect, driver_for, supported_models
 from iontodrive.visa.instrument import (
@@ -36,7 +37,7 @@ from iontodrive.visa.keysight_b2900 import KeysightB2900
 from iontodrive.visa.session import VisaSession
 from iontodrive.visa.simload import SimulatedLoad
 from iontodrive.visa.smu import ModelLimits, Reading, SourceMeter
-from iontodrive.visa.source import VisaSource, open_source
+from iontodrive.visa.source import VisaSource
 
 __all__ = [
     "DRIVERS",

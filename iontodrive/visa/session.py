@@ -8,21 +8,19 @@ planned from the level read back from the instrument (``:SOUR:CURR?``), never fr
 ramp that is interrupted (pause, stop, lift, resistance limit, an error) resumes from where the output
 really is.
 
-Each tick (one thread per session, the only thread that talks to the instrument while it runs):
+Everything that decides - ramps, the S5/S6/S9 guards, end conditions, the overrun guard - is the sans-I/O
+:class:`~iontodrive.sessions.host_ramp.HostRampController` (readings in, set-points and events out, tested
+without threads or sleeps). This module is its I/O shell: one thread per session, the only thread that
+talks to the instrument while it runs. Each tick:
 
-1. read voltage and current; integrate the delivered charge with the trapezoid rule on the readings' own
-   time stamps (S11: measured current, ramps included);
-2. safety: over-current (S9, driver side: measured > set-point + 10 % for 3 readings: abort),
-   electrode lift (S6: measured current below half the set-point for 2 readings, or impedance rising more
-   than 50 % within 1 s: ramp to zero within 1 s where the slew limit allows, report ELECTRODE_LIFT, pause
-   with the dose kept), resistance limit (S5: voltage at ≥ 95 % of compliance: stop ramping up; after 2 s
-   hold the current that needs 90 % of compliance, report RESISTANCE_LIMIT; a dose-based session then
-   simply lasts longer, reported as TIME_EXTENDED; when the load allows 10 % more for 2 s, ramp back up);
-3. requests from other threads (pause, resume, set_current, stop, abort);
-4. end conditions: a time-based session starts its ramp-down ``ramp_down_s`` before its duration; a
-   dose-based one when the charge so far plus the ramp-down's own charge (``I·T/2``) reaches the dose;
-5. the next set-point of the running ramp, if any;
-6. progress callback and record telemetry at ``telemetry_hz``.
+1. measure voltage and current; give the reading to the controller (charge, on-time, safety guards);
+2. requests from other threads (pause, resume after a contact check here, set_current, stop, abort);
+3. the controller's end conditions and overrun guard;
+4. the next set-point the controller says is due, paced so that no two are closer than ``1/rate_hz``;
+5. progress callback and record telemetry at ``telemetry_hz``.
+
+After every call the controller's outputs are carried out in order: read the level back (every ramp is
+planned from it), events (record and callback), notes, the instrument-side fallback.
 
 Every exit path ramps down (S16): normal end, ``stop()`` (prescription ramp-down time), ``abort()`` (the
 slew limit), a callback exception (stop, then re-raised by ``wait()``), KeyboardInterrupt and SIGTERM in
@@ -49,38 +47,39 @@ import dataclasses
 import logging
 import math
 import queue
-import tempfile
 import threading
 import time
-from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from iontodrive.errors import (
-    DeviceFault,
-    IontodriveError,
-    LinkError,
-    LinkLostError,
-    SafetyRefusal,
-    SessionInterrupted,
-)
+from iontodrive.errors import IontodriveError, LinkError, LinkLostError, SafetyRefusal, SessionInterrupted
 from iontodrive.oneshot import OneShot
 from iontodrive.prescription import Prescription, contact_limits_ohm
 from iontodrive.protocol import (
     OPEN_CIRCUIT_OHM,
     DeviceState,
     Event,
-    EventCode,
     Polarity,
     StatusFlags,
     Telemetry,
 )
-from iontodrive.ramp import RampPlan, SetpointStream
-from iontodrive.record import RecordWriter, SessionRecord, identity_to_dict
-from iontodrive.session import Progress, SessionOutcome, Terminated
+from iontodrive.record import SessionRecord
+from iontodrive.sessions.engine import SessionEngine
+from iontodrive.sessions.host_ramp import (
+    ArmFallback,
+    DisarmFallback,
+    Emit,
+    HostRampController,
+    Note,
+    ReadLevel,
+)
+from iontodrive.sessions.outcome import SessionFacts, decide_outcome
+from iontodrive.sessions.progress import ProgressBuilder
+from iontodrive.sessions.recording import start_to_dict
+from iontodrive.sessions.types import Progress, SessionOutcome
+from iontodrive.sessions.waiting import wait_interruptibly
 from iontodrive.units import UAS_PER_MA_MIN
 
 if TYPE_CHECKING:
@@ -88,105 +87,13 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-# Thresholds. (j) marks the guide's judgement values.
 LEVEL_ZERO_A = 1e-9  # a read-back level at or below this magnitude is zero (1 nA = the format's resolution)
 PROBE_UA = 50  # S3: contact check with at most 50 µA
 PROBE_READINGS = 3
 PROBE_OPEN_FRACTION = 0.1  # probe current below 10 % of the probe: open circuit
-IMPEDANCE_FLOOR_UA = 50  # below this the impedance is not computed (reported as OPEN_CIRCUIT_OHM)
-LIFT_FLOOR_UA = 100  # (j) set-points below this are not judged for lift
-LIFT_CURRENT_FRACTION = 0.5  # (j) measured current below half the set-point ...
-LIFT_SAMPLES = 2  # ... in this many consecutive readings is a lift (open circuit)
-LIFT_IMPEDANCE_RISE = 0.5  # S6 (j): impedance rising more than 50 % ...
-LIFT_WINDOW_S = 1.0  # ... within 1 s
-LIFT_RAMP_S = 1.0  # S6: to zero within 1 s (never faster than the slew limit)
-COMPLIANCE_FRACTION = 0.95  # S5 (j): voltage at ≥ 95 % of compliance ...
-COMPLIANCE_HOLD_S = 2.0  # ... for ≥ 2 s
-REACHABLE_FRACTION = 0.90  # hold the current that needs 90 % of compliance (margin below the 95 % mark)
-RECOVERY_MARGIN = 1.10  # ramp back up when the load would allow 10 % more ...
-RECOVERY_HOLD_S = 2.0  # ... for 2 s
-OVERCURRENT_MARGIN = 0.10  # S9 (j), checked by the driver
-OVERCURRENT_FLOOR_UA = 50
-OVERCURRENT_SAMPLES = 3
 DEFAULT_TELEMETRY_HZ = 10
 REQUEST_TIMEOUT_S = 30.0
-LANDING_STRETCH = 2.0  # the steered final ramp-down takes at most twice the prescription's ramp-down time
-LANDING_STEER_S = 0.25  # how often the final ramp-down is checked against the dose
-OVERRUN_FRACTION = 0.02  # guard: abort if the delivered charge passes the dose by 2 %
-OVERRUN_STALL_S = 2.0  # guard: abort if a ramp-down sends nothing for 2 s
-TICK_EMA_WEIGHT = 0.05  # weight of the newest interval in the running mean of the tick period
 FINISH_MARGIN_S = 10.0
-
-ACTIVE_STATES = frozenset({DeviceState.RAMP_UP, DeviceState.HOLD, DeviceState.ADJUST})
-OUTPUT_STATES = ACTIVE_STATES | {DeviceState.RAMP_DOWN, DeviceState.PAUSING}
-COUNTING_STATES = ACTIVE_STATES | {DeviceState.RAMP_DOWN}  # time-based sessions count these
-
-
-@dataclass
-class _Segment:
-    """A running ramp: the ramp controller's plan, sent one point per tick from index 1 (index 0 is the
-    read-back level it starts from), each no earlier than its time in the plan."""
-
-    plan: RampPlan
-    purpose: DeviceState
-    started_at: float
-    index: int = 1
-
-    @property
-    def target_ua(self) -> float:
-        return self.plan.target_ua
-
-    @property
-    def points_left(self) -> int:
-        return max(0, self.plan.setpoints_ua.size - self.index)
-
-
-_Line = tuple[str, tuple[Any, ...], dict[str, Any]]
-
-
-class _RecordPump:
-    """Writes record lines from a thread of its own, so that a slow disk (the writer fsyncs about once a
-    second) never stalls the set-point loop. Same methods as the :class:`RecordWriter` it feeds; ``summary``
-    and ``close`` wait until every queued line is written."""
-
-    def __init__(self, writer: RecordWriter) -> None:
-        self.writer = writer
-        self._queue: queue.SimpleQueue[_Line | None] = queue.SimpleQueue()
-        self._thread = threading.Thread(target=self._run, name="iontodrive-visa-record", daemon=True)
-        self._thread.start()
-
-    def _run(self) -> None:
-        while True:
-            item = self._queue.get()
-            if item is None:
-                return
-            name, args, kwargs = item
-            try:
-                getattr(self.writer, name)(*args, **kwargs)
-            except Exception:
-                logger.exception("writing the session record failed (%s)", name)
-
-    def event(self, event: Event) -> None:
-        self._queue.put(("event", (event,), {}))
-
-    def telemetry(self, sample: Telemetry) -> None:
-        self._queue.put(("telemetry", (sample,), {}))
-
-    def note(self, kind: str, **data: Any) -> None:
-        self._queue.put(("note", (kind,), data))
-
-    def summary(self, **data: Any) -> None:
-        self._queue.put(("summary", (), data))
-        self._drain()
-
-    def close(self) -> None:
-        self._drain()
-        self.writer.close()
-
-    def _drain(self) -> None:
-        if self._thread.is_alive():
-            self._queue.put(None)
-            self._thread.join()
 
 
 @dataclass
@@ -198,7 +105,7 @@ class _Request:
     error: BaseException | None = None
 
 
-class VisaSession:
+class VisaSession(SessionEngine):
     """A running host-ramped session. Create with :meth:`VisaSource.start`.
 
     Control methods are thread-safe: from another thread they queue a request and wait until the session
@@ -216,139 +123,102 @@ class VisaSession:
         labels: dict[str, str] | None = None,
         on_progress: Callable[[Progress], None] | None = None,
         on_event: Callable[[Event], None] | None = None,
+        on_alarm: Callable[[str], None] | None = None,
         telemetry_hz: float | None = DEFAULT_TELEMETRY_HZ,
         session_id: int = 0,
     ) -> None:
+        super().__init__(
+            prescription,
+            source.identity,
+            record_path=record_path,
+            labels=labels,
+            on_progress=on_progress,
+            on_event=on_event,
+            on_alarm=on_alarm,
+        )
         self._source = source
         self._smu = source.instrument
         self._clock = source.clock
-        self.prescription = prescription
-        self.identity = source.identity
-        self.labels = dict(labels or {})
-        self.session_id = session_id
-        self._on_progress = on_progress
-        self._on_event = on_event
+        self._number = session_id
+        self._session_id = str(session_id)
+        self._builder = ProgressBuilder(
+            session_id=self._session_id,
+            start=self.start_message,
+            compliance_mv=self.identity.compliance_mv,
+            slew_limit_ua_per_s=self.identity.slew_limit_ua_per_s,
+        )
         rate = source.rate_hz
         self._period_s = 1.0 / rate
         report_hz = min(rate, telemetry_hz) if telemetry_hz else rate
         self._report_interval_s = 1.0 / report_hz
-        if record_path is None:
-            stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S%f")
-            directory = Path(tempfile.gettempdir()) / "iontodrive-records"
-            directory.mkdir(parents=True, exist_ok=True)
-            record_path = directory / f"{stamp}-{self.identity.serial_number}-visa.jsonl"
-        self.record_path = Path(record_path)
-        self.warnings: list[str] = []
-        self._stream = SetpointStream(
-            slew_limit_ua_per_s=self.identity.slew_limit_ua_per_s, rate_hz=rate, stretch=True
+        self._ctl = HostRampController(
+            start=self.start_message,
+            slew_limit_ua_per_s=float(self.identity.slew_limit_ua_per_s),
+            compliance_mv=float(self.identity.compliance_mv),
+            min_ramp_s=self.identity.min_ramp_ms / 1000.0,
+            rate_hz=rate,
+            cap_ua=float(self.identity.max_current_ua),
         )
+        self._stream = self._ctl.stream
+        self._sign = 1.0 if self.start_message.polarity is Polarity.ANODE else -1.0
         self._requests: queue.SimpleQueue[_Request] = queue.SimpleQueue()
         self._done = OneShot()  # the main thread waits on it (see iontodrive.oneshot)
         self._thread: threading.Thread | None = None
-        self._record: _RecordPump | None = None
-        # state
-        self._state = DeviceState.IDLE
-        self._flags = StatusFlags.NONE
-        self._segment: _Segment | None = None
-        self._frozen: _Segment | None = None  # a ramp up held at compliance
-        self._setpoint_ua = 0.0
-        self._setpoint_at_reading_ua = 0.0
+        self._switched_on = False
         self._last_send_t: float | None = None
         self._t0 = 0.0
-        self._last_t: float | None = None
-        self._last_i_ua = 0.0
-        self._last_v_mv = 0.0
-        self._last_impedance = OPEN_CIRCUIT_OHM
-        self._charge_uas = 0.0
-        self._on_time_s = 0.0
-        self._tick_s = self._period_s  # running mean of the time between readings
-        self._readings = 0
-        self._integrating = False
         self._event_no = 0
         self._sample_no = 0
         self._last_report_t = -math.inf
-        self._last_progress: Progress | None = None
-        # safety bookkeeping
-        self._overcurrent_count = 0
-        self._low_count = 0
-        self._impedance_window: deque[tuple[float, float]] = deque()
-        self._compliance_since: float | None = None
-        self._recovery_since: float | None = None
-        self._limited_ua: float | None = None
-        self._lifting = False
-        self._paused_by_lift = False
-        # ending
-        self._ending = False
-        self._landing = False  # the final ramp-down of a dose-based session steers onto the dose
-        self._overrun = False
         self._output_at_zero = False  # set once an emergency ramp-down after an error reached zero
-        self._last_steer_t = -math.inf
-        self._ended = False
-        self._end_requested: SessionOutcome | None = None
         self._pending_end: SessionOutcome | None = None
         self._interrupted: str | None = None
-        self._callback_error: BaseException | None = None
         self._failure: BaseException | None = None
-        self._fault: DeviceFault | None = None
-        self._outcome: SessionOutcome | None = None
         self._waiting = False
-        self._end_detail = ""
-        # fallback
         self._fallback_armed_at: float | None = None
-        self._fallback_took_over = False
 
     # ------------------------------------------------------------------------------------ properties
 
     @property
     def state(self) -> DeviceState:
-        return self._state
+        return self._ctl.state
 
     @property
     def flags(self) -> StatusFlags:
-        return self._flags
-
-    @property
-    def progress(self) -> Progress | None:
-        return self._last_progress
+        return self._ctl.flags
 
     @property
     def finished(self) -> bool:
         return self._done.is_set()
 
     @property
-    def outcome(self) -> SessionOutcome | None:
-        return self._outcome
-
-    @property
     def delivered_uas(self) -> float:
         """Charge delivered so far (µA·s), integrated from the readings."""
-        return self._charge_uas
+        return self._ctl.charge_uas
 
     # --------------------------------------------------------------------------------------- begin
+
+    @classmethod
+    def begin(cls, source: VisaSource, prescription: Prescription, **options: Any) -> VisaSession:
+        """Check, configure and start a session on ``source`` (what :meth:`VisaSource.start` does)."""
+        session = cls(source, prescription, **options)
+        session._begin()
+        return session
 
     def _begin(self) -> None:
         """Checks, configuration, output on at zero, contact check, record, then the session thread.
 
-        Raises SafetyRefusal (prescription, busy instrument, failed contact check) or an instrument error;
-        a refused prescription sends nothing; any later failure returns the output to zero (and off if this
-        session switched it on) before raising.
+        Raises SafetyRefusal (prescription, busy instrument, failed contact check, an existing record) or
+        an instrument error; a refused prescription sends nothing; any later failure returns the output to
+        zero (and off if this session switched it on) before raising.
         """
         self.warnings = self.prescription.check_against(self.identity)
-        self.start_message = self.prescription.to_start(self.identity)
-        start = self.start_message
-        self._sign = 1.0 if start.polarity is Polarity.ANODE else -1.0
-        self._target_ua = float(start.target_current_ua)
-        self._prescribed_ua = self._target_ua
-        self._ramp_up_s = start.ramp_up_ms / 1000.0
-        self._ramp_down_s = start.ramp_down_ms / 1000.0
-        self._dose_uas = float(start.dose_uas) if start.dose_uas else None
-        self._duration_s = start.duration_ms / 1000.0 if start.duration_ms else None
-        self._compliance_mv = float(self.identity.compliance_mv)
         for warning in self.warnings:
             logger.warning("prescription: %s", warning)
         if self.record_path.exists():
-            raise FileExistsError(f"record {self.record_path} exists; a record is never overwritten")
-
+            raise SafetyRefusal(
+                "record_path", str(self.record_path), reason="the file exists; a record is never overwritten"
+            )
         smu = self._smu
         was_on = smu.output_enabled()
         if was_on:
@@ -362,7 +232,6 @@ class VisaSession:
                         "down first (VisaSource.ramp_down_output()) or switch it off at the instrument"
                     ),
                 )
-        self._switched_on = False
         try:
             smu.configure(
                 range_a=self.identity.max_current_ua * 1e-6, compliance_v=self.identity.compliance_mv / 1000.0
@@ -371,33 +240,25 @@ class VisaSession:
                 self._send_setpoint(0.0)  # programmed level 0 before the output goes on
                 smu.output_on()
                 self._switched_on = True
-            self._setpoint_ua = self._readback_ua()
+            self._ctl.level_read(self._read_level_ua())
             contact_ohm = self._contact_check() if self._source.contact_check else None
-            self._open_record(contact_ohm)
+            self._open_visa_record(contact_ohm)
         except BaseException:
             self._abandon_begin()
             raise
-        self._source._warn_no_watchdog(self._record)
+        logger.warning("%s", self._source.no_watchdog_warning)
+        self._note("warning", text=self._source.no_watchdog_warning)
         self._t0 = self._clock.now()
-        self._last_t = None
-        self._integrating = True
-        self._emit(EventCode.SESSION_STARTED, start.target_current_ua)
+        self._ctl.begin(self._clock.now())
+        self._service()
         self._thread = threading.Thread(
-            target=self._run, name=f"iontodrive-visa-session-{self.session_id}", daemon=False
+            target=self._run, name=f"iontodrive-visa-session-{self._number}", daemon=False
         )
         self._thread.start()
-        logger.info("VISA session %d started: %s", self.session_id, self.prescription.describe())
+        logger.info("VISA session %s started: %s", self._session_id, self.prescription.describe())
 
-    def _open_record(self, contact_ohm: int | None) -> None:
-        record = _RecordPump(
-            RecordWriter(
-                self.record_path,
-                prescription=self.prescription.to_dict(),
-                identity=identity_to_dict(self.identity),
-                labels=self.labels,
-            )
-        )
-        self._record = record
+    def _open_visa_record(self, contact_ohm: int | None) -> None:
+        record = self._open_record()
         source = self._source
         record.note(
             "instrument",
@@ -414,7 +275,11 @@ class VisaSession:
             record.note("contact", impedance_ohm=contact_ohm)
         for warning in self.warnings:
             record.note("warning", text=warning)
-        record.note("started", session_id=self.session_id, start=_start_dict(self.start_message))
+        record.note("started", session_id=self._number, start=start_to_dict(self.start_message))
+
+    def _note(self, kind: str, **data: Any) -> None:
+        if self._recorder is not None:
+            self._recorder.note(kind, **data)
 
     def _abandon_begin(self) -> None:
         """After a failure in begin: back to zero (never a step), and off if this session switched it on."""
@@ -425,19 +290,9 @@ class VisaSession:
 
     # ------------------------------------------------------------------------------- instrument I/O
 
-    def _readback_ua(self) -> float:
+    def _read_level_ua(self) -> float:
         """The programmed level read back from the instrument (µA, positive in the prescribed polarity)."""
-        value = self._sign * self._smu.source_level_a() * 1e6
-        if abs(value - self._setpoint_ua) > 1.0 and self._integrating:
-            logger.warning(
-                "read-back level %.1f µA differs from the last set-point %.1f µA; ramping from the read-back",
-                value,
-                self._setpoint_ua,
-            )
-            if self._record is not None:
-                self._record.note("readback_mismatch", readback_ua=value, setpoint_ua=self._setpoint_ua)
-        self._setpoint_ua = value
-        return value
+        return self._sign * self._smu.source_level_a() * 1e6
 
     def _send_setpoint(self, setpoint_ua: float) -> None:
         """Program one set-point, never sooner than one period after the previous one."""
@@ -448,36 +303,23 @@ class VisaSession:
                 clock.sleep(wait)
         self._smu.set_level_a(self._sign * setpoint_ua * 1e-6)
         self._last_send_t = clock.now()
-        self._setpoint_ua = setpoint_ua
+        self._ctl.sent(self._last_send_t, setpoint_ua)
 
     def _ramp_blocking(self, target_ua: float, ramp_s: float) -> None:
         """Ramp from the read-back level to ``target_ua`` now (paced; no readings). For begin/end helpers."""
-        readback = self._readback_ua()
+        readback = self._read_level_ua()
+        self._ctl.setpoint_ua = readback
         for _t, setpoint in self._stream.segment(readback, target_ua, ramp_s, include_start=False):
             self._send_setpoint(setpoint)
 
     def _read(self) -> None:
-        """One reading: update charge (trapezoid on the readings' time stamps), output time, impedance."""
+        """One reading, at the middle of its measurement, to the controller."""
         clock = self._clock
         before = clock.now()
         reading = self._smu.measure()
         t = 0.5 * (before + clock.now())
-        i_ua = self._sign * reading.current_a * 1e6
-        v_mv = self._sign * reading.voltage_v * 1e3
-        if self._last_t is not None and self._integrating:
-            dt = max(0.0, t - self._last_t)
-            self._tick_s += TICK_EMA_WEIGHT * (dt - self._tick_s)
-            self._charge_uas += 0.5 * (self._last_i_ua + i_ua) * dt
-            if self._state in COUNTING_STATES:
-                self._on_time_s += dt
-        self._last_t = t
-        self._last_i_ua = i_ua
-        self._last_v_mv = v_mv
-        self._readings += 1
-        if abs(i_ua) >= IMPEDANCE_FLOOR_UA:
-            self._last_impedance = min(OPEN_CIRCUIT_OHM - 1, round(abs(v_mv) / abs(i_ua) * 1000.0))
-        else:
-            self._last_impedance = OPEN_CIRCUIT_OHM
+        self._ctl.reading(t, self._sign * reading.current_a * 1e6, self._sign * reading.voltage_v * 1e3)
+        self._service()
 
     def _contact_check(self) -> int:
         """S3 on a source-meter: ramp to the probe current, read, ramp back to zero, judge.
@@ -486,8 +328,9 @@ class VisaSession:
         """
         target = self.start_message.target_current_ua
         low, high = contact_limits_ohm(self.identity, target)
-        previous = self._state
-        self._state = DeviceState.CONTACT_CHECK
+        ctl = self._ctl
+        previous = ctl.state
+        ctl.state = DeviceState.CONTACT_CHECK
         try:
             self._ramp_blocking(PROBE_UA, 0.0)
             volts = amps = 0.0
@@ -498,7 +341,7 @@ class VisaSession:
                 amps += abs(reading.current_a) / PROBE_READINGS
             self._ramp_blocking(0.0, 0.0)
         finally:
-            self._state = previous
+            ctl.state = previous
         if amps * 1e6 < PROBE_UA * PROBE_OPEN_FRACTION:
             impedance = OPEN_CIRCUIT_OHM
         else:
@@ -515,16 +358,49 @@ class VisaSession:
         logger.info("contact check: %d Ω (limits %d-%d Ω)", impedance, low, high)
         return impedance
 
+    # ------------------------------------------------------------------------- controller outputs
+
+    def _service(self) -> None:
+        """Carry out the controller's outputs, in order, until it has none left."""
+        ctl = self._ctl
+        while True:
+            outputs = ctl.take_outputs()
+            if not outputs:
+                return
+            for output in outputs:
+                if isinstance(output, ReadLevel):
+                    ctl.level_read(self._read_level_ua())
+                elif isinstance(output, Emit):
+                    self._emit(output)
+                elif isinstance(output, Note):
+                    self._note(output.kind, **output.data)
+                elif isinstance(output, ArmFallback):
+                    self._arm_fallback(output.level_ua)
+                elif isinstance(output, DisarmFallback):
+                    self._disarm_fallback()
+
+    def _emit(self, output: Emit) -> None:
+        self._event_no += 1
+        event = Event(
+            event_no=self._event_no,
+            device_time_ms=self._device_ms(),
+            code=output.code,
+            state=output.state,
+            value=output.value,
+        )
+        if self._recorder is not None:
+            self._recorder.event(event)
+        self._publish_event(event)
+
     # -------------------------------------------------------------------------------- the loop
 
     def _run(self) -> None:
         clock = self._clock
         try:
-            self._start_segment(self._target_ua, self._ramp_up_s, DeviceState.RAMP_UP)
             next_tick = clock.now()
-            while not self._ended:
+            while True:
                 self._tick()
-                if self._ended:
+                if self._ctl.ended:
                     break
                 next_tick += self._period_s
                 now = clock.now()
@@ -533,327 +409,75 @@ class VisaSession:
                 clock.sleep(next_tick - now)
         except BaseException as exc:
             self._failure = exc
-            logger.error("VISA session %d failed: %r; ramping down", self.session_id, exc)
+            logger.error("VISA session %s failed: %r; ramping down", self._session_id, exc)
             self._emergency_ramp_down()
         finally:
             self._finish()
 
     def _tick(self) -> None:
+        ctl = self._ctl
         self._check_fallback()
         self._read()
-        self._check_safety()
         self._process_requests()
-        self._check_end()
-        self._check_overrun()
-        self._step()
+        now = self._clock.now()
+        ctl.check_end(now, main_thread_alive=threading.main_thread().is_alive(), waited_on=self._waiting)
+        self._service()
+        ctl.check_overrun(now)
+        self._service()
+        setpoint = ctl.next_setpoint(self._clock.now())
+        self._service()
+        if setpoint is not None:
+            self._send_setpoint(setpoint)
         self._report()
 
-    def _check_overrun(self) -> None:
-        """A guard against this module's own mistakes: a dose overshooting by more than
-        :data:`OVERRUN_FRACTION`, a time-based session running past its duration plus its ramp-down, or a
-        ramp-down that stopped sending set-points aborts at the slew limit (once)."""
-        if self._overrun:
-            return
-        reason = ""
-        if self._dose_uas is not None and self._charge_uas > self._dose_uas * (1 + OVERRUN_FRACTION):
-            reason = f"delivered {self._charge_uas:.0f} µA·s, over the {self._dose_uas:.0f} µA·s dose"
-        elif self._duration_s is not None and self._on_time_s > self._duration_s + self._ramp_down_s:
-            reason = f"on for {self._on_time_s:.1f} s, past the {self._duration_s:g} s duration"
-        elif (
-            self._state is DeviceState.RAMP_DOWN
-            and self._segment is not None
-            and self._setpoint_ua > 0.0
-            and self._clock.now() - max(self._last_send_t or -math.inf, self._segment.started_at)
-            > max(OVERRUN_STALL_S, 10 * self._tick_s)
-        ):
-            reason = "the ramp-down stopped sending set-points"
-        if reason:
-            self._overrun = True
-            logger.error("overrun guard: %s; aborting at the slew limit", reason)
-            if self._record is not None:
-                self._record.note("overrun_guard", reason=reason)
-            self._end(self._end_requested or SessionOutcome.ABORTED, 0.0, detail=reason, force=True)
+    def _process_requests(self) -> None:
+        ctl = self._ctl
+        if self._pending_end is not None and not ctl.ending:
+            outcome, self._pending_end = self._pending_end, None
+            ctl.stop(self._clock.now(), outcome)
+            self._service()
+        while True:
+            try:
+                request = self._requests.get_nowait()
+            except queue.Empty:
+                return
+            try:
+                self._handle(request)
+            except IontodriveError as exc:
+                request.error = exc
+            finally:
+                request.done.set()
 
-    def _start_segment(self, target_ua: float, ramp_s: float, purpose: DeviceState) -> None:
-        """Plan a ramp from the read-back level to ``target_ua`` and make it the running one."""
-        self._disarm_fallback()
-        self._frozen = None
-        readback = self._readback_ua()
-        plan = self._stream.plan(readback, target_ua, ramp_s)
-        self._segment = _Segment(plan, purpose, self._clock.now())
-        self._set_state(purpose)
-
-    def _step(self) -> None:
-        """Send the running ramp's next point once it is due (at most one per tick, never skipping one)."""
-        segment = self._segment
-        if segment is None:
-            return
-        if self._landing and segment.purpose is DeviceState.RAMP_DOWN:
-            segment = self._steer_landing(segment)
-        plan = segment.plan
-        if segment.index >= plan.setpoints_ua.size:
-            self._segment = None
-            self._segment_finished(segment)
-            return
-        if self._clock.now() - segment.started_at < float(plan.times_s[segment.index]) - 1e-9:
-            return
-        setpoint = float(plan.setpoints_ua[segment.index])
-        segment.index += 1
-        self._send_setpoint(setpoint)
-
-    def _steer_landing(self, segment: _Segment) -> _Segment:
-        """Dose-based end (S11): keep the final ramp-down's charge landing the total on the dose.
-
-        The ramp's remaining charge is about ``I · T / 2`` (measured current ``I``, time to zero ``T``), so
-        the time to zero that lands the dose is ``2 · (dose - delivered) / I``, clamped between the fastest
-        ramp the slew limit allows and twice the prescription's ramp-down time. The plan's remaining points
-        will really take ``points_left`` ticks of the measured tick period; at most every
-        :data:`LANDING_STEER_S`, when that differs from the wanted time by more than two ticks (ticks
-        running late, the current lower than planned), the rest of the ramp is re-planned from the
-        read-back level. A re-planned ramp sends its first point at once, so steering never stalls it.
-        """
-        assert self._dose_uas is not None
+    def _handle(self, request: _Request) -> None:
+        ctl = self._ctl
         now = self._clock.now()
-        if now - self._last_steer_t < LANDING_STEER_S or self._setpoint_ua <= 0.0:
-            return segment
-        self._last_steer_t = now
-        tick = max(self._period_s, self._tick_s)
-        slowdown = tick / self._period_s  # real seconds per planned second
-        fastest_s = math.ceil(self._setpoint_ua / self.identity.slew_limit_ua_per_s * self._source.rate_hz)
-        fastest_s = fastest_s * tick
-        current = max(self._last_i_ua, IMPEDANCE_FLOOR_UA)
-        wanted_s = 2.0 * (self._dose_uas - self._charge_uas) / current
-        wanted_s = min(max(wanted_s, fastest_s), LANDING_STRETCH * self._ramp_down_s * slowdown)
-        expected_s = segment.points_left * tick
-        if abs(expected_s - wanted_s) <= 2.0 * tick:
-            return segment
-        readback = self._readback_ua()
-        plan = self._stream.plan(readback, 0.0, wanted_s / slowdown)
-        replanned = _Segment(
-            plan, DeviceState.RAMP_DOWN, now - float(plan.times_s[min(1, plan.times_s.size - 1)])
-        )
-        self._segment = replanned
-        return replanned
-
-    def _segment_finished(self, segment: _Segment) -> None:
-        purpose = segment.purpose
-        if purpose in (DeviceState.RAMP_UP, DeviceState.ADJUST):
-            self._set_state(DeviceState.HOLD)
-            self._arm_fallback()
-        elif purpose is DeviceState.PAUSING:
-            self._set_state(DeviceState.PAUSED)
-            self._lifting = False
-            self._emit(EventCode.PAUSED, self._charge_int())
-        elif purpose is DeviceState.RAMP_DOWN:
-            if abs(self._readback_ua()) * 1e-6 > LEVEL_ZERO_A:  # cannot happen unless someone else set it
-                self._start_segment(0.0, 0.0, DeviceState.RAMP_DOWN)
-                return
-            self._set_state(DeviceState.DONE)
-            outcome = self._end_requested or SessionOutcome.COMPLETED
-            if outcome is SessionOutcome.COMPLETED and self._dose_uas is not None:
-                self._emit(EventCode.DOSE_COMPLETE, self._charge_int())
-            code = {
-                SessionOutcome.STOPPED: EventCode.STOPPED,
-                SessionOutcome.ABORTED: EventCode.ABORTED,
-            }.get(outcome, EventCode.SESSION_ENDED)
-            self._emit(code, self._charge_int())
-            self._ended = True
-
-    def _end(self, outcome: SessionOutcome, ramp_s: float, detail: str = "", *, force: bool = False) -> None:
-        """Start the final ramp-down. The first reason given is the one recorded; once ending, only a
-        forced end (abort, fault) replans the ramp, faster."""
-        if self._ending and not force:
-            return
-        if self._end_requested is None:
-            self._end_requested = outcome
-        if detail and not self._end_detail:
-            self._end_detail = detail
-        self._ending = True
-        self._landing = outcome is SessionOutcome.COMPLETED and self._dose_uas is not None and not force
-        self._start_segment(0.0, ramp_s, DeviceState.RAMP_DOWN)
-
-    # ------------------------------------------------------------------------------- safety
-
-    def _check_safety(self) -> None:
-        state = self._state
-        if state not in OUTPUT_STATES:
-            self._overcurrent_count = self._low_count = 0
-            self._impedance_window.clear()
-            self._compliance_since = self._recovery_since = None
-            self._setpoint_at_reading_ua = self._setpoint_ua
-            return
-        t = self._last_t or 0.0
-        i_ua = self._last_i_ua
-        v_mv = self._last_v_mv
-        setpoint = max(self._setpoint_at_reading_ua, self._setpoint_ua)
-        judged = self._setpoint_at_reading_ua  # what the output was told before this reading
-        self._setpoint_at_reading_ua = self._setpoint_ua
-
-        # S9 over-current (driver side); once tripped the abort ramp runs to the end
-        if self._flags & StatusFlags.OVERCURRENT:
-            pass
-        elif i_ua > max(setpoint * (1 + OVERCURRENT_MARGIN), setpoint + OVERCURRENT_FLOOR_UA):
-            self._overcurrent_count += 1
-            if self._overcurrent_count >= OVERCURRENT_SAMPLES:
-                logger.error("measured %.0f µA over set-point %.0f µA: aborting", i_ua, setpoint)
-                self._flags |= StatusFlags.OVERCURRENT
-                self._fault = DeviceFault(EventCode.OVERCURRENT_TRIP, round(i_ua), "driver-side S9 check")
-                self._emit(EventCode.OVERCURRENT_TRIP, round(i_ua))
-                self._end_requested = SessionOutcome.FAULT
-                self._end(SessionOutcome.FAULT, 0.0, force=True)
-                return
-        else:
-            self._overcurrent_count = 0
-
-        # S6 electrode lift
-        if not self._lifting:
-            if judged >= LIFT_FLOOR_UA and i_ua < LIFT_CURRENT_FRACTION * judged:
-                self._low_count += 1
-            else:
-                self._low_count = 0
-            risen = False
-            if i_ua >= IMPEDANCE_FLOOR_UA:
-                impedance = abs(v_mv) / i_ua * 1000.0
-                window = self._impedance_window
-                window.append((t, impedance))
-                while window and window[0][0] < t - LIFT_WINDOW_S:
-                    window.popleft()
-                risen = impedance > (1 + LIFT_IMPEDANCE_RISE) * min(r for _, r in window)
-            if self._low_count >= LIFT_SAMPLES or risen:
-                self._electrode_lift()
-                return
-
-        # S5 resistance limit
-        if state in (DeviceState.RAMP_DOWN, DeviceState.PAUSING):
-            self._compliance_since = self._recovery_since = None
-            return
-        at_compliance = abs(v_mv) >= COMPLIANCE_FRACTION * self._compliance_mv
-        if at_compliance:
-            self._recovery_since = None
-            if self._compliance_since is None:
-                self._compliance_since = t
-            segment = self._segment
-            if segment is not None and segment.target_ua > self._setpoint_ua and self._frozen is None:
-                self._frozen = segment  # stop ramping up into the compliance
-                self._segment = None
-            if t - self._compliance_since >= COMPLIANCE_HOLD_S:
-                self._resistance_limit(i_ua, v_mv)
-        else:
-            self._compliance_since = None
-            if self._frozen is not None and self._segment is None:
-                frozen = self._frozen
-                self._start_segment(frozen.target_ua, self._adjust_ramp_s(frozen.target_ua), frozen.purpose)
-            elif self._flags & StatusFlags.RESISTANCE_LIMIT and state is DeviceState.HOLD:
-                self._check_recovery(t, i_ua, v_mv)
-
-    def _reachable_ua(self, i_ua: float, v_mv: float) -> float:
-        if i_ua < IMPEDANCE_FLOOR_UA:
-            return 0.0
-        ohm = abs(v_mv) / i_ua * 1000.0
-        return REACHABLE_FRACTION * self._compliance_mv / ohm * 1000.0  # mV / Ω = mA -> µA
-
-    def _resistance_limit(self, i_ua: float, v_mv: float) -> None:
-        reachable = min(self._target_ua, self._reachable_ua(i_ua, v_mv))
-        self._compliance_since = None
-        self._limited_ua = reachable
-        first = not self._flags & StatusFlags.RESISTANCE_LIMIT
-        self._flags |= StatusFlags.RESISTANCE_LIMIT
-        logger.warning(
-            "resistance limit (S5): holding %.0f µA instead of %.0f µA", reachable, self._target_ua
-        )
-        self._emit(EventCode.RESISTANCE_LIMIT, round(reachable))
-        if self._dose_uas is not None and first and reachable > 0:
-            remaining = max(0.0, self._dose_uas - self._charge_uas)
-            extension_ms = round((remaining / reachable - remaining / self._target_ua) * 1000.0)
-            self._flags |= StatusFlags.TIME_EXTENDED
-            self._emit(EventCode.TIME_EXTENDED, max(0, extension_ms))
-        self._start_segment(reachable, 0.0, DeviceState.ADJUST)
-
-    def _check_recovery(self, t: float, i_ua: float, v_mv: float) -> None:
-        held = self._limited_ua if self._limited_ua is not None else self._target_ua
-        possible = self._reachable_ua(i_ua, v_mv)
-        if possible < RECOVERY_MARGIN * held:
-            self._recovery_since = None
-            return
-        if self._recovery_since is None:
-            self._recovery_since = t
-        if t - self._recovery_since < RECOVERY_HOLD_S:
-            return
-        self._recovery_since = None
-        new = min(self._target_ua, possible)
-        if new >= self._target_ua:
-            self._limited_ua = None
-            self._flags &= ~StatusFlags.RESISTANCE_LIMIT
-            self._emit(EventCode.RESISTANCE_LIMIT_CLEARED, round(self._target_ua))
-        else:
-            self._limited_ua = new
-            self._emit(EventCode.RESISTANCE_LIMIT, round(new))
-        self._start_segment(new, self._adjust_ramp_s(new), DeviceState.ADJUST)
-
-    def _electrode_lift(self) -> None:
-        value = self._last_impedance
-        self._lifting = True
-        self._landing = False
-        self._flags |= StatusFlags.ELECTRODE_LIFT
-        logger.error("electrode lift (S6): impedance %s; ramping to zero", value)
-        self._emit(EventCode.ELECTRODE_LIFT, value)
-        if self._fault is None:
-            self._fault = DeviceFault(
-                EventCode.ELECTRODE_LIFT, value, "electrode lifted; output ramped to zero"
-            )
-        if self._state is DeviceState.RAMP_DOWN:
-            self._start_segment(0.0, LIFT_RAMP_S, DeviceState.RAMP_DOWN)
-        else:
-            self._paused_by_lift = True
-            self._start_segment(0.0, LIFT_RAMP_S, DeviceState.PAUSING)
-
-    def _adjust_ramp_s(self, target_ua: float) -> float:
-        """Ramp time for a change to ``target_ua``: the prescription's ramp-up rate (slew limit enforced
-        by the planner)."""
-        delta = abs(target_ua - self._setpoint_ua)
-        return self._ramp_up_s * delta / self._prescribed_ua
-
-    # ------------------------------------------------------------------------------- ending
-
-    def _check_end(self) -> None:
-        if self._ending:
-            return
-        if not threading.main_thread().is_alive():
-            logger.warning("the main thread ended with a session running: ramping down")
-            self._end(SessionOutcome.STOPPED, self._ramp_down_s, detail="main thread ended")
-            return
-        if self._paused_by_lift and self._state is DeviceState.PAUSED and self._waiting:
-            self._end(SessionOutcome.ELECTRODE_LIFT, 0.0)
-            return
-        if self._state not in ACTIVE_STATES:
-            return
-        down_s = self._expected_ramp_down_s()
-        if self._dose_uas is not None:
-            current = max(0.0, self._last_i_ua)
-            if self._charge_uas + current * down_s / 2.0 >= self._dose_uas:
-                self._end(SessionOutcome.COMPLETED, self._ramp_down_s)
-        elif self._duration_s is not None and self._on_time_s >= self._duration_s - down_s:
-            self._end(SessionOutcome.COMPLETED, self._ramp_down_s)
-
-    def _expected_ramp_down_s(self) -> float:
-        """How long the final ramp-down will really take: its steps (one per tick, each at most
-        slew/rate) times the tick period measured so far. Equals ``ramp_down_s`` when ticks are on time;
-        longer when the instrument or host is too slow for the rate, so the dose still lands on target."""
-        steps = math.ceil(self._ramp_down_s * self._source.rate_hz - 1e-9)
-        return steps * max(self._period_s, self._tick_s)
+        kind = request.kind
+        if kind == "stop":
+            ctl.stop(now, request.value or SessionOutcome.STOPPED, request.detail)
+        elif kind == "abort":
+            ctl.abort(now)
+        elif kind == "pause":
+            ctl.pause(now)
+        elif kind == "resume":
+            if ctl.can_resume:
+                self._contact_check()
+                ctl.resume(self._clock.now())
+        elif kind == "set_current":
+            ctl.set_current(float(request.value), now)
+        self._service()
 
     def _emergency_ramp_down(self) -> None:
         """After an error in the loop: ramp down from the read-back level if the instrument still answers."""
         try:
-            self._disarm_fallback()
-            self._ramp_blocking(0.0, self._ramp_down_s)
+            self._disarm_fallback(check_stall=False)
+            self._ramp_blocking(0.0, self._ctl.ramp_down_s)
             self._output_at_zero = True
         except Exception as exc:
             logger.critical(
                 "cannot ramp the output down (%r): the instrument has NO WATCHDOG and may still be sourcing "
                 "%.0f µA; ramp it down at the instrument",
                 exc,
-                self._setpoint_ua,
+                self._ctl.setpoint_ua,
             )
 
     def _finish(self) -> None:
@@ -861,7 +485,7 @@ class VisaSession:
         try:
             if self._failure is None or self._output_at_zero:
                 with contextlib.suppress(Exception):
-                    self._disarm_fallback()
+                    self._disarm_fallback(check_stall=False)
                     level = self._smu.source_level_a()
                     if abs(level) <= LEVEL_ZERO_A:
                         self._smu.output_off()
@@ -871,56 +495,51 @@ class VisaSession:
                     errors = self._smu.read_errors()
                     if errors:
                         logger.warning("instrument error queue after the session: %s", errors)
-                        if self._record is not None:
-                            self._record.note("instrument_errors", errors=[list(e) for e in errors])
-            if self._state is not DeviceState.DONE:
-                self._set_state(DeviceState.DONE if self._failure is None else DeviceState.FAULT)
-            self._report(force=True)  # the last sample, before the outcome (its callback may still fail)
-            self._outcome = self._decide_outcome()
-            if self._record is not None:
-                extra: dict[str, Any] = {
-                    "session_id": self.session_id,
-                    "dose_source": "host-integrated instrument readings",
-                    "readings": self._readings,
-                    "on_time_s": round(self._on_time_s, 3),
-                }
-                if self._end_detail:
-                    extra["detail"] = self._end_detail
-                if self._failure is not None:
-                    extra["error"] = repr(self._failure)
-                self._record.summary(
-                    delivered_uas=self._charge_int(), end_reason=self._outcome.value, **extra
-                )
-                self._record.close()
+                        self._note("instrument_errors", errors=[list(e) for e in errors])
+            self._ctl.finish(failed=self._failure is not None)
+            self._service()
+            outcome = decide_outcome(self._facts())
+            # the last sample, before the record closes (its callback may still fail)
+            self._report(force=True, completed=outcome is SessionOutcome.COMPLETED)
+            outcome = decide_outcome(self._facts())
+            ctl = self._ctl
+            extra: dict[str, Any] = {"readings": ctl.readings, "on_time_s": round(ctl.on_time_s, 3)}
+            if self._failure is not None:
+                extra["error"] = repr(self._failure)
+            account = self._make_account(
+                outcome,
+                delivered_uas=ctl.charge_int(),
+                end_state=ctl.state,
+                dose_source="host-integrated instrument readings",
+                confirmed=self._failure is None or self._output_at_zero,
+                detail=ctl.end_detail,
+            )
+            self._close_record(account, **extra)
             logger.info(
-                "VISA session %d ended: %s, %.3f mA·min",
-                self.session_id,
-                self._outcome.value,
-                self._charge_uas / UAS_PER_MA_MIN,
+                "VISA session %s ended: %s, %.3f mA·min",
+                self._session_id,
+                outcome.value,
+                ctl.charge_uas / UAS_PER_MA_MIN,
             )
         except Exception as exc:  # never leave waiters hanging
             logger.exception("finishing the VISA session failed")
             if self._failure is None:
                 self._failure = exc
         finally:
-            self._source._session_ended(self)
             self._done.set()
 
-    def _decide_outcome(self) -> SessionOutcome:
-        if self._interrupted is not None:
-            return SessionOutcome.INTERRUPTED
-        if self._callback_error is not None:
-            return SessionOutcome.CALLBACK_ERROR
-        if self._failure is not None:
-            lost = isinstance(self._failure, LinkError) and not self._output_at_zero
-            return SessionOutcome.LINK_LOST if lost else SessionOutcome.FAULT
-        if self._fallback_took_over:
-            return SessionOutcome.LINK_LOST
-        if self._fault is not None:
-            if self._fault.code is EventCode.ELECTRODE_LIFT:
-                return SessionOutcome.ELECTRODE_LIFT
-            return SessionOutcome.FAULT
-        return self._end_requested or SessionOutcome.COMPLETED
+    def _facts(self) -> SessionFacts:
+        failure = self._failure
+        ctl = self._ctl
+        lost = (isinstance(failure, LinkError) and not self._output_at_zero) or ctl.fallback_took_over
+        return SessionFacts(
+            interrupted=self._interrupted is not None,
+            callback_error=self._callback_error is not None,
+            link_lost=lost,
+            other_failure=failure is not None and not lost,
+            fault_code=None if ctl.fault is None else ctl.fault.code,
+            end_requested=ctl.end_requested,
+        )
 
     # ------------------------------------------------------------------------------- requests
 
@@ -939,54 +558,6 @@ class VisaSession:
                     return
             if request.error is not None:
                 raise request.error
-
-    def _process_requests(self) -> None:
-        if self._pending_end is not None and not self._ending:
-            outcome, self._pending_end = self._pending_end, None
-            self._end(outcome, self._ramp_down_s)
-        while True:
-            try:
-                request = self._requests.get_nowait()
-            except queue.Empty:
-                return
-            try:
-                self._handle(request)
-            except IontodriveError as exc:
-                request.error = exc
-            finally:
-                request.done.set()
-
-    def _handle(self, request: _Request) -> None:
-        kind = request.kind
-        state = self._state
-        if kind == "stop":
-            self._end(request.value or SessionOutcome.STOPPED, self._ramp_down_s, request.detail)
-        elif kind == "abort":
-            self._end(SessionOutcome.ABORTED, 0.0, force=True)
-        elif kind == "pause":
-            if state in ACTIVE_STATES and not self._ending:
-                self._start_segment(0.0, self._ramp_down_s, DeviceState.PAUSING)
-        elif kind == "resume":
-            if state is DeviceState.PAUSED and not self._ending:
-                self._contact_check()
-                self._flags &= ~StatusFlags.ELECTRODE_LIFT
-                self._paused_by_lift = False
-                if self._fault is not None and self._fault.code is EventCode.ELECTRODE_LIFT:
-                    self._fault = None
-                self._emit(EventCode.RESUMED, self._charge_int())
-                level = self._limited_ua if self._limited_ua is not None else self._target_ua
-                self._start_segment(level, self._ramp_up_s * level / self._prescribed_ua, DeviceState.RAMP_UP)
-        elif kind == "set_current":
-            target = float(request.value)
-            self._target_ua = target
-            self._limited_ua = None
-            self._flags &= ~StatusFlags.RESISTANCE_LIMIT
-            self._emit(EventCode.SETPOINT_CHANGED, round(target))
-            if state in ACTIVE_STATES and not self._ending:
-                ramp_s = max(self._adjust_ramp_s(target), self.identity.min_ramp_ms / 1000.0)
-                if self._record is not None:
-                    self._record.note("set_current", target_current_ua=round(target), ramp_s=ramp_s)
-                self._start_segment(target, ramp_s, DeviceState.ADJUST)
 
     # ------------------------------------------------------------------------------- control API
 
@@ -1028,35 +599,30 @@ class VisaSession:
             raise RuntimeError("wait() cannot be called from a session callback")
         self._waiting = True
         deadline = None if timeout_s is None else time.monotonic() + timeout_s
-        posted = False
-        warned = 0
-        signals = 0
-        while not self._done.is_set():
-            try:
-                # Everything but flag-setting happens here, outside the handler, so that a second signal
-                # arriving while the first is being handled cannot escape this loop.
-                if self._interrupted is not None and not posted:
-                    self._requests.put(_Request("stop", SessionOutcome.INTERRUPTED))
-                    posted = True
-                    logger.warning("%s: ramping down before exiting", self._interrupted)
-                if signals > warned + 1:
-                    warned = signals - 1
-                    logger.warning("interrupted again: still ramping down, the output is not cut")
-                if deadline is not None and time.monotonic() > deadline:
-                    raise TimeoutError(
-                        f"session still running after {timeout_s} s (state {self._state.name})"
-                    )
-                self._done.wait(0.05)
-            except (KeyboardInterrupt, Terminated) as exc:
-                signals += 1
-                if self._interrupted is None:
-                    self._interrupted = "SIGTERM" if isinstance(exc, Terminated) else "KeyboardInterrupt"
-        while self._thread is not None and self._thread.is_alive():
-            try:
-                self._thread.join(0.05)  # only the record's last lines remain to be written
-            except (KeyboardInterrupt, Terminated):
-                logger.warning("interrupted again: the session is already at zero, finishing its record")
+
+        def step() -> bool:
+            if deadline is not None and time.monotonic() > deadline:
+                raise TimeoutError(f"session still running after {timeout_s} s (state {self.state.name})")
+            return self._done.wait(0.05)
+
+        interrupted = wait_interruptibly(step, self._interrupt)
+        if interrupted is not None and self._interrupted is None:
+            self._interrupted = interrupted
+        wait_interruptibly(self._thread_joined, lambda reason: None)
         return self._result()
+
+    def _interrupt(self, reason: str) -> None:
+        if self._interrupted is None:
+            self._interrupted = reason
+        self._requests.put(_Request("stop", SessionOutcome.INTERRUPTED))
+
+    def _thread_joined(self) -> bool:
+        """True once the session thread has ended (only the record's last lines remain after the end)."""
+        thread = self._thread
+        if thread is None:
+            return True
+        thread.join(0.05)
+        return not thread.is_alive()
 
     def _result(self) -> SessionRecord:
         if self._interrupted is not None:
@@ -1066,50 +632,44 @@ class VisaSession:
         if self._failure is not None:
             if isinstance(self._failure, LinkError) and not self._output_at_zero:
                 raise LinkLostError(
-                    f"lost the instrument during VISA session {self.session_id}: {self._failure}; it has no "
+                    f"lost the instrument during VISA session {self._session_id}: {self._failure}; it has no "
                     "watchdog, so its output may still be on: check it at the instrument"
                 ) from self._failure
             raise self._failure
-        if self._fallback_took_over:
+        if self._ctl.fallback_took_over:
             raise LinkLostError(
-                f"VISA session {self.session_id}: the host stalled for longer than deadman_s with the "
+                f"VISA session {self._session_id}: the host stalled for longer than deadman_s with the "
                 "hardware-side fallback armed; the instrument ramped down by itself and the session ended"
             )
-        if self._fault is not None:
-            raise self._fault
+        if self._ctl.fault is not None:
+            raise self._ctl.fault
         return SessionRecord.load(self.record_path)
 
-    def _close_from_source(self, detail: str) -> None:
-        """Called by ``VisaSource.close()``: ramp down and wait for the end (bounded)."""
+    def ramp_down_for_close(self, detail: str) -> None:
+        """Ramp down and wait for the end (bounded): what ``VisaSource.close()`` does to a running session."""
         if self._done.is_set():
             return
         if threading.current_thread() is self._thread:
             raise RuntimeError("close() cannot be called from a session callback; call stop() instead")
         logger.warning("source closing with a session running: ramping down first")
         self._requests.put(_Request("stop", SessionOutcome.STOPPED, detail))
-        limit = self._ramp_down_s * max(1.0, self._source.real_seconds_per_clock_second) + FINISH_MARGIN_S
+        limit = self._ctl.ramp_down_s * max(1.0, self._source.real_seconds_per_clock_second) + FINISH_MARGIN_S
         self._done.wait(limit)
 
     # ------------------------------------------------------------------------------- fallback
 
-    def _arm_fallback(self) -> None:
+    def _arm_fallback(self, level: float) -> None:
         deadman = self._source.deadman_s
-        if deadman is None or self._ending:
+        if deadman is None:
             return
-        level = self._setpoint_ua
-        down = self._stream.plan(level, 0.0, self._ramp_down_s)
+        down = self._stream.plan(level, 0.0, self._ctl.ramp_down_s)
         hold_points = math.ceil(deadman * self._source.rate_hz)
         points = [level] * hold_points + [float(v) for v in down.setpoints_ua[1:]]
         self._smu.arm_fallback([self._sign * p * 1e-6 for p in points], self._period_s)
         self._fallback_armed_at = self._clock.now()
-        if self._record is not None:
-            self._record.note(
-                "fallback_armed",
-                level_ua=level,
-                hold_s=deadman,
-                points=len(points),
-                interval_s=self._period_s,
-            )
+        self._note(
+            "fallback_armed", level_ua=level, hold_s=deadman, points=len(points), interval_s=self._period_s
+        )
 
     def _check_fallback(self) -> None:
         armed_at = self._fallback_armed_at
@@ -1123,14 +683,14 @@ class VisaSession:
             self._smu.rearm_fallback()
             self._fallback_armed_at = self._clock.now()
 
-    def _disarm_fallback(self) -> None:
+    def _disarm_fallback(self, *, check_stall: bool = True) -> None:
         armed_at = self._fallback_armed_at
         if armed_at is None:
             return
         self._fallback_armed_at = None
         self._smu.disarm_fallback()
         age = self._clock.now() - armed_at
-        if age > (self._source.deadman_s or 0.0):
+        if check_stall and age > (self._source.deadman_s or 0.0):
             self._fallback_stalled(age)
 
     def _fallback_stalled(self, age_s: float) -> None:
@@ -1138,122 +698,44 @@ class VisaSession:
         if self._fallback_armed_at is not None:
             self._fallback_armed_at = None
             self._smu.disarm_fallback()
-        if self._fallback_took_over:
-            return
-        self._fallback_took_over = True
-        logger.error(
-            "host stalled %.1f s with the fallback armed: the instrument ramps down by itself", age_s
-        )
-        self._flags |= StatusFlags.LINK_LOST
-        self._emit(EventCode.LINK_LOST, round(age_s * 1000))
-        self._end(SessionOutcome.LINK_LOST, self._ramp_down_s, detail="host stalled; instrument ramped down")
+        self._ctl.fallback_stalled(age_s, self._clock.now())
+        self._service()
 
     # ------------------------------------------------------------------------------- reporting
-
-    def _set_state(self, state: DeviceState) -> None:
-        previous = self._state
-        if state is previous:
-            return
-        self._state = state
-        on = state in OUTPUT_STATES or (state is DeviceState.PAUSED)
-        self._flags = (self._flags | StatusFlags.OUTPUT_ON) if on else (self._flags & ~StatusFlags.OUTPUT_ON)
-        if state is DeviceState.DONE:
-            self._flags &= ~StatusFlags.SESSION_ACTIVE
-        else:
-            self._flags |= StatusFlags.SESSION_ACTIVE
-        if self._dose_uas is not None:
-            self._flags |= StatusFlags.DOSE_BASED
-        if self._integrating:
-            self._emit(EventCode.STATE_CHANGED, int(previous))
-
-    def _charge_int(self) -> int:
-        return max(0, round(self._charge_uas))
 
     def _device_ms(self) -> int:
         return max(0, round((self._clock.now() - self._t0) * 1000.0))
 
-    def _emit(self, code: EventCode, value: int) -> None:
-        self._event_no += 1
-        event = Event(
-            event_no=self._event_no,
-            device_time_ms=self._device_ms(),
-            code=code,
-            state=self._state,
-            value=value,
-        )
-        if self._record is not None:
-            self._record.event(event)
-        if self._on_event is not None and self._callback_error is None:
-            try:
-                self._on_event(event)
-            except Exception as exc:
-                self._callback_failed(exc)
+    def _on_callback_error(self) -> None:
+        self._pending_end = SessionOutcome.CALLBACK_ERROR
 
-    def _callback_failed(self, exc: BaseException) -> None:
-        logger.error("session callback raised %r: ramping down", exc)
-        if self._callback_error is None:
-            self._callback_error = exc
-            self._pending_end = SessionOutcome.CALLBACK_ERROR
-
-    def _report(self, *, force: bool = False) -> None:
-        t = self._last_t if self._last_t is not None else self._clock.now()
+    def _report(self, *, force: bool = False, completed: bool = False) -> None:
+        ctl = self._ctl
+        t = ctl.last_t if ctl.last_t is not None else self._clock.now()
         if not force and t - self._last_report_t < self._report_interval_s - 1e-9:
             return
         self._last_report_t = t
         sample = Telemetry(
             sample_no=self._sample_no,
             device_time_ms=self._device_ms(),
-            state=self._state,
-            flags=self._flags,
+            state=ctl.state,
+            flags=ctl.flags,
             polarity=self.start_message.polarity,
-            setpoint_ua=max(0, round(self._setpoint_ua)),
-            measured_ua=max(0, round(self._last_i_ua)),
-            voltage_mv=max(0, round(abs(self._last_v_mv))),
-            impedance_ohm=self._last_impedance,
-            charge_uas=self._charge_int(),
+            setpoint_ua=max(0, round(ctl.setpoint_ua)),
+            measured_ua=max(0, round(ctl.last_i_ua)),
+            voltage_mv=max(0, round(abs(ctl.last_v_mv))),
+            impedance_ohm=ctl.impedance_ohm,
+            charge_uas=ctl.charge_int(),
         )
         self._sample_no += 1
-        if self._record is not None:
-            self._record.telemetry(sample)
-        progress = self._progress_from(sample)
-        self._last_progress = progress
-        if self._on_progress is not None and self._callback_error is None:
-            try:
-                self._on_progress(progress)
-            except Exception as exc:
-                self._callback_failed(exc)
-
-    def _progress_from(self, sample: Telemetry) -> Progress:
-        delivered = sample.charge_uas
-        if self._dose_uas is not None:
-            target_ma_min: float | None = self._dose_uas / UAS_PER_MA_MIN
-            fraction = min(1.0, delivered / self._dose_uas)
-            rate = max(self._last_i_ua, 0.0)
-            time_left = max(0.0, (self._dose_uas - delivered) / rate) if rate >= 1.0 else None
-        else:
-            target_ma_min = None
-            total = self._duration_s or 0.0
-            time_left = max(0.0, total - self._on_time_s)
-            fraction = min(1.0, self._on_time_s / total) if total else 0.0
-        return Progress(
-            state=sample.state,
-            flags=sample.flags,
-            device_time_s=sample.device_time_ms / 1000.0,
-            delivered_uas=delivered,
-            delivered_ma_min=delivered / UAS_PER_MA_MIN,
-            target_ma_min=target_ma_min,
-            fraction=fraction,
-            time_left_s=time_left,
-            setpoint_ma=self._setpoint_ua / 1000.0 + 0.0,  # + 0.0: never -0.0
-            current_ma=self._last_i_ua / 1000.0 + 0.0,
-            voltage_v=self._last_v_mv / 1000.0 + 0.0,
-            impedance_ohm=None if sample.impedance_ohm == OPEN_CIRCUIT_OHM else sample.impedance_ohm,
+        if self._recorder is not None:
+            self._recorder.telemetry(sample)
+        assert self._builder is not None
+        progress = self._builder.build(
+            sample,
+            elapsed_s=sample.device_time_ms / 1000.0,
+            on_time_s=ctl.on_time_s,
+            completed=completed,
+            aborting=ctl.end_requested in (SessionOutcome.ABORTED, SessionOutcome.FAULT),
         )
-
-
-def _start_dict(start: Any) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for f in dataclasses.fields(start):
-        value = getattr(start, f.name)
-        out[f.name] = value.name if hasattr(value, "name") else value
-    return out
+        self._publish_progress(progress)

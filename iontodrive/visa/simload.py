@@ -80,7 +80,9 @@ class SimulatedLoad:
         self.resource.close()
 
     def query(self, message: str) -> str:
-        reply = self.resource.query(message)  # the simulated instrument still sees (and checks) the query
+        reply = str(
+            self.resource.query(message)
+        )  # the simulated instrument still sees (and checks) the query
         driver = self.driver
         if driver is None:
             return reply

@@ -39,13 +39,14 @@ import threading
 from collections.abc import Callable
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Self
+from typing import Any, Self, cast
 
 from iontodrive.errors import LinkClosedError, SafetyRefusal
 from iontodrive.prescription import Prescription
 from iontodrive.protocol import Event, IdentityReport, WaveformSet
-from iontodrive.session import DeliversSessions, Progress
-from iontodrive.source import InvalidResourceError, is_visa_resource, validate_visa_resource
+from iontodrive.resources import normalise_resource
+from iontodrive.sessions.engine import DeliversSessions
+from iontodrive.sessions.types import Progress
 from iontodrive.units import require_real
 from iontodrive.visa.clock import Clock, RealClock, ScaledClock
 from iontodrive.visa.drivers import connect
@@ -222,9 +223,7 @@ class VisaSource(DeliversSessions):
             LinkClosedError: pyvisa is missing or the resource cannot be opened.
             UnsupportedInstrumentError: ``*IDN?`` names an unsupported model (nothing else was sent).
         """
-        if not isinstance(resource, str) or not is_visa_resource(resource):
-            raise InvalidResourceError(resource, "not a VISA resource string (e.g. GPIB0::24::INSTR)")
-        resource = validate_visa_resource(resource)
+        resource = normalise_resource(resource, for_backend="visa")
         library = visa_library if visa_library is not None else os.environ.get(ENV_LIBRARY, "")
         simulated = library.strip().lower().endswith("@sim")
         if sim_speed is None and os.environ.get(ENV_SIM_SPEED) and simulated:
@@ -259,7 +258,9 @@ class VisaSource(DeliversSessions):
             with contextlib.suppress(Exception):
                 manager.close()
             raise LinkClosedError(f"cannot open VISA resource {resource!r}: {exc}") from exc
-        wrapped: VisaResource = SimulatedLoad(raw, load_ohm=load_ohm) if simulated else raw
+        wrapped: VisaResource = (
+            SimulatedLoad(raw, load_ohm=load_ohm) if simulated else cast(VisaResource, raw)
+        )
 
         def close_manager() -> None:
             with contextlib.suppress(Exception):
@@ -292,6 +293,7 @@ class VisaSource(DeliversSessions):
         labels: dict[str, str] | None = None,
         on_progress: Callable[[Progress], None] | None = None,
         on_event: Callable[[Event], None] | None = None,
+        on_alarm: Callable[[str], None] | None = None,
         telemetry_hz: int | None = DEFAULT_TELEMETRY_HZ,
     ) -> VisaSession:
         """Check, configure and start a session; return its handle once the ramp-up has begun.
@@ -307,18 +309,19 @@ class VisaSource(DeliversSessions):
             if self._session is not None and not self._session.finished:
                 raise SafetyRefusal("state", "busy", reason="a session is already running on this source")
             self._sessions_started += 1
-            session = VisaSession(
+            session = VisaSession.begin(
                 self,
                 prescription,
                 record_path=record_path,
                 labels=labels,
                 on_progress=on_progress,
                 on_event=on_event,
+                on_alarm=on_alarm,
                 telemetry_hz=telemetry_hz,
                 session_id=self._sessions_started,
             )
-            session._begin()
             self._session = session
+        self._remember(session)
         return session
 
     @property
@@ -326,16 +329,35 @@ class VisaSource(DeliversSessions):
         """The last session started on this source (running or finished), or None."""
         return self._session
 
-    def _session_ended(self, session: VisaSession) -> None:
-        logger.debug("session %d released the instrument", session.session_id)
-
-    def _warn_no_watchdog(self, record: Any) -> None:
+    @property
+    def no_watchdog_warning(self) -> str:
+        """The warning logged and written to the record when each session starts (no watchdog)."""
         text = NO_WATCHDOG_WARNING.format(model=self.identity.model)
         if self.deadman_s is not None:
             text += f"; hardware-side fallback armed during the hold (deadman_s = {self.deadman_s:g} s)"
-        logger.warning(text)
-        if record is not None:
-            record.note("warning", text=text)
+        return text
+
+    @property
+    def description(self) -> str:
+        return f"{self.identity.model} #{self.identity.serial_number} on {self.resource_name or 'VISA'}"
+
+    @property
+    def url(self) -> str:
+        return self.resource_name
+
+    @property
+    def has_device_status(self) -> bool:
+        """False: a source-meter reports no session status of its own (the host ramps it)."""
+        return False
+
+    def ensure_output_zero(self, timeout_s: float) -> None:
+        """Safety net after an interrupt that escaped before a session took charge: ramp a running
+        session down, or ramp whatever the output sources to zero (bounded by the slew limit)."""
+        session = self._session
+        if session is not None and not session.finished:
+            session.ramp_down_for_close("interrupted")
+            return
+        self.ramp_down_output()
 
     # --------------------------------------------------------------------------------- utilities
 
@@ -375,7 +397,7 @@ class VisaSource(DeliversSessions):
             return
         session = self._session
         if session is not None and not session.finished:
-            session._close_from_source("source closed")
+            session.ramp_down_for_close("source closed")
         self._closed = True
         self.instrument.close()
         if self._on_close is not None:
@@ -400,8 +422,3 @@ def _env_float(name: str) -> float:
         return float(text)
     except ValueError:
         raise SafetyRefusal(name, text, reason="environment variable must be a number") from None
-
-
-def open_source(resource: str, **options: Any) -> VisaSource:
-    """Open a VISA resource as a :class:`VisaSource` (what the CLI calls for VISA resource strings)."""
-    return VisaSource.open(resource, **options)
