@@ -1,0 +1,216 @@
+"""Reconnect, reconcile, resume (issue 19 item 5): the driver against a real-time simulator on a stable
+pty link, driven through the simulator's control API.
+
+* a lost link (unplug) during a session: the driver reaches the same device again, writes the device's
+  time, charge and state in the record, ends the device's paused session and completes the record with the
+  device's own charge; no current comes back (the device is DONE);
+* no replug within the configured time: a typed ``ReconnectFailedError`` and a record that says so;
+* a different device answering: a typed ``DifferentDeviceError`` (``reach_same_device`` and the record);
+* after an electrode lift: resuming with the electrode still off is refused by the contact check, with
+  nothing started; once contact is back, ``resume_session`` runs a contact check, ramps up from zero at the
+  prescription's ramp, and the chain's combined dose is within 1 % of the prescription.
+
+Time passes on the simulator's side (a real-time runner at speed 25); the tests themselves never sleep:
+they block on the driver's own calls, and faults are scheduled at device times.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from firmware_sim import Device, DeviceRunner, TraceRecorder
+from firmware_sim.bridge_pty import PtyTransport
+from firmware_sim.control import SimController
+from firmware_sim.wired import WiredTransport
+from iontodrive import DeviceFault, Prescription, Stimulator
+from iontodrive.errors import SafetyRefusal
+from iontodrive.protocol import DeviceState, EventCode, IdentityReport
+from iontodrive.record import SessionRecord
+from iontodrive.sessions.reconnect import (
+    DifferentDeviceError,
+    ReconnectFailedError,
+    ReconnectPolicy,
+    SessionReconnected,
+    reach_same_device,
+)
+from iontodrive.sessions.resume import resume_session
+from iontodrive.units import UAS_PER_MA_MIN
+
+pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="needs POSIX pseudo-terminals")
+
+SPEED = 25.0
+RX = Prescription(current_ma=2.0, dose_ma_min=2.0, ramp_up_s=5, ramp_down_s=5, polarity="cathode")
+PRESCRIBED_UAS = round(2.0 * UAS_PER_MA_MIN)
+
+
+@dataclass
+class Bench:
+    link: str
+    device: Device
+    runner: DeviceRunner
+    control: SimController
+    trace: TraceRecorder
+    wired: WiredTransport
+
+    def now_s(self) -> float:
+        return float(self.runner.call(lambda d: d.session_time_s))
+
+    def state(self) -> DeviceState:
+        return DeviceState(self.runner.call(lambda d: d.state))
+
+
+@pytest.fixture
+def bench(tmp_path: Path) -> Iterator[Bench]:
+    trace = TraceRecorder()
+    device = Device("clinic-4", seed=7, trace=trace)
+    link = str(tmp_path / "usb-iontodrive-sim-if00")
+    wired = WiredTransport(PtyTransport(link_path=link))
+    runner = DeviceRunner(device, wired, speed=SPEED).start()
+    try:
+        yield Bench(link, device, runner, SimController(runner, wired), trace, wired)
+    finally:
+        runner.stop()
+        wired.close()
+        device.close()
+
+
+def _notes(record: SessionRecord, kind: str) -> list[dict[str, object]]:
+    return [n for n in record.notes if n.get("kind") == kind]
+
+
+def test_unplug_reconnects_to_the_same_device_and_reconciles_the_record(bench: Bench, tmp_path: Path) -> None:
+    path = tmp_path / "part1.jsonl"
+    with Stimulator.open(bench.link, reconnect_s=15, watchdog_ms=500) as stim:
+        session = stim.start(RX, record_path=path)
+        bench.control.act("unplug", {"at_s": bench.now_s() + 10.0, "duration_s": 1.5})
+        with pytest.raises(SessionReconnected) as caught:
+            session.wait(timeout_s=60)
+        found = caught.value.reconciliation
+        device_charge = bench.runner.call(lambda d: d.charge_uas)
+        assert stim.client.identity.serial_number == found.record.identity["serial_number"]
+        assert stim.status().state is DeviceState.DONE  # current did not come back by itself
+    assert found.same_session and found.found_state is DeviceState.PAUSED  # the watchdog paused it (S10)
+    record = SessionRecord.load(path)
+    assert record.complete and record.summary is not None
+    assert record.summary["device_confirmed"] is True and record.summary["end_state"] == "DONE"
+    assert record.delivered_uas == found.delivered_uas
+    assert abs(found.delivered_uas - device_charge) <= 1  # the device's own count (reported in whole µA·s)
+    (note,) = _notes(record, "reconciled")
+    assert note["state"] == "PAUSED" and note["charge_uas"] == found.found_charge_uas
+    assert isinstance(note["device_time_ms"], int) and note["device_time_ms"] > 10_000
+    assert 0 < record.delivered_uas < PRESCRIBED_UAS
+    assert any(e["code"] == "LINK_LOST" for e in record.events)  # fetched from the device afterwards
+    assert bench.state() is DeviceState.DONE
+
+
+def test_no_replug_gives_up_after_the_configured_time_and_the_record_says_so(
+    bench: Bench, tmp_path: Path
+) -> None:
+    path = tmp_path / "lost.jsonl"
+    with Stimulator.open(bench.link, reconnect_s=0.6, watchdog_ms=500) as stim:
+        session = stim.start(RX, record_path=path)
+        bench.control.act("unplug", {"at_s": bench.now_s() + 6.0})  # never plugged back
+        with pytest.raises(ReconnectFailedError) as caught:
+            session.wait(timeout_s=60)
+    assert caught.value.attempts >= 2 and caught.value.waited_s >= 0.6
+    record = SessionRecord.load(path)
+    assert not record.complete  # the device holds the dose; recover completes the record later
+    (note,) = _notes(record, "reconnect_failed")
+    assert note["attempts"] == caught.value.attempts
+    bench.runner.call(lambda _d: bench.wired.replug())  # at once, on this thread (under the loop's lock)
+    with Stimulator.open(bench.link) as stim:
+        assert stim.status().state is DeviceState.PAUSED  # the watchdog paused it; nothing resumed it
+        completed = stim.recover(path)
+    assert completed.complete and completed.summary is not None
+    assert completed.summary["device_confirmed"] is True
+
+
+def test_a_different_device_is_refused_typed() -> None:
+    identity = _identity()
+    stranger = dataclasses.replace(identity, serial_number=identity.serial_number + 1)
+    with pytest.raises(DifferentDeviceError) as caught:
+        reach_same_device("sim://clinic-4?clock=virtual", {}, stranger, ReconnectPolicy(1.0))
+    assert caught.value.found_serial == identity.serial_number
+    assert caught.value.expected_serial == identity.serial_number + 1
+
+
+def test_giving_up_is_bounded_by_the_policy_on_a_virtual_clock() -> None:
+    now = [0.0]
+
+    def sleep(seconds: float) -> None:
+        now[0] += seconds
+
+    with pytest.raises(ReconnectFailedError) as caught:
+        reach_same_device(
+            "/nonexistent/iontodrive-test-port",
+            {},
+            _identity(),
+            ReconnectPolicy(1.0, interval_s=0.25),
+            clock=lambda: now[0],
+            sleep=sleep,
+        )
+    assert caught.value.attempts == 5 and caught.value.waited_s == pytest.approx(1.0)
+    assert now[0] == pytest.approx(1.0)
+
+
+def _identity() -> IdentityReport:
+    import firmware_sim
+
+    firmware_sim.register_url_handler()
+    with Stimulator.open("sim://clinic-4?clock=virtual") as stim:
+        return stim.identity
+
+
+@pytest.mark.parametrize("bad", [0, -1, float("nan"), 1e9, True])
+def test_reconnect_time_out_of_range_is_refused_before_opening(bad: float) -> None:
+    with pytest.raises(SafetyRefusal) as caught:
+        Stimulator.open("/nonexistent/never-opened", reconnect_s=bad)
+    assert caught.value.field == "reconnect_s"
+
+
+def test_after_a_lift_resume_checks_contact_and_ramps_and_the_chain_meets_the_dose(
+    bench: Bench, tmp_path: Path
+) -> None:
+    first, second = tmp_path / "part1.jsonl", tmp_path / "part2.jsonl"
+    with Stimulator.open(bench.link) as stim:
+        session = stim.start(RX, record_path=first)
+        bench.control.act("electrode_lift", {"at_s": bench.now_s() + 12.0})
+        with pytest.raises(DeviceFault) as lifted:
+            session.wait(timeout_s=60)
+        assert lifted.value.code is EventCode.ELECTRODE_LIFT
+        # the electrode is still off: the new contact check refuses, nothing is started
+        with pytest.raises(SafetyRefusal) as refused:
+            resume_session(stim, first, new_record_path=second)
+        assert refused.value.field == "impedance_ohm"
+        assert bench.state() is DeviceState.DONE and not second.exists()
+        bench.control.act("contact_return", {})
+        stim.check_contact(2000)  # waits a round trip; the contact is back within 0.2 s of device time
+        resumed_at = bench.now_s()
+        resumed = resume_session(stim, first, new_record_path=second)
+        record = resumed.wait(timeout_s=60)
+    chain = record.chain()
+    assert [p.path for p in chain.parts] == [first, second]
+    assert record.labels["continues_record"] == str(first.resolve()) and record.labels["part"] == "2"
+    assert chain.device_confirmed
+    assert abs(chain.delivered_uas - PRESCRIBED_UAS) <= 0.01 * PRESCRIBED_UAS
+    assert SessionRecord.load(first).delivered_uas == chain.parts[0].delivered_uas
+    # the remainder ramped up from zero at the prescription's rate (S1, S4), after its contact check
+    cols = bench.runner.call(lambda _d: bench.trace.columns)
+    after = cols["t_s"] >= resumed_at
+    states = cols["state"][after]
+    setpoint = cols["setpoint_ua"][after]
+    t = cols["t_s"][after]
+    ramp = states == int(DeviceState.RAMP_UP)
+    assert ramp.any() and (states == int(DeviceState.CONTACT_CHECK)).any()
+    first_ramp = np.argmax(ramp)
+    assert np.argmax(states == int(DeviceState.CONTACT_CHECK)) < first_ramp
+    assert setpoint[first_ramp] <= 2000 / 5.0 * 0.01 + 1  # from zero
+    slope = np.diff(setpoint[ramp]) / np.maximum(np.diff(t[ramp]), 1e-9)
+    assert slope.max() <= 2000 / 5.0 * 1.01  # 2 mA over 5 s
