@@ -348,6 +348,8 @@ def test_a_host_that_dies_between_the_start_ack_and_the_started_note_is_recovere
         died = subprocess.run([sys.executable, "-c", script, sim.url, str(record_path)], timeout=60)
         assert died.returncode == 9
         with Stimulator.open(sim.url) as stim:
+            # the device's session has delivered something (its watchdog may have paused it meanwhile)
+            assert wait_until(lambda: stim.status().charge_uas > 0, timeout_s=10)
             record = stim.recover(record_path)
             status = stim.status()
     assert record.complete and record.summary is not None
