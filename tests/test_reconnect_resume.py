@@ -28,11 +28,13 @@ import pytest
 from firmware_sim import Device, DeviceRunner, TraceRecorder
 from firmware_sim.bridge_pty import PtyTransport
 from firmware_sim.control import SimController
+from firmware_sim.faults import ContactReturn
 from firmware_sim.wired import WiredTransport
 from iontodrive import DeviceFault, Prescription, Stimulator
-from iontodrive.errors import SafetyRefusal
+from iontodrive.cli import main
+from iontodrive.errors import LinkLostError, SafetyRefusal
 from iontodrive.protocol import DeviceState, EventCode, IdentityReport
-from iontodrive.record import SessionRecord
+from iontodrive.record import RecordWriter, SessionRecord
 from iontodrive.sessions.reconnect import (
     DifferentDeviceError,
     ReconnectFailedError,
@@ -214,3 +216,66 @@ def test_after_a_lift_resume_checks_contact_and_ramps_and_the_chain_meets_the_do
     assert setpoint[first_ramp] <= 2000 / 5.0 * 0.01 + 1  # from zero
     slope = np.diff(setpoint[ramp]) / np.maximum(np.diff(t[ramp]), 1e-9)
     assert slope.max() <= 2000 / 5.0 * 1.01  # 2 mA over 5 s
+
+
+# ------------------------------------------------------------------------------------------------ CLI
+
+
+def test_cli_recover_completes_a_record_only_from_the_device(
+    bench: Bench, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = tmp_path / "lost.jsonl"
+    with Stimulator.open(bench.link, watchdog_ms=500) as stim:  # no reconnect: LinkLostError at once
+        session = stim.start(RX, record_path=path)
+        bench.control.act("unplug", {"at_s": bench.now_s() + 6.0})
+        with pytest.raises(LinkLostError):
+            session.wait(timeout_s=60)
+    assert main(["recover", str(path)]) == 2  # without the device nothing is completed
+    assert "INCOMPLETE" in capsys.readouterr().out and not SessionRecord.load(path).complete
+    bench.runner.call(lambda _d: bench.wired.replug())
+    assert main(["recover", str(path), bench.link]) == 0
+    out = capsys.readouterr().out
+    assert "the device confirms the session ended (DONE)" in out
+    record = SessionRecord.load(path)
+    assert record.complete and record.summary is not None and record.summary["device_confirmed"] is True
+    assert abs(record.delivered_uas - bench.runner.call(lambda d: d.charge_uas)) <= 1  # type: ignore[operator]
+    assert main(["recover", str(path), bench.link]) == 0
+    assert "complete already" in capsys.readouterr().out
+
+
+def test_cli_recover_refuses_another_device(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    identity = _identity()
+    path = tmp_path / "other.jsonl"
+    writer = RecordWriter(
+        path,
+        prescription=RX.to_dict(),
+        identity={"model": identity.model, "serial_number": identity.serial_number + 1},
+        durable=False,
+    )
+    writer.note("started", session_id=1, first_event_no=0, start={"dose_uas": PRESCRIBED_UAS})
+    writer.close()
+    before = path.read_bytes()
+    assert main(["recover", str(path), "sim://clinic-4?clock=virtual"]) == 3
+    assert "not the session's" in capsys.readouterr().err
+    assert path.read_bytes() == before  # nothing written
+
+
+def test_cli_resume_delivers_the_remainder_after_a_lift(
+    bench: Bench, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    first, second = tmp_path / "part1.jsonl", tmp_path / "part2.jsonl"
+    with Stimulator.open(bench.link) as stim:
+        session = stim.start(RX, record_path=first)
+        bench.control.act("electrode_lift", {"at_s": bench.now_s() + 20.0})
+        with pytest.raises(DeviceFault):
+            session.wait(timeout_s=60)
+    assert main(["resume", str(first), bench.link, "--record", str(second), "--quiet"]) == 3  # contact open
+    assert "impedance_ohm" in capsys.readouterr().err and not second.exists()
+    bench.runner.call(lambda _d: bench.device.inject(ContactReturn(at_s=None, duration_s=0.01)))
+    assert main(["resume", str(first), bench.link, "--record", str(second), "--quiet"]) == 0
+    out = capsys.readouterr().out
+    assert "session: 2 parts" in out and f"record: {second}" in out
+    chain = SessionRecord.load(second).chain()
+    assert abs(chain.delivered_uas - PRESCRIBED_UAS) <= 0.01 * PRESCRIBED_UAS and chain.device_confirmed
+    assert main(["resume", str(second), bench.link, "--quiet"]) == 0
+    assert "nothing to resume" in capsys.readouterr().out

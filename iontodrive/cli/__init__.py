@@ -80,6 +80,7 @@ def build_parser() -> argparse.ArgumentParser:
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for module in (ports, device, deliver, report, presets_cmd, sim, demo):
         module.add_parser(subparsers)
+    __import__("iontodrive.cli.recover", fromlist=["recover"]).add_parser(subparsers)  # recover, resume
     return parser
 
 
