@@ -33,7 +33,7 @@ from firmware_sim.wired import WiredTransport
 from iontodrive import DeviceFault, Prescription, Stimulator
 from iontodrive.cli import main
 from iontodrive.errors import LinkLostError, SafetyRefusal
-from iontodrive.protocol import DeviceState, EventCode, IdentityReport
+from iontodrive.protocol import ContactVerdict, DeviceState, EventCode, IdentityReport
 from iontodrive.record import RecordWriter, SessionRecord
 from iontodrive.sessions.reconnect import (
     DifferentDeviceError,
@@ -81,6 +81,15 @@ def bench(tmp_path: Path) -> Iterator[Bench]:
         runner.stop()
         wired.close()
         device.close()
+
+
+def _until_contact(stim: Stimulator) -> None:
+    """Ask the device's contact check until it passes (the contact returns over 0.2 s of device time;
+    each check is a round trip, so no sleep is needed), at most 500 times."""
+    for _ in range(500):
+        if stim.check_contact(2000).verdict is ContactVerdict.OK:
+            return
+    raise AssertionError("the contact never came back")
 
 
 def _notes(record: SessionRecord, kind: str) -> list[dict[str, object]]:
@@ -193,7 +202,7 @@ def test_after_a_lift_resume_checks_contact_and_ramps_and_the_chain_meets_the_do
         assert refused.value.field == "impedance_ohm"
         assert bench.state() is DeviceState.DONE and not second.exists()
         bench.control.act("contact_return", {})
-        stim.check_contact(2000)  # waits a round trip; the contact is back within 0.2 s of device time
+        _until_contact(stim)
         resumed_at = bench.now_s()
         resumed = resume_session(stim, first, new_record_path=second)
         record = resumed.wait(timeout_s=60)
@@ -272,6 +281,8 @@ def test_cli_resume_delivers_the_remainder_after_a_lift(
     assert main(["resume", str(first), bench.link, "--record", str(second), "--quiet"]) == 3  # contact open
     assert "impedance_ohm" in capsys.readouterr().err and not second.exists()
     bench.runner.call(lambda _d: bench.device.inject(ContactReturn(at_s=None, duration_s=0.01)))
+    with Stimulator.open(bench.link) as stim:
+        _until_contact(stim)
     assert main(["resume", str(first), bench.link, "--record", str(second), "--quiet"]) == 0
     out = capsys.readouterr().out
     assert "session: 2 parts" in out and f"record: {second}" in out
