@@ -32,9 +32,10 @@ from firmware_sim.faults import ContactReturn
 from firmware_sim.wired import WiredTransport
 from iontodrive import DeviceFault, Prescription, Stimulator
 from iontodrive.cli import main
-from iontodrive.errors import LinkLostError, SafetyRefusal
+from iontodrive.errors import LinkLostError, SafetyRefusal, SessionInterrupted
 from iontodrive.protocol import ContactVerdict, DeviceState, EventCode, IdentityReport
 from iontodrive.record import RecordWriter, SessionRecord
+from iontodrive.sessions import reconnect
 from iontodrive.sessions.reconnect import (
     DifferentDeviceError,
     ReconnectFailedError,
@@ -290,3 +291,56 @@ def test_cli_resume_delivers_the_remainder_after_a_lift(
     assert abs(chain.delivered_uas - PRESCRIBED_UAS) <= 0.01 * PRESCRIBED_UAS and chain.device_confirmed
     assert main(["resume", str(second), bench.link, "--quiet"]) == 0
     assert "nothing to resume" in capsys.readouterr().out
+
+
+# ------------------------------------------------------------------- after_link_loss, without a device
+
+
+class _DeadClient:
+    def __init__(self, identity: IdentityReport) -> None:
+        self.identity = identity
+        self.closed = False
+
+    def close(self) -> None:
+        self.closed = True
+
+
+class _Stim:
+    def __init__(self, identity: IdentityReport) -> None:
+        self.client = _DeadClient(identity)
+        self.reconnect_policy = ReconnectPolicy(1.0)
+        self.reopen_with = ("/nonexistent/iontodrive-port", {"watchdog_ms": 500})
+
+
+def _open_record(path: Path, identity: IdentityReport) -> Path:
+    writer = RecordWriter(path, prescription=RX.to_dict(), identity=identity, durable=False)
+    writer.note("started", session_id=3, first_event_no=0, start={"dose_uas": PRESCRIBED_UAS})
+    writer.close()
+    return path
+
+
+@pytest.mark.parametrize("what", ["refused", "interrupted"])
+def test_after_link_loss_notes_a_refusal_or_an_interrupt_in_the_record(
+    what: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    identity = _identity()
+    path = _open_record(tmp_path / "r.jsonl", identity)
+
+    def reach(*_args: object, **_kw: object) -> object:
+        if what == "refused":
+            raise DifferentDeviceError("/nonexistent/iontodrive-port", 1, 2, "clinic-4", "clinic-4")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(reconnect, "reach_same_device", reach)
+    stim = _Stim(identity)
+    result = reconnect.after_link_loss(stim, path, LinkLostError("gone"))  # type: ignore[arg-type]
+    record = SessionRecord.load(path)
+    assert stim.client.closed and not record.complete
+    assert _notes(record, "reconnecting")
+    if what == "refused":
+        assert isinstance(result, DifferentDeviceError) and result.found_serial == 2
+        (note,) = _notes(record, "reconnect_refused")
+        assert (note["expected_serial"], note["found_serial"]) == (1, 2)
+    else:
+        assert isinstance(result, SessionInterrupted)
+        assert _notes(record, "reconnect_interrupted")

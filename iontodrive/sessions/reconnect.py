@@ -45,10 +45,18 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from iontodrive.client import DeviceClient
-from iontodrive.errors import IontodriveError, LinkError, LinkLostError, RecordError, SafetyRefusal
+from iontodrive.errors import (
+    IontodriveError,
+    LinkError,
+    LinkLostError,
+    RecordError,
+    SafetyRefusal,
+    SessionInterrupted,
+)
 from iontodrive.protocol import DeviceState, IdentityReport, StatusReport
 from iontodrive.record import RecordWriter, SessionRecord
 from iontodrive.records.chain import started_note
+from iontodrive.sessions.types import Terminated
 from iontodrive.units import UAS_PER_MA_MIN
 
 if TYPE_CHECKING:
@@ -357,8 +365,9 @@ def after_link_loss(stim: Stimulator, record_path: str | Path, cause: LinkError)
     """What a session does when its link is lost and ``stim`` has a reconnect policy (called by
     :class:`~iontodrive.sessions.device.DeviceSession` once its record is closed): reach the same device,
     reconcile, and return the exception ``wait()`` raises -- :class:`SessionReconnected`,
-    :class:`ReconnectFailedError` or :class:`DifferentDeviceError` (each noted in the record), or what
-    reconciling raised."""
+    :class:`ReconnectFailedError`, :class:`DifferentDeviceError` or, for Ctrl-C or SIGTERM while trying,
+    :class:`~iontodrive.errors.SessionInterrupted` (each noted in the record), or what reconciling
+    raised."""
     policy = stim.reconnect_policy
     reopen = stim.reopen_with
     assert policy is not None and reopen is not None
@@ -370,6 +379,13 @@ def after_link_loss(stim: Stimulator, record_path: str | Path, cause: LinkError)
     record_note(record_path, "reconnecting", resource=resource, within_s=policy.within_s, cause=str(cause))
     try:
         client, attempts, waited = reach_same_device(resource, options, expected, policy)
+    except (KeyboardInterrupt, Terminated) as interrupt:  # nothing to ramp: the device's watchdog did (S10)
+        reason = type(interrupt).__name__
+        record_note(record_path, "reconnect_interrupted", resource=resource, reason=reason)
+        return SessionInterrupted(
+            f"{reason} while reconnecting (the device's watchdog paused the session; `iontodrive recover` "
+            "completes the record)"
+        )
     except ReconnectFailedError as failed:
         record_note(
             record_path,
