@@ -58,8 +58,9 @@ def add_parser(subparsers: Any) -> None:
             "Deliver what is left of a dose-based session whose last part is RECORD (after an electrode "
             "lift, a lost link, a stop): the record is completed from the device first if needed, then the "
             "rest is delivered as a new session linked to it (its record's labels name the part it "
-            "continues), with a new contact check and a ramp up from zero. `iontodrive report` of any part "
-            "shows the chain's combined dose. Only the session's own device (same serial number) is used."
+            "continues), with a new contact check and a ramp up from zero. `iontodrive recover RECORD` "
+            "(without PORT) shows the combined dose of the parts. Only the session's own device (same serial "
+            "number and model) is used."
         ),
     )
     resume.add_argument("record", metavar="RECORD", help="the last part's session record (JSON Lines)")
