@@ -122,6 +122,29 @@ def test_unplug_reconnects_to_the_same_device_and_reconciles_the_record(bench: B
     assert bench.state() is DeviceState.DONE
 
 
+def test_a_link_back_before_the_watchdog_acted_is_ramped_down_never_continued(
+    bench: Bench, tmp_path: Path
+) -> None:
+    path = tmp_path / "glitch.jsonl"
+    with Stimulator.open(bench.link, reconnect_s=15, watchdog_ms=3000) as stim:
+        session = stim.start(RX, record_path=path)
+        unplug_at = bench.now_s() + 10.0
+        bench.control.act("unplug", {"at_s": unplug_at, "duration_s": 0.05})  # back well within 3 s
+        with pytest.raises(SessionReconnected) as caught:
+            session.wait(timeout_s=60)
+    found = caught.value.reconciliation
+    assert found.found_state is DeviceState.HOLD  # still delivering when the driver came back
+    assert found.device_confirmed and found.record.summary is not None
+    assert found.record.summary["end_state"] == "DONE"
+    cols = bench.runner.call(lambda _d: bench.trace.columns)
+    after = cols["t_s"] >= unplug_at
+    down = after & (cols["state"] == int(DeviceState.RAMP_DOWN))
+    assert down.any()  # ended by a ramp (Stop), at the prescription's 5 s ramp-down, never a step
+    slope = np.diff(cols["setpoint_ua"][down]) / np.maximum(np.diff(cols["t_s"][down]), 1e-9)
+    assert slope.min() >= -2000 / 5.0 * 1.01
+    assert not (after & (cols["state"] == int(DeviceState.RAMP_UP))).any()  # nothing resumed
+
+
 def test_no_replug_gives_up_after_the_configured_time_and_the_record_says_so(
     bench: Bench, tmp_path: Path
 ) -> None:
