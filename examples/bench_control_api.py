@@ -15,7 +15,7 @@ tester's script would, drives it over HTTP while the driver runs sessions on the
    watchdog pauses the session (``LINK_LOST``); the port comes back under the same path, a new
    connection finds the session paused with its charge, and ``recover()`` completes the record.
 
-Resuming the remainder after the replug is the driver's part (issue 19 item 5) and not done here.
+Resuming the remainder after the replug (issue 19 item 5) is ``examples/bench_resume.py``.
 Exit status 0 and ``PASS`` if every step held, ``FAIL: ...`` and 1 otherwise.
 """
 

@@ -34,6 +34,7 @@ import select
 import termios
 import time
 
+from .host_presence import HostPresence
 from .outbuffer import DEFAULT_CAP_BYTES, OutBuffer, OutputCounters
 
 log = logging.getLogger(__name__)
@@ -43,7 +44,7 @@ _IN = select.POLLIN | select.POLLPRI
 _GONE = select.POLLHUP | select.POLLERR | select.POLLNVAL
 
 
-class PtyTransport(OutputCounters):
+class PtyTransport(OutputCounters, HostPresence):
     """Device side of a pty pair. :attr:`path` is the slave's path for the host.
 
     ``out_cap_bytes`` bounds the output waiting for a host that does not read (see module docstring).
@@ -118,6 +119,7 @@ class PtyTransport(OutputCounters):
         self._close_pty()
         self._remove_link()
         self.plugged = False
+        self._host_gone()  # whoever had the port open is gone with it
 
     def replug(self) -> None:
         """The adapter is plugged in again: a new pty, the stable link pointed at it."""
@@ -153,6 +155,7 @@ class PtyTransport(OutputCounters):
         elif not connected and self.connected:
             log.info("host closed %s", self.path)
             self._out.clear()  # a host that opens the port later must not read stale frames
+            self._host_gone()  # its reply cache goes with it (protocol v2)
             if self.exclusive and not self._set_exclusive(False):
                 log.info("cannot clear the exclusive flag of %s: moving to a fresh pty", self.path)
                 self.connected = False

@@ -25,6 +25,7 @@ import serial
 
 from iontodrive.protocol.budget import FRAMING_8N1, Framing
 
+from .host_presence import HostPresence
 from .outbuffer import DEFAULT_CAP_BYTES, OutBuffer, OutputCounters
 
 log = logging.getLogger(__name__)
@@ -39,7 +40,7 @@ _PARITY = {
 _STOP = {1.0: serial.STOPBITS_ONE, 1.5: serial.STOPBITS_ONE_POINT_FIVE, 2.0: serial.STOPBITS_TWO}
 
 
-class SerialTransport(OutputCounters):
+class SerialTransport(OutputCounters, HostPresence):
     """The device side on ``port`` (a path or a pyserial URL) at ``baud`` with ``framing``.
 
     Raises:
@@ -100,6 +101,7 @@ class SerialTransport(OutputCounters):
         self._port, self._fd = None, -1
         self.plugged = False
         log.info("unplugged %s", self.port_name)
+        self._host_gone()  # the host on the other end is cut off: its reply cache goes (protocol v2)
 
     def replug(self) -> None:
         """Open the port again."""

@@ -28,6 +28,7 @@ import select
 import socket
 import time
 
+from .host_presence import HostPresence
 from .outbuffer import DEFAULT_CAP_BYTES, OutBuffer, OutputCounters
 
 log = logging.getLogger(__name__)
@@ -66,7 +67,7 @@ def check_listen_address(host: str, *, allow_remote: bool, token: str | None) ->
         )
 
 
-class TcpTransport(OutputCounters):
+class TcpTransport(OutputCounters, HostPresence):
     """Listening socket plus at most one client. Port 0 picks a free port; :attr:`port` has the real one.
 
     ``out_cap_bytes`` bounds the output waiting for a client that does not read; ``send_buffer_bytes``
@@ -130,6 +131,7 @@ class TcpTransport(OutputCounters):
                 self._client.close()
             finally:
                 self._client = None
+                self._host_gone()  # its reply cache goes with it (protocol v2)
 
     def _accept(self) -> None:
         assert self._server is not None

@@ -30,6 +30,7 @@ from typing import Protocol, TypeVar
 
 from .clock import WallClock
 from .device import Device
+from .host_presence import watch_host
 
 log = logging.getLogger(__name__)
 
@@ -177,6 +178,12 @@ class DeviceRunner:
     def __exit__(self, *exc: object) -> None:
         self.stop()
 
+    def _host_gone(self) -> None:
+        """The transport lost its host: end its host session on the device (protocol v2, S17)."""
+        with self.lock:
+            self.device.end_host_session()
+        log.info("host gone: host session ended, reply cache cleared")
+
     def _drain(self) -> list[bytes]:
         device = self.device
         piece = device.read_output()
@@ -207,6 +214,7 @@ class DeviceRunner:
         wait = self.period_s
         with lock:
             device.connect_output(transport.write)  # replies leave as soon as they are encoded
+        unwatch = watch_host(transport, self._host_gone)  # a reply cache never outlives its host
         try:
             while not self._stopping:
                 read_from = monotonic() - origin
@@ -258,5 +266,6 @@ class DeviceRunner:
             log.exception("simulator loop failed")
             self.error = exc
         finally:
+            unwatch()
             with self.lock:
                 device.connect_output(None)

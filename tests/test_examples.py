@@ -15,6 +15,7 @@ EXPECTED: dict[str, list[str]] = {
     "dexamethasone.py": ["clinic-4", "mA·min of 40", "outcome completed", "record: "],
     "hyperhidrosis_pulsed.py": ["hydro-30", "pulsed DC 100 Hz 50 %", "outcome completed", "record: "],
     "bench_electrode_lift.py": ["ELECTRODE_LIFT", "PASS"],
+    "bench_resume.py": ["part 1: ELECTRODE_LIFT", "part 2: link lost, reconnected", "3 parts", "PASS"],
     "embedded_app.py": ["operator: pausing", "operator: resuming", "outcome completed", "callbacks ran on"],
     "many_devices_live.py": ["RAMP_UP", "#4: completed", "by the device's count", "all 4 sessions over"],
 }

@@ -80,8 +80,10 @@ def build_parser() -> argparse.ArgumentParser:
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for module in (ports, device, deliver, report, presets_cmd, sim, demo):
         module.add_parser(subparsers)
+    from iontodrive.cli import recover  # recover, resume (issue 19)
     from iontodrive.conformance import command as conformance  # the conformance suite (issue 14)
 
+    recover.add_parser(subparsers)
     conformance.add_parser(subparsers)
     return parser
 

@@ -50,6 +50,7 @@ def open_device(
     telemetry_hz: int | None = None,
     timeout_s: float | None = None,
     retries: int | None = None,
+    reconnect_s: float | None = None,
 ) -> Any:
     """Open PORT and return a connected client (a :class:`~iontodrive.Stimulator`, or a VISA source).
 
@@ -70,6 +71,8 @@ def open_device(
         options["timeout_s"] = timeout_s
     if retries is not None:
         options["retries"] = retries
+    if reconnect_s is not None:  # issue 19: reach the same device again after a lost link
+        options["reconnect_s"] = reconnect_s
     return Stimulator.open(port, **options)
 
 
@@ -80,6 +83,7 @@ def open_for(args: Any, port: str | None = None) -> Any:
         frame_trace=getattr(args, "frame_trace", None),
         timeout_s=getattr(args, "timeout_s", None),
         retries=getattr(args, "retries", None),
+        reconnect_s=getattr(args, "reconnect_s", None),
     )
 
 

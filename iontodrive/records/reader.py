@@ -25,13 +25,16 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
 import numpy as np
 
 from iontodrive.errors import RecordFormatError, RecordReadError
 from iontodrive.protocol import DeviceState, Polarity
 from iontodrive.records.encoding import KIND_RE, enum_name, normalise_enums, parse_line
+
+if TYPE_CHECKING:
+    from iontodrive.records.chain import RecordChain
 
 __all__ = ["TELEMETRY_INT_FIELDS", "RecordCut", "RecordProblem", "SessionRecord"]
 
@@ -235,6 +238,13 @@ class SessionRecord:
         if self.telemetry:
             return int(self.telemetry[-1]["charge_uas"])
         return None
+
+    def chain(self) -> RecordChain:
+        """This record and the records it continues (a resumed remainder's ``continues_record`` label),
+        oldest first; ``chain().delivered_uas`` is the combined dose (:mod:`iontodrive.records.chain`)."""
+        from iontodrive.records.chain import RecordChain
+
+        return RecordChain.from_record(self)
 
     @property
     def last_event_no(self) -> int:

@@ -92,6 +92,7 @@ from iontodrive.sessions.engine import DeliversSessions, SessionEngine, SessionO
 from iontodrive.sessions.guards import OVERCURRENT_FLOOR_UA, OvercurrentGuard
 from iontodrive.sessions.outcome import SessionFacts, decide_outcome
 from iontodrive.sessions.progress import ProgressBuilder
+from iontodrive.sessions.reconnect import ReconnectPolicy, after_link_loss
 from iontodrive.sessions.recording import start_to_dict
 from iontodrive.sessions.types import OutputNotConfirmedError, SessionOutcome
 from iontodrive.sessions.waiting import wait_interruptibly
@@ -766,6 +767,8 @@ class DeviceSession(SessionEngine):
         if self._recorder is not None and not self._recorder.finished:
             self._recorder.note("link_lost", detail=str(exc), last_delivered_uas=self._delivered_uas)
             self._recorder.close()
+        if self._stim.reconnect_policy is not None:  # issue 19: reach the same device, reconcile the record
+            raise after_link_loss(self._stim, self.record_path, exc) from exc
         raise LinkLostError(
             f"link lost during session {self._session_id}: {exc}; the device's watchdog ramps the output "
             "down and keeps the dose; reconnect and call recover() to complete the record"
@@ -1015,6 +1018,9 @@ class Stimulator(DeliversSessions["DeviceSession"]):
     def __init__(self, client: DeviceClient) -> None:
         self.client = client
         self._session: DeviceSession | None = None
+        # issue 19: reach the same device again after a lost link (iontodrive.sessions.reconnect)
+        self.reconnect_policy: ReconnectPolicy | None = None
+        self.reopen_with: tuple[str, dict[str, Any]] | None = None  # (url, options) as opened
 
     @property
     def identity(self) -> IdentityReport:
@@ -1026,18 +1032,24 @@ class Stimulator(DeliversSessions["DeviceSession"]):
         self.client.identity = identity
 
     @classmethod
-    def open(cls, resource: str, **options: Any) -> Self:
+    def open(cls, resource: str, *, reconnect_s: float | None = None, **options: Any) -> Self:
         """Open ``resource`` (a device path, ``socket://host:port``, bare ``host:port``, ``sim://MODEL``,
         or any pyserial URL such as ``spy://``) and identify the device. ``options`` go to
         :meth:`DeviceClient.open` (``timeout_s``, ``retries``, ``watchdog_ms``, ``telemetry_hz``,
-        ``trace_path``, pyserial options).
+        ``trace_path``, pyserial options). ``reconnect_s``: on a link lost during a session, keep trying to
+        reach the same device for this many seconds, then reconcile the record with it
+        (:mod:`iontodrive.sessions.reconnect`); None (default): ``LinkLostError`` at once.
 
         Raises:
             InvalidResourceError: ``resource`` is empty, not a string, or a VISA resource string.
+            SafetyRefusal: ``reconnect_s`` out of range (nothing opened).
             LinkClosedError, LinkTimeoutError, IncompatibleDeviceError: as :meth:`DeviceClient.open`.
         """
         url = normalise_resource(resource, for_backend="device")
-        return cls(DeviceClient.open(url, **options))
+        policy = None if reconnect_s is None else ReconnectPolicy(reconnect_s)
+        stim = cls(DeviceClient.open(url, **options))
+        stim.reconnect_policy, stim.reopen_with = policy, (url, dict(options))
+        return stim
 
     # ------------------------------------------------------------------------- the device, delegated
 
@@ -1211,7 +1223,10 @@ class Stimulator(DeliversSessions["DeviceSession"]):
                     status.state is DeviceState.PAUSED
                 ):
                     status = self._stop_confirmed(status)
-                if not _at_zero(status.state, status.setpoint_ua, status.measured_ua):
+                # the session must have ended (not merely paused at zero) for the device's count to be final
+                if not _at_zero(status.state, status.setpoint_ua, status.measured_ua) or (
+                    status.state is DeviceState.PAUSED
+                ):
                     writer.note(
                         "recovery",
                         state=status.state.name,
