@@ -853,6 +853,13 @@ def check(ctx: RunContext, facts: dict[str, Any]) -> None:
         expected = (*expected, "completed")
     if ctx.fault.process and not any(e["code"] == "LINK_LOST" for e in record.events):
         expected = (*expected, "completed")  # the session ended before the device's watchdog fired
+    if ctx.fault.name == "hostile_deaf" and r.fault_state == "RAMP_DOWN":
+        # a 1.3 x regulator fault late in the final ramp-down: the excess (0.3 x a falling set-point) is
+        # within the firmware's trip margin and the driver's 50 uA floor, neither trips, and the ramp ends
+        # at zero with the dose delivered; the device reports DONE / DOSE_COMPLETE and no trip, and the
+        # host's account must say what the device says (the fault-to-safe time and the dose are still
+        # checked against the trace). docs/reliability.md, "hostile_deaf in the ramp-down".
+        expected = (*expected, "completed")
     if r.outcome not in expected:
         r.problems.append(f"end reason {r.outcome!r}, expected one of {expected}")
     tolerance = max(2.0, RECORD_TOLERANCE * device_uas)
