@@ -715,7 +715,8 @@ def _slew_ratio(ctx: RunContext, trace: Any, fault_at_s: float | None) -> float:
     """
     tt = trace_tools()
     spec = MODELS[ctx.scenario.model]
-    pulsed = ctx.scenario.prescription.waveform.name == "PULSED_DC"
+    waveform = ctx.scenario.prescription.waveform  # (a Waveform once the prescription is checked)
+    pulsed = getattr(waveform, "name", str(waveform).upper()) == "PULSED_DC"
     pieces: list[tuple[Any, bool]]  # (piece, check the envelope rather than the output)
     if fault_at_s is not None and ctx.fault.name == "power_cycle":
         pieces = [
@@ -764,7 +765,7 @@ def _fault_time_from_record(ctx: RunContext, facts: dict[str, Any]) -> float | N
     if not lost:
         return None
     event = lost[0]
-    return event["device_time_ms"] / 1000.0 - event["value"] / 1000.0 * ctx.speed
+    return float(event["device_time_ms"]) / 1000.0 - float(event["value"]) / 1000.0 * ctx.speed
 
 
 def check(ctx: RunContext, facts: dict[str, Any]) -> None:
