@@ -40,9 +40,10 @@ misbehaves on the wire while its firmware and plant stay the ground truth:
 
 In-process runs use ``sim://`` on the wall clock at ``--speed`` (default 100; latency faults and ``mixed``
 at ``--link-speed``, default 20, because at speed 100 the simulator cannot release delayed bytes fast
-enough on a 2-core machine); the host-process faults use ``python -m firmware_sim --pty`` through
-:class:`~iontodrive.cli.simproc.SimulatorProcess` at ``--process-speed`` (default 10), because the device
-watchdog (S10) runs on link (wall) time.
+enough on a 2-core machine; ``hostile_self_raise`` too, because there the host's own reaction is timed in
+device seconds and the speed multiplies the host's wall-clock delays); the host-process faults use
+``python -m firmware_sim --pty`` through :class:`~iontodrive.cli.simproc.SimulatorProcess` at
+``--process-speed`` (default 10), because the device watchdog (S10) runs on link (wall) time.
 
 Every run is checked (pass criteria, also printed with the table):
 
@@ -162,6 +163,10 @@ class Fault:
     link: tuple[tuple[str, float], ...] = ()
     expected: tuple[str, ...] = ("completed",)
     latency: bool = False  # run at --link-speed: a simulator at speed 100 cannot keep up with delayed bytes
+    # the *host's* reaction is what the fault-to-safe time measures (a driver-side check): run at
+    # --link-speed too, since the speed multiplies every wall-clock delay of the host (a 5 ms GIL hand-off
+    # or a descheduled thread on a loaded machine) into device time: 0.5 device s at speed 100
+    host_timed: bool = False
     hostile: str = ""  # a hostile-device behaviour from HOSTILE, wrapped around the in-process simulator
     refuse_with: str = ""  # the right outcome is this typed error before any Start (no output, no record)
 
@@ -218,7 +223,13 @@ FAULTS: tuple[Fault, ...] = (
     Fault(
         "hostile_mute_start", hostile="mute_start", expected=("completed", "link_lost", "aborted", "stopped")
     ),
-    Fault("hostile_self_raise", hostile="self_raise", stops_output=True, expected=("aborted", "fault")),
+    Fault(
+        "hostile_self_raise",
+        hostile="self_raise",
+        stops_output=True,
+        expected=("aborted", "fault"),
+        host_timed=True,
+    ),
     Fault("hostile_deaf", hostile="deaf", stops_output=True, expected=("fault", "aborted")),
     Fault("hostile_flood", hostile="flood"),
     Fault("hostile_jump", hostile="jump"),
@@ -285,7 +296,8 @@ class RunContext:
         self.workdir = workdir
         self.trace_path = workdir / "trace.csv"
         self.record_path = workdir / "record.jsonl"
-        self.speed = process_speed if self.fault.process else link_speed if self.fault.latency else speed
+        slow = self.fault.latency or self.fault.host_timed
+        self.speed = process_speed if self.fault.process else link_speed if slow else speed
         self.identity = MODELS[self.scenario.model].identity()
         self.plan = self.scenario.prescription.expected_plan(self.identity)
         self.result = RunResult(seed, self.scenario.name, self.fault.name)
@@ -448,7 +460,13 @@ def run_in_process(ctx: RunContext) -> dict[str, Any]:
     facts: dict[str, Any] = {}
     fault = ctx.fault.name
     with ctx.guard("open") as dog:
-        stim = Stimulator.open(_sim_url(ctx))
+        try:
+            stim = Stimulator.open(_sim_url(ctx))
+        except IontodriveError as exc:
+            # e.g. Identify (81 bytes) lost four times running on a link dropping 0.3 % of its bytes: a
+            # typed error before anything was sent that could start a session (judged as not started)
+            facts["error"] = f"{type(exc).__name__}: {exc}"
+            return facts
     ctx.note_hang(dog)
     port = stim.link.port
     device, lock = port.device, port.runner.lock
@@ -685,7 +703,8 @@ def _slew_ratio(ctx: RunContext, trace: Any, fault_at_s: float | None) -> float:
     """
     tt = trace_tools()
     spec = MODELS[ctx.scenario.model]
-    pulsed = ctx.scenario.prescription.waveform.name == "PULSED_DC"
+    waveform = ctx.scenario.prescription.waveform  # (a Waveform once the prescription is checked)
+    pulsed = getattr(waveform, "name", str(waveform).upper()) == "PULSED_DC"
     pieces: list[tuple[Any, bool]]  # (piece, check the envelope rather than the output)
     if fault_at_s is not None and ctx.fault.name == "power_cycle":
         pieces = [
@@ -734,7 +753,7 @@ def _fault_time_from_record(ctx: RunContext, facts: dict[str, Any]) -> float | N
     if not lost:
         return None
     event = lost[0]
-    return event["device_time_ms"] / 1000.0 - event["value"] / 1000.0 * ctx.speed
+    return float(event["device_time_ms"]) / 1000.0 - float(event["value"]) / 1000.0 * ctx.speed
 
 
 def check(ctx: RunContext, facts: dict[str, Any]) -> None:
@@ -835,6 +854,13 @@ def check(ctx: RunContext, facts: dict[str, Any]) -> None:
         expected = (*expected, "completed")
     if ctx.fault.process and not any(e["code"] == "LINK_LOST" for e in record.events):
         expected = (*expected, "completed")  # the session ended before the device's watchdog fired
+    if ctx.fault.name == "hostile_deaf" and r.fault_state == "RAMP_DOWN":
+        # a 1.3 x regulator fault late in the final ramp-down: the excess (0.3 x a falling set-point) is
+        # within the firmware's trip margin and the driver's 50 uA floor, neither trips, and the ramp ends
+        # at zero with the dose delivered; the device reports DONE / DOSE_COMPLETE and no trip, and the
+        # host's account must say what the device says (the fault-to-safe time and the dose are still
+        # checked against the trace). docs/reliability.md, "hostile_deaf in the ramp-down".
+        expected = (*expected, "completed")
     if r.outcome not in expected:
         r.problems.append(f"end reason {r.outcome!r}, expected one of {expected}")
     tolerance = max(2.0, RECORD_TOLERANCE * device_uas)
@@ -1031,7 +1057,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--speed", type=float, default=100.0, help="in-process simulator speed (default 100)")
     p.add_argument("--process-speed", type=float, default=10.0, help="subprocess simulator speed (10)")
     p.add_argument(
-        "--link-speed", type=float, default=20.0, help="in-process speed for latency faults (default 20)"
+        "--link-speed",
+        type=float,
+        default=20.0,
+        help="in-process speed for latency faults and hostile_self_raise (default 20)",
     )
     p.add_argument("--replay", type=int, action="append", metavar="SEED", help="run only this seed")
     p.add_argument("--json", type=Path, default=Path("faults-results.json"), help="JSON results file")

@@ -37,6 +37,12 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 REQUEST_LAG_MIN_S = 0.002  # session time a request may find still unsimulated (at least one step)
+# Longest block of session time simulated between two physics ticks while something is under way. The
+# telemetry and events of a block leave at its end, so a block is how late the host hears of anything the
+# device sampled in it: real firmware sends a sample within a control tick. At speed 100 the 4 ms wall
+# period alone was 0.4 session s, which ate 40 % of the 1 s fault-to-safe budget (S6) before the host had
+# a chance to react (fault campaign, hostile_self_raise). One default telemetry period (10 Hz) at most.
+BLOCK_MAX_SESSION_S = 0.1
 
 
 class Transport(Protocol):
@@ -65,7 +71,9 @@ class DeviceRunner:
             with the defaults), the physics is advanced every ``request_lag_s / speed / 2`` wall seconds,
             so that requests find it up to date.
         advance_s: physics period (wall s) at higher speeds (where requests advance the physics first) and
-            the longest one at any speed while something is scheduled.
+            the longest one at any speed while something is scheduled; never more than
+            :data:`BLOCK_MAX_SESSION_S` of session time (nor less than ``tick_s``), so that telemetry
+            leaves no later than real firmware would send it.
         idle_s: longest sleep (wall s) when nothing is scheduled (no session, no ramp, no telemetry due).
 
     Use as a context manager or call :meth:`start` / :meth:`stop`. If the loop fails, the exception is
@@ -101,6 +109,7 @@ class DeviceRunner:
         self.request_lag_s = max(device.dt, REQUEST_LAG_MIN_S)
         lag_wall = self.request_lag_s / self.speed
         self.period_s = min(advance_s, lag_wall / 2.0) if lag_wall / 2.0 >= tick_s else advance_s
+        self.period_s = min(self.period_s, max(tick_s, BLOCK_MAX_SESSION_S / self.speed))
         self.lock = threading.RLock()
         self.error: BaseException | None = None
         self._stopping = False  # set by request_stop()/stop(): the loop ends after the current tick

@@ -102,6 +102,29 @@ def test_every_seed_names_its_run_and_bad_seeds_are_refused() -> None:
         faults.decode_seed(99)  # fault index 99 does not exist
 
 
+def test_an_open_refused_under_a_link_fault_is_judged_not_started(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Campaign of 2026-12-02 (seed 10212, ``hydro-dose x drop_0.003``): Identify lost four times running
+    made ``Stimulator.open`` raise a typed ``LinkTimeoutError``, and the harness reported it as its own
+    exception instead of judging it: under a link fault that is a session that never started."""
+    real_open = Stimulator.open
+
+    def open_then_lose_identify(cls: type[Stimulator], /, resource: str, **options: object) -> Stimulator:
+        real_open(resource).close()  # the simulator ran (and wrote its trace); the driver gave up
+        raise LinkTimeoutError("Identify", seq=1, attempts=4, deadline_s=0.25)
+
+    monkeypatch.setattr(Stimulator, "open", classmethod(open_then_lose_identify))
+    under_link_fault = faults.execute(_seed(0, "hydro-dose", "drop_0.003"), SPEED, 10.0, str(tmp_path))
+    assert under_link_fault["passed"], under_link_fault["problems"]
+    assert under_link_fault["outcome"] == "not_started"
+    assert under_link_fault["error"].startswith("LinkTimeoutError")
+    # without a link fault the same refusal is a failure of the run, not a pass
+    no_fault = faults.execute(_seed(1, "hydro-dose", "none"), SPEED, 10.0, str(tmp_path))
+    assert not no_fault["passed"]
+    assert any("never started" in p for p in no_fault["problems"]), no_fault["problems"]
+
+
 # ------------------------------------------------------------------------------- reproduced defects
 
 

@@ -14,6 +14,7 @@ import os
 import shutil
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -23,7 +24,7 @@ import pytest
 from hostile import HostileDevice, wait_until
 
 import firmware_sim
-from iontodrive import DeviceFault, LinkError, LinkLostError, Prescription, Stimulator
+from iontodrive import DeviceFault, IontodriveError, LinkError, LinkLostError, Prescription, Stimulator
 from iontodrive.protocol import Abort, DeviceState, Start, Stop
 from iontodrive.record import RecordWriter, SessionRecord
 
@@ -373,3 +374,29 @@ def test_the_visa_source_writes_polarity_by_name_too(tmp_path: Path) -> None:
         source.deliver(QUICK, record_path=tmp_path / "v.jsonl")
     started = next(n for n in SessionRecord.load(tmp_path / "v.jsonl").notes if n["kind"] == "started")
     assert started["start"]["polarity"] == "CATHODE"
+
+
+def test_the_abort_repeats_end_quietly_when_the_link_is_closed_under_them(
+    hostile: HostileDevice, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Fault campaign (hostile_self_raise, 2026-12-02): the thread repeating the driver's Abort raised
+    LinkClosedError out of its loop when the link was closed between two repeats."""
+    escaped: list[threading.ExceptHookArgs] = []
+    monkeypatch.setattr(threading, "excepthook", escaped.append)
+    stim = _open(hostile)
+    try:
+        session = stim.start(QUICK, record_path=tmp_path / "r.jsonl")
+        hostile.ignore(Abort, Stop)
+        hostile.self_raise(100_000)
+        assert hostile.wait_for(Abort, 2, timeout_s=10)  # the repeats are under way, on their own thread
+        repeaters = [t for t in threading.enumerate() if t.name == "iontodrive-abort"]
+        assert repeaters
+    finally:
+        stim.link.close()  # under the session and its repeats, as a pulled cable or a closing host does
+    for thread in repeaters:
+        thread.join(timeout=10)
+    assert not any(t.is_alive() for t in repeaters)
+    assert [f"{a.exc_type.__name__}: {a.exc_value}" for a in escaped] == []
+    with pytest.raises(IontodriveError):
+        session.wait(timeout_s=25)
+    stim.close()

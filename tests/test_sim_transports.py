@@ -20,6 +20,7 @@ from collections.abc import Callable
 import pytest
 
 from firmware_sim import Device, DeviceRunner, MemoryTransport
+from firmware_sim.runner import BLOCK_MAX_SESSION_S
 from iontodrive.protocol import (
     Ack,
     DecodeError,
@@ -229,6 +230,18 @@ def test_runner_answers_requests_between_physics_ticks_and_keeps_the_watchdog_in
     assert replies == seq - 1
     assert [e for e in events if e.code == EventCode.LINK_LOST] == []
     assert device.link_time_s >= last_request + 0.3 - 0.05
+
+
+@pytest.mark.parametrize("speed", [1.0, 10.0, 20.0, 100.0, 400.0])
+def test_a_physics_block_never_holds_telemetry_back_longer_than_real_firmware_would(speed: float) -> None:
+    """Fault campaign (hostile_self_raise, 2026-12-02): at speed 100 the 4 ms wall period was a block of
+    0.4 session s, whose telemetry all left at its end, so the host heard of an over-current up to 0.4 s
+    late and the 1 s fault-to-safe budget (S6) was missed by the simulator, not the driver."""
+    device = Device("clinic-4", telemetry_hz=10, seed=1)
+    runner = DeviceRunner(device, MemoryTransport(), speed=speed)  # not started: no thread, no clock
+    block_s = runner.period_s * speed  # the session time one physics tick simulates while under way
+    # (above speed 100 the shortest physics period, tick_s, bounds the loop's wake-ups instead)
+    assert block_s <= BLOCK_MAX_SESSION_S + 1e-12 or runner.period_s == runner.tick_s
 
 
 def test_runner_sleeps_when_nothing_is_scheduled() -> None:

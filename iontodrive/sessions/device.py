@@ -60,6 +60,7 @@ from iontodrive.errors import (
     DeviceFault,
     DeviceRefusal,
     IontodriveError,
+    LinkClosedError,
     LinkError,
     LinkLostError,
     LinkTimeoutError,
@@ -393,14 +394,17 @@ class DeviceSession(SessionEngine):
         attempt = 0
         while time.monotonic() < deadline:
             attempt += 1
-            if not (first_sent and attempt == 1):
-                with contextlib.suppress(DeviceRefusal, LinkTimeoutError):
-                    self._client.request(message, retries=0)
-                    self._last_answer_s = time.monotonic()
-            with contextlib.suppress(LinkTimeoutError):
-                status = self._status()
-                if _at_zero(status.state, status.setpoint_ua, status.measured_ua):
-                    return True, status
+            try:
+                if not (first_sent and attempt == 1):
+                    with contextlib.suppress(DeviceRefusal, LinkTimeoutError):
+                        self._client.request(message, retries=0)
+                        self._last_answer_s = time.monotonic()
+                with contextlib.suppress(LinkTimeoutError):
+                    status = self._status()
+                    if _at_zero(status.state, status.setpoint_ua, status.measured_ua):
+                        return True, status
+            except LinkClosedError:
+                return False, status  # closed under us (e.g. between two repeats): nothing more to send
             if self._sample_at_zero() and status is None:
                 return True, None
             if self._client.closed or self._client.failure is not None:
@@ -856,7 +860,6 @@ class DeviceSession(SessionEngine):
             return
         reason = self._guard.judge(sample.setpoint_ua, sample.measured_ua)
         if reason is not None and self._zero_thread is None:
-            logger.error("driver-side over-current check (S9, S18): %s: aborting", reason)
             with self._changed:
                 if self._fault is None:
                     self._fault = DeviceFault(
@@ -870,6 +873,7 @@ class DeviceSession(SessionEngine):
             # the interpreter's 5 ms switch interval); the repeats until zero is confirmed run on their own.
             with contextlib.suppress(IontodriveError):
                 self._client.request(Abort(), retries=0)
+            logger.error("driver-side over-current check (S9, S18): %s: aborted", reason)  # (after the Abort)
             self._zero_thread = threading.Thread(
                 target=self._abort_until_zero, name="iontodrive-abort", daemon=True
             )
