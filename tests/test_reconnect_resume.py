@@ -303,7 +303,7 @@ def test_cli_resume_delivers_the_remainder_after_a_lift(
         with pytest.raises(DeviceFault):
             session.wait(timeout_s=60)
     assert main(["resume", str(first), bench.link, "--record", str(second), "--quiet"]) == 3  # contact open
-    assert "impedance_ohm" in capsys.readouterr().err and not second.exists()
+    assert "contact check failed" in capsys.readouterr().err and not second.exists()
     bench.runner.call(lambda _d: bench.device.inject(ContactReturn(at_s=None, duration_s=0.01)))
     with Stimulator.open(bench.link) as stim:
         _until_contact(stim)
