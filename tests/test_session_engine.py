@@ -400,3 +400,43 @@ def test_the_abort_repeats_end_quietly_when_the_link_is_closed_under_them(
     with pytest.raises(IontodriveError):
         session.wait(timeout_s=25)
     stim.close()
+
+
+def test_wedged_safety_checks_end_the_session_instead_of_polling_on_blind(tmp_path: Path) -> None:
+    """S19: with the safety tier wedged, the heartbeats stop, but the session's status backstop poll is a
+    valid frame too and kept the device's watchdog fed while nothing checked the telemetry. The waiting
+    thread now aborts (a ramp at the slew limit) once the safety checks are a second behind."""
+    from trace_tools import load_trace, max_slew_ua_per_s
+
+    trace_path = tmp_path / "trace.csv"
+    release = threading.Event()
+    wedged = threading.Event()
+
+    def wedge(sample: Any) -> None:
+        if sample.state is DeviceState.HOLD and not release.is_set():
+            wedged.set()
+            release.wait(30)  # a safety listener that hangs
+
+    url = f"sim://clinic-4?speed=20&seed=5&trace={trace_path}"
+    try:
+        with Stimulator.open(url) as stim:
+            stim.add_telemetry_listener(wedge, safety=True)
+            session = stim.start(QUICK, record_path=tmp_path / "w.jsonl")
+            started = time.monotonic()
+            outcome: Any = None
+            try:
+                record = session.wait(timeout_s=60)
+                outcome = record.summary.get("end_reason") if record.summary else None
+            except IontodriveError as exc:
+                outcome = exc
+            assert wedged.is_set()
+            assert time.monotonic() - started < 30
+            assert any("SAFETY CHECKS" in alarm for alarm in session.alarms)
+            assert session.outcome is not None and session.outcome.value == "aborted", outcome
+            release.set()
+    finally:
+        release.set()
+    trace = load_trace(trace_path)
+    assert trace.output_ua[-1] == 0
+    identity = firmware_sim.MODELS["clinic-4"]
+    assert max_slew_ua_per_s(trace, identity.compliance_mv) <= 1.05 * identity.slew_limit_ua_per_s

@@ -111,6 +111,11 @@ GATE_FRESH_S = 1.0  # the heartbeat gate closes when the safety checks last ran 
 ZERO_REPEAT_S = 1.0  # Stop/Abort are sent again this often until zero output is confirmed
 END_MARGIN_S = 10.0  # an end must be confirmed within its ramp time plus this margin
 UNANSWERED_LIMIT_S = 5.0  # a device that answers nothing for this long (while sending) is lost
+# S19: the safety checks this far behind telemetry (wedged or starved) end the session from the waiting
+# thread. The heartbeat rule already withholds heartbeats at SAFETY_LAG_MAX_S (0.25 s), but the status
+# backstop poll is a valid frame too and would keep the device's watchdog fed while nothing checks the
+# telemetry; so the waiting thread aborts (a ramp at the slew limit, S2) instead of polling on blind.
+SAFETY_BEHIND_ABORT_S = 1.0
 START_SETTLE_LIMIT_S = 75.0  # upper bound on bringing an unconfirmed start to zero
 RECORD_FLUSH_S = 2.0  # the 'starting' and 'started' notes are waited for (fsync'd) this long at most
 
@@ -553,6 +558,10 @@ class DeviceSession(SessionEngine):
             return True
         if deadline is not None and now > deadline:
             raise TimeoutError(f"session still running after the wait timeout (state {self._state.name})")
+        behind_s = self._client.safety_lag_s
+        if behind_s > SAFETY_BEHIND_ABORT_S and requested_at is None:
+            self._raise_alarm(f"SAFETY CHECKS {behind_s:.1f} s BEHIND TELEMETRY: ABORTING")
+            self._request_end(Abort(), SessionOutcome.ABORTED)
         try:
             status = self._status()
         except LinkTimeoutError:
