@@ -37,6 +37,7 @@ if TYPE_CHECKING:
         RemoteProtocolError,
         SafetyRefusal,
         SessionInterrupted,
+        SessionWaitTimeout,
     )
     from iontodrive.prescription import Prescription
     from iontodrive.protocol import DeviceState, Polarity, Waveform
@@ -72,6 +73,7 @@ _EXPORTS = {
         "RemoteProtocolError",
         "SafetyRefusal",
         "SessionInterrupted",
+        "SessionWaitTimeout",
     ),
     "iontodrive.prescription": ("Prescription",),
     "iontodrive.protocol": ("DeviceState", "Polarity", "Waveform"),
@@ -130,6 +132,7 @@ __all__ = [
     "SessionInterrupted",
     "SessionOutcome",
     "SessionRecord",
+    "SessionWaitTimeout",
     "Stimulator",
     "Waveform",
     "__version__",

@@ -55,6 +55,7 @@ from iontodrive.errors import (
     LinkTimeoutError,
     LocalProtocolError,
     RemoteProtocolError,
+    SafetyRefusal,
 )
 from iontodrive.protocol import (
     MAX_HOST_NONCE,
@@ -130,16 +131,18 @@ class LinkStatistics:
 
 
 def check_timeout_s(timeout_s: object) -> float:
-    """``timeout_s`` as seconds, or ValueError naming it and the range (0.001..60)."""
+    """``timeout_s`` as seconds, or :class:`~iontodrive.errors.SafetyRefusal` (a ValueError) naming it and
+    the range (0.001..60 s)."""
     if isinstance(timeout_s, bool) or not (isinstance(timeout_s, (int, float)) and 0.001 <= timeout_s <= 60):
-        raise ValueError(f"timeout_s = {timeout_s!r} is out of range: must be in [0.001, 60]")
+        raise SafetyRefusal("timeout_s", timeout_s, 0.001, 60)
     return float(timeout_s)
 
 
 def check_retries(retries: object) -> int:
-    """``retries``, or ValueError naming it and the range (an integer 0..20)."""
+    """``retries``, or :class:`~iontodrive.errors.SafetyRefusal` (a ValueError) naming it and the range
+    (an integer 0..20)."""
     if isinstance(retries, bool) or not (isinstance(retries, int) and 0 <= retries <= 20):
-        raise ValueError(f"retries = {retries!r} is out of range: must be an integer in [0, 20]")
+        raise SafetyRefusal("retries", retries, 0, 20, "an integer")
     return retries
 
 
@@ -234,7 +237,7 @@ class ClientCore:
             isinstance(heartbeat_s, bool)
             or not (isinstance(heartbeat_s, (int, float)) and 0.01 <= heartbeat_s <= 60)
         ):
-            raise ValueError(f"heartbeat_s = {heartbeat_s!r} is out of range: must be None or in [0.01, 60]")
+            raise SafetyRefusal("heartbeat_s", heartbeat_s, 0.01, 60, "None or seconds")
         self.timeout_s = float(timeout_s)
         self.retries = retries
         self.heartbeat_s = heartbeat_s

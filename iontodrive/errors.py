@@ -258,6 +258,11 @@ class DeviceFault(IontodriveError):
         super().__init__(f"device fault {code.name} (value {value}){': ' + detail if detail else ''}")
 
 
+class SessionWaitTimeout(IontodriveError, TimeoutError):
+    """``wait(timeout_s)`` returned control before the session ended: the session goes on (the device keeps
+    delivering under the driver's checks); call ``wait()`` again, or ``stop()``."""
+
+
 class SessionInterrupted(IontodriveError):
     """The session was interrupted (KeyboardInterrupt, SIGTERM) and ramped down; the record is complete."""
 

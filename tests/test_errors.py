@@ -94,3 +94,20 @@ def test_every_record_error_is_an_iontodrive_error_and_a_path_refusal_names_its_
     refused = errors.RecordPathError("/x/r.jsonl", "the directory /x does not exist", option="--record")
     assert str(refused) == "--record /x/r.jsonl: the directory /x does not exist"
     assert isinstance(refused, errors.RecordWriteError) and refused.path == "/x/r.jsonl"
+
+
+def test_client_settings_out_of_range_are_typed_refusals_naming_the_field() -> None:
+    """Issue 18 item 7: ``timeout_s``/``retries``/``heartbeat_s`` out of range raised a bare ValueError."""
+    from iontodrive.clientcore import ClientCore
+
+    for options, field in (({"timeout_s": 0}, "timeout_s"), ({"retries": -1}, "retries")):
+        with pytest.raises(SafetyRefusal) as caught:
+            ClientCore(**options)  # type: ignore[arg-type]
+        assert caught.value.field == field and isinstance(caught.value, IontodriveError)
+        assert isinstance(caught.value, ValueError)  # still what callers that caught ValueError expect
+
+
+def test_a_wait_that_times_out_is_an_iontodrive_error_and_still_a_timeout_error() -> None:
+    from iontodrive import SessionWaitTimeout
+
+    assert issubclass(SessionWaitTimeout, IontodriveError) and issubclass(SessionWaitTimeout, TimeoutError)

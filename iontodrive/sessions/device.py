@@ -66,6 +66,7 @@ from iontodrive.errors import (
     LinkTimeoutError,
     SafetyRefusal,
     SessionInterrupted,
+    SessionWaitTimeout,
 )
 from iontodrive.prescription import Prescription, contact_limits_ohm
 from iontodrive.protocol import (
@@ -557,7 +558,9 @@ class DeviceSession(SessionEngine):
             self._give_up(f"an end was asked for {now - requested_at:.1f} s ago")
             return True
         if deadline is not None and now > deadline:
-            raise TimeoutError(f"session still running after the wait timeout (state {self._state.name})")
+            raise SessionWaitTimeout(
+                f"session still running after the wait timeout (state {self._state.name})"
+            )
         behind_s = self._client.safety_lag_s
         if behind_s > SAFETY_BEHIND_ABORT_S and requested_at is None:
             self._raise_alarm(f"SAFETY CHECKS {behind_s:.1f} s BEHIND TELEMETRY: ABORTING")

@@ -52,7 +52,14 @@ import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from iontodrive.errors import IontodriveError, LinkError, LinkLostError, SafetyRefusal, SessionInterrupted
+from iontodrive.errors import (
+    IontodriveError,
+    LinkError,
+    LinkLostError,
+    SafetyRefusal,
+    SessionInterrupted,
+    SessionWaitTimeout,
+)
 from iontodrive.oneshot import OneShot
 from iontodrive.prescription import Prescription, contact_limits_ohm
 from iontodrive.protocol import (
@@ -589,7 +596,9 @@ class VisaSession(SessionEngine):
 
         def step() -> bool:
             if deadline is not None and time.monotonic() > deadline:
-                raise TimeoutError(f"session still running after {timeout_s} s (state {self.state.name})")
+                raise SessionWaitTimeout(
+                    f"session still running after {timeout_s} s (state {self.state.name})"
+                )
             return self._done.wait(0.05)
 
         interrupted = wait_interruptibly(step, self._interrupt)
