@@ -40,6 +40,14 @@ def latency_line(out: str, label: str) -> tuple[int, float, float, float]:
     return int(match[1]), float(match[2]), float(match[3]), float(match[4])
 
 
+def verdict_of_printed(printed: float, target: float, said: str) -> str:
+    """The verdict a ratio printed to two decimals must carry: the bench judges the unrounded ratio, so a
+    printed value within rounding (0.005) of the target may carry either verdict."""
+    if abs(printed - target) <= 0.005:
+        return said
+    return "PASS" if printed <= target else "FAIL"
+
+
 def test_rtt_quick_reports_every_case_and_both_ratios() -> None:
     out = run_bench("rtt.py", "--requests", "40", "--warmup", "5")
     labels = (
@@ -60,14 +68,14 @@ def test_rtt_quick_reports_every_case_and_both_ratios() -> None:
     match = re.search(rf"ratio ours/pyserial-echo = {FLOAT} \(target <= 2\.5\) (PASS|FAIL)", out)
     assert match, out
     assert float(match[1]) == pytest.approx(ours / medians["pyserial echo (16 B)"], rel=0.01, abs=0.006)
-    assert match[2] == ("PASS" if float(match[1]) <= 2.5 else "FAIL")
+    assert match[2] == verdict_of_printed(float(match[1]), 2.5, match[2])
 
     match = re.search(rf"ratio ours/pymodbus-async = {FLOAT} \(target <= 0\.5\) (PASS|FAIL)", out)
     assert match, out
     assert float(match[1]) == pytest.approx(
         ours / medians["pymodbus async RTU (read 0x03)"], rel=0.01, abs=0.006
     )
-    assert match[2] == ("PASS" if float(match[1]) <= 0.5 else "FAIL")
+    assert match[2] == verdict_of_printed(float(match[1]), 0.5, match[2])
 
     link = re.search(r"iontodrive link: requests (\d+), retries (\d+), timeouts (\d+)", out)
     assert link, out
