@@ -24,6 +24,7 @@ import logging
 import os
 import socket
 import threading
+from abc import ABC, abstractmethod
 from collections.abc import Callable
 from typing import Any
 
@@ -36,23 +37,24 @@ DataCallback = Callable[[bytes], None]
 LostCallback = Callable[[LinkClosedError], None]
 
 
-class AsyncTransport:
+class AsyncTransport(ABC):
     """What the asyncio client needs from a transport (the two kinds below)."""
 
     url: str
     link: SerialLink
 
+    @abstractmethod
     def start(self, on_data: DataCallback, on_lost: LostCallback) -> None:
-        raise NotImplementedError
+        """Begin reading: ``on_data(bytes)`` for what arrives, ``on_lost(error)`` once when the link dies."""
 
+    @abstractmethod
     def write(self, data: bytes) -> None:
         """Queue ``data`` for sending; never blocks. Raises LinkClosedError when closed or failed."""
-        raise NotImplementedError
 
+    @abstractmethod
     def close(self) -> None:
         """Stop reading and writing at once; the port itself is closed off the loop (pyserial's
         ``socket://`` close sleeps 0.3 s), in the loop's default executor."""
-        raise NotImplementedError
 
     _closing: asyncio.Future[None] | None = None
 
