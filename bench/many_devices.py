@@ -1,28 +1,31 @@
 """Many devices in one process: 16 simulated stimulators on 16 ptys, each running a dose session with
-100 Hz telemetry, driven by one asyncio process -- and the same with 16 threaded clients, side by side.
+100 Hz telemetry, driven by one asyncio process -- and the same with 16 threaded sessions, side by side.
 
 The devices run in a child process (``--serve N``: N :class:`~firmware_sim.DeviceRunner` threads, one pty
-each, speed 1), so the host CPU measured here is the driver's alone. For each driver in turn (a fresh set
-of devices each time):
+each, speed 1), so the host CPU measured here is the driver's alone. Four runs, each on a fresh set of
+devices:
 
-* open N clients (``AsyncDeviceClient.open`` on one loop / ``DeviceClient.open``, one thread per session);
-* each sends one ``Start`` (1 mA, ramps of the model's 5 s minimum, a dose of ``--dose-uas``) and follows
-  its telemetry until the device reports DONE, counting every sample by ``sample_no`` (gaps = lost);
-* the dose is the device's own ``charge_uas`` from a final ``GetStatus`` (the device is the authority);
-* CPU is ``time.process_time()`` over wall time from the first Start to the last DONE, in % of one core;
-  threads are ``threading.active_count()`` at the busiest moment.
+* **asyncio sessions**: one loop, N ``AsyncStimulator.deliver()`` -- the session engine on
+  :class:`~iontodrive.aio.LoopClient` (checks, records, progress, safety tier, the heartbeat gate);
+* **threaded sessions**: N ``Stimulator.deliver()``, one thread each -- the same engine on the threaded
+  ``DeviceClient``;
+* **asyncio clients** / **threaded clients**: the bare clients, each sending one protocol ``Start`` and
+  following its telemetry to DONE (what the clients themselves cost).
+
+Every session: 1 mA, ramps of the model's 5 s minimum, a dose of ``--dose-uas``. Samples lost are the
+client's own count of gaps in ``sample_no`` (sessions: plus any the record dropped); the dose is the
+device's own count (a final ``GetStatus``, or the record's device-read dose). CPU is
+``time.process_time()`` over wall time from the first start to the last end, in % of one core; threads
+are ``threading.active_count()`` at the busiest moment.
 
 Then the ``status()`` round trip, async against threaded, over one pty in the same run (``--rtt N``
 requests each, alternating in rounds).
 
-Note: the sessions here are device sessions started with the protocol's ``Start`` through each client
-(the clients are what is compared); the session engine's own ``AsyncStimulator`` is not used.
-
-Targets (issue 16): zero samples lost, every session within 1 % of its dose, the asyncio run under 25 %
-of one core, the async round trip within 1.3 x the threaded one. PASS/FAIL; exit 1 on FAIL unless
+Targets (issue 16): zero samples lost, every session within 1 % of its dose, both asyncio runs under
+25 % of one core, the async round trip within 1.3 x the threaded one. PASS/FAIL; exit 1 on FAIL unless
 ``--no-check``.
 
-    .venv/bin/python bench/many_devices.py                # 16 devices, about 40 s
+    .venv/bin/python bench/many_devices.py                # 16 devices, about 80 s
     .venv/bin/python bench/many_devices.py --devices 4 --rtt 300 --no-check
 """
 
@@ -35,8 +38,10 @@ import platform
 import statistics
 import subprocess
 import sys
+import tempfile
 import threading
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -172,7 +177,7 @@ async def run_async(ports: list[str], dose_uas: int, telemetry_hz: int) -> Run:
     from iontodrive.aio import AsyncDeviceClient
     from iontodrive.protocol import DeviceState, Telemetry
 
-    run = Run("asyncio")
+    run = Run("asyncio clients")
     threads = ThreadCounter()
     clients = await asyncio.gather(*(AsyncDeviceClient.open(p, telemetry_hz=telemetry_hz) for p in ports))
     try:
@@ -207,15 +212,10 @@ async def run_async(ports: list[str], dose_uas: int, telemetry_hz: int) -> Run:
     return run
 
 
-async def run_engine(ports: list[str], dose_uas: int, telemetry_hz: int, record_dir: Path) -> Run:
-    """The same sessions through ``AsyncStimulator`` (the one session engine, which runs on threads):
-    the dose is the record's (the device's count), samples lost are the client's own count."""
+def session_prescription(dose_uas: int) -> Any:
     from iontodrive import Prescription
-    from iontodrive.aio import AsyncStimulator
 
-    run = Run("engine")
-    threads = ThreadCounter()
-    prescription = Prescription(
+    return Prescription(
         current_ma=CURRENT_UA / 1000,
         dose_ma_min=dose_uas / 60_000,
         ramp_up_s=RAMP_MS / 1000,
@@ -223,6 +223,24 @@ async def run_engine(ports: list[str], dose_uas: int, telemetry_hz: int, record_
         polarity="cathode",
         electrode_area_cm2=10.0,
     )
+
+
+def note_session(result: Result, record: Any, lost: int, dose_uas: int) -> None:
+    """Fill ``result`` from a session's record (the device's own figures) and the client's loss count."""
+    result.lost = lost + record.telemetry_dropped
+    result.samples = len(record.telemetry)
+    result.charge_uas, result.target_uas = int(record.delivered_uas or 0), dose_uas
+    result.done = bool(record.summary and record.summary["end_reason"] == "completed")
+
+
+async def run_engine(ports: list[str], dose_uas: int, telemetry_hz: int, record_dir: Path) -> Run:
+    """N sessions through ``AsyncStimulator`` on one loop (the session engine on ``LoopClient``): the dose
+    is the record's (the device's count), samples lost the client's own count plus the record's drops."""
+    from iontodrive.aio import AsyncStimulator
+
+    run = Run("asyncio sessions")
+    threads = ThreadCounter()
+    prescription = session_prescription(dose_uas)
     stims = await asyncio.gather(*(AsyncStimulator.open(p) for p in ports))
     try:
         run.results = [Result() for _ in stims]
@@ -232,11 +250,7 @@ async def run_engine(ports: list[str], dose_uas: int, telemetry_hz: int, record_
             record = await stim.deliver(
                 prescription, record_path=record_dir / f"{index}.jsonl", telemetry_hz=telemetry_hz
             )
-            client: Any = stim.stimulator
-            result.lost = client.stats.telemetry_lost - before + record.telemetry_dropped
-            result.samples = len(record.telemetry)
-            result.charge_uas, result.target_uas = int(record.delivered_uas or 0), dose_uas
-            result.done = bool(record.summary and record.summary["end_reason"] == "completed")
+            note_session(result, record, stim.stimulator.stats.telemetry_lost - before, dose_uas)
 
         cpu0, wall0 = time.process_time(), time.perf_counter()
         sampler = asyncio.create_task(_note_threads(threads))
@@ -262,7 +276,7 @@ def run_threaded(ports: list[str], dose_uas: int, telemetry_hz: int) -> Run:
     from iontodrive.client import DeviceClient
     from iontodrive.protocol import DeviceState, Telemetry
 
-    run = Run("threads")
+    run = Run("threaded clients")
     threads = ThreadCounter()
     clients = [DeviceClient.open(p, telemetry_hz=telemetry_hz) for p in ports]
     try:
@@ -300,6 +314,43 @@ def run_threaded(ports: list[str], dose_uas: int, telemetry_hz: int) -> Run:
     finally:
         for client in clients:
             client.close()
+    return run
+
+
+def run_threaded_engine(ports: list[str], dose_uas: int, telemetry_hz: int, record_dir: Path) -> Run:
+    """N sessions through ``Stimulator.deliver()``, one thread each (the engine on ``DeviceClient``)."""
+    from iontodrive import Stimulator
+
+    run = Run("threaded sessions")
+    threads = ThreadCounter()
+    prescription = session_prescription(dose_uas)
+    stims = [Stimulator.open(p) for p in ports]
+    try:
+        run.results = [Result() for _ in stims]
+
+        def session(index: int, stim: Stimulator, result: Result) -> None:
+            before = stim.stats.telemetry_lost
+            record = stim.deliver(
+                prescription, record_path=record_dir / f"t{index}.jsonl", telemetry_hz=telemetry_hz
+            )
+            note_session(result, record, stim.stats.telemetry_lost - before, dose_uas)
+
+        workers = [
+            threading.Thread(target=session, args=(i, s, r), name=f"session-{i}")
+            for i, (s, r) in enumerate(zip(stims, run.results, strict=True))
+        ]
+        cpu0, wall0 = time.process_time(), time.perf_counter()
+        for worker in workers:
+            worker.start()
+        while any(w.is_alive() for w in workers):
+            threads.note()
+            time.sleep(0.5)
+        run.wall_s = time.perf_counter() - wall0
+        run.cpu_percent = 100.0 * (time.process_time() - cpu0) / run.wall_s
+        run.threads = threads.peak
+    finally:
+        for stim in stims:
+            stim.close()
     return run
 
 
@@ -375,11 +426,6 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         default="uvloop",
         help="event loop for the asyncio client (default uvloop, falling back to asyncio's own if missing)",
     )
-    parser.add_argument(
-        "--engine",
-        action="store_true",
-        help="also run the sessions through AsyncStimulator (the session engine, on threads; informational)",
-    )
     parser.add_argument("--no-check", action="store_true", help="always exit 0 (report only)")
     parser.add_argument("--serve", type=int, help=argparse.SUPPRESS)
     return parser.parse_args(argv)
@@ -387,11 +433,28 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def describe(run: Run) -> str:
     return (
-        f"{run.name:8s} sessions {sum(r.done for r in run.results):2d}/{len(run.results)}  "
+        f"{run.name:17s} {sum(r.done for r in run.results):2d}/{len(run.results)} done  "
         f"samples {sum(r.samples for r in run.results):6d}  lost {run.lost:3d}  "
         f"worst dose error {100 * run.worst_dose_error:5.2f} %  CPU {run.cpu_percent:5.1f} % of one core  "
         f"threads {run.threads:3d}  wall {run.wall_s:5.1f} s"
     )
+
+
+def on_farm(args: argparse.Namespace, run: Callable[[list[str]], Run]) -> Run:
+    """``run`` on a fresh set of devices."""
+    farm = Farm(args.devices, args.telemetry_hz)
+    try:
+        return run(farm.ports)
+    finally:
+        farm.close()
+
+
+def on_loop(args: argparse.Namespace, make: Callable[[], Awaitable[Run]]) -> Run:
+    loop = new_loop(args.loop)
+    try:
+        return loop.run_until_complete(make())
+    finally:
+        loop.close()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -404,40 +467,24 @@ def main(argv: list[str] | None = None) -> int:
         f"many_devices: python {platform.python_version()}, {os.cpu_count()} cpus, load {load:.2f}; "
         f"{args.devices} devices at {args.telemetry_hz} Hz, dose {args.dose_uas} µA·s each; loop {args.loop}"
     )
-    farm = Farm(args.devices, args.telemetry_hz)
-    loop = new_loop(args.loop)
-    try:
-        async_run = loop.run_until_complete(run_async(farm.ports, args.dose_uas, args.telemetry_hz))
-    finally:
-        loop.close()
-        farm.close()
-    farm = Farm(args.devices, args.telemetry_hz)
-    try:
-        threaded_run = run_threaded(farm.ports, args.dose_uas, args.telemetry_hz)
-    finally:
-        farm.close()
-    engine_run: Run | None = None
-    if args.engine:
-        import tempfile
-
-        farm = Farm(args.devices, args.telemetry_hz)
-        loop = new_loop(args.loop)
-        try:
-            with tempfile.TemporaryDirectory() as tmp:
-                engine_run = loop.run_until_complete(
-                    run_engine(farm.ports, args.dose_uas, args.telemetry_hz, Path(tmp))
-                )
-        finally:
-            loop.close()
-            farm.close()
-    print(describe(async_run))
-    print(describe(threaded_run))
-    if engine_run is not None:
-        print(describe(engine_run) + "  (AsyncStimulator on the engine; samples: the records' lines)")
-    print(
-        f"ratio CPU asyncio/threads = {async_run.cpu_percent / max(threaded_run.cpu_percent, 1e-9):.2f}; "
-        f"threads {async_run.threads} against {threaded_run.threads}"
-    )
+    dose, hz = args.dose_uas, args.telemetry_hz
+    with tempfile.TemporaryDirectory() as tmp:
+        records = Path(tmp)
+        async_sessions = on_farm(
+            args, lambda ports: on_loop(args, lambda: run_engine(ports, dose, hz, records))
+        )
+        threaded_sessions = on_farm(args, lambda ports: run_threaded_engine(ports, dose, hz, records))
+    async_clients = on_farm(args, lambda ports: on_loop(args, lambda: run_async(ports, dose, hz)))
+    threaded_clients = on_farm(args, lambda ports: run_threaded(ports, dose, hz))
+    runs = (async_sessions, threaded_sessions, async_clients, threaded_clients)
+    for run in runs:
+        print(describe(run))
+    print("(sessions: the engine, records on; samples: the records' lines. clients: bare Start)")
+    for a, t in ((async_sessions, threaded_sessions), (async_clients, threaded_clients)):
+        print(
+            f"ratio CPU {a.name}/{t.name} = {a.cpu_percent / max(t.cpu_percent, 1e-9):.2f}; "
+            f"threads {a.threads} against {t.threads}"
+        )
     farm = Farm(2, 0)
     try:
         async_us, threaded_us = round_trip(farm.ports[0], farm.ports[1], args.rtt, args.rounds, args.loop)
@@ -448,17 +495,14 @@ def main(argv: list[str] | None = None) -> int:
         f"status() round trip: asyncio median {async_us:.1f} µs, threaded {threaded_us:.1f} µs, "
         f"ratio {rtt_ratio:.2f}"
     )
-    checks = [
-        ("zero samples lost (asyncio)", async_run.lost == 0 and all(r.done for r in async_run.results)),
-        ("zero samples lost (threads)", threaded_run.lost == 0 and all(r.done for r in threaded_run.results)),
-        ("every dose within 1 % (asyncio)", async_run.worst_dose_error <= TARGET_DOSE_ERROR),
-        ("every dose within 1 % (threads)", threaded_run.worst_dose_error <= TARGET_DOSE_ERROR),
-        (
-            f"asyncio CPU < {TARGET_ASYNC_CPU_PERCENT:g} % of one core",
-            async_run.cpu_percent < TARGET_ASYNC_CPU_PERCENT,
-        ),
-        (f"async round trip <= {TARGET_RTT_RATIO} x threaded", rtt_ratio <= TARGET_RTT_RATIO),
-    ]
+    checks = []
+    for run in runs:
+        checks.append((f"zero samples lost ({run.name})", run.lost == 0 and all(r.done for r in run.results)))
+        checks.append((f"every dose within 1 % ({run.name})", run.worst_dose_error <= TARGET_DOSE_ERROR))
+    for run in (async_sessions, async_clients):
+        target = f"{run.name} CPU < {TARGET_ASYNC_CPU_PERCENT:g} % of one core"
+        checks.append((target, run.cpu_percent < TARGET_ASYNC_CPU_PERCENT))
+    checks.append((f"async round trip <= {TARGET_RTT_RATIO} x threaded", rtt_ratio <= TARGET_RTT_RATIO))
     failed = False
     for name, ok in checks:
         print(f"{name}: {'PASS' if ok else 'FAIL'}")

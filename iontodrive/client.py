@@ -502,6 +502,17 @@ class DeviceClient:
 
     # ----------------------------------------------------------------------------------- requests
 
+    def send_safety_command(self, message: Message) -> None:
+        """Send ``message`` (``Abort``, ``Stop``) at once, from the calling thread, with no retry.
+
+        Failures are logged, never raised: the caller confirms zero output from telemetry and sends again.
+        (The session engine calls this from a safety listener; :class:`iontodrive.aio.LoopClient` has the
+        same method for a loop, where the answer cannot be waited for.)"""
+        try:
+            self.request(message, retries=0)
+        except IontodriveError as exc:
+            logger.warning("%s unanswered: %s", type(message).__name__, exc)
+
     def request(
         self, message: Message, *, timeout_s: float | None = None, retries: int | None = None
     ) -> Message:

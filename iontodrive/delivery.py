@@ -271,11 +271,40 @@ class Mark:
 
 
 @dataclass(slots=True)
-class _Refill:
-    """Events ``[first, last]`` this tier dropped on overflow: fetched again when the tier gets here."""
+class Refill:
+    """Events ``[first, last]`` a tier dropped on overflow: fetched again when the tier gets here. Used by
+    this module's :class:`DeliveryTier` and by the asyncio client's dispatch queue (one overflow policy)."""
 
     first: int
     last: int
+
+    @staticmethod
+    def extend_or_new(tail: object, event_no: int) -> Refill | None:
+        """Consecutive drops share one marker: extend ``tail`` (the queue's last item) and return None if
+        it is a :class:`Refill` ending just before ``event_no``, else a new marker to append."""
+        if isinstance(tail, Refill) and event_no == tail.last + 1:
+            tail.last = event_no
+            return None
+        return Refill(event_no, event_no)
+
+    @property
+    def fetch_from(self) -> int:
+        """The first number fetched: at most the newest :data:`MAX_GAP_FETCH` are."""
+        return max(self.first, self.last + 1 - MAX_GAP_FETCH)
+
+    def settle(self, events: Sequence[Event], tier: str) -> tuple[list[Event], EventsLostError | None]:
+        """The fetched events in order, and the loss to report for any not fetched (or None)."""
+        got = sorted(
+            {e.event_no: e for e in events if self.first <= e.event_no <= self.last}.values(),
+            key=lambda e: e.event_no,
+        )
+        missing = (self.last - self.first + 1) - len(got)
+        lost = None
+        if missing:
+            lost = EventsLostError(
+                missing, self.first, self.last, f"dropped by the {tier} and not fetched again"
+            )
+        return got, lost
 
 
 _STOP: Final = object()
@@ -341,11 +370,10 @@ class DeliveryTier:
         with self._lock:
             if self._events_waiting >= self._event_cap:
                 self.dropped_events += 1
-                tail = self._other[-1][2] if self._other else None
-                if isinstance(tail, _Refill) and event.event_no == tail.last + 1:
-                    tail.last = event.event_no
+                marker = Refill.extend_or_new(self._other[-1][2] if self._other else None, event.event_no)
+                if marker is None:
                     return
-                item: Any = _Refill(event.event_no, event.event_no)
+                item: Any = marker
             else:
                 item = event
                 self._events_waiting += 1
@@ -417,7 +445,7 @@ class DeliveryTier:
                     self.last_telemetry_arrival = arrival
                 elif kind is Event:
                     self._on_event(item)
-                elif kind is _Refill:
+                elif kind is Refill:
                     self._do_refill(item)
                 elif kind is Mark:
                     item.reached.set()
@@ -435,15 +463,13 @@ class DeliveryTier:
                     self.handled += 1
                     self.last_progress = time.monotonic()
 
-    def _do_refill(self, gap: _Refill) -> None:
-        first = max(gap.first, gap.last + 1 - MAX_GAP_FETCH)
-        events = list(self._refill(first, gap.last)) if first <= gap.last else []
-        got = {e.event_no for e in events}
-        missing = (gap.last - gap.first + 1) - len(got)
-        self.refilled_events += len(got)
-        for event in sorted(events, key=lambda e: e.event_no):
+    def _do_refill(self, gap: Refill) -> None:
+        first = gap.fetch_from
+        events, lost = gap.settle(
+            list(self._refill(first, gap.last)) if first <= gap.last else [], f"{self.name} tier"
+        )
+        self.refilled_events += len(events)
+        for event in events:
             self._on_event(event)
-        if missing:
-            raise EventsLostError(
-                missing, gap.first, gap.last, f"dropped by the {self.name} tier and not fetched again"
-            )
+        if lost is not None:
+            raise lost

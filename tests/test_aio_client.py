@@ -201,3 +201,47 @@ def test_heartbeats_keep_the_watchdog_fed_and_the_gate_stops_them(caplog: pytest
         run(body, caplog)
     finally:
         sim.close()
+
+
+
+def test_events_the_full_dispatch_queue_dropped_are_fetched_again_in_order() -> None:
+    """The threaded client's overflow policy, on the loop: an event that finds the dispatch queue full is
+    dropped there and fetched again (FetchEvents) when dispatch reaches it, so a listener still sees each
+    event once, in order, and nothing is reported lost."""
+    from hostile import HostileDevice
+
+    from iontodrive.client import TIER_EVENT_CAP
+    from iontodrive.errors import EventsLostError
+    from iontodrive.protocol import FetchEvents
+
+    total = TIER_EVENT_CAP + 300
+    seen: list[int] = []
+    errors: list[BaseException] = []
+
+    async def main(device: HostileDevice) -> None:
+        release = asyncio.Event()
+        client = await AsyncDeviceClient.open(device.url, timeout_s=0.5, retries=2)
+        try:
+
+            async def slow_listener(event: Event) -> None:  # holds the dispatch task until released
+                await release.wait()
+                seen.append(event.event_no)
+
+            client.add_event_listener(slow_listener)
+            client.add_error_listener(errors.append)
+            device.bottomless_ring()  # the device's ring still has every event when it is asked again
+            device.flood_events(total)
+            async with asyncio.timeout(20):
+                while client.dropped_events < 299:
+                    await asyncio.sleep(0.05)
+                release.set()
+                while len(seen) < total:
+                    await asyncio.sleep(0.05)
+        finally:
+            await client.aclose()
+
+    with HostileDevice() as device:
+        asyncio.run(main(device))
+        assert device.requests_of(FetchEvents)  # fetched again from the device
+    assert seen == sorted(seen) and len(set(seen)) == total
+    assert not [e for e in errors if isinstance(e, EventsLostError)]

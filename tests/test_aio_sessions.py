@@ -21,7 +21,7 @@ from trace_tools import wait_for_trace
 import firmware_sim
 from iontodrive import Stimulator
 from iontodrive.aio import AsyncStimulator
-from iontodrive.errors import SessionInterrupted
+from iontodrive.errors import LinkClosedError, SessionInterrupted
 from iontodrive.protocol import DeviceState
 from iontodrive.record import SessionRecord
 
@@ -172,20 +172,23 @@ def test_a_cancelled_task_ramps_down_as_ctrl_c_does(tmp_path: Path) -> None:
 
 
 def test_a_loop_that_stops_stops_the_heartbeats_and_the_device_ramps_down(tmp_path: Path) -> None:
-    """The loop is stopped and closed while a session runs: its gate stops the heartbeats, the device's
-    watchdog pauses the output (S10); the engine's own thread then ends the session."""
+    """The loop is closed while a session runs: the heartbeats (sent from the loop) stop with it, the
+    device's watchdog pauses the output (S10); the engine's calls then fail as a dead link, at once."""
     trace_path = tmp_path / "trace.csv"
     loop = asyncio.new_event_loop()
     stim = loop.run_until_complete(AsyncStimulator.open(sim_url(trace_path, speed=1), watchdog_ms=500))
     session = loop.run_until_complete(stim.start(QUICK, record_path=tmp_path / "r.jsonl"))
     assert session.handle is not None
+    requests_before = stim.client.stats.requests
     loop.close()  # no aclose, no stop: the loop is simply gone
-    client: Any = getattr(stim.stimulator, "client", stim.stimulator)
     # nothing is sent from here on (a request would feed the watchdog too): the trace tells
     trace = wait_for_trace(trace_path, lambda t: t.state[-1] == "PAUSED" and t.output_ua[-1] == 0)
-    assert client.heartbeat_withheld is not None and "not live" in client.heartbeat_withheld
+    assert stim.client.stats.requests == requests_before
     assert_ramped_to_zero(trace, 1000 / 5)
-    stim.stimulator.close()
+    with pytest.raises(LinkClosedError, match="event loop is closed"):
+        stim.client.status()
+    stim.stimulator.close()  # returns: nothing left to close, the device ramped down by itself
+    assert stim.client.closed
 
 
 def test_leaving_async_with_during_a_session_ramps_down(tmp_path: Path) -> None:

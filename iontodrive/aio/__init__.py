@@ -10,6 +10,14 @@ See ``docs/api.md`` ("asyncio").
 from __future__ import annotations
 
 from .client import AsyncDeviceClient, AsyncSubscription
+from .loop_client import LoopClient
 from .stimulator import AsyncSession, AsyncStimulator, TaskCancelled
 
-__all__ = ["AsyncDeviceClient", "AsyncSession", "AsyncStimulator", "AsyncSubscription", "TaskCancelled"]
+__all__ = [
+    "AsyncDeviceClient",
+    "AsyncSession",
+    "AsyncStimulator",
+    "AsyncSubscription",
+    "LoopClient",
+    "TaskCancelled",
+]

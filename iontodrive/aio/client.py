@@ -13,8 +13,10 @@ Tasks and callbacks (all on the client's loop; nothing blocks it):
   blocks blocks the loop, and with it the heartbeats, which is what the heartbeat rule wants);
 * the **dispatch** task calls ordinary listeners and fills subscriptions (:meth:`AsyncDeviceClient.telemetry`,
   :meth:`AsyncDeviceClient.events`) from a bounded queue: at most :data:`TIER_TELEMETRY_CAP` samples wait
-  (full: the oldest is dropped and counted) and :data:`TIER_EVENT_CAP` events (full: the event is dropped,
-  counted and reported to error listeners as :class:`~iontodrive.errors.EventsLostError`);
+  (full: the oldest is dropped and counted) and :data:`TIER_EVENT_CAP` events (full: the event is dropped
+  and counted, and fetched again from the device when dispatch reaches it, as the threaded client's tiers
+  do; one the device no longer holds is reported to error listeners as
+  :class:`~iontodrive.errors.EventsLostError`);
 * the **events** task fills gaps in event numbers (:func:`~iontodrive.clientcore.fill_gap`);
 * the **heartbeat** task asks :meth:`~iontodrive.clientcore.ClientCore.heartbeat_poll` when to send one.
 
@@ -53,8 +55,9 @@ from iontodrive.clientcore import (
     check_type,
     fill_gap,
     opening,
+    refill,
 )
-from iontodrive.delivery import Routing
+from iontodrive.delivery import Refill, Routing
 from iontodrive.errors import (
     EventsLostError,
     IontodriveError,
@@ -230,11 +233,12 @@ class AsyncDeviceClient:
         self._error_listeners: list[ErrorListener] = []
         self._subscriptions: list[AsyncSubscription[Any]] = []
         self._replay_collectors: list[ReplayCollector] = []
-        self._queue: deque[Telemetry | Event | BaseException] = deque()
+        self._queue: deque[Telemetry | Event | Refill | BaseException] = deque()
         self._queued_telemetry = 0
         self._queued_events = 0
         self.dropped_telemetry = 0
         self.dropped_events = 0
+        self.refilled_events = 0
         self._queue_ready = asyncio.Event()
         self._dispatch_progress = self._loop.time()
         self._gap_ready = asyncio.Event()
@@ -544,10 +548,11 @@ class AsyncDeviceClient:
         self._queue_ready.set()
 
     def _queue_event(self, event: Event) -> None:
-        if self._queued_events >= TIER_EVENT_CAP:
+        if self._queued_events >= TIER_EVENT_CAP:  # fetched again when dispatch gets there (delivery.Refill)
             self.dropped_events += 1
-            self.stats.events_lost += 1
-            self._queue.append(EventsLostError(1, event.event_no, event.event_no, "the event queue was full"))
+            marker = Refill.extend_or_new(self._queue[-1] if self._queue else None, event.event_no)
+            if marker is not None:
+                self._queue.append(marker)
             return
         self._queue.append(event)
         self._queued_events += 1
@@ -578,30 +583,51 @@ class AsyncDeviceClient:
                 await self._queue_ready.wait()
             item = queue.popleft()
             kind = item.__class__
-            subs_kind: type[Message]
             if kind is Telemetry:
                 self._queued_telemetry -= 1
-                listeners, subs_kind = self._telemetry_listeners, Telemetry
+                await self._deliver(item, self._telemetry_listeners, Telemetry)  # type: ignore[arg-type]
             elif kind is Event:
                 self._queued_events -= 1
-                listeners, subs_kind = self._event_listeners, Event
+                await self._deliver(item, self._event_listeners, Event)  # type: ignore[arg-type]
+            elif kind is Refill:
+                await self._refill(item)  # type: ignore[arg-type]
             else:
                 self._notify_error(item)  # type: ignore[arg-type]
                 continue
-            for sub in list(self._subscriptions):
-                if sub.kind is subs_kind:
-                    sub._put(item)
-            for listener in list(listeners):
-                try:
-                    result = listener(item)
-                    if inspect.isawaitable(result):
-                        await result
-                except Exception as exc:
-                    logger.exception("listener %r raised", listener)
-                    self._notify_error(exc)
             self._dispatch_progress = self._loop.time()
             if len(queue) > 256:
                 await asyncio.sleep(0)  # a long backlog: let the loop breathe between items
+
+    async def _deliver(self, item: Message, listeners: list[Listener], kind: type[Message]) -> None:
+        for sub in list(self._subscriptions):
+            if sub.kind is kind:
+                sub._put(item)
+        for listener in list(listeners):
+            try:
+                result = listener(item)
+                if inspect.isawaitable(result):
+                    await result
+            except Exception as exc:
+                logger.exception("listener %r raised", listener)
+                self._notify_error(exc)
+
+    async def _refill(self, gap: Refill) -> None:
+        """Events the dispatch queue dropped when full, fetched again from the device's ring and delivered
+        here, in order; any the device no longer holds are reported as :class:`EventsLostError`."""
+        fetched: list[Event] = []
+        if not self._closed and gap.fetch_from <= gap.last:
+            try:
+                fetched = await self._run(refill(gap.fetch_from, gap.last))
+            except IontodriveError as exc:
+                logger.warning("events %d..%d could not be fetched again: %s", gap.first, gap.last, exc)
+        events, lost = gap.settle(fetched, "dispatch queue")
+        self.refilled_events += len(events)
+        for event in events:
+            await self._deliver(event, self._event_listeners, Event)
+        if lost is not None:
+            self.stats.events_lost += lost.count
+            logger.warning("%s", lost)
+            self._notify_error(lost)
 
     async def _gap_loop(self) -> None:
         core = self._core

@@ -2,12 +2,17 @@
 
 There is no second copy of session logic here. An :class:`AsyncStimulator` holds an
 :class:`iontodrive.Stimulator` (the session engine: checks, ceilings, records, progress, outcome, the
-driver's over-current guard, the heartbeat gate) and makes each of its calls awaitable without blocking
-the loop: short calls (``status()``, ``pause()``, ``stop()``...) run in the loop's default executor;
-``wait()`` runs in a thread of its own. The records, the progress, the outcome and the typed errors are the
-engine's, the same as with the threaded API. (The engine itself is written with threads; so are the
-sessions here. :class:`~iontodrive.aio.AsyncDeviceClient` is the thread-free driver for everything below
-sessions.)
+driver's over-current guard, the heartbeat gate) whose device client is a :class:`~iontodrive.aio.LoopClient`
+over an :class:`~iontodrive.aio.AsyncDeviceClient`. So everything that happens per sample -- reading,
+the safety checks, heartbeats, the record's input, progress and the callbacks -- runs on the event loop,
+with no thread of its own. What the engine does between samples stays the engine's: its ``start()``
+checks run in the loop's default executor, its ``wait()`` in one thread per session that sleeps on a
+condition and polls status every 0.5 s, and its record writer in its own thread (fsync must not stall
+the loop). ``bench/many_devices.py --engine`` measures what that costs.
+
+Callbacks (``on_progress``, ``on_event``) are called **on the loop**; a coroutine function may be given,
+whose coroutine then runs as a task (not awaited by the session; one that raises ends the session as a
+plain callback that raises). Keep plain callbacks short: they share the loop with the safety checks.
 
 Every way out ramps down, through the engine's own paths:
 
@@ -19,12 +24,10 @@ Every way out ramps down, through the engine's own paths:
 * **Ctrl-C** under :func:`asyncio.run`: asyncio cancels the main task, which is the case above.
 * **SIGTERM**: ``deliver()`` (on the main thread) turns it into a cancellation of its task, as the threaded
   ``deliver()`` turns it into an interrupt.
-* **a closed or stopped loop**: every session registers a heartbeat gate that is live only while its loop
-  runs (:meth:`iontodrive.client.DeviceClient.gate_heartbeats`); when the loop stops, heartbeats stop and
-  the device's watchdog ramps the output down (S10, within about 2.5 s by default).
-* **an exception in a callback**: ``on_progress`` and ``on_event`` are the engine's callbacks (called on its
-  threads; keep them short, hand work to the loop with ``loop.call_soon_threadsafe``); one that raises
-  makes the engine ramp down and ``wait()`` re-raise it, as in the threaded API.
+* **a closed or stopped loop**: the heartbeats are sent from the loop, so they stop with it and the
+  device's watchdog ramps the output down (S10, within about 2.5 s by default); the engine's calls then
+  fail as a lost link (:class:`~iontodrive.aio.LoopClient`).
+* **an exception in a callback**: the engine ramps down and ``wait()`` re-raises it, as in the threaded API.
 * **leaving ``async with``** closes the stimulator, which ramps down any running session (S16).
 """
 
@@ -44,6 +47,7 @@ from typing import TYPE_CHECKING, Any, Self, TypeVar
 from iontodrive.protocol import Event, IdentityReport, StatusReport, Telemetry
 
 from .client import AsyncSubscription
+from .loop_client import LoopClient
 
 if TYPE_CHECKING:
     from iontodrive import Stimulator
@@ -206,7 +210,7 @@ class AsyncStimulator:
     def __init__(self, stim: Stimulator, loop: asyncio.AbstractEventLoop) -> None:
         self.stimulator = stim
         self._loop = loop
-        self._client: Any = getattr(stim, "client", stim)  # the engine's device client
+        self._client: LoopClient = stim.client  # type: ignore[assignment]  # set by _open
         self._subscriptions: list[AsyncSubscription[Any]] = []
         self._removers: list[Callable[[], None]] = []
         self._closed = False
@@ -226,10 +230,14 @@ class AsyncStimulator:
     @classmethod
     async def _open(cls, url: str, options: dict[str, Any]) -> AsyncStimulator:
         from iontodrive import Stimulator
+        from iontodrive.resources import normalise_resource
 
-        loop = asyncio.get_running_loop()
-        stim = await loop.run_in_executor(None, lambda: Stimulator.open(url, **options))
-        return cls(stim, loop)
+        if options.get("reconnect_s") is not None:
+            raise TypeError("reconnect_s: the asyncio API does not reconnect yet; use iontodrive.Stimulator")
+        options.pop("reconnect_s", None)
+        url = normalise_resource(url, for_backend="device")
+        client = await LoopClient.open(url, **options)
+        return cls(Stimulator(client), asyncio.get_running_loop())
 
     async def __aenter__(self) -> Self:
         return self
@@ -246,7 +254,10 @@ class AsyncStimulator:
             remove()
         for sub in list(self._subscriptions):
             sub.close()
-        await self._call(self.stimulator.close)
+        # The ramp-down blocks (the engine's calls), so it runs off the loop; the close itself is awaited
+        # here: closing the port uses the loop's executor, which 16 blocked closes would otherwise fill.
+        await self._call(self.stimulator.ramp_down_running, "client closed")
+        await self._client.aclose()
 
     async def _call(self, function: Callable[..., R], *args: Any) -> R:
         return await self._loop.run_in_executor(None, lambda: function(*args))
@@ -256,9 +267,14 @@ class AsyncStimulator:
         identity: IdentityReport = self.stimulator.identity
         return identity
 
+    @property
+    def client(self) -> LoopClient:
+        """The engine's device client (its ``aclient`` is the :class:`~iontodrive.aio.AsyncDeviceClient`)."""
+        return self._client
+
     async def status(self) -> StatusReport:
-        status: StatusReport = await self._call(self.stimulator.status)
-        return status
+        """A snapshot of the device's state, output and session (awaited on the loop)."""
+        return await self._client.aclient.status()
 
     # ---------------------------------------------------------------------------------- sessions
 
@@ -276,7 +292,9 @@ class AsyncStimulator:
         (``SafetyRefusal`` with nothing sent, ``DeviceRefusal``...). Cancelled while starting: the session
         is ramped down as soon as it has a handle, then the cancellation goes on."""
         loop = self._loop
-        remove_gate = self._client.gate_heartbeats(lambda: loop.is_running() and not loop.is_closed())
+
+        def remove_gate() -> None:  # (heartbeats stop with the loop: no gate of its own is needed)
+            return None
 
         def start() -> Any:
             return self.stimulator.start(
@@ -337,13 +355,7 @@ class AsyncStimulator:
         self, kind: type[T], add: Callable[..., Callable[[], None]], maxsize: int
     ) -> AsyncSubscription[T]:
         sub: AsyncSubscription[T] = AsyncSubscription(self, kind, maxsize)
-        loop = self._loop
-
-        def forward(item: T) -> None:
-            with contextlib.suppress(RuntimeError):  # the loop is closed
-                loop.call_soon_threadsafe(sub._put, item)
-
-        remove = add(forward)
+        remove = add(sub._put)  # the engine's listeners are called on the loop
         self._subscriptions.append(sub)
         self._removers.append(remove)
         sub._on_close = remove

@@ -90,6 +90,7 @@ from iontodrive.protocol import (
 from iontodrive.protocol.rules import IDLE_STATES, QUIET_STATES
 from iontodrive.record import RecordWriter, SessionRecord
 from iontodrive.resources import normalise_resource
+from iontodrive.sessions.client_api import SessionClient
 from iontodrive.sessions.engine import DeliversSessions, SessionEngine, SessionOptions
 from iontodrive.sessions.guards import OVERCURRENT_FLOOR_UA, OvercurrentGuard
 from iontodrive.sessions.outcome import SessionFacts, decide_outcome
@@ -191,6 +192,7 @@ class DeviceSession(SessionEngine):
         self._gate_closed = False
         self._last_safety_s = time.monotonic()
         self._last_answer_s = time.monotonic()
+        self._polled_at_s = 0.0  # when wait() last polled status (monotonic s)
         self._latest: Telemetry | None = None  # newest sample of this session (safety tier)
         self._started_sending = False  # Start was (or may have been) sent
         self._accepting = False  # telemetry is this session's (the first sample of it seen)
@@ -565,6 +567,12 @@ class DeviceSession(SessionEngine):
         if behind_s > SAFETY_BEHIND_ABORT_S and requested_at is None:
             self._raise_alarm(f"SAFETY CHECKS {behind_s:.1f} s BEHIND TELEMETRY: ABORTING")
             self._request_end(Abort(), SessionOutcome.ABORTED)
+        # Every progress wakes this wait; the status backstop is polled at most every STATUS_POLL_S
+        # (at 100 Hz telemetry a poll per wake-up cost a request per sample), except when a callback error
+        # or a device pause is waiting for the device to reach PAUSED.
+        if callback_error is None and device_pause is None and now - self._polled_at_s < STATUS_POLL_S:
+            return False
+        self._polled_at_s = now
         try:
             status = self._status()
         except LinkTimeoutError:
@@ -883,8 +891,7 @@ class DeviceSession(SessionEngine):
                 self._changed.notify_all()
             # The first Abort goes out from here, the safety thread, at once (a thread handoff costs up to
             # the interpreter's 5 ms switch interval); the repeats until zero is confirmed run on their own.
-            with contextlib.suppress(IontodriveError):
-                self._client.request(Abort(), retries=0)
+            self._client.send_safety_command(Abort())
             logger.error("driver-side over-current check (S9, S18): %s: aborted", reason)  # (after the Abort)
             self._zero_thread = threading.Thread(
                 target=self._abort_until_zero, name="iontodrive-abort", daemon=True
@@ -1031,8 +1038,8 @@ class Stimulator(DeliversSessions["DeviceSession"]):
             record = stim.deliver(Prescription(current_ma=4, dose_ma_min=40, polarity="cathode"))
     """
 
-    def __init__(self, client: DeviceClient) -> None:
-        self.client = client
+    def __init__(self, client: SessionClient) -> None:
+        self.client: SessionClient = client
         self._session: DeviceSession | None = None
         # issue 19: reach the same device again after a lost link (iontodrive.sessions.reconnect)
         self.reconnect_policy: ReconnectPolicy | None = None
@@ -1160,13 +1167,18 @@ class Stimulator(DeliversSessions["DeviceSession"]):
     def close(self) -> None:
         """Ramp down a running session (S16), then close the client. Idempotent. Never raises for a link
         that is already dead (the device's watchdog then ramps down, S10; this is logged)."""
+        self.ramp_down_running("client closed")
+        self.client.close()
+
+    def ramp_down_running(self, detail: str) -> None:
+        """Ramp down a running session (S16) and wait for zero output, before the link closes. Never
+        raises for a dead link (logged; the device's watchdog then ramps down, S10)."""
         session = self._session
         if session is not None and not session.finished and not self.client.closed:
             try:
-                session.ramp_down_for_close("client closed")
+                session.ramp_down_for_close(detail)
             except IontodriveError as exc:
                 logger.warning("ramp-down on close failed (%s); the device watchdog will ramp down", exc)
-        self.client.close()
 
     def __enter__(self) -> Self:
         return self

@@ -28,10 +28,12 @@ here (:meth:`DeliversSessions.start`), and reach the session as one :class:`Sess
 
 from __future__ import annotations
 
+import asyncio
+import inspect
 import logging
 import threading
 from abc import ABC, abstractmethod
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -104,6 +106,7 @@ class SessionEngine:
         self._changed = threading.Condition(self._lock)
         self._alarms: list[str] = []
         self._callback_error: BaseException | None = None
+        self._callback_tasks: set[asyncio.Future[Any]] = set()
         self._last_progress: Progress | None = None
         self._outcome: SessionOutcome | None = None
         self._account: SessionAccount | None = None
@@ -184,9 +187,10 @@ class SessionEngine:
     def _publish_progress(self, progress: Progress) -> None:
         """Make ``progress`` the latest and give it to the callback (its errors end the session)."""
         progress = self._with_alarms(progress)
+        # No notify: nothing waits for a progress (the waits that read it poll with a timeout), and waking
+        # the session's waiting thread once per sample cost a thread switch per sample.
         with self._changed:
             self._last_progress = progress
-            self._changed.notify_all()
         self._call_back(self._on_progress, progress)
 
     def _publish_event(self, event: Event) -> None:
@@ -195,16 +199,38 @@ class SessionEngine:
     # ----------------------------------------------------------------------------- callback errors
 
     def _call_back(
-        self, callback: Callable[[T], None] | None, value: T, *, after_error: bool = False
+        self, callback: Callable[[T], object] | None, value: T, *, after_error: bool = False
     ) -> None:
         """Give ``value`` to a user callback (if any); an exception from it ends the session
         (:meth:`_callback_failed`). After the first callback error only ``after_error`` calls still go out."""
         if callback is None or (self._callback_error is not None and not after_error):
             return
         try:
-            callback(value)
+            result: Any = callback(value)
         except Exception as exc:
             self._callback_failed(exc)
+            return
+        if inspect.isawaitable(result):
+            self._run_awaitable(result)
+
+    def _run_awaitable(self, awaitable: Awaitable[Any]) -> None:
+        """A coroutine callback (the asyncio API, called on its loop): run as a task of that loop, not
+        waited for; one that raises ends the session as a plain callback that raises. Without a running
+        loop (the threaded API) a coroutine callback is itself the error."""
+        try:
+            task = asyncio.ensure_future(awaitable)
+        except RuntimeError:
+            if inspect.iscoroutine(awaitable):
+                awaitable.close()
+            self._callback_failed(TypeError("a coroutine callback needs the asyncio API (iontodrive.aio)"))
+            return
+        self._callback_tasks.add(task)
+        task.add_done_callback(self._awaitable_done)
+
+    def _awaitable_done(self, task: asyncio.Future[Any]) -> None:
+        self._callback_tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            self._callback_failed(task.exception())  # type: ignore[arg-type]
 
     def _callback_failed(self, exc: BaseException) -> None:
         logger.error("session callback raised %r: ramping down", exc)

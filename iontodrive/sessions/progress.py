@@ -39,6 +39,7 @@ FLAG_ALARMS: tuple[tuple[StatusFlags, str], ...] = (
     (StatusFlags.LINK_LOST, "LINK LOST"),
     (StatusFlags.RESISTANCE_LIMIT, "RESISTANCE LIMIT"),
 )
+_FLAG_ALARM_BITS = tuple((int(flag), text) for flag, text in FLAG_ALARMS)  # int tests: Flag.__and__ is slow
 AVERAGE_WINDOW_S = 0.5  # pulsed DC: the average current is the charge rate over at least this long
 
 
@@ -122,7 +123,8 @@ class ProgressBuilder:
         measured_ma = sample.measured_ua / 1000.0
         pulsed = start.waveform is Waveform.PULSED_DC
         amplitude, average = self._pulsed_values(sample) if pulsed else (None, None)
-        flag_alarms = tuple(text for flag, text in FLAG_ALARMS if sample.flags & flag)
+        flags = int(sample.flags)
+        flag_alarms = tuple(text for bit, text in _FLAG_ALARM_BITS if flags & bit)
         extra = tuple(a for a in alarms if a not in flag_alarms)
         if record_error is not None and record_alarm(record_error) not in extra:
             extra += (record_alarm(record_error),)
