@@ -2,7 +2,7 @@
 
 Four in-process simulated stimulators (``sim://``, session time 20 x real time), each delivering a dose
 session through :class:`iontodrive.aio.AsyncStimulator` (the one session engine: the same checks, records
-and outcome as the threaded API). The engine's progress callbacks hand each update to the loop; one task
+and outcome as the threaded API). The engine's progress callbacks (called on the loop) keep each device's latest update; one task
 prints a line of live progress for all devices a few times a second until every session is over. The dose
 printed at the end is the record's, which is the device's own count (the device is the authority).
 
@@ -36,10 +36,8 @@ class Row:
 
 
 async def run_session(url: str, row: Row, record_dir: Path) -> str:
-    loop = asyncio.get_running_loop()
-
-    def on_progress(progress: Any) -> None:  # called on the engine's thread: hand it to the loop
-        loop.call_soon_threadsafe(setattr, row, "progress", progress)
+    def on_progress(progress: Any) -> None:  # called on the loop, as each sample arrives: keep it short
+        row.progress = progress
 
     async with AsyncStimulator.open(url) as stim:
         record = await stim.deliver(

@@ -92,7 +92,7 @@ def run_async(url: str, record: Path, how: str) -> BaseException | SessionRecord
             holding = asyncio.Event()
             fired: list[bool] = []
 
-            def on_progress(progress: Any) -> None:  # the engine's thread
+            def on_progress(progress: Any) -> None:  # called on the loop
                 if not when_holding(progress) or fired:
                     return
                 fired.append(True)
@@ -212,3 +212,51 @@ def test_leaving_async_with_during_a_session_ramps_down(tmp_path: Path) -> None:
     assert record.complete and record.summary is not None
     assert record.summary["end_reason"] in ("stopped", "interrupted")
     assert_ramped_to_zero(settle_trace(trace_path), UP_RATE, DOWN_RATE)
+
+
+def test_callbacks_run_on_the_loop_and_a_coroutine_callback_that_raises_ramps_down(tmp_path: Path) -> None:
+    """Progress reaches plain callbacks on the loop's own thread; a coroutine callback runs as a task, and
+    one that raises ends the session exactly as a plain one does (ramped down, ``callback_error``)."""
+    trace_path, record_path = tmp_path / "trace.csv", tmp_path / "r.jsonl"
+    threads: set[int] = set()
+    awaited: list[float] = []
+
+    async def main() -> BaseException | None:
+        loop_thread = threading.get_ident()
+        async with AsyncStimulator.open(sim_url(trace_path, speed=50)) as stim:
+
+            def plain(progress: Any) -> None:
+                threads.add(threading.get_ident())
+
+            session = await stim.start(QUICK, record_path=tmp_path / "plain.jsonl", on_progress=plain)
+            await session.wait()
+            assert threads == {loop_thread}
+
+            async def failing(progress: Any) -> None:
+                await asyncio.sleep(0)
+                awaited.append(progress.fraction)
+                if when_holding(progress):
+                    raise Boom("a coroutine callback failed")
+
+            try:
+                await stim.deliver(LONG, record_path=record_path, on_progress=failing)
+            except Boom as exc:
+                return exc
+        return None
+
+    out = asyncio.run(main())
+    assert isinstance(out, Boom), repr(out)
+    assert awaited  # the coroutines ran
+    record = SessionRecord.load(record_path)
+    assert record.summary is not None and record.summary["end_reason"] == "callback_error"
+    assert_ramped_to_zero(settle_trace(trace_path), UP_RATE, DOWN_RATE)
+
+
+def test_a_blocking_engine_call_on_the_loop_is_refused_not_deadlocked(tmp_path: Path) -> None:
+    async def main() -> None:
+        async with AsyncStimulator.open(sim_url(tmp_path / "trace.csv", speed=50)) as stim:
+            with pytest.raises(RuntimeError, match="would block the event loop"):
+                stim.stimulator.status()  # the blocking API, called from the loop's own thread
+            assert (await stim.status()).state is DeviceState.IDLE  # the loop was never held
+
+    asyncio.run(main())

@@ -367,3 +367,22 @@ def test_after_link_loss_notes_a_refusal_or_an_interrupt_in_the_record(
     else:
         assert isinstance(result, SessionInterrupted)
         assert _notes(record, "reconnect_interrupted")
+
+
+def test_cli_deliver_reconnects_after_an_unplug_and_the_record_is_the_devices(
+    bench: Bench, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``iontodrive deliver --reconnect-s``: the same reconnect as the API's, from the command line; the
+    command ends with the link-error code and the record holds the device's own final count."""
+    from iontodrive.cli.exitcodes import LINK_ERROR
+
+    path = tmp_path / "part1.jsonl"
+    bench.control.act("unplug", {"at_s": bench.now_s() + 10.0, "duration_s": 1.5})
+    argv = ["deliver", bench.link, "--current-ma", "2", "--dose-ma-min", "2", "--ramp-up-s", "5"]
+    argv += ["--ramp-down-s", "5", "--polarity", "cathode", "--record", str(path), "--reconnect-s", "15"]
+    assert main([*argv, "--quiet"]) == LINK_ERROR
+    record = SessionRecord.load(path)
+    assert record.complete and record.summary is not None and record.summary["device_confirmed"] is True
+    assert _notes(record, "reconciled")  # reconciled with the same device after the link came back
+    assert abs(record.delivered_uas - bench.runner.call(lambda d: d.charge_uas)) <= 1
+    assert bench.state() is DeviceState.DONE  # no current came back by itself

@@ -23,7 +23,7 @@ from typing import Any
 from iontodrive.cli import exitcodes, fmt
 from iontodrive.cli.device import PORT_HELP
 from iontodrive.cli.display import DisplayLogHandler, LiveDisplay, live_wanted
-from iontodrive.cli.ports_open import open_for
+from iontodrive.cli.ports_open import add_reconnect_option, open_for
 
 SESSION_TELEMETRY_HZ = 10
 
@@ -130,6 +130,7 @@ def add_parser(subparsers: Any) -> None:
         help="telemetry rate during the session, per second of device time; feeds the display and the record "
         f"(default: {SESSION_TELEMETRY_HZ})",
     )
+    add_reconnect_option(parser)
     parser.add_argument("--quiet", action="store_true", help="no live display; only the final summary")
     parser.set_defaults(func=run)
 

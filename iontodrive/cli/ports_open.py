@@ -12,6 +12,7 @@ Accepted forms:
 
 from __future__ import annotations
 
+import argparse
 import importlib
 import re
 from pathlib import Path
@@ -19,6 +20,18 @@ from typing import Any
 
 from iontodrive.cli.exitcodes import UsageError
 from iontodrive.resources import is_visa_resource  # the one resource grammar (h18: issue 18, item 2)
+
+
+def add_reconnect_option(parser: argparse.ArgumentParser) -> None:
+    """``--reconnect-s S`` (deliver, resume): after a lost link keep trying to reach the same device for S
+    seconds, then reconcile the record with it (:mod:`iontodrive.sessions.reconnect`)."""
+    parser.add_argument(
+        "--reconnect-s",
+        type=float,
+        metavar="S",
+        help="if the link is lost, keep trying to reach the same device for S seconds and reconcile the "
+        "record with it (no current resumes by itself)",
+    )
 
 
 def normalise_port(port: str) -> str:

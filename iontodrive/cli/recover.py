@@ -27,6 +27,7 @@ from typing import Any
 
 from iontodrive.cli import exitcodes
 from iontodrive.cli.device import PORT_HELP
+from iontodrive.cli.ports_open import add_reconnect_option
 from iontodrive.units import UAS_PER_MA_MIN
 
 __all__ = ["add_parser", "run_recover", "run_resume"]
@@ -74,13 +75,7 @@ def add_parser(subparsers: Any) -> None:
     resume.add_argument(
         "--label", action="append", default=[], metavar="KEY=VALUE", help="extra label for the new part"
     )
-    resume.add_argument(
-        "--reconnect-s",
-        type=float,
-        metavar="S",
-        help="if the link is lost, keep trying to reach the same device for S seconds and reconcile the "
-        "record with it (no current resumes by itself)",
-    )
+    add_reconnect_option(resume)
     resume.add_argument("--json", action="store_true", help="print one JSON result on stdout at the end")
     resume.add_argument("--quiet", action="store_true", help="no live display; only the final lines")
     resume.add_argument(

@@ -97,7 +97,7 @@ from iontodrive.sessions.outcome import SessionFacts, decide_outcome
 from iontodrive.sessions.progress import ProgressBuilder
 from iontodrive.sessions.reconnect import ReconnectPolicy, after_link_loss
 from iontodrive.sessions.recording import start_to_dict
-from iontodrive.sessions.types import OutputNotConfirmedError, SessionOutcome
+from iontodrive.sessions.types import OutputNotConfirmedError, Progress, SessionOutcome
 from iontodrive.sessions.waiting import wait_interruptibly
 from iontodrive.units import UAS_PER_MA_MIN
 
@@ -741,7 +741,7 @@ class DeviceSession(SessionEngine):
         )
 
     def _final_published(self, delivered: int, end_state: DeviceState) -> bool:
-        last = self._last_progress
+        last = self.progress
         return last is not None and last.state is end_state and last.delivered_uas == delivered
 
     def _completed_sample(self, sample: Telemetry) -> bool:
@@ -1005,14 +1005,21 @@ class DeviceSession(SessionEngine):
             self._recorder.telemetry(sample)
         if builder is None:
             return
-        progress = builder.build(
-            sample,
-            elapsed_s=self._elapsed_s(sample),
-            on_time_s=self._on_time_s(sample),
-            completed=self._completed_sample(sample),
-            aborting=self._aborting,
-        )
-        self._publish_progress(progress)
+        completed, aborting = self._completed_sample(sample), self._aborting
+
+        def build() -> Progress:
+            return builder.build(
+                sample,
+                elapsed_s=self._elapsed_s(sample),
+                on_time_s=self._on_time_s(sample),
+                completed=completed,
+                aborting=aborting,
+            )
+
+        if self._on_progress is None and builder.duty == 1.0:  # (pulsed DC averages over every sample)
+            self._defer_progress(build)
+        else:
+            self._publish_progress(build())
 
     def _handle_background_error(self, exc: BaseException) -> None:
         logger.debug("background error during session: %r", exc)

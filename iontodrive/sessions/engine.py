@@ -108,6 +108,7 @@ class SessionEngine:
         self._callback_error: BaseException | None = None
         self._callback_tasks: set[asyncio.Future[Any]] = set()
         self._last_progress: Progress | None = None
+        self._unbuilt: Callable[[], Progress] | None = None  # see _defer_progress
         self._outcome: SessionOutcome | None = None
         self._account: SessionAccount | None = None
 
@@ -120,7 +121,19 @@ class SessionEngine:
 
     @property
     def progress(self) -> Progress | None:
+        """The latest :class:`Progress` (None before the first sample of the session)."""
+        with self._changed:
+            build, self._unbuilt = self._unbuilt, None
+        if build is not None:
+            self._publish_progress(build())
         return self._last_progress
+
+    def _defer_progress(self, build: Callable[[], Progress]) -> None:
+        """Keep ``build`` (the latest sample's progress, not yet built) for when :attr:`progress` is read:
+        with no ``on_progress`` callback nobody needs a progress per sample (at 100 Hz building each cost
+        more than the rest of the sample's handling). A later sample's ``build`` replaces it."""
+        with self._changed:
+            self._unbuilt = build
 
     @property
     def outcome(self) -> SessionOutcome | None:
@@ -187,6 +200,7 @@ class SessionEngine:
     def _publish_progress(self, progress: Progress) -> None:
         """Make ``progress`` the latest and give it to the callback (its errors end the session)."""
         progress = self._with_alarms(progress)
+        self._unbuilt = None  # this one is newer than any deferred build
         # No notify: nothing waits for a progress (the waits that read it poll with a timeout), and waking
         # the session's waiting thread once per sample cost a thread switch per sample.
         with self._changed:

@@ -49,7 +49,10 @@ class OvercurrentGuard:
         self.prescribed_ua = max(self.prescribed_ua, float(target_ua))
 
     def limit_ua(self, setpoint_ua: float) -> float:
-        return min(ceiling_ua(setpoint_ua), ceiling_ua(self.prescribed_ua), ceiling_ua(self.cap_ua))
+        """The highest current allowed at ``setpoint_ua``: the ceiling of the lowest of the set-point, the
+        prescribed current and the cap (:func:`ceiling_ua` never decreases, so that is the lowest of the
+        three ceilings)."""
+        return ceiling_ua(min(setpoint_ua, self.prescribed_ua, self.cap_ua))
 
     def judge(self, setpoint_ua: float, measured_ua: float) -> str | None:
         """Feed one sample; return why the guard tripped (None while it has not)."""
