@@ -2,8 +2,9 @@
 
 Four in-process simulated stimulators (``sim://``, session time 20 x real time), each delivering a dose
 session through :class:`iontodrive.aio.AsyncStimulator` (the one session engine: the same checks, records
-and outcome as the threaded API). The engine's progress callbacks (called on the loop) keep each device's latest update; one task
-prints a line of live progress for all devices a few times a second until every session is over. The dose
+and outcome as the threaded API). The engine's progress callbacks (called on the loop) keep each device's
+latest update; one task prints a line of live progress for all devices a few times a second until every
+session is over. The dose
 printed at the end is the record's, which is the device's own count (the device is the authority).
 
 Against hardware, pass the ports instead: ``python examples/many_devices_live.py /dev/ttyUSB0 /dev/ttyUSB1``.

@@ -203,7 +203,6 @@ def test_heartbeats_keep_the_watchdog_fed_and_the_gate_stops_them(caplog: pytest
         sim.close()
 
 
-
 def test_events_the_full_dispatch_queue_dropped_are_fetched_again_in_order() -> None:
     """The threaded client's overflow policy, on the loop: an event that finds the dispatch queue full is
     dropped there and fetched again (FetchEvents) when dispatch reaches it, so a listener still sees each
