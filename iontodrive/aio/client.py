@@ -243,6 +243,8 @@ class AsyncDeviceClient:
         self._dispatch_progress = self._loop.time()
         self._gap_ready = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
+        self._sweep_at: float | None = None  # when the deadline sweep is armed for (loop time)
+        self._sweep_handle: asyncio.TimerHandle | None = None
         self._session_closers: list[Callable[[], Awaitable[None]]] = []
         self.identity: IdentityReport
 
@@ -367,6 +369,9 @@ class AsyncDeviceClient:
             with contextlib.suppress(BaseException):
                 await task
         self._wake_all()
+        if self._sweep_handle is not None:
+            self._sweep_handle.cancel()
+            self._sweep_handle = self._sweep_at = None
         for sub in list(self._subscriptions):
             sub.close()
         self._trace.close()
@@ -403,11 +408,8 @@ class AsyncDeviceClient:
             while True:
                 self._send(pending)
                 if not waiter.done():
-                    handle = loop.call_at(pending.deadline, _wake, waiter)
-                    try:
-                        await waiter
-                    finally:
-                        handle.cancel()
+                    self._arm_sweep(pending.deadline)
+                    await waiter
                 if pending.reply is not None or self._closed:
                     break
                 core.expire(pending)  # LinkTimeoutError once no attempt is left
@@ -418,6 +420,33 @@ class AsyncDeviceClient:
             self._raise_if_failed()
             raise LinkClosedError(f"link {self.url} closed while waiting for {type(message).__name__}")
         return core.finish(pending)
+
+    def _arm_sweep(self, deadline: float) -> None:
+        """Make sure the deadline sweep runs by ``deadline`` (loop time). One timer serves every request
+        in flight (a timer per request cost more than the rest of a round trip's bookkeeping)."""
+        if self._sweep_at is not None and self._sweep_at <= deadline:
+            return
+        if self._sweep_handle is not None:
+            self._sweep_handle.cancel()
+        self._sweep_at = deadline
+        self._sweep_handle = self._loop.call_at(deadline, self._sweep)
+
+    def _sweep(self) -> None:
+        """Wake every request whose attempt's deadline has passed (it then retries or times out); arm the
+        sweep again for the earliest deadline still ahead."""
+        self._sweep_at = self._sweep_handle = None
+        now = self._loop.time()
+        ahead: float | None = None
+        for pending in list(self._core.pending.values()):
+            waiter = pending.waiter
+            if waiter is None or waiter.done():
+                continue
+            if pending.deadline <= now:
+                waiter.set_result(None)
+            elif ahead is None or pending.deadline < ahead:
+                ahead = pending.deadline
+        if ahead is not None:
+            self._arm_sweep(ahead)
 
     def _send(self, pending: PendingRequest) -> None:
         try:
@@ -747,11 +776,6 @@ class AsyncDeviceClient:
                 listener(exc)
             except Exception:
                 logger.exception("error listener %r raised", listener)
-
-
-def _wake(waiter: asyncio.Future[None]) -> None:
-    if not waiter.done():
-        waiter.set_result(None)
 
 
 __all__ = ["AsyncDeviceClient", "AsyncSubscription"]
