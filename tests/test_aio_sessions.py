@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import _thread
 import asyncio
+import logging
 import signal
 import sys
 import threading
@@ -260,3 +261,25 @@ def test_a_blocking_engine_call_on_the_loop_is_refused_not_deadlocked(tmp_path: 
             assert (await stim.status()).state is DeviceState.IDLE  # the loop was never held
 
     asyncio.run(main())
+
+
+def test_a_whole_session_never_blocks_the_loop(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """asyncio's debug mode with the client suite's slow-callback threshold, over a whole session on the
+    engine (the safety tier, records, progress and the end all touch the loop): no callback or task step
+    holds it that long."""
+    from test_aio_client import SLOW_CALLBACK_S
+
+    async def main() -> None:
+        asyncio.get_running_loop().slow_callback_duration = SLOW_CALLBACK_S
+        async with AsyncStimulator.open(sim_url(tmp_path / "trace.csv", speed=50)) as stim:
+            fractions: list[float] = []
+            record = await stim.deliver(
+                QUICK, record_path=tmp_path / "r.jsonl", on_progress=lambda p: fractions.append(p.fraction)
+            )
+            assert record.summary is not None and record.summary["end_reason"] == "completed"
+            assert fractions and fractions[-1] == 1.0
+
+    with caplog.at_level(logging.WARNING, logger="asyncio"):
+        asyncio.run(main(), debug=True)
+    slow = [r.getMessage() for r in caplog.records if r.name == "asyncio" and "took" in r.getMessage()]
+    assert not slow, f"the loop was blocked: {slow}"
