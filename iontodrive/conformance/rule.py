@@ -90,6 +90,7 @@ class RuleResult:
     evidence: str
     needs_load: bool
     duration_s: float
+    needs_fixture: bool = False
 
     @property
     def ok(self) -> bool:

@@ -47,6 +47,7 @@ class SuiteReport:
     duration_s: float = 0.0
     results: list[RuleResult] = field(default_factory=list)
     fatal: str | None = None  # why the run could not start or had to stop early
+    fixture: str | None = None  # the load fixture's name, None without one
 
     @property
     def ok(self) -> bool:
@@ -93,6 +94,7 @@ def run_suite(
     """
     started = time.monotonic()
     report = SuiteReport(port, None, 1.0, datetime.now(UTC).isoformat(timespec="seconds"))
+    report.fixture = probe.fixture.name if probe.fixture is not None else None
 
     def emit(result: RuleResult) -> None:
         report.results.append(result)
@@ -193,4 +195,13 @@ def run_rule(probe: Probe, rule: Rule) -> RuleResult:
 
 
 def _row(rule: Rule, outcome: Outcome, evidence: str, duration_s: float) -> RuleResult:
-    return RuleResult(rule.id, rule.section, rule.description, outcome, evidence, rule.needs_load, duration_s)
+    return RuleResult(
+        rule.id,
+        rule.section,
+        rule.description,
+        outcome,
+        evidence,
+        rule.needs_load,
+        duration_s,
+        rule.needs_fixture,
+    )
