@@ -47,7 +47,7 @@ from iontodrive.protocol import (
 from iontodrive.protocol.rules import RULES as TABLE
 from iontodrive.protocol.rules import Rule as Cell
 
-from ..idle import restore_safe_idle
+from ..idle import await_zero_output, restore_safe_idle
 from ..probe import Probe, describe, ramp_budget_s
 from ..rule import Rule, RuleFailed, expect, rule
 
@@ -56,7 +56,6 @@ UNREACHABLE: dict[DeviceState, str] = {
     S.FAULT: "needs a trip: STATE-TABLE-FAULT checks it with a load fixture"
 }
 TRIP_DEVICE_S = 2.0  # device time a trip may take to latch once the fixture provoked it
-ZERO_SLACK_DEVICE_S = 1.0  # device time allowed beyond set-point / slew for the trip ramp to end
 TRANSIENT_TRIES = 3  # fresh visits of a transient state tried for one cell
 TRANSIENT = frozenset({S.CONTACT_CHECK, S.RAMP_UP, S.ADJUST, S.RAMP_DOWN, S.PAUSING})
 LATE_IN_RAMP = 0.75  # past this share of a ramp, a request might arrive after it ended: not judged there
@@ -292,20 +291,12 @@ def reach_fault(probe: Probe) -> tuple[StatusReport, str]:
         trips[0].state == S.FAULT,
         f"{trips[0].code.name} carries state {trips[0].state.name}; the state after the trip is FAULT (§4.3)",
     )
-    slew = max(1, probe.ident.slew_limit_ua_per_s)
-    end = probe.clock() + probe.host_s(probe.test_current_ua / slew + ZERO_SLACK_DEVICE_S) + 1.0
-    while True:
-        status = probe.status()
-        latched = status.flags & (StatusFlags.OVERCURRENT | StatusFlags.HARDWARE_TRIP)
-        expect(status.state == S.FAULT, f"the latched fault let go by itself: {status.state.name}")
-        expect(bool(latched), f"FAULT without the OVERCURRENT or HARDWARE_TRIP flag: {status.flags!r}")
-        if status.setpoint_ua == 0 and not status.flags & StatusFlags.OUTPUT_ON:
-            break
-        expect(
-            probe.clock() < end,
-            f"the trip ramp did not bring the output to zero: set-point {status.setpoint_ua} uA in FAULT",
-        )
-        probe.wait(probe.host_s(0.05))
+    status = await_zero_output(probe)
+    expect(status.state == S.FAULT, f"the latched fault let go by itself: {status.state.name}")
+    expect(
+        bool(status.flags & (StatusFlags.OVERCURRENT | StatusFlags.HARDWARE_TRIP)),
+        f"FAULT without the OVERCURRENT or HARDWARE_TRIP flag: {status.flags!r}",
+    )
     return status, f"{trips[0].code.name} at {trips[0].value} uA"
 
 
