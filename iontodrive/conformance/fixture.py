@@ -17,9 +17,9 @@ resistor ladder, a programmable decade resistance or an electronic load in const
 * :meth:`Fixture.trip` -- make the output current exceed the device's over-current trip (optional).
 
 A method the fixture cannot carry out raises :class:`FixtureUnsupported`; the rule is then NOT_RUN with
-that reason. Every method returns at once (the suite keeps the link alive meanwhile) and must not raise
-for anything else but a broken fixture (then :class:`FixtureError`, which stops the run: the load is in an
-unknown state).
+that reason. Every method returns as soon as the change is made (a relay has settled: milliseconds; the
+suite sends no heartbeat meanwhile, so within a second at most) and must not raise for anything else but
+a broken fixture (then :class:`FixtureError`, which stops the run: the load is in an unknown state).
 
 Two implementations come with the suite, both over the simulator's bench-instrument control API
 (:mod:`firmware_sim.control`): :class:`SimFixture` drives any object with ``act(name, params)`` and
@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import importlib
 import json
+import time
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -44,11 +45,16 @@ from typing import Any, Protocol
 HTTP_TIMEOUT_S = 5.0
 #: Simulator seconds over which the simulator's fixture lifts or puts back an electrode (a relay: at once).
 SIM_CONTACT_CHANGE_S = 0.005
-#: The over-current the simulator's fixture injects: the regulator's gain (S9 trips at set-point + 10 %) ...
-SIM_TRIP_GAIN = 1.5
+#: The over-current the simulator's fixture injects: the regulator's gain (S9 trips at set-point + 10 %;
+#: at the test current x 1.3 the current stays below the suite's own ceiling, which would abort) ...
+SIM_TRIP_GAIN = 1.3
 #: ... reached over this many simulator seconds, and held for this long (the trip fires well within it).
 SIM_TRIP_RISE_S = 0.02
 SIM_TRIP_HOLD_S = 0.1
+#: Wall seconds the simulator's fixture waits for a load change to reach the plant (the simulator's loop
+#: applies it at its next tick, at most 50 ms later), polling every SIM_APPLY_POLL_S.
+SIM_APPLY_TIMEOUT_S = 2.0
+SIM_APPLY_POLL_S = 0.005
 
 
 class FixtureUnsupported(Exception):
@@ -120,8 +126,9 @@ class SimFixture(Fixture):
 
     ``set_load_ohm(R)`` scales the model's series and skin resistance (the ``skin`` action) so that its
     resting impedance is R (while current flows, the skin's conditioning lowers it by up to a quarter, as
-    skin does); ``open_circuit`` is an ``electrode_lift`` over :data:`SIM_CONTACT_CHANGE_S`; ``trip`` an
-    ``overcurrent`` of gain :data:`SIM_TRIP_GAIN`; ``restore`` puts back the load it found and the contact.
+    skin does) and returns once the simulator's status shows it; ``open_circuit`` is an
+    ``electrode_lift`` over :data:`SIM_CONTACT_CHANGE_S`; ``trip`` an ``overcurrent`` of gain
+    :data:`SIM_TRIP_GAIN`; ``restore`` puts back the load it found and the contact.
 
     Raises:
         FixtureError: the control API does not answer or does not describe its load.
@@ -171,6 +178,16 @@ class SimFixture(Fixture):
         params = {"r_series_ohm": self._series_ohm * scale, "r_skin_kohm": self._skin_ohm * scale / 1000.0}
         _call(lambda: self.control.act("skin", params))
         self._scale = scale
+        wanted = (self._series_ohm + self._skin_ohm) * scale
+        deadline = time.monotonic() + SIM_APPLY_TIMEOUT_S
+        while abs(self._resting_ohm() - wanted) > 1e-6 * wanted:
+            if time.monotonic() > deadline:
+                raise FixtureError(f"the simulator did not apply the load of {wanted:.0f} ohm")
+            time.sleep(SIM_APPLY_POLL_S)
+
+    def _resting_ohm(self) -> float:
+        load = _call(lambda: self.control.snapshot()).get("load")
+        return float(load["resting_impedance_ohm"]) if isinstance(load, Mapping) else float("nan")
 
 
 def _call(action: Any) -> Any:

@@ -26,6 +26,7 @@ from iontodrive.protocol import (
     ContactVerdict,
     DeviceState,
     ErrorCode,
+    Event,
     EventCode,
     Field,
     Message,
@@ -44,6 +45,8 @@ from .nacks import stable_status
 S = DeviceState
 #: Device seconds the load is left to settle after the fixture changed it, before anything is measured.
 SETTLE_DEVICE_S = 0.1
+#: Host seconds the CONTACT_FAILED event of a CheckContact is waited for (it is sent after the reply).
+EVENT_WAIT_HOST_S = 0.25
 #: The loads the rules ask for, against the device's own limits: beyond them by this factor.
 BEYOND_LIMIT = 4
 
@@ -140,7 +143,12 @@ def contact_refusal(
     mark = len(probe.events)
     report = _contact(probe)
     _judge_report(report, nominal, verdict, "IDLE")
-    failed = [e for _, e in probe.events[mark:] if e.code == EventCode.CONTACT_FAILED and not e.replayed]
+
+    def failed_events() -> list[Event]:
+        return [e for _, e in probe.events[mark:] if e.code == EventCode.CONTACT_FAILED and not e.replayed]
+
+    probe.wait_until(lambda: bool(failed_events()), EVENT_WAIT_HOST_S)  # it follows the reply
+    failed = failed_events()
     expect(bool(failed), "CheckContact on a failing contact recorded no CONTACT_FAILED event (§4.3)")
     expect(
         failed[0].value == report.impedance_ohm,

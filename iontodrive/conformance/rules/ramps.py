@@ -37,6 +37,7 @@ HOLD_OBSERVE_DEVICE_S = 0.3  # device time watched at the set-point before the n
 PAUSED_OBSERVE_DEVICE_S = 1.0  # device time a paused session is watched for staying at zero
 PULSE_OBSERVE_DEVICE_S = 2.0  # device time a pulsed session is watched at its target
 PULSE_DUTY_PERCENT = 50  # the duty the pulse rule asks for (within the identity's range)
+PULSE_FREQUENCY_HZ = 13  # a period no telemetry rate divides, so that samples sweep the phase (in range)
 PULSE_CHARGE_TOLERANCE = 0.02  # charge rate within 2 % of set-point x duty, plus one period's charge
 
 
@@ -262,7 +263,7 @@ def pulse_readings(probe: Probe) -> str:
     ident = probe.drive
     if not ident.waveforms & WaveformSet.PULSED_DC:
         raise NotApplicable("the identity lacks PULSED_DC")
-    frequency_hz = ident.min_pulse_frequency_hz
+    frequency_hz = min(max(PULSE_FREQUENCY_HZ, ident.min_pulse_frequency_hz), ident.max_pulse_frequency_hz)
     duty = min(max(PULSE_DUTY_PERCENT, ident.min_duty_percent), ident.max_duty_percent)
     observe(probe)
     start = replace(
