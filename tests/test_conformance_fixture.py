@@ -9,11 +9,13 @@
 
 from __future__ import annotations
 
+import os
 import sys
 import textwrap
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import conformance_variants as cv
 import pytest
@@ -35,6 +37,7 @@ from iontodrive.conformance import (
     run_suite,
     select_rules,
 )
+from iontodrive.conformance.command import host_reconnect
 from iontodrive.conformance.fixture import HttpSimControl
 
 
@@ -204,3 +207,19 @@ def test_cli_fixture_option(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["conformance", "--list"]) == 0
     listed = [line for line in capsys.readouterr().out.splitlines() if line.startswith("CONTACT-HIGH")]
     assert listed and listed[0].endswith("[load] [fixture]")
+
+
+def test_the_command_reopens_tcp_and_ptys_but_not_serial_ports() -> None:
+    class _Link:
+        port = object()  # not a simulator
+
+    links: list[Any] = [_Link()]
+    assert host_reconnect(links, "/dev/ttyUSB0", 115_200) is None  # a UART cannot see its host go
+    assert host_reconnect(links, "socket://127.0.0.1:7", 115_200) is not None
+    if hasattr(os, "openpty"):
+        master, slave = os.openpty()
+        try:
+            assert host_reconnect(links, os.ttyname(slave), 115_200) is not None
+        finally:
+            os.close(master)
+            os.close(slave)

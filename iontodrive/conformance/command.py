@@ -8,6 +8,7 @@ Exit status: 0 when every rule passes or does not apply; 1 when any rule fails, 
 from __future__ import annotations
 
 import argparse
+import os
 import time
 from collections.abc import Callable
 from typing import Any
@@ -25,6 +26,8 @@ from .runner import SuiteReport, run_suite, select_rules
 
 #: Host seconds between closing the port and opening it again, for the device to see its host go.
 RECONNECT_GAP_S = 0.3
+#: Where pseudo-terminals live (Linux, macOS): a pty's device sees its host's last close.
+PTY_PREFIXES = ("/dev/pts/", "/dev/ttys")
 HELP = "check a device against every rule of the protocol spec (one row per rule)"
 DESCRIPTION = (
     "Check whatever answers on PORT against every rule of docs/protocol.md: framing, CRC, refusals "
@@ -143,12 +146,16 @@ def _fixture(spec: str | None, port: object) -> Fixture | None:
         raise exitcodes.UsageError(f"--fixture {spec}: {exc}") from exc
 
 
-def host_reconnect(links: list[SerialLink], url: str, baud: int) -> Callable[[], SerialLink]:
-    """How the probe makes its host go away and come back (``HOST-CACHE-GONE``): close the port, wait
-    :data:`RECONNECT_GAP_S` so that the device's transport sees the close (a pty's last close, a TCP
-    disconnect, a USB CDC port's DTR drop), and open it again; the new link is appended to ``links``.
-    A ``sim://`` port is the simulator itself (closing it ends the simulation): there the device is told
-    what its transport would tell it, ``Device.end_host_session()``, and the link stays."""
+def host_reconnect(links: list[SerialLink], url: str, baud: int) -> Callable[[], SerialLink] | None:
+    """How the probe makes its host go away and come back (``HOST-CACHE-GONE``), or None.
+
+    A TCP link (``socket://``) or a pty: close the port, wait :data:`RECONNECT_GAP_S` so that the
+    device's transport sees the close (a TCP disconnect, a pty's last close), and open it again; the new
+    link is appended to ``links``. A ``sim://`` port is the simulator itself (closing it ends the
+    simulation): there the device is told what its transport would tell it,
+    ``Device.end_host_session()``, and the link stays. A serial port: None, since whether its device can
+    see the host go is up to its transport (a UART cannot; §7.3 then relies on ``OpenSession``), and
+    reopening many USB boards resets them."""
     first = links[0].port
     device = getattr(first, "device", None)
     if url.lower().startswith("sim://") and device is not None:
@@ -162,6 +169,9 @@ def host_reconnect(links: list[SerialLink], url: str, baud: int) -> Callable[[],
             return links[-1]
 
         return tell_device
+
+    if "://" not in url and not os.path.realpath(url).startswith(PTY_PREFIXES):
+        return None
 
     def reopen() -> SerialLink:
         links[-1].close()
