@@ -12,6 +12,10 @@ touched from two threads.
 
 Every method validates its arguments before anything happens and raises :class:`ControlError` (a
 ``ValueError``) naming the field and its allowed range.
+
+:class:`DeviceControl` is the same for a device that its owner steps itself (a virtual clock: the tests'
+in-process devices, ``sim://...?clock=virtual``): the plant faults and the skin only, applied at once,
+since there is no loop to schedule in and no transport to act on.
 """
 
 from __future__ import annotations
@@ -85,6 +89,36 @@ def _flag_names(flags: StatusFlags) -> list[str]:
     return [f.name for f in StatusFlags if f and f in flags and f.name is not None]
 
 
+def _device_snapshot(d: Device) -> dict[str, Any]:
+    """What the device alone says about itself (the caller holds its lock)."""
+    status = d.status()
+    flags = status.flags
+    return {
+        "t_s": d.session_time_s,
+        "link_s": d.link_time_s,
+        "state": DeviceState(status.state).name,
+        "setpoint_ua": d.setpoint_ua,
+        "output_ua": d.output_ua,
+        "measured_ua": status.measured_ua,
+        "voltage_mv": status.voltage_mv,
+        "impedance_ohm": status.impedance_ohm,
+        "load": {
+            "r_series_ohm": d.load.r_series_ohm,
+            "r_skin_ohm": d.load.r_skin_ohm,
+            "c_skin_nf": d.load.c_skin_nf,
+            "resting_impedance_ohm": d.load.resting_impedance_ohm,
+        },
+        "charge_uas": d.charge_uas,
+        "target_current_ua": status.target_current_ua,
+        "target_charge_uas": status.target_charge_uas,
+        "telemetry_hz": status.telemetry_hz,
+        "flags": _flag_names(flags),
+        "alarms": [f.name for f in ALARM_FLAGS if f in flags and f.name is not None],
+        "last_event_no": status.last_event_no,
+        "boot_count": d.firmware.boot_count,
+    }
+
+
 class SimController:
     """Controls the device behind ``runner`` (and its transport, if it is a :class:`WiredTransport`)."""
 
@@ -99,27 +133,8 @@ class SimController:
     def snapshot(self) -> dict[str, Any]:
         """The device now: times in s, currents in µA, voltage in mV, impedance in Ω, charge in µA·s."""
         with self.runner.lock:
-            d = self.device
-            fw = d.firmware
-            status = d.status()
-            flags = status.flags
             return {
-                "t_s": d.session_time_s,
-                "link_s": d.link_time_s,
-                "state": DeviceState(status.state).name,
-                "setpoint_ua": d.setpoint_ua,
-                "output_ua": d.output_ua,
-                "measured_ua": status.measured_ua,
-                "voltage_mv": status.voltage_mv,
-                "impedance_ohm": status.impedance_ohm,
-                "charge_uas": d.charge_uas,
-                "target_current_ua": status.target_current_ua,
-                "target_charge_uas": status.target_charge_uas,
-                "telemetry_hz": status.telemetry_hz,
-                "flags": _flag_names(flags),
-                "alarms": [f.name for f in ALARM_FLAGS if f in flags and f.name is not None],
-                "last_event_no": status.last_event_no,
-                "boot_count": fw.boot_count,
+                **_device_snapshot(self.device),
                 "plugged": self.transport.plugged if self.transport is not None else True,
                 "host_silent": self.transport.host_silent if self.transport is not None else False,
                 "scheduled": self.runner.scheduled,
@@ -156,18 +171,8 @@ class SimController:
         return self._schedule(name, at_s, action, detail)
 
     def _plant_fault(self, name: str, at_s: float | None, params: dict[str, Any]) -> dict[str, Any]:
-        cls = PLANT_FAULTS[name]
-        fields = {f.name for f in dataclasses.fields(cls)} - {"at_s"}
-        unknown = sorted(set(params) - fields)
-        if unknown:
-            raise ControlError(f"{name} has no parameter {unknown[0]!r}: it takes {sorted(fields)}")
-        try:
-            fault = cls(at_s=at_s, **params)
-            with self.runner.lock:
-                resolved = self.device.inject(fault)
-        except (TypeError, ValueError) as exc:
-            raise ControlError(str(exc)) from None
-        entry = {"action": name, "at_s": resolved.at_s, **params}
+        with self.runner.lock:
+            entry = inject_plant_fault(self.device, name, at_s, params)
         self.log.append(entry)
         log.info("control: %s", entry)
         return entry
@@ -252,20 +257,85 @@ class SimController:
         return (lambda _: transport.replug()), {}
 
     def _skin(self, params: dict[str, Any]) -> tuple[Callable[[Device], object], dict[str, Any]]:
-        r_skin = _number(params, "r_skin_kohm", 0.01, 1000.0, None)
-        r_series = _number(params, "r_series_ohm", 0.0, 100_000.0, None)
-        c_skin = _number(params, "c_skin_nf", 0.01, 100_000.0, None)
-        _only(params, "skin", {"r_skin_kohm", "r_series_ohm", "c_skin_nf"})
-        changes: dict[str, float] = {}
-        if r_skin is not None:
-            changes["r_skin_ohm"] = r_skin * 1000.0
-        if r_series is not None:
-            changes["r_series_ohm"] = r_series
-        if c_skin is not None:
-            changes["c_skin_nf"] = c_skin
-        if not changes:
-            raise ControlError("skin needs at least one of r_skin_kohm, r_series_ohm, c_skin_nf")
+        changes = skin_changes(params)
         return (lambda device: set_load(device, **changes)), dict(changes)
+
+
+class DeviceControl:
+    """Control of a :class:`Device` that its owner steps (a virtual clock), with the API of
+    :class:`SimController` for what needs neither a loop nor a transport: the plant faults
+    (:data:`PLANT_FAULTS`) and ``skin``, applied at once (``at_s`` schedules a plant fault later, as
+    there). The other actions raise :class:`ControlError` naming what they would need. Not thread-safe:
+    call it from the thread that steps the device."""
+
+    def __init__(self, device: Device) -> None:
+        self.device = device
+        self.log: list[dict[str, Any]] = []
+
+    def snapshot(self) -> dict[str, Any]:
+        """The part of :meth:`SimController.snapshot` a device alone can give (same units)."""
+        return _device_snapshot(self.device)
+
+    def act(self, name: str, params: Mapping[str, Any] | None = None) -> dict[str, Any]:
+        """Do action ``name`` now (a plant fault or ``skin``); return what was done.
+
+        Raises ControlError for an action that needs the simulator's loop or transport, an unknown
+        parameter or a value out of range."""
+        params = dict(params or {})
+        at_s = _number(params, "at_s", 0.0, 1e9, None)
+        params.pop("at_s", None)
+        if name in PLANT_FAULTS:
+            entry = inject_plant_fault(self.device, name, at_s, params)
+        elif name == "skin":
+            if at_s is not None and at_s > self.device.session_time_s:
+                raise ControlError("skin: at_s in the future needs the simulator's loop (SimController)")
+            changes = skin_changes(params)
+            set_load(self.device, **changes)
+            entry = {"action": name, "at_s": self.device.session_time_s, **changes}
+        elif name in ACTIONS:
+            raise ControlError(f"{name} needs the simulator's loop and transport (SimController)")
+        else:
+            raise ControlError(f"action = {name!r} is not known: must be one of {list(ACTIONS)}")
+        self.log.append(entry)
+        return entry
+
+
+def inject_plant_fault(
+    device: Device, name: str, at_s: float | None, params: Mapping[str, Any]
+) -> dict[str, Any]:
+    """Schedule the plant fault ``name`` (a key of :data:`PLANT_FAULTS`) with ``params`` on ``device``;
+    return ``{"action", "at_s", ...}`` with ``at_s`` resolved (simulator seconds). The caller holds the
+    device's lock. Raises ControlError for an unknown parameter or a value out of range."""
+    cls = PLANT_FAULTS[name]
+    fields = {f.name for f in dataclasses.fields(cls)} - {"at_s"}
+    unknown = sorted(set(params) - fields)
+    if unknown:
+        raise ControlError(f"{name} has no parameter {unknown[0]!r}: it takes {sorted(fields)}")
+    try:
+        resolved = device.inject(cls(at_s=at_s, **params))
+    except (TypeError, ValueError) as exc:
+        raise ControlError(str(exc)) from None
+    return {"action": name, "at_s": resolved.at_s, **params}
+
+
+def skin_changes(params: Mapping[str, Any]) -> dict[str, float]:
+    """The :func:`set_load` changes the ``skin`` action asks for (``r_skin_kohm`` in kΩ, ``r_series_ohm``
+    in Ω, ``c_skin_nf`` in nF). Raises ControlError for a value out of range, an unknown parameter or
+    none at all."""
+    r_skin = _number(params, "r_skin_kohm", 0.01, 1000.0, None)
+    r_series = _number(params, "r_series_ohm", 0.0, 100_000.0, None)
+    c_skin = _number(params, "c_skin_nf", 0.01, 100_000.0, None)
+    _only(params, "skin", {"r_skin_kohm", "r_series_ohm", "c_skin_nf"})
+    changes: dict[str, float] = {}
+    if r_skin is not None:
+        changes["r_skin_ohm"] = r_skin * 1000.0
+    if r_series is not None:
+        changes["r_series_ohm"] = r_series
+    if c_skin is not None:
+        changes["c_skin_nf"] = c_skin
+    if not changes:
+        raise ControlError("skin needs at least one of r_skin_kohm, r_series_ohm, c_skin_nf")
+    return changes
 
 
 def _only(params: Mapping[str, Any], action: str, allowed: set[str]) -> None:

@@ -27,6 +27,7 @@ from cobs.cobs import encode as cobs_encode
 
 from firmware_sim import Device, VirtualClock
 from firmware_sim.firmware import Firmware
+from firmware_sim.triggers import Trigger
 from iontodrive.protocol import (
     DEFAULT_TELEMETRY_HZ,
     DEFAULT_WATCHDOG_MS,
@@ -41,6 +42,7 @@ from iontodrive.protocol import (
     DecodeErrorKind,
     Decoder,
     DeviceState,
+    ErrorCode,
     Event,
     EventCode,
     Field,
@@ -52,11 +54,15 @@ from iontodrive.protocol import (
     OpenSession,
     ReplyCache,
     Reset,
+    Resume,
+    SetCurrent,
     SetWatchdog,
     Start,
+    StatusFlags,
     StatusReport,
     Stop,
     Telemetry,
+    Waveform,
     encode,
 )
 
@@ -449,4 +455,114 @@ class OffsetAtZeroOutput(OutputRewriter):
             and frame.message.state in (DeviceState.IDLE, DeviceState.DONE, DeviceState.PAUSED)
         ):
             return [encode(replace(frame.message, measured_ua=7), frame.seq)]
+        return super().rewrite(body)
+
+
+# ---------------------------------------------------------------- variants only a load fixture exposes
+
+
+class SetCurrentInFault(RequestInterceptor):
+    """Accepts SetCurrent while a fault is latched (the table says FAULT_LATCHED) and takes the new target."""
+
+    def intercept(self, frame: Frame) -> bytes | Message | None:
+        fw = self.firmware
+        if isinstance(frame.message, SetCurrent) and fw.state == DeviceState.FAULT and fw.session is not None:
+            fw.session.target_ua = frame.message.target_current_ua
+            return encode(Ack(int(MessageType.SET_CURRENT)), frame.seq)
+        return None
+
+
+_CONTACT_CODES = frozenset({ErrorCode.CONTACT_HIGH, ErrorCode.CONTACT_LOW, ErrorCode.CONTACT_OPEN})
+
+
+class ContactNackNamesTarget(OutputRewriter):
+    """Its contact refusals name the target current instead of the impedance (field, value and range)."""
+
+    def rewrite(self, body: bytes) -> list[bytes]:
+        frame = self.decoded(body)
+        if frame is not None and isinstance(frame.message, Nack) and frame.message.code in _CONTACT_CODES:
+            nack = replace(frame.message, field=Field.TARGET_CURRENT_UA, value=0, minimum=0, maximum=0)
+            return [encode(nack, frame.seq)]
+        return super().rewrite(body)
+
+
+class ResumeSkipsContactSpot(RequestInterceptor):
+    """Resume skips its spot measurement: on a failed contact it is acknowledged (and its CONTACT_CHECK
+    state then fails) instead of being refused with CONTACT_* at once."""
+
+    def intercept(self, frame: Frame) -> bytes | Message | None:
+        fw = self.firmware
+        if isinstance(frame.message, Resume) and fw.state == DeviceState.PAUSED:
+            fw.begin_contact_check(resume=True)
+            self._flush_outbox()
+            return encode(Ack(int(MessageType.RESUME)), frame.seq)
+        return None
+
+
+class _NoResistanceLimitFirmware(Firmware):
+    __slots__ = ()
+
+    def handle_trigger(self, trigger: Any, i_true: float, i_meas: float, delivered: float, z: float) -> None:
+        if trigger in (Trigger.COMPLIANCE, Trigger.COMPLIANCE_CLEAR):
+            self.comp_run = 0
+            self.clear_run = 0
+            return  # S5 ignored: no flag, no event, the set-point stays above what the load lets through
+        super().handle_trigger(trigger, i_true, i_meas, delivered, z)
+
+
+class IgnoresResistanceLimit(Device):
+    """Never reports the resistance limit (S5): at compliance it keeps asking for the set-point."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.firmware.__class__ = _NoResistanceLimitFirmware
+
+
+class _SlowLiftFirmware(Firmware):
+    __slots__ = ()
+
+    def handle_trigger(self, trigger: Any, i_true: float, i_meas: float, delivered: float, z: float) -> None:
+        if trigger in (Trigger.LIFT, Trigger.OPEN) and self.state == DeviceState.PAUSING:
+            return  # no hurrying up the slow ramp it chose
+        super().handle_trigger(trigger, i_true, i_meas, delivered, z)
+
+    def begin_pausing(self, rate: float) -> None:
+        if self.flags & StatusFlags.ELECTRODE_LIFT and self.session is not None:
+            rate = self.session.rate_down(self.setpoint)  # as a Pause would: seconds, not the slew limit
+        super().begin_pausing(rate)
+
+
+class LiftRampsLikePause(Device):
+    """An electrode lift ramps down at the session's ramp-down rate (5 s) instead of the slew limit (S6)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.firmware.__class__ = _SlowLiftFirmware
+
+
+class CacheSurvivesDisconnect(Device):
+    """Its transport's disconnect ends the host session but keeps the memory of answers (§7.3 broken)."""
+
+    def end_host_session(self) -> None:
+        self.firmware.end_host_session()
+        self._decoder.reset()
+
+
+class PulseReadsAverage(OutputRewriter):
+    """In pulsed DC every sample reads the average current (set-point x duty), never the pulse (§4.3)."""
+
+    def rewrite(self, body: bytes) -> list[bytes]:
+        frame = self.decoded(body)
+        session = self.firmware.session
+        if (
+            frame is not None
+            and isinstance(frame.message, Telemetry)
+            and session is not None
+            and session.waveform == Waveform.PULSED_DC
+        ):
+            average = round(frame.message.setpoint_ua * session.duty)
+            telemetry = replace(
+                frame.message, measured_ua=average, flags=frame.message.flags & ~StatusFlags.PULSE_ON
+            )
+            return [encode(telemetry)]
         return super().rewrite(body)

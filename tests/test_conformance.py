@@ -21,8 +21,18 @@ import conformance_variants as cv
 import pytest
 
 from firmware_sim import Device
+from firmware_sim.control import DeviceControl
 from iontodrive.cli import main
-from iontodrive.conformance import ALL_RULES, Outcome, Probe, Rule, SuiteReport, run_suite, select_rules
+from iontodrive.conformance import (
+    ALL_RULES,
+    Outcome,
+    Probe,
+    Rule,
+    SimFixture,
+    SuiteReport,
+    run_suite,
+    select_rules,
+)
 from iontodrive.conformance.frames import crc16_reference, frame, split_raw
 from iontodrive.conformance.observe import worst_jump
 from iontodrive.conformance.runner import run_rule
@@ -31,6 +41,8 @@ from iontodrive.protocol import PROTOCOL_VERSION, DeviceState, Telemetry
 MODELS = ("clinic-4", "hydro-30")
 # Rules that do not apply to the simulator's models (their evidence says why; docs/conformance.md §2).
 NOT_APPLICABLE = frozenset({"LIMIT-SLEW"})
+NOT_APPLICABLE_ON = {"clinic-4": NOT_APPLICABLE | {"PULSE-READINGS"}, "hydro-30": NOT_APPLICABLE}
+FIXTURE_RULES = frozenset(r.id for r in ALL_RULES if r.needs_fixture)
 # Cheap rules run next to each variant's own, to show the rest of the device still conforms.
 SMOKE = ("FRAME-CRC", "FRAME-BAD-CRC", "LIMIT-SETTINGS", "SEQ-ONE-REPLY", "HOST-SESSION-OPEN", "RAMP-UP")
 
@@ -42,7 +54,10 @@ VARIANTS: dict[str, tuple[type[Device], frozenset[str]]] = {
         frozenset({"LIMIT-START", "LIMIT-SETTINGS", "LIMIT-SETCURRENT"}),
     ),
     "dose-cap-not-enforced": (cv.DoseCapUnderReported, frozenset({"LIMIT-START"})),
-    "slew-limit-not-enforced": (cv.SlewUnderReported, frozenset({"LIMIT-SLEW", "RAMP-ABORT"})),
+    "slew-limit-not-enforced": (
+        cv.SlewUnderReported,
+        frozenset({"LIMIT-SLEW", "RAMP-ABORT", "ELECTRODE-LIFT", "RESISTANCE-LIMIT"}),
+    ),
     "min-current-not-enforced": (cv.MinCurrentOverReported, frozenset({"LIMIT-START", "LIMIT-SETCURRENT"})),
     "nack-without-field": (
         cv.NackWithoutField,
@@ -57,6 +72,10 @@ VARIANTS: dict[str, tuple[type[Device], frozenset[str]]] = {
                 "HOST-SESSION-OPEN",
                 "POLARITY-LOCK",
                 "STATE-TABLE",
+                "CONTACT-HIGH",
+                "CONTACT-LOW",
+                "CONTACT-OPEN",
+                "STATE-TABLE-FAULT",
             }
         ),
     ),
@@ -67,14 +86,30 @@ VARIANTS: dict[str, tuple[type[Device], frozenset[str]]] = {
     "event-numbers-skip": (cv.EventNumbersSkip, frozenset({"EVENTS-NUMBERING"})),
     "events-carry-state-before": (
         cv.EventStateBefore,
-        frozenset({"EVENTS-STATE-AFTER", "WATCHDOG-FIRES", "WATCHDOG-BAD-FRAMES"}),
+        frozenset(
+            {
+                "EVENTS-STATE-AFTER",
+                "WATCHDOG-FIRES",
+                "WATCHDOG-BAD-FRAMES",
+                "ELECTRODE-LIFT",
+                "STATE-TABLE-FAULT",
+            }
+        ),
     ),
     "polarity-applied-during-output": (cv.PolarityAppliedDuringOutput, frozenset({"POLARITY-LOCK"})),
     "abort-ramps-like-stop": (cv.AbortIsStop, frozenset({"RAMP-ABORT"})),
     "step-instead-of-ramp": (
         cv.StepInsteadOfRamp,
         frozenset(
-            {"RAMP-UP", "RAMP-STOP", "RAMP-ABORT", "RAMP-SETCURRENT", "RAMP-PAUSE-RESUME", "DOSE-SMALL"}
+            {
+                "RAMP-UP",
+                "RAMP-STOP",
+                "RAMP-ABORT",
+                "RAMP-SETCURRENT",
+                "RAMP-PAUSE-RESUME",
+                "DOSE-SMALL",
+                "RESISTANCE-LIMIT",
+            }
         ),
     ),
     "stop-steps-to-zero": (
@@ -93,6 +128,7 @@ VARIANTS: dict[str, tuple[type[Device], frozenset[str]]] = {
                 "HOST-CACHE-SCOPE",
                 "HOST-CACHE-START",
                 "SAFETY-ALWAYS",
+                "HOST-CACHE-GONE",
             }
         ),
     ),
@@ -111,12 +147,44 @@ VARIANTS: dict[str, tuple[type[Device], frozenset[str]]] = {
     "telemetry-at-half-rate": (cv.TelemetryAtHalfRate, frozenset({"TELEMETRY-RATE", "LIMIT-SETTINGS"})),
     "contact-check-during-output": (cv.ContactCheckDuringOutput, frozenset({"STATE-TABLE"})),
     "offset-read-at-zero-output": (cv.OffsetAtZeroOutput, frozenset({"RAMP-STOP"})),
+    # variants only the rules with a load fixture (or a reconnecting link) can catch
+    "set-current-in-fault": (cv.SetCurrentInFault, frozenset({"STATE-TABLE-FAULT"})),
+    "contact-nack-names-target": (
+        cv.ContactNackNamesTarget,
+        frozenset({"CONTACT-HIGH", "CONTACT-LOW", "CONTACT-OPEN"}),
+    ),
+    "resume-skips-contact-spot": (
+        cv.ResumeSkipsContactSpot,
+        frozenset({"CONTACT-HIGH", "CONTACT-LOW", "CONTACT-OPEN"}),
+    ),
+    "ignores-resistance-limit": (cv.IgnoresResistanceLimit, frozenset({"RESISTANCE-LIMIT"})),
+    "lift-ramps-like-pause": (cv.LiftRampsLikePause, frozenset({"ELECTRODE-LIFT"})),
+    "cache-survives-disconnect": (cv.CacheSurvivesDisconnect, frozenset({"HOST-CACHE-GONE"})),
+    "pulse-reads-average": (cv.PulseReadsAverage, frozenset({"PULSE-READINGS"})),
 }
+# The model a variant runs on where clinic-4 lacks what it breaks.
+VARIANT_MODEL = {"pulse-reads-average": "hydro-30"}
 
 
-def run(device: Device, rules: tuple[Rule, ...] | list[Rule] = ALL_RULES) -> SuiteReport:
+def run(
+    device: Device, rules: tuple[Rule, ...] | list[Rule] = ALL_RULES, *, fixture: bool = True
+) -> SuiteReport:
+    """The suite against ``device`` on a virtual clock, with the simulator's load fixture and a link that
+    can make its host go away (the device is told, as its transport would tell it)."""
     link = cv.VirtualLink(device)
-    return run_suite(Probe(link, link.clock.now, seed=1), rules, port="virtual")
+
+    def reconnect() -> cv.VirtualLink:
+        device.end_host_session()
+        return link
+
+    probe = Probe(
+        link,
+        link.clock.now,
+        seed=1,
+        fixture=SimFixture(DeviceControl(device)) if fixture else None,
+        reconnect=reconnect,
+    )
+    return run_suite(probe, rules, port="virtual")
 
 
 def failing(report: SuiteReport) -> set[str]:
@@ -130,7 +198,7 @@ def test_the_suite_passes_against_both_simulator_models(model: str) -> None:
         (r.rule_id, r.outcome.value, r.evidence)
         for r in report.results
         if r.outcome is not Outcome.PASS
-        and not (r.rule_id in NOT_APPLICABLE and r.outcome is Outcome.NOT_APPLICABLE)
+        and not (r.rule_id in NOT_APPLICABLE_ON[model] and r.outcome is Outcome.NOT_APPLICABLE)
     ]
     assert report.fatal is None
     assert not bad
@@ -142,7 +210,7 @@ def test_the_suite_passes_against_both_simulator_models(model: str) -> None:
 def test_each_broken_variant_is_caught_by_its_rules_and_only_those(name: str) -> None:
     cls, must_fail = VARIANTS[name]
     rules = select_rules(ALL_RULES, sorted(must_fail | set(SMOKE)))
-    report = run(cls("clinic-4", seed=1), rules)
+    report = run(cls(VARIANT_MODEL.get(name, "clinic-4"), seed=1), rules)
     assert failing(report) == must_fail & {r.id for r in rules}, [
         (r.rule_id, r.outcome.value, r.evidence) for r in report.results if not r.ok
     ]
@@ -152,7 +220,7 @@ def test_each_broken_variant_is_caught_by_its_rules_and_only_those(name: str) ->
 @pytest.mark.parametrize("name", sorted(VARIANTS))
 def test_each_broken_variant_against_the_whole_suite(name: str) -> None:
     cls, must_fail = VARIANTS[name]
-    report = run(cls("clinic-4", seed=1))
+    report = run(cls(VARIANT_MODEL.get(name, "clinic-4"), seed=1))
     assert failing(report) == must_fail, [(r.rule_id, r.evidence) for r in report.results if not r.ok]
 
 
@@ -319,11 +387,14 @@ def test_the_manual_documents_every_rule() -> None:
 
 
 @pytest.fixture
-def sim_pty() -> Iterator[str]:
+def sim_pty() -> Iterator[tuple[str, str]]:
+    """``python -m firmware_sim --pty --speed 50 --control 127.0.0.1:0``: (pty path, control API URL)."""
     if not hasattr(os, "openpty"):
         pytest.skip("needs a pty (POSIX)")
+    pytest.importorskip("aiohttp", reason="the control API needs aiohttp (pip install '.[sim]')")
+    command = [sys.executable, "-m", "firmware_sim", "--pty", "--speed", "50", "--run-for", "300"]
     proc = subprocess.Popen(
-        [sys.executable, "-m", "firmware_sim", "--pty", "--speed", "50", "--run-for", "300"],
+        [*command, "--control", "127.0.0.1:0"],
         stdout=subprocess.PIPE,
         text=True,
     )
@@ -331,7 +402,9 @@ def sim_pty() -> Iterator[str]:
         assert proc.stdout is not None
         line = proc.stdout.readline().split()
         assert line and line[0] == "PORT", line
-        yield line[1]
+        control = proc.stdout.readline().split()
+        assert control and control[0] == "CONTROL", control
+        yield line[1], control[1]
     finally:
         proc.send_signal(signal.SIGTERM)
         proc.wait(timeout=10)
@@ -339,14 +412,15 @@ def sim_pty() -> Iterator[str]:
 
 @pytest.mark.slow
 def test_the_whole_suite_over_a_pty_against_the_simulator_at_speed_50(
-    sim_pty: str, capsys: pytest.CaptureFixture[str]
+    sim_pty: tuple[str, str], capsys: pytest.CaptureFixture[str]
 ) -> None:
-    code = main(["conformance", sim_pty, "--json"])
+    port, control = sim_pty  # the fixture is the simulator's HTTP control API; the pty reopens for real
+    code = main(["conformance", port, "--json", "--fixture", control])
     report = json.loads(capsys.readouterr().out)
     odd = [
         (r["id"], r["evidence"])
         for r in report["rules"]
-        if r["result"] != "pass" and not (r["id"] in NOT_APPLICABLE and r["result"] == "n/a")
+        if r["result"] != "pass" and not (r["id"] in NOT_APPLICABLE_ON["clinic-4"] and r["result"] == "n/a")
     ]
     assert odd == []
     assert code == 0 and report["device_speed"] > 10

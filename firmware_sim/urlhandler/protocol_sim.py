@@ -38,8 +38,9 @@ fault options may be repeated or comma-separated):
 
 The port object exposes the simulation for tests: ``port.device`` (:class:`~firmware_sim.Device`),
 ``port.runner`` (:class:`~firmware_sim.DeviceRunner`, wall clock only; hold ``port.runner.lock`` while
-touching the device), ``port.control`` (:class:`~firmware_sim.control.SimController`, wall clock only:
-faults, power, skin at run time) and ``port.clock`` (:class:`~firmware_sim.VirtualClock`, virtual clock
+touching the device), ``port.control`` (:class:`~firmware_sim.control.SimController` on the wall
+clock: faults, power, skin at run time; :class:`~firmware_sim.control.DeviceControl` on the virtual clock:
+plant faults and skin, at once) and ``port.clock`` (:class:`~firmware_sim.VirtualClock`, virtual clock
 only).
 Example: ``serial.serial_for_url("sim://hydro-30?speed=50&seed=1&lift_at_s=12", timeout=0.1)`` after
 :func:`firmware_sim.register_url_handler`.
@@ -56,7 +57,7 @@ from typing import TYPE_CHECKING, Any
 from serial.serialutil import PortNotOpenError, SerialBase, SerialException
 
 from ..clock import VirtualClock
-from ..control import SimController
+from ..control import DeviceControl, SimController
 from ..device import Device
 from ..options import SimOptions
 from ..runner import DeviceRunner
@@ -146,7 +147,7 @@ class Serial(SerialBase):
         self.device: Device | None = None
         self.runner: DeviceRunner | None = None
         self.clock: VirtualClock | None = None
-        self.control: SimController | None = None
+        self.control: SimController | DeviceControl | None = None
         self.options: SimOptions | None = None
         self._to_host = BytePipe()
         self._transport: MemoryTransport | None = None
@@ -169,6 +170,7 @@ class Serial(SerialBase):
         if self.options.clock == "virtual":
             self.clock = VirtualClock()
             self.clock.add_listener(self._on_virtual_time)
+            self.control = DeviceControl(self.device)
         else:
             self._transport = MemoryTransport(BytePipe(), self._to_host)
             wired = WiredTransport(self._transport, self.options.wire_settings(), seed=self.options.seed)

@@ -13,6 +13,7 @@ idle state after every rule (:mod:`iontodrive.conformance.idle`).
 
 from __future__ import annotations
 
+from .fixture import Fixture, FixtureError, FixtureUnsupported, SimFixture, open_fixture
 from .idle import UnsafeDevice, restore_safe_idle
 from .probe import Probe, SuiteError
 from .rule import NotApplicable, Outcome, Rule, RuleFailed, RuleResult, expect, rule
@@ -21,16 +22,21 @@ from .runner import SuiteReport, run_rule, run_suite, select_rules
 
 __all__ = [
     "ALL_RULES",
+    "Fixture",
+    "FixtureError",
+    "FixtureUnsupported",
     "NotApplicable",
     "Outcome",
     "Probe",
     "Rule",
     "RuleFailed",
     "RuleResult",
+    "SimFixture",
     "SuiteError",
     "SuiteReport",
     "UnsafeDevice",
     "expect",
+    "open_fixture",
     "restore_safe_idle",
     "rule",
     "run_rule",

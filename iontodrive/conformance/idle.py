@@ -4,8 +4,8 @@
 power-up settings (watchdog 2 s, telemetry 2 Hz, a fresh event ring and memory of answers), reached by a
 ``Reset`` (§4.2, S15) once output is at zero, followed by a new host session (``OpenSession``). The way
 there only ever lowers the output, and always by the device's own ramps: ``Abort`` for any session state
-(the fastest ramp the device allows, never a step), then ``ClearFault`` for a latched fault, then
-``Reset``.
+(the fastest ramp the device allows, never a step), then ``ClearFault`` for a latched fault once its
+trip ramp has ended, then ``Reset``.
 """
 
 from __future__ import annotations
@@ -33,6 +33,27 @@ class UnsafeDevice(Exception):
     """The device could not be brought to a safe idle state; the message says what it did instead."""
 
 
+def await_zero_output(probe: Probe) -> StatusReport:
+    """Poll GetStatus until the output is at zero (set-point 0, ``OUTPUT_ON`` clear) and return that
+    status; a device still ramping is given set-point / slew limit plus SETTLE_DEVICE_S of device time
+    (+1 s of host slack).
+
+    Raises:
+        RuleFailed: the output is not at zero in that time (the evidence names the set-point and state).
+    """
+    status = probe.status()
+    slew = max(1, probe.ident.slew_limit_ua_per_s)
+    end = probe.clock() + probe.host_s(status.setpoint_ua / slew + SETTLE_DEVICE_S) + 1.0
+    while status.setpoint_ua != 0 or status.flags & StatusFlags.OUTPUT_ON:
+        if probe.clock() >= end:
+            raise RuleFailed(
+                f"the output did not reach zero: set-point {status.setpoint_ua} uA in {status.state.name}"
+            )
+        probe.wait(probe.host_s(0.05))
+        status = probe.status()
+    return status
+
+
 def restore_safe_idle(probe: Probe) -> StatusReport:
     """Abort any session, clear a fault, Reset, and return the StatusReport that shows safe idle.
 
@@ -53,6 +74,7 @@ def restore_safe_idle(probe: Probe) -> StatusReport:
             budget = max(status.setpoint_ua / slew, probe.ident.max_ramp_ms / 1000) + SETTLE_DEVICE_S
             status = probe.wait_state(IDLE_STATES, budget)
         if status.state == DeviceState.FAULT:
+            status = await_zero_output(probe)  # ClearFault is refused while the trip ramp runs (§7.5)
             reply = probe.request(ClearFault())
             if isinstance(reply, Ack):
                 status = probe.wait_state((DeviceState.IDLE,), SETTLE_DEVICE_S)

@@ -65,6 +65,7 @@ from iontodrive.protocol import (
     encode_version_probe,
 )
 
+from .fixture import Fixture
 from .rule import RuleFailed
 
 log = logging.getLogger(__name__)
@@ -123,6 +124,10 @@ class Probe:
         retries: re-sends of an unanswered request, same bytes (§8.3 default 3).
         seed: seeds the first sequence number (random otherwise, so that a device's memory of an earlier
             host's answers is never hit by accident; §7.3).
+        fixture: the load fixture, for the rules that change the load (None: they are not run).
+        reconnect: makes the host go away and come back as the transport sees it (close the port and
+            open it again) and returns the new link; None where the link cannot (then the rule that needs
+            it does not apply).
     """
 
     def __init__(
@@ -133,8 +138,12 @@ class Probe:
         reply_timeout_s: float = DEFAULT_REPLY_TIMEOUT_MS / 1000.0,
         retries: int = DEFAULT_RETRIES,
         seed: int | None = None,
+        fixture: Fixture | None = None,
+        reconnect: Callable[[], ByteLink] | None = None,
     ) -> None:
         self.link = link
+        self.fixture = fixture
+        self._reconnect = reconnect
         self.clock = clock
         self.reply_timeout_s = reply_timeout_s
         self.retries = retries
@@ -227,6 +236,32 @@ class Probe:
         self.drive = driver_limits(ident)
         self.ceiling_ua = min(SUITE_CEILING_UA, ident.max_current_ua, self.drive.max_current_ua)
         return ident
+
+    @property
+    def can_reconnect(self) -> bool:
+        """True if :meth:`reconnect` can make the host go away (see the ``reconnect`` argument)."""
+        return self._reconnect is not None
+
+    def reconnect(self) -> None:
+        """The host goes away and a host comes back on a new link, without a host session (§7.3: the
+        transport sees its host disconnect). The decoder starts afresh.
+
+        Raises:
+            SuiteError: the probe was made without ``reconnect`` (check :attr:`can_reconnect`).
+        """
+        if self._reconnect is None:
+            raise SuiteError("this probe's link cannot reconnect")
+        self.link = self._reconnect()
+        self.decoder.reset()
+        self.nonce = 0
+        self.write(b"\x00", request=False)  # §8.1: end any partial frame
+
+    @property
+    def load_fixture(self) -> Fixture:
+        """The fixture (:class:`SuiteError` without one: the runner does not run such rules then)."""
+        if self.fixture is None:
+            raise SuiteError("a rule that needs a load fixture ran without one")
+        return self.fixture
 
     def new_nonce(self) -> int:
         """A fresh random host nonce, 1..MAX_HOST_NONCE, different from the present one."""

@@ -26,15 +26,17 @@ def header_lines(report: SuiteReport) -> list[str]:
     if ident is None:
         return [f"port {report.port}: no identity"]
     firmware = f"{ident.firmware_major}.{ident.firmware_minor}.{ident.firmware_patch}"
+    fixture = f"; load fixture: {report.fixture}" if report.fixture else ""
     return [
         f"port {report.port}: {ident.model} serial {ident.serial_number}, firmware {firmware}, "
-        f"protocol {ident.protocol_version}, device time x{report.speed:.2f} of the host clock"
+        f"protocol {ident.protocol_version}, device time x{report.speed:.2f} of the host clock{fixture}"
     ]
 
 
 def row(result: RuleResult, width: int = 24, section_width: int = 36) -> str:
-    """``ID  section  RESULT  evidence`` on one line (a rule needing a load is marked ``[load]``)."""
-    load = " [load]" if result.needs_load else ""
+    """``ID  section  RESULT  evidence`` on one line (a rule needing a load is marked ``[load]``, one
+    needing a load fixture ``[fixture]``)."""
+    load = (" [load]" if result.needs_load else "") + (" [fixture]" if result.needs_fixture else "")
     mark = _MARK[result.outcome]
     return f"{result.rule_id:<{width}} {result.section:<{section_width}} {mark:<7} {result.evidence}{load}"
 
@@ -76,6 +78,7 @@ def as_dict(report: SuiteReport) -> dict[str, Any]:
         "duration_s": round(report.duration_s, 3),
         "device": device,
         "device_speed": round(report.speed, 3),
+        "fixture": report.fixture,
         "ok": report.ok,
         "fatal": report.fatal,
         "counts": report.counts(),
@@ -87,6 +90,7 @@ def as_dict(report: SuiteReport) -> dict[str, Any]:
                 "result": r.outcome.value,
                 "evidence": r.evidence,
                 "needs_load": r.needs_load,
+                "needs_fixture": r.needs_fixture,
                 "duration_s": round(r.duration_s, 3),
             }
             for r in report.results

@@ -29,7 +29,7 @@ class Outcome(Enum):
     FAIL = "fail"
     NOT_APPLICABLE = "n/a"  # the device's identity says the feature is absent, or no request can reach it
     ERROR = "error"  # the check could not be completed (no answer, link lost): counts as a failure
-    NOT_RUN = "not run"  # an earlier rule left the device in a state the suite could not make safe
+    NOT_RUN = "not run"  # no load or fixture for it, or the device could not be made safe before it
 
 
 class RuleFailed(Exception):
@@ -65,6 +65,8 @@ class Rule:
             version refusal and the request x state table); ``--list`` shows it.
         needs_identity: False for the few rules that only read what the device sends, so that they still
             run (and explain why) when the device's replies cannot even be decoded.
+        needs_fixture: True if the rule changes the load (:mod:`iontodrive.conformance.fixture`): without
+            a fixture (``--fixture``) it is reported NOT_RUN.
     """
 
     id: str
@@ -74,6 +76,7 @@ class Rule:
     needs_load: bool = False
     min_version: int = 1
     needs_identity: bool = True
+    needs_fixture: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,6 +90,7 @@ class RuleResult:
     evidence: str
     needs_load: bool
     duration_s: float
+    needs_fixture: bool = False
 
     @property
     def ok(self) -> bool:
@@ -102,10 +106,13 @@ def rule(
     needs_load: bool = False,
     min_version: int = 1,
     needs_identity: bool = True,
+    needs_fixture: bool = False,
 ) -> Callable[[CheckFunction], Rule]:
     """Decorator: turn a check function into a :class:`Rule`."""
 
     def make(check: CheckFunction) -> Rule:
-        return Rule(rule_id, section, description, check, needs_load, min_version, needs_identity)
+        return Rule(
+            rule_id, section, description, check, needs_load, min_version, needs_identity, needs_fixture
+        )
 
     return make

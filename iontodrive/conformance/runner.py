@@ -22,6 +22,7 @@ from iontodrive.errors import IontodriveError
 from iontodrive.protocol import IdentityReport
 
 from . import frames
+from .fixture import FixtureError, FixtureUnsupported
 from .idle import UnsafeDevice, restore_safe_idle
 from .probe import Probe, SuiteError
 from .rule import NotApplicable, Outcome, Rule, RuleFailed, RuleResult
@@ -31,6 +32,8 @@ log = logging.getLogger(__name__)
 SUITE_NAME = "iontodrive-conformance"
 #: Bumped when the JSON report's layout changes (docs/conformance.md §5).
 REPORT_FORMAT = 1
+NO_LOAD = "needs a load; run without --no-load to check it"
+NO_FIXTURE = "needs a load fixture: --fixture sim|http://HOST:PORT/|MODULE:NAME (docs/conformance.md §3.1)"
 
 
 @dataclass
@@ -44,6 +47,7 @@ class SuiteReport:
     duration_s: float = 0.0
     results: list[RuleResult] = field(default_factory=list)
     fatal: str | None = None  # why the run could not start or had to stop early
+    fixture: str | None = None  # the load fixture's name, None without one
 
     @property
     def ok(self) -> bool:
@@ -80,13 +84,17 @@ def run_suite(
     """Run ``rules`` in order against the device behind ``probe`` and return the report.
 
     ``with_load=False`` reports the rules that need a load as NOT_RUN instead of running them (no load
-    connected). ``on_connect`` is called once the device is identified (or could not be);
+    connected); so are the rules that need a fixture when ``probe.fixture`` is None. After each rule
+    that used the fixture it is restored (:meth:`~iontodrive.conformance.fixture.Fixture.restore`);
+    a fixture that fails stops the run like a device that cannot be made safe. ``on_connect`` is called
+    once the device is identified (or could not be);
     ``on_result`` is called with each row as soon as it is known (for live printing).
     Never raises for what the device does; a failure of the suite itself (:class:`SuiteError`)
     propagates.
     """
     started = time.monotonic()
     report = SuiteReport(port, None, 1.0, datetime.now(UTC).isoformat(timespec="seconds"))
+    report.fixture = probe.fixture.name if probe.fixture is not None else None
 
     def emit(result: RuleResult) -> None:
         report.results.append(result)
@@ -112,12 +120,17 @@ def run_suite(
         return report
     for index, rule in enumerate(rules):
         if rule.needs_load and not with_load:
-            emit(_row(rule, Outcome.NOT_RUN, "needs a load; run without --no-load to check it", 0.0))
+            emit(_row(rule, Outcome.NOT_RUN, NO_LOAD, 0.0))
+            continue
+        if rule.needs_fixture and probe.fixture is None:
+            emit(_row(rule, Outcome.NOT_RUN, NO_FIXTURE, 0.0))
             continue
         emit(run_rule(probe, rule))
         try:
+            if rule.needs_fixture and probe.fixture is not None:
+                probe.fixture.restore()
             restore_safe_idle(probe)
-        except (UnsafeDevice, IontodriveError) as exc:
+        except (UnsafeDevice, IontodriveError, FixtureError) as exc:
             report.fatal = f"stopped after {rule.id}: {exc}"
             log.error("conformance run stopped after %s: %s", rule.id, exc)
             for later in rules[index + 1 :]:
@@ -158,6 +171,10 @@ def run_rule(probe: Probe, rule: Rule) -> RuleResult:
         outcome = Outcome.PASS
     except NotApplicable as exc:
         outcome, evidence = Outcome.NOT_APPLICABLE, str(exc)
+    except FixtureUnsupported as exc:
+        outcome, evidence = Outcome.NOT_RUN, f"the fixture cannot do what this rule needs: {exc}"
+    except FixtureError as exc:
+        outcome, evidence = Outcome.ERROR, f"the fixture failed: {exc}"
     except RuleFailed as exc:
         outcome, evidence = Outcome.FAIL, str(exc)
     except SuiteError:
@@ -178,4 +195,13 @@ def run_rule(probe: Probe, rule: Rule) -> RuleResult:
 
 
 def _row(rule: Rule, outcome: Outcome, evidence: str, duration_s: float) -> RuleResult:
-    return RuleResult(rule.id, rule.section, rule.description, outcome, evidence, rule.needs_load, duration_s)
+    return RuleResult(
+        rule.id,
+        rule.section,
+        rule.description,
+        outcome,
+        evidence,
+        rule.needs_load,
+        duration_s,
+        rule.needs_fixture,
+    )

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from ..rule import Rule
-from . import device, framing, hosts, nacks, polarity, ramps, sequencing, states, watchdog
+from . import contact, device, framing, hosts, nacks, plant, polarity, ramps, sequencing, states, watchdog
 
 ALL_RULES: tuple[Rule, ...] = (
     *framing.RULES,
@@ -14,6 +14,8 @@ ALL_RULES: tuple[Rule, ...] = (
     *ramps.RULES,
     *polarity.RULES,
     *watchdog.RULES,
+    *contact.RULES,
+    *plant.RULES,
     *states.RULES,
 )
 

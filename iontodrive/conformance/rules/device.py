@@ -10,6 +10,7 @@ from iontodrive.protocol import (
     DEFAULT_REPLY_TIMEOUT_MS,
     DEFAULT_TELEMETRY_HZ,
     DEFAULT_WATCHDOG_MS,
+    OPEN_CIRCUIT_OHM,
     CheckContact,
     ConfigureTelemetry,
     ContactReport,
@@ -239,6 +240,18 @@ def reset_power_up(probe: Probe) -> str:
     return f"IDLE, watchdog {status.watchdog_ms} ms, telemetry {status.telemetry_hz} Hz, ring from event 1"
 
 
+def verdict_for(report: ContactReport) -> ContactVerdict:
+    """The verdict a ContactReport's impedance earns against its own limits (§4.2, S3)."""
+    z = report.impedance_ohm
+    if z == OPEN_CIRCUIT_OHM:
+        return ContactVerdict.OPEN
+    if z < report.low_limit_ohm:
+        return ContactVerdict.LOW
+    if z > report.high_limit_ohm:
+        return ContactVerdict.HIGH
+    return ContactVerdict.OK
+
+
 @rule(
     "CONTACT-REPORT",
     "§4.2 CheckContact, §4.3, S3",
@@ -262,17 +275,8 @@ def contact_report(probe: Probe) -> str:
         f"high limit {report.high_limit_ohm} ohm; min(10 kohm, 0.8 x compliance / target) = {high}",
     )
     z = report.impedance_ohm
-    expected = (
-        ContactVerdict.OPEN
-        if z == 0xFFFF_FFFF
-        else ContactVerdict.LOW
-        if z < report.low_limit_ohm
-        else ContactVerdict.HIGH
-        if z > report.high_limit_ohm
-        else ContactVerdict.OK
-    )
     expect(
-        report.verdict == expected,
+        report.verdict == verdict_for(report),
         f"verdict {report.verdict.name} for {z} ohm within {report.low_limit_ohm}..{report.high_limit_ohm}",
     )
     after = probe.status()

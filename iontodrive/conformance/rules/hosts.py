@@ -3,11 +3,14 @@
 A second host is simulated on the same link by opening a new host session with another nonce, exactly
 as a second host process would after the first one went away, and by numbering its requests as the
 first host did (the flaw of version 1: a new host numbering 1, 2, ... was answered from the first host's
-memory). The safety commands (Stop, Abort, Pause) must take effect on every arrival, whatever their
-sequence number.
+memory). The same holds for a host that comes back after the transport saw it go (``HOST-CACHE-GONE``:
+the probe closes and reopens the link and sends before opening a host session). The safety commands
+(Stop, Abort, Pause) must take effect on every arrival, whatever their sequence number.
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable
 
 from iontodrive.protocol import (
     MAX_HOST_NONCE,
@@ -29,7 +32,7 @@ from iontodrive.protocol import (
 )
 
 from ..probe import Probe, describe, ramp_budget_s
-from ..rule import Rule, RuleFailed, expect, rule
+from ..rule import NotApplicable, Rule, RuleFailed, expect, rule
 from .ramps import observe
 
 S = DeviceState
@@ -91,6 +94,41 @@ def host_session_open(probe: Probe) -> str:
     )
 
 
+def second_host_reuses(probe: Probe, arrive: Callable[[], object], how: str) -> str:
+    """The first host sends a SetWatchdog and a GetStatus, then leaves the watchdog elsewhere; ``arrive``
+    brings the second host; it sends the very same frames (same seq, same bytes). Fail the rule unless
+    both are executed afresh (§7.3: never answered from the first host's memory)."""
+    ident = probe.ident
+    first_value = ident.min_watchdog_ms
+    seq_a, seq_b = probe.next_seq(), probe.next_seq()
+    probe.ack(SetWatchdog(first_value), seq_a)
+    stale = probe.expect_reply(GetStatus(), StatusReport, seq_b)
+    probe.ack(SetWatchdog(ident.max_watchdog_ms))  # the first host leaves the watchdog elsewhere
+    arrive()
+    reply = probe.request(SetWatchdog(first_value), seq_a)  # the very same frame the first host sent
+    expect(
+        isinstance(reply, Ack),
+        f"the second host's SetWatchdog({first_value}) ({how}) was answered {describe(reply)}",
+    )
+    again = probe.request(GetStatus(), seq_b)
+    if not isinstance(again, StatusReport):
+        raise RuleFailed(f"the second host's GetStatus ({how}) was answered {describe(again)}")
+    expect(
+        again != stale,
+        f"the second host's GetStatus ({how}) got the first host's StatusReport again, byte for byte",
+    )
+    status = probe.status()
+    expect(
+        status.watchdog_ms == first_value,
+        f"the second host's SetWatchdog({first_value}) (same seq and bytes as the first host's; {how}) was "
+        f"answered from the first host's memory and not executed: watchdog {status.watchdog_ms} ms",
+    )
+    return (
+        f"seq {seq_a} and {seq_b} reused by a second host ({how}): executed afresh (watchdog "
+        f"{status.watchdog_ms} ms, fresh status)"
+    )
+
+
 @rule(
     "HOST-CACHE-SCOPE",
     "§7.3, S17",
@@ -98,33 +136,20 @@ def host_session_open(probe: Probe) -> str:
     min_version=2,
 )
 def host_cache_scope(probe: Probe) -> str:
-    ident = probe.ident
-    first_value = ident.min_watchdog_ms
-    seq_a, seq_b = probe.next_seq(), probe.next_seq()
-    probe.ack(SetWatchdog(first_value), seq_a)
-    stale = probe.expect_reply(GetStatus(), StatusReport, seq_b)
-    probe.ack(SetWatchdog(ident.max_watchdog_ms))  # the first host leaves the watchdog elsewhere
-    probe.open_session()  # "the second host" connects
-    reply = probe.request(SetWatchdog(first_value), seq_a)  # the very same frame the first host sent
-    expect(
-        isinstance(reply, Ack), f"the second host's SetWatchdog({first_value}) was answered {describe(reply)}"
-    )
-    again = probe.request(GetStatus(), seq_b)
-    if not isinstance(again, StatusReport):
-        raise RuleFailed(f"the second host's GetStatus was answered {describe(again)}")
-    expect(
-        again != stale, "the second host's GetStatus got the first host's StatusReport again, byte for byte"
-    )
-    status = probe.status()
-    expect(
-        status.watchdog_ms == first_value,
-        f"the second host's SetWatchdog({first_value}) (same seq and bytes as the first host's) was answered "
-        f"from the first host's memory and not executed: watchdog {status.watchdog_ms} ms",
-    )
-    return (
-        f"seq {seq_a} and {seq_b} reused by a second host: executed afresh (watchdog {status.watchdog_ms} "
-        "ms, fresh status)"
-    )
+    return second_host_reuses(probe, probe.open_session, "after its OpenSession")
+
+
+@rule(
+    "HOST-CACHE-GONE",
+    "§7.3, S17",
+    "after the host disconnects, a request with a remembered seq and bytes is executed afresh: the memory "
+    "of answers does not outlive its host",
+    min_version=2,
+)
+def host_cache_gone(probe: Probe) -> str:
+    if not probe.can_reconnect:
+        raise NotApplicable("this link cannot make its host go away as the device's transport would see it")
+    return second_host_reuses(probe, probe.reconnect, "after the first host disconnected, no OpenSession")
 
 
 @rule(
@@ -212,4 +237,10 @@ def safety_always(probe: Probe) -> str:
     return "repeated with a remembered seq, each executed: " + ", ".join(notes)
 
 
-RULES: tuple[Rule, ...] = (host_session_open, host_cache_scope, host_cache_start, safety_always)
+RULES: tuple[Rule, ...] = (
+    host_session_open,
+    host_cache_scope,
+    host_cache_gone,
+    host_cache_start,
+    safety_always,
+)

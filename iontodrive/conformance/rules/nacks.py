@@ -82,7 +82,8 @@ _STABLE = (
 )
 
 
-def _stable(status: StatusReport) -> dict[str, object]:
+def stable_status(status: StatusReport) -> dict[str, object]:
+    """The status fields a refused request must leave as they were (§6)."""
     return {name: getattr(status, name) for name in _STABLE}
 
 
@@ -149,7 +150,11 @@ def check_case(probe: Probe, case: NackCase) -> None:
             f"{case.what}: the value lies inside the range the Nack reports: {got}",
         )
     after = probe.status()
-    changed = {k: (v, _stable(after)[k]) for k, v in _stable(before).items() if _stable(after)[k] != v}
+    changed = {
+        k: (v, stable_status(after)[k])
+        for k, v in stable_status(before).items()
+        if stable_status(after)[k] != v
+    }
     expect(not changed, f"{case.what} was refused but changed {changed} (a refusal changes nothing, §6)")
 
 

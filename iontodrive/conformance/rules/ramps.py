@@ -10,6 +10,8 @@ current never changes faster than ``slew_limit_ua_per_s``, and every ramp lasts 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import replace
+from statistics import median
 
 from iontodrive.protocol import (
     Abort,
@@ -22,15 +24,21 @@ from iontodrive.protocol import (
     StatusFlags,
     Stop,
     Telemetry,
+    Waveform,
+    WaveformSet,
 )
 
 from ..observe import ROUNDING_UA, in_states, length_ok, period_s, ramp_span, worst_jump
 from ..probe import Probe, ramp_budget_s
-from ..rule import Rule, expect, rule
+from ..rule import NotApplicable, Rule, expect, rule
 
 S = DeviceState
 HOLD_OBSERVE_DEVICE_S = 0.3  # device time watched at the set-point before the next step of a rule
 PAUSED_OBSERVE_DEVICE_S = 1.0  # device time a paused session is watched for staying at zero
+PULSE_OBSERVE_DEVICE_S = 2.0  # device time a pulsed session is watched at its target
+PULSE_DUTY_PERCENT = 50  # the duty the pulse rule asks for (within the identity's range)
+PULSE_FREQUENCY_HZ = 13  # a period no telemetry rate divides, so that samples sweep the phase (in range)
+PULSE_CHARGE_TOLERANCE = 0.02  # charge rate within 2 % of set-point x duty, plus one period's charge
 
 
 def samples(probe: Probe) -> list[Telemetry]:
@@ -244,4 +252,70 @@ def ramp_pause_resume(probe: Probe) -> str:
     return f"{note}; dose {charge_paused} uA*s kept; {note2}; " + check_measured_slew(probe, samples(probe))
 
 
-RULES: tuple[Rule, ...] = (ramp_up, ramp_stop, ramp_abort, ramp_setcurrent, ramp_pause_resume)
+@rule(
+    "PULSE-READINGS",
+    "§4.3 measured_ua in pulsed DC, S11",
+    "pulsed DC: on-phase samples (PULSE_ON) read the amplitude, off-phase about 0; the set-point is the "
+    "envelope; the charge grows at set-point x duty",
+    needs_load=True,
+)
+def pulse_readings(probe: Probe) -> str:
+    ident = probe.drive
+    if not ident.waveforms & WaveformSet.PULSED_DC:
+        raise NotApplicable("the identity lacks PULSED_DC")
+    frequency_hz = min(max(PULSE_FREQUENCY_HZ, ident.min_pulse_frequency_hz), ident.max_pulse_frequency_hz)
+    duty = min(max(PULSE_DUTY_PERCENT, ident.min_duty_percent), ident.max_duty_percent)
+    observe(probe)
+    start = replace(
+        probe.session_request(),
+        waveform=Waveform.PULSED_DC,
+        pulse_frequency_hz=frequency_hz,
+        duty_percent=duty,
+    )
+    probe.start(start)
+    mark = len(probe.telemetry)
+    probe.wait(probe.host_s(PULSE_OBSERVE_DEVICE_S))
+    hold = in_states(samples(probe)[mark:], (S.HOLD,))
+    target = start.target_current_ua
+    on = [s.measured_ua for s in hold if s.flags & StatusFlags.PULSE_ON]
+    off = [s.measured_ua for s in hold if not s.flags & StatusFlags.PULSE_ON]
+    expect(
+        len(on) >= 3 and len(off) >= 3,
+        f"{len(on)} on-phase and {len(off)} off-phase samples (PULSE_ON) in {len(hold)} samples at "
+        f"{frequency_hz} Hz, {duty} %: expected both",
+    )
+    envelope = [s.setpoint_ua for s in hold if abs(s.setpoint_ua - target) > ROUNDING_UA]
+    expect(not envelope, f"set-point {envelope[:1]} uA in HOLD; the envelope is the amplitude {target} uA")
+    margin = probe.margin_ua
+    expect(
+        abs(median(on) - target) <= margin,
+        f"on-phase samples read {median(on):.0f} uA (median); the pulse amplitude is {target} uA (§4.3)",
+    )
+    expect(median(off) <= margin, f"off-phase samples read {median(off):.0f} uA (median); about 0 (§4.3)")
+    above = [value for value in on + off if value > target + margin]
+    expect(not above, f"a sample reads {above[:1]} uA, above the pulse amplitude {target} uA")
+    first, last = hold[0], hold[-1]
+    span_s = (last.device_time_ms - first.device_time_ms) / 1000
+    expected_uas = target * duty / 100 * span_s
+    delivered_uas = last.charge_uas - first.charge_uas
+    allowed_uas = PULSE_CHARGE_TOLERANCE * expected_uas + target * duty / 100 / frequency_hz
+    expect(
+        abs(delivered_uas - expected_uas) <= allowed_uas,
+        f"{delivered_uas} uA*s delivered in {span_s:.2f} s at {target} uA x {duty} %; expected "
+        f"{expected_uas:.0f} (S11: the charge integrates the measured waveform)",
+    )
+    return (
+        f"{frequency_hz} Hz, {duty} %: on-phase median {median(on):.0f} uA ({len(on)} samples), off-phase "
+        f"{median(off):.0f} uA ({len(off)}), set-point {target} uA, {delivered_uas} uA*s in {span_s:.2f} s "
+        f"(expected {expected_uas:.0f})"
+    )
+
+
+RULES: tuple[Rule, ...] = (
+    ramp_up,
+    ramp_stop,
+    ramp_abort,
+    ramp_setcurrent,
+    ramp_pause_resume,
+    pulse_readings,
+)

@@ -3,7 +3,8 @@ the table is defined once: the firmware enforces it, the docs render it, and thi
 against it.
 
 For every state the bench can reach safely (all but FAULT, which needs a real fault: an over-current or
-hardware trip the suite will not provoke), the device is brought into that state and every request type
+hardware trip, which only a load fixture can provoke; ``STATE-TABLE-FAULT`` checks that column), the
+device is brought into that state and every request type
 is sent once, in a form whose fields are valid, so that only the state can decide. A refused cell must be
 refused with the table's code, field ``STATE`` and the present state as value, and change nothing; an
 accepted cell must not be refused for its state, and must leave the device in one of the table's
@@ -27,6 +28,7 @@ from iontodrive.protocol import (
     ConfigureTelemetry,
     DeviceState,
     ErrorCode,
+    EventCode,
     FetchEvents,
     Field,
     Message,
@@ -38,19 +40,22 @@ from iontodrive.protocol import (
     SetCurrent,
     SetWatchdog,
     Start,
+    StatusFlags,
     StatusReport,
     Stop,
 )
 from iontodrive.protocol.rules import RULES as TABLE
 from iontodrive.protocol.rules import Rule as Cell
 
+from ..idle import await_zero_output, restore_safe_idle
 from ..probe import Probe, describe, ramp_budget_s
 from ..rule import Rule, RuleFailed, expect, rule
 
 S = DeviceState
 UNREACHABLE: dict[DeviceState, str] = {
-    S.FAULT: "needs an over-current or hardware trip, which the suite never provokes"
+    S.FAULT: "needs a trip: STATE-TABLE-FAULT checks it with a load fixture"
 }
+TRIP_DEVICE_S = 2.0  # device time a trip may take to latch once the fixture provoked it
 TRANSIENT_TRIES = 3  # fresh visits of a transient state tried for one cell
 TRANSIENT = frozenset({S.CONTACT_CHECK, S.RAMP_UP, S.ADJUST, S.RAMP_DOWN, S.PAUSING})
 LATE_IN_RAMP = 0.75  # past this share of a ramp, a request might arrive after it ended: not judged there
@@ -232,11 +237,7 @@ def state_table(probe: Probe) -> str:
     for state in S:
         if state in UNREACHABLE:
             continue
-        # Cells that leave the state alone share one visit; each state-changing cell gets its own.
-        steady = [t for t, row in TABLE.items() if not _changes_state(row[state], state)]
-        changing = [t for t, row in TABLE.items() if _changes_state(row[state], state)]
-        groups: list[list[MessageType]] = [steady] + [[t] for t in changing]
-        for group in groups:
+        for group in _groups(state):
             pending = list(group)
             for _ in range(TRANSIENT_TRIES if state in TRANSIENT else 1):
                 if not pending:
@@ -257,4 +258,73 @@ def state_table(probe: Probe) -> str:
     return f"{checked} of {total} cells agree with the table; not reachable: {skipped}{note}"
 
 
-RULES: tuple[Rule, ...] = (state_table,)
+def _groups(state: DeviceState) -> list[list[MessageType]]:
+    """The request types of ``state``'s column in visits: the cells that leave the state alone share one,
+    each cell that changes it gets its own."""
+    steady = [t for t, row in TABLE.items() if not _changes_state(row[state], state)]
+    changing = [t for t, row in TABLE.items() if _changes_state(row[state], state)]
+    return [steady] + [[t] for t in changing]
+
+
+def reach_fault(probe: Probe) -> tuple[StatusReport, str]:
+    """A latched FAULT with the output at zero: a session at the test current, a trip by the fixture
+    (S9), the trip ramp waited out. Returns the status there and a note on the trip.
+
+    Raises:
+        RuleFailed: no FAULT within TRIP_DEVICE_S, no trip flag or event, or the output not at zero.
+        UnsafeDevice: the FAULT of an earlier visit cannot be cleared.
+        FixtureUnsupported: the fixture cannot provoke a trip.
+    """
+    fixture = probe.load_fixture
+    restore_safe_idle(probe)  # a FAULT of the visit before is cleared by the way there
+    reach(probe, S.HOLD)
+    mark = len(probe.events)
+    fixture.trip()
+    probe.wait_state((S.FAULT,), TRIP_DEVICE_S)
+    trips = [
+        e
+        for _, e in probe.events[mark:]
+        if e.code in (EventCode.OVERCURRENT_TRIP, EventCode.HARDWARE_TRIP) and not e.replayed
+    ]
+    expect(bool(trips), "the device entered FAULT without an OVERCURRENT_TRIP or HARDWARE_TRIP event")
+    expect(
+        trips[0].state == S.FAULT,
+        f"{trips[0].code.name} carries state {trips[0].state.name}; the state after the trip is FAULT (§4.3)",
+    )
+    status = await_zero_output(probe)
+    expect(status.state == S.FAULT, f"the latched fault let go by itself: {status.state.name}")
+    expect(
+        bool(status.flags & (StatusFlags.OVERCURRENT | StatusFlags.HARDWARE_TRIP)),
+        f"FAULT without the OVERCURRENT or HARDWARE_TRIP flag: {status.flags!r}",
+    )
+    return status, f"{trips[0].code.name} at {trips[0].value} uA"
+
+
+@rule(
+    "STATE-TABLE-FAULT",
+    "§7.5, §6 FAULT_LATCHED, S9",
+    "after a trip, in a latched FAULT, every request is accepted or refused as the table's FAULT column says",
+    needs_load=True,
+    min_version=2,
+    needs_fixture=True,
+)
+def state_table_fault(probe: Probe) -> str:
+    checked: list[str] = []
+    trip = ""
+    for group in _groups(S.FAULT):
+        _, trip = reach_fault(probe)
+        for request_type in group:
+            cell = TABLE[request_type][S.FAULT]
+            expect(
+                check_cell(probe, request_type, S.FAULT, cell),
+                f"{request_type.name} in FAULT could not be judged: the device left FAULT before it",
+            )
+            checked.append(request_type.name)
+    refused = sorted(t.name for t, row in TABLE.items() if row[S.FAULT].refusal is not None)
+    return (
+        f"{len(checked)} of {len(TABLE)} cells of FAULT agree with the table (trip by the fixture: {trip}, "
+        f"latched, output ramped to zero); refused FAULT_LATCHED: {', '.join(refused)}"
+    )
+
+
+RULES: tuple[Rule, ...] = (state_table, state_table_fault)
