@@ -43,6 +43,7 @@ import threading
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -272,12 +273,26 @@ async def _note_threads(threads: ThreadCounter) -> None:
         await asyncio.sleep(0.5)
 
 
+def run_in_threads(run: Run, jobs: list[Callable[[], None]]) -> None:
+    """Run each job in a thread of its own; fill ``run``'s wall time, CPU and peak thread count."""
+    threads = ThreadCounter()
+    workers = [threading.Thread(target=job, name=f"session-{i}") for i, job in enumerate(jobs)]
+    cpu0, wall0 = time.process_time(), time.perf_counter()
+    for worker in workers:
+        worker.start()
+    while any(w.is_alive() for w in workers):
+        threads.note()
+        time.sleep(0.5)
+    run.wall_s = time.perf_counter() - wall0
+    run.cpu_percent = 100.0 * (time.process_time() - cpu0) / run.wall_s
+    run.threads = threads.peak
+
+
 def run_threaded(ports: list[str], dose_uas: int, telemetry_hz: int) -> Run:
     from iontodrive.client import DeviceClient
     from iontodrive.protocol import DeviceState, Telemetry
 
     run = Run("threaded clients")
-    threads = ThreadCounter()
     clients = [DeviceClient.open(p, telemetry_hz=telemetry_hz) for p in ports]
     try:
         run.results = [Result() for _ in clients]
@@ -298,19 +313,7 @@ def run_threaded(ports: list[str], dose_uas: int, telemetry_hz: int) -> Run:
             status = client.status()
             result.charge_uas, result.target_uas, result.done = status.charge_uas, dose_uas, True
 
-        workers = [
-            threading.Thread(target=session, args=(c, r), name=f"session-{i}")
-            for i, (c, r) in enumerate(zip(clients, run.results, strict=True))
-        ]
-        cpu0, wall0 = time.process_time(), time.perf_counter()
-        for worker in workers:
-            worker.start()
-        while any(w.is_alive() for w in workers):
-            threads.note()
-            time.sleep(0.5)
-        run.wall_s = time.perf_counter() - wall0
-        run.cpu_percent = 100.0 * (time.process_time() - cpu0) / run.wall_s
-        run.threads = threads.peak
+        run_in_threads(run, [partial(session, c, r) for c, r in zip(clients, run.results, strict=True)])
     finally:
         for client in clients:
             client.close()
@@ -322,7 +325,6 @@ def run_threaded_engine(ports: list[str], dose_uas: int, telemetry_hz: int, reco
     from iontodrive import Stimulator
 
     run = Run("threaded sessions")
-    threads = ThreadCounter()
     prescription = session_prescription(dose_uas)
     stims = [Stimulator.open(p) for p in ports]
     try:
@@ -335,19 +337,8 @@ def run_threaded_engine(ports: list[str], dose_uas: int, telemetry_hz: int, reco
             )
             note_session(result, record, stim.stats.telemetry_lost - before, dose_uas)
 
-        workers = [
-            threading.Thread(target=session, args=(i, s, r), name=f"session-{i}")
-            for i, (s, r) in enumerate(zip(stims, run.results, strict=True))
-        ]
-        cpu0, wall0 = time.process_time(), time.perf_counter()
-        for worker in workers:
-            worker.start()
-        while any(w.is_alive() for w in workers):
-            threads.note()
-            time.sleep(0.5)
-        run.wall_s = time.perf_counter() - wall0
-        run.cpu_percent = 100.0 * (time.process_time() - cpu0) / run.wall_s
-        run.threads = threads.peak
+        pairs = enumerate(zip(stims, run.results, strict=True))
+        run_in_threads(run, [partial(session, i, s, r) for i, (s, r) in pairs])
     finally:
         for stim in stims:
             stim.close()
