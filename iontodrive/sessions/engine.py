@@ -224,7 +224,7 @@ class SessionEngine:
         except Exception as exc:
             self._callback_failed(exc)
             return
-        if inspect.isawaitable(result):
+        if result is not None and inspect.isawaitable(result):
             self._run_awaitable(result)
 
     def _run_awaitable(self, awaitable: Awaitable[Any]) -> None:
