@@ -244,3 +244,39 @@ def test_events_the_full_dispatch_queue_dropped_are_fetched_again_in_order() -> 
         assert device.requests_of(FetchEvents)  # fetched again from the device
     assert seen == sorted(seen) and len(set(seen)) == total
     assert not [e for e in errors if isinstance(e, EventsLostError)]
+
+
+def test_plain_and_coroutine_listeners_see_every_sample_in_order(caplog: pytest.LogCaptureFixture) -> None:
+    """Samples reach plain listeners in the reader callback while nothing waits for dispatch, and through
+    the dispatch task while a coroutine listener is registered: either way each sample once, in order;
+    a coroutine listener that raises is reported to error listeners and delivery goes on."""
+    plain: list[int] = []
+    awaited: list[int] = []
+    errors: list[BaseException] = []
+
+    async def main() -> None:
+        firmware_sim.register_url_handler()
+        async with await AsyncDeviceClient.open("sim://clinic-4", telemetry_hz=100) as client:
+            client.add_telemetry_listener(lambda s: plain.append(s.sample_no))
+            client.add_error_listener(errors.append)
+            while len(plain) < 20:  # the reader-callback path
+                await asyncio.sleep(0.01)
+
+            async def slow(sample: Telemetry) -> None:
+                await asyncio.sleep(0)
+                awaited.append(sample.sample_no)
+                if len(awaited) == 5:
+                    raise ValueError("a coroutine listener failed")
+
+            remove = client.add_telemetry_listener(slow)  # from here on: the dispatch task
+            while len(awaited) < 20:
+                await asyncio.sleep(0.01)
+            remove()
+            mark = len(plain)
+            while len(plain) < mark + 20:  # back on the reader-callback path
+                await asyncio.sleep(0.01)
+
+    run(main, caplog)
+    assert plain == list(range(plain[0], plain[0] + len(plain)))  # once each, in order, across both paths
+    assert awaited == list(range(awaited[0], awaited[0] + len(awaited)))
+    assert [str(e) for e in errors if isinstance(e, ValueError)] == ["a coroutine listener failed"]

@@ -248,6 +248,7 @@ class AsyncDeviceClient:
         self._sweep_at: float | None = None  # when the deadline sweep is armed for (loop time)
         self._dispatching = False  # the dispatch task is handling an item (maybe awaiting a listener)
         self._async_listeners = 0  # ordinary listeners that are coroutine functions
+        self._listener_tasks: set[asyncio.Task[None]] = set()
         self._sweep_handle: asyncio.TimerHandle | None = None
         self._session_closers: list[Callable[[], Awaitable[None]]] = []
         self.identity: IdentityReport
@@ -644,33 +645,46 @@ class AsyncDeviceClient:
             self._notify_error(item)  # type: ignore[arg-type]
 
     def _deliver_now(self, item: Message, listeners: list[Listener], kind: type[Message]) -> None:
-        """:meth:`_deliver` for plain listeners, called outside the dispatch task (see on_telemetry); an
-        awaitable a plain listener returns anyway runs as a task of its own."""
-        for sub in self._subscriptions:
-            if sub.kind is kind:
-                sub._put(item)
-        for listener in list(listeners):
-            try:
-                result = listener(item)
-                if result is not None and inspect.isawaitable(result):
-                    self._loop.create_task(_awaited(result))
-            except Exception as exc:
-                logger.exception("listener %r raised", listener)
-                self._notify_error(exc)
+        """:meth:`_call_listeners` outside the dispatch task (see on_telemetry): an awaitable a plain
+        listener returns anyway runs as a task of its own."""
+        for awaitable in self._call_listeners(item, listeners, kind):
+            task = self._loop.create_task(self._await_listener(awaitable))
+            self._listener_tasks.add(task)  # (the loop keeps only a weak reference)
+            task.add_done_callback(self._listener_tasks.discard)
         self._dispatch_progress = self._loop.time()
 
     async def _deliver(self, item: Message, listeners: list[Listener], kind: type[Message]) -> None:
+        """On the dispatch task: the plain listeners are called, then the item's coroutines are awaited in
+        the listeners' order, before the next item is taken."""
+        for awaitable in self._call_listeners(item, listeners, kind):
+            await self._await_listener(awaitable)
+
+    async def _await_listener(self, awaitable: Awaitable[Any]) -> None:
+        try:
+            await awaitable
+        except Exception as exc:
+            logger.exception("a coroutine listener raised")
+            self._notify_error(exc)
+
+    def _call_listeners(
+        self, item: Message, listeners: list[Listener], kind: type[Message]
+    ) -> list[Awaitable[Any]]:
+        """Give ``item`` to the subscriptions of its kind and call each listener (an exception is logged and
+        reported to error listeners); the awaitables coroutine listeners returned, in order."""
         for sub in list(self._subscriptions):
             if sub.kind is kind:
                 sub._put(item)
+        pending: list[Awaitable[Any]] = []
         for listener in list(listeners):
             try:
                 result = listener(item)
-                if result is not None and inspect.isawaitable(result):
-                    await result
             except Exception as exc:
                 logger.exception("listener %r raised", listener)
                 self._notify_error(exc)
+                continue
+            if result is not None and inspect.isawaitable(result):
+                pending.append(result)
+        return pending
 
     async def _refill(self, gap: Refill) -> None:
         """Events the dispatch queue dropped when full, fetched again from the device's ring and delivered
@@ -828,13 +842,6 @@ class AsyncDeviceClient:
                 listener(exc)
             except Exception:
                 logger.exception("error listener %r raised", listener)
-
-
-async def _awaited(awaitable: Awaitable[Any]) -> None:
-    try:
-        await awaitable
-    except Exception:
-        logger.exception("an awaitable returned by a listener raised")
 
 
 __all__ = ["AsyncDeviceClient", "AsyncSubscription"]
