@@ -77,9 +77,12 @@ class LoopClient:
                     self._loop_thread = threading.get_ident()
         return threading.get_ident() == self._loop_thread
 
-    def _bound_s(self) -> float:
+    def _bound_s(self, timeout_s: float | None = None, retries: int | None = None) -> float:
+        """The request's own deadline (``timeout_s`` x attempts, the client's unless given) plus
+        :data:`LOOP_GRACE_S`."""
         client = self.aclient
-        return client.timeout_s * (1 + client.retries) + LOOP_GRACE_S
+        attempts = 1 + (client.retries if retries is None else retries)
+        return (client.timeout_s if timeout_s is None else timeout_s) * attempts + LOOP_GRACE_S
 
     def _call(self, make: Callable[[], Coroutine[Any, Any, R]], what: str, bound_s: float | None = None) -> R:
         """Run ``make()`` on the loop and wait for it (bounded); see the module docstring."""
@@ -89,15 +92,17 @@ class LoopClient:
             if self._loop.is_running():
                 raise RuntimeError(f"{what} would block the event loop: await the asyncio client instead")
             raise LinkClosedError(f"link {self.url}: its event loop is not running (called from its thread)")
+        coroutine = make()
         try:
-            future = asyncio.run_coroutine_threadsafe(make(), self._loop)
+            future = asyncio.run_coroutine_threadsafe(coroutine, self._loop)
         except RuntimeError as exc:  # closed between the check and the call
+            coroutine.close()
             raise LinkClosedError(f"link {self.url}: its event loop is closed") from exc
+        bound = bound_s if bound_s is not None else self._bound_s()
         try:
-            return future.result(bound_s if bound_s is not None else self._bound_s())
+            return future.result(bound)
         except concurrent.futures.TimeoutError:
             future.cancel()
-            bound = bound_s if bound_s is not None else self._bound_s()
             raise LinkClosedError(
                 f"link {self.url}: its event loop did not run {what} within {bound:.1f} s"
             ) from None
@@ -163,6 +168,7 @@ class LoopClient:
         return self._call(
             lambda: self.aclient.request(message, timeout_s=timeout_s, retries=retries),
             type(message).__name__,
+            self._bound_s(timeout_s, retries),
         )
 
     def send_safety_command(self, message: Message) -> None:
