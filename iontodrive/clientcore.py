@@ -611,10 +611,25 @@ def opening(
     return Opened(identity, status)
 
 
+def _contiguous_from(start: int, events: list[Event]) -> int:
+    """The first number from ``start`` on that ``events`` lacks: where the next fetch begins (a replayed
+    event lost on the link is asked for again, not skipped)."""
+    got = {e.event_no for e in events}
+    number = start
+    while number in got:
+        number += 1
+    return number
+
+
 def fill_gap(gap: Gap) -> Generator[Step, Any, str]:
     """Fetch ``gap``'s events (they reach the sequencer as they arrive); bounded in requests. Returns why
-    whatever is still missing is missing (for :meth:`ClientCore.gap_done`)."""
+    whatever is still missing is missing (for :meth:`ClientCore.gap_done`).
+
+    The device replays events as frames of their own after its ``EventsReport``; one lost on the link is
+    fetched again (from the first number missing), so only events the device's ring no longer holds, or
+    that :data:`MAX_GAP_REQUESTS` fetches could not bring, are reported lost -- each with the true reason."""
     next_no = gap.fetch_from
+    replays_lost = False
     for _ in range(MAX_GAP_REQUESTS):
         if next_no >= gap.upto:
             return "the device's ring no longer held them"
@@ -624,28 +639,31 @@ def fill_gap(gap: Gap) -> Generator[Step, Any, str]:
             logger.warning("could not fetch missed events from %d: %s", next_no, exc)
             return f"fetching them failed ({exc})"
         next_no = max(next_no, report.first_available_no)
-        numbers = [e.event_no for e in events if e.event_no >= next_no]
-        if not numbers:
+        if report.count == 0 or next_no >= report.next_event_no:
             return "the device's ring no longer held them"
-        next_no = numbers[-1] + 1
+        resumed = _contiguous_from(next_no, events)
+        replays_lost = replays_lost or resumed < min(gap.upto, next_no + report.count)
+        next_no = resumed
+    if replays_lost:
+        return f"their replays were lost on the link in {MAX_GAP_REQUESTS} FetchEvents"
     return f"more than {MAX_GAP_REQUESTS} FetchEvents would have been needed"
 
 
 def refill(first: int, last: int) -> Generator[Step, Any, list[Event]]:
-    """Events ``[first, last]`` fetched again (for a delivery tier that dropped them)."""
-    got: list[Event] = []
+    """Events ``[first, last]`` fetched again (for a delivery tier that dropped them); a replay lost on the
+    link is fetched again (as in :func:`fill_gap`). Bounded by :data:`MAX_GAP_REQUESTS`."""
+    got: dict[int, Event] = {}
     next_no = first
     for _ in range(MAX_GAP_REQUESTS):
         if next_no > last:
             break
         report, events = yield Fetch(next_no, min(FETCH_BATCH, last - next_no + 1))
         next_no = max(next_no, report.first_available_no)
-        wanted = [e for e in events if next_no <= e.event_no <= last]
-        if not wanted:
+        if report.count == 0 or next_no >= report.next_event_no:
             break
-        got += wanted
-        next_no = wanted[-1].event_no + 1
-    return got
+        got.update((e.event_no, e) for e in events if next_no <= e.event_no <= last)
+        next_no = _contiguous_from(next_no, list(got.values()))
+    return [got[n] for n in sorted(got)]
 
 
 class ReplayCollector:

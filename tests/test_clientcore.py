@@ -30,6 +30,7 @@ from iontodrive.clientcore import (
     Write,
     check_type,
     fill_gap,
+    refill,
     opening,
 )
 from iontodrive.delivery import Routing
@@ -103,6 +104,7 @@ class VirtualDriver:
         self.now = 0.0
         self.drop_to_device = 0  # frames to lose from the host's next sends
         self.drop_from_device: set[type[Message]] = set()  # message kinds lost on the way back
+        self.lose_event_nos: set[int] = set()  # these event numbers are lost on the way back, once each
         self.sent: list[bytes] = []
         self.timeouts: list[LinkTimeoutError] = []
 
@@ -118,13 +120,17 @@ class VirtualDriver:
         data = self.device.read_output()
         if not data:
             return
-        if self.drop_from_device:
+        if self.drop_from_device or self.lose_event_nos:
             kept = []
             for chunk in data.split(b"\x00"):
                 if not chunk:
                     continue
                 frames = list(self.core.decoder.__class__().feed(chunk + b"\x00"))
-                if frames and type(getattr(frames[0], "message", None)) in self.drop_from_device:
+                message = getattr(frames[0], "message", None) if frames else None
+                if type(message) in self.drop_from_device:
+                    continue
+                if isinstance(message, Event) and message.event_no in self.lose_event_nos:
+                    self.lose_event_nos.discard(message.event_no)
                     continue
                 kept.append(chunk + b"\x00")
             data = b"".join(kept)
@@ -314,6 +320,49 @@ def test_a_lost_event_is_found_fetched_and_delivered_once_in_order() -> None:
     device_numbers = [e.event_no for e in driver.device.events if e.event_no >= numbers[0]]
     assert numbers == sorted(set(numbers)) == device_numbers[: len(numbers)]
     assert driver.core.events.gap is None
+
+
+@pytest.mark.parametrize("lost_replays", ["all", "the first, its successor arriving"])
+def test_a_replayed_event_lost_on_the_link_is_fetched_again_not_reported_lost(lost_replays: str) -> None:
+    """FetchEvents replays events as frames of their own; one lost on the link (the device's ring still
+    holds it) is asked for again from the first number missing, never skipped or called out of the ring."""
+    driver = VirtualDriver()
+    driver.open()
+    driver.drop_from_device = {Event}
+    driver.call(START)
+    for _ in range(100):
+        driver.tick()
+    driver.drop_from_device = set()
+    driver.call(Stop())
+    for _ in range(50):
+        driver.tick()
+    gap = driver.core.events.gap
+    assert gap is not None and gap.upto - gap.fetch_from >= 2
+    missing = range(gap.fetch_from, gap.upto)
+    driver.lose_event_nos = set(missing) if lost_replays == "all" else {missing[0]}
+    why = driver.run(fill_gap(gap))
+    routing = driver.core.gap_done(gap, why)
+    driver.sink.on_routing(routing, driver.now)
+    assert not routing.lost, (why, routing.lost)
+    assert not driver.lose_event_nos  # every one of them was lost once...
+    delivered = driver.sink.ordinary_events
+    assert set(missing) <= set(delivered) and delivered == sorted(set(delivered))  # ...and delivered once
+
+
+def test_refill_asks_again_for_a_replay_lost_on_the_link() -> None:
+    driver = VirtualDriver()
+    driver.open()
+    driver.call(START)
+    for _ in range(100):
+        driver.tick()
+    driver.call(Stop())
+    for _ in range(50):
+        driver.tick()
+    numbers = [e.event_no for e in driver.device.events]
+    first, last = numbers[0], numbers[-1]
+    driver.lose_event_nos = {first + 1}
+    got = driver.run(refill(first, last))
+    assert [e.event_no for e in got] == list(range(first, last + 1))
 
 
 # -------------------------------------------------------------------------------- heartbeat rule
