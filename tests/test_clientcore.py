@@ -30,8 +30,8 @@ from iontodrive.clientcore import (
     Write,
     check_type,
     fill_gap,
-    refill,
     opening,
+    refill,
 )
 from iontodrive.delivery import Routing
 from iontodrive.errors import (
