@@ -324,6 +324,18 @@ class RunContext:
         return lead + p.ramp_down_start_s + self.rng.uniform(0.2, p.ramp_down_s - 0.5), phase
 
 
+def _session_start_s(device: Any) -> float:
+    """The session's start (its SESSION_STARTED) in simulator time: fault times count from the device's
+    own start, not from when ``start()`` returned (a loaded host returned late, and a ramp-down fault
+    then landed after the session's end: seed 20335 once). Call with the runner's lock held."""
+    from iontodrive.protocol import EventCode
+
+    now_s = device.session_time_s
+    clock_ms = device.status().device_time_ms
+    started = [e.device_time_ms for e in device.events if e.code is EventCode.SESSION_STARTED]
+    return float(now_s - (clock_ms - started[-1]) / 1000.0 if started else now_s)
+
+
 def _sim_url(ctx: RunContext) -> str:
     opts = [
         f"speed={ctx.speed:g}",
@@ -479,7 +491,7 @@ def run_in_process(ctx: RunContext) -> dict[str, Any]:
                     hostile.install(stim)
                 session = stim.start(ctx.scenario.prescription, record_path=ctx.record_path)
                 with lock:
-                    t0 = device.session_time_s
+                    t0 = _session_start_s(device)
                 offset, phase = ctx.fault_offset_s()
                 facts["phase"] = phase
                 if hostile is not None:

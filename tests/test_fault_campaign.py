@@ -204,6 +204,39 @@ def test_a_power_cut_mid_session_is_a_fault_with_the_dose_delivered_before_it(tm
     assert cut["charge"] - record.delivered_uas <= 2000 * 0.5  # at most 0.5 s of 2 mA behind the device
 
 
+def test_a_power_cut_while_the_ordinary_tier_lags_records_the_last_figure_the_device_sent(
+    tmp_path: Path,
+) -> None:
+    """Campaign defect 27: at a power cut the samples still queued for the ordinary tier (behind a slow
+    progress callback) were dropped once the safety tier noted the restart, so the record's dose was the
+    figure of an older sample (4,865 against the device's 6,061 µA·s). The dose is now the newest figure
+    either tier saw: the safety tier has seen every sample of the old boot when it reaches POWER_ON."""
+    cut: dict[str, int] = {}
+    release = threading.Event()
+
+    def slow_progress(progress: object) -> None:  # holds the ordinary tier back while the cut happens
+        release.wait(2.0)
+
+    with _open(tmp_path, speed=20) as stim:
+        session = stim.start(QUICK, record_path=tmp_path / "r.jsonl", on_progress=slow_progress)
+        port = stim.link.port
+        deadline = time.monotonic() + 10
+        while stim.status().state is not DeviceState.HOLD and time.monotonic() < deadline:
+            time.sleep(0.01)
+        time.sleep(0.3)  # more samples go out while the ordinary tier waits in the callback
+        with port.runner.lock:
+            cut["charge"] = port.device.charge_uas
+            port.device.power_cycle()
+        time.sleep(0.3)  # the safety tier sees POWER_ON; the ordinary tier is still held
+        release.set()
+        with pytest.raises(DeviceFault, match="POWER_ON"):
+            session.wait(timeout_s=30)
+    record = SessionRecord.load(tmp_path / "r.jsonl")
+    assert record.delivered_uas is not None
+    # telemetry runs at 10 samples per device second: the last sample is at most 0.1 s of 2 mA behind
+    assert 0 <= cut["charge"] - record.delivered_uas <= 2000 * 0.15
+
+
 def test_a_late_status_reply_does_not_lower_the_recorded_dose(tmp_path: Path) -> None:
     """Campaign defect: a status reply processed after newer telemetry set the session's dose back, so a
     power cut then recorded 1.5 mA·s less than the device had delivered."""

@@ -638,6 +638,17 @@ class DeviceSession(SessionEngine):
                 self._finished = True
                 self._changed.notify_all()
 
+    def _last_figure_uas(self) -> int:
+        """The device's last charge figure of this session: the newest of what the ordinary tier applied
+        and the last sample the safety tier saw. The safety tier handles items in arrival order, so when it
+        reaches the restart's POWER_ON it has seen every sample of the old boot, while the ordinary tier,
+        which can lag, may not have applied the last ones (and drops them once the restart is noted)."""
+        latest = self._latest
+        with self._changed:
+            if latest is not None and latest.device_time_ms > self._delivered_at_ms:
+                return latest.charge_uas
+            return self._delivered_uas
+
     def _final_status(self) -> StatusReport | None:
         try:
             return self._status()
@@ -659,7 +670,7 @@ class DeviceSession(SessionEngine):
             status is not None and self._session_id != "" and status.session_id != self._device_session_id
         )
         if restarted:
-            delivered = self._ended_charge if self._ended_charge is not None else self._delivered_uas
+            delivered = self._ended_charge if self._ended_charge is not None else self._last_figure_uas()
             end_state = DeviceState.IDLE
             source = "device (its last figure before it restarted)"
         elif status is not None:
