@@ -33,7 +33,7 @@ from iontodrive.clientcore import (
     opening,
     refill,
 )
-from iontodrive.delivery import Routing
+from iontodrive.delivery import Gap, Routing
 from iontodrive.errors import (
     DeviceRefusal,
     IontodriveError,
@@ -300,7 +300,8 @@ def test_a_reply_is_a_request_only() -> None:
 # ------------------------------------------------------------------------------------ event gaps
 
 
-def test_a_lost_event_is_found_fetched_and_delivered_once_in_order() -> None:
+def driver_with_a_gap() -> tuple[VirtualDriver, Gap]:
+    """A session's START events lost on the way back, then its Stop's event arriving live: a gap."""
     driver = VirtualDriver()
     driver.open()
     driver.drop_from_device = {Event}
@@ -308,11 +309,16 @@ def test_a_lost_event_is_found_fetched_and_delivered_once_in_order() -> None:
     for _ in range(100):
         driver.tick()
     driver.drop_from_device = set()
-    driver.call(Stop())  # its event arrives live, after the lost START event(s): a gap
+    driver.call(Stop())
     for _ in range(50):
         driver.tick()
     gap = driver.core.events.gap
     assert gap is not None
+    return driver, gap
+
+
+def test_a_lost_event_is_found_fetched_and_delivered_once_in_order() -> None:
+    driver, gap = driver_with_a_gap()
     why = driver.run(fill_gap(gap))
     routing = driver.core.gap_done(gap, why)
     driver.sink.on_routing(routing, driver.now)
@@ -326,18 +332,8 @@ def test_a_lost_event_is_found_fetched_and_delivered_once_in_order() -> None:
 def test_a_replayed_event_lost_on_the_link_is_fetched_again_not_reported_lost(lost_replays: str) -> None:
     """FetchEvents replays events as frames of their own; one lost on the link (the device's ring still
     holds it) is asked for again from the first number missing, never skipped or called out of the ring."""
-    driver = VirtualDriver()
-    driver.open()
-    driver.drop_from_device = {Event}
-    driver.call(START)
-    for _ in range(100):
-        driver.tick()
-    driver.drop_from_device = set()
-    driver.call(Stop())
-    for _ in range(50):
-        driver.tick()
-    gap = driver.core.events.gap
-    assert gap is not None and gap.upto - gap.fetch_from >= 2
+    driver, gap = driver_with_a_gap()
+    assert gap.upto - gap.fetch_from >= 2
     missing = range(gap.fetch_from, gap.upto)
     driver.lose_event_nos = set(missing) if lost_replays == "all" else {missing[0]}
     why = driver.run(fill_gap(gap))

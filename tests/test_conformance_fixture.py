@@ -12,13 +12,13 @@ from __future__ import annotations
 import os
 import sys
 import textwrap
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import conformance_variants as cv
 import pytest
+from hostile import wait_until
 from test_conformance import FIXTURE_RULES, run
 
 from firmware_sim import Device, DeviceRunner, OverCurrent
@@ -154,16 +154,9 @@ def test_the_http_fixture_drives_the_simulator_through_its_control_api(
     def resting_is(ohm: float) -> bool:
         return bool(runner.call(lambda d: abs(d.load.resting_impedance_ohm - ohm) < 1e-6 * ohm))
 
-    wait_for(lambda: resting_is(15_000))
+    assert wait_until(lambda: resting_is(15_000), timeout_s=10), "the simulator's loop never applied it"
     fixture.restore()
-    wait_for(lambda: resting_is(1500))
-
-
-def wait_for(condition: Callable[[], bool], timeout_s: float = 10.0) -> None:
-    end = time.monotonic() + timeout_s
-    while not condition():
-        assert time.monotonic() < end, "the simulator's loop never applied the change"
-        time.sleep(0.02)
+    assert wait_until(lambda: resting_is(1500), timeout_s=10), "the simulator's loop never applied it"
 
 
 def test_open_fixture_forms(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

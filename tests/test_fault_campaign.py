@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from hostile import wait_until
 from trace_tools import load_trace
 
 import firmware_sim
@@ -220,14 +221,13 @@ def test_a_power_cut_while_the_ordinary_tier_lags_records_the_last_figure_the_de
     with _open(tmp_path, speed=20) as stim:
         session = stim.start(QUICK, record_path=tmp_path / "r.jsonl", on_progress=slow_progress)
         port = stim.link.port
-        deadline = time.monotonic() + 10
-        while stim.status().state is not DeviceState.HOLD and time.monotonic() < deadline:
-            time.sleep(0.01)
-        time.sleep(0.3)  # more samples go out while the ordinary tier waits in the callback
+        assert wait_until(lambda: stim.status().state is DeviceState.HOLD, timeout_s=10)
+        received = stim.stats.telemetry_received  # the ordinary tier is held in the callback by now
+        assert wait_until(lambda: stim.stats.telemetry_received >= received + 3, timeout_s=5)
         with port.runner.lock:
             cut["charge"] = port.device.charge_uas
             port.device.power_cycle()
-        time.sleep(0.3)  # the safety tier sees POWER_ON; the ordinary tier is still held
+        assert wait_until(lambda: session._device_restarted, timeout_s=5)  # the safety tier saw POWER_ON
         release.set()
         with pytest.raises(DeviceFault, match="POWER_ON"):
             session.wait(timeout_s=30)

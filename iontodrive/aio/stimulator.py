@@ -79,10 +79,9 @@ def _raise_in_thread(thread: threading.Thread, exc_type: type[BaseException]) ->
 class AsyncSession:
     """A running session (the engine's handle, awaitable). Create with :meth:`AsyncStimulator.start`."""
 
-    def __init__(self, owner: AsyncStimulator, handle: Any, remove_gate: Callable[[], None]) -> None:
+    def __init__(self, owner: AsyncStimulator, handle: Any) -> None:
         self._owner = owner
         self.handle = handle  # the engine's session handle (iontodrive's Session / DeviceSession)
-        self._remove_gate = remove_gate
         self._record: SessionRecord | None = None
 
     @property
@@ -154,14 +153,9 @@ class AsyncSession:
             _raise_in_thread(thread, TaskCancelled)
             with contextlib.suppress(BaseException):  # the engine's ramp-down and record (bounded)
                 await asyncio.wait_for(asyncio.shield(future), CANCEL_RAMP_BOUND_S)
-            self._end()
             raise
-        self._end()
         self._record = record
         return record
-
-    def _end(self) -> None:
-        self._remove_gate()
 
 
 def _settle(
@@ -291,10 +285,7 @@ class AsyncStimulator:
         """Check and start a session on the engine; its handle. Raises what the engine's ``start()`` raises
         (``SafetyRefusal`` with nothing sent, ``DeviceRefusal``...). Cancelled while starting: the session
         is ramped down as soon as it has a handle, then the cancellation goes on."""
-        loop = self._loop
-
-        def remove_gate() -> None:  # (heartbeats stop with the loop: no gate of its own is needed)
-            return None
+        loop = self._loop  # (no heartbeat gate of its own: the heartbeats are sent from this loop)
 
         def start() -> Any:
             return self.stimulator.start(
@@ -312,13 +303,9 @@ class AsyncStimulator:
         except asyncio.CancelledError:
             with contextlib.suppress(BaseException):
                 handle = await asyncio.shield(future)
-                await AsyncSession(self, handle, remove_gate).wait()  # cancelled below: ramps down
-            remove_gate()
+                await AsyncSession(self, handle).wait()  # cancelled below: ramps down
             raise
-        except BaseException:
-            remove_gate()
-            raise
-        return AsyncSession(self, handle, remove_gate)
+        return AsyncSession(self, handle)
 
     async def deliver(
         self,

@@ -567,9 +567,9 @@ class DeviceSession(SessionEngine):
         if behind_s > SAFETY_BEHIND_ABORT_S and requested_at is None:
             self._raise_alarm(f"SAFETY CHECKS {behind_s:.1f} s BEHIND TELEMETRY: ABORTING")
             self._request_end(Abort(), SessionOutcome.ABORTED)
-        # Every progress wakes this wait; the status backstop is polled at most every STATUS_POLL_S
-        # (at 100 Hz telemetry a poll per wake-up cost a request per sample), except when a callback error
-        # or a device pause is waiting for the device to reach PAUSED.
+        # Events and requested ends wake this wait too; the status backstop is polled at most every
+        # STATUS_POLL_S (a poll per wake-up once cost a request per sample), except while a callback error
+        # or a device pause waits for the device to reach PAUSED.
         if callback_error is None and device_pause is None and now - self._polled_at_s < STATUS_POLL_S:
             return False
         self._polled_at_s = now
@@ -643,8 +643,8 @@ class DeviceSession(SessionEngine):
         and the last sample the safety tier saw. The safety tier handles items in arrival order, so when it
         reaches the restart's POWER_ON it has seen every sample of the old boot, while the ordinary tier,
         which can lag, may not have applied the last ones (and drops them once the restart is noted)."""
-        latest = self._latest
         with self._changed:
+            latest = self._latest
             if latest is not None and latest.device_time_ms > self._delivered_at_ms:
                 return latest.charge_uas
             return self._delivered_uas
@@ -841,6 +841,10 @@ class DeviceSession(SessionEngine):
             with self._changed:
                 if not self._finished:
                     self._changed.wait(0.1)
+        if self._finished:  # (an event may have ended the wait: the device's own final count, read now)
+            final = self._final_status()
+            if final is not None:
+                self._apply_status(final)
         account = self._make_account(
             SessionOutcome.STOPPED,
             delivered_uas=self._delivered_uas,

@@ -122,11 +122,11 @@ class SessionEngine:
     @property
     def progress(self) -> Progress | None:
         """The latest :class:`Progress` (None before the first sample of the session)."""
-        with self._changed:
+        with self._changed:  # (reentrant) so that no newer sample's progress is overwritten by this one
             build, self._unbuilt = self._unbuilt, None
-        if build is not None:
-            self._publish_progress(build())
-        return self._last_progress
+            if build is not None:
+                self._publish_progress(build())
+            return self._last_progress
 
     def _defer_progress(self, build: Callable[[], Progress]) -> None:
         """Keep ``build`` (the latest sample's progress, not yet built) for when :attr:`progress` is read:
@@ -200,10 +200,10 @@ class SessionEngine:
     def _publish_progress(self, progress: Progress) -> None:
         """Make ``progress`` the latest and give it to the callback (its errors end the session)."""
         progress = self._with_alarms(progress)
-        self._unbuilt = None  # this one is newer than any deferred build
         # No notify: nothing waits for a progress (the waits that read it poll with a timeout), and waking
         # the session's waiting thread once per sample cost a thread switch per sample.
         with self._changed:
+            self._unbuilt = None  # this one is newer than any deferred build
             self._last_progress = progress
         self._call_back(self._on_progress, progress)
 
