@@ -436,8 +436,7 @@ class Hostile:
         device, kind = self.device, self.kind
         if kind == "deaf":
             with self.lock:
-                device.inject(OverCurrent(at_s=at_s))
-            self.facts["fault_at_s"] = at_s
+                self.facts["fault_at_s"] = device.inject(OverCurrent(at_s=at_s)).at_s
             return None
         if kind not in ("mute", "self_raise", "flood", "jump"):
             return None
@@ -505,8 +504,8 @@ def run_in_process(ctx: RunContext) -> dict[str, Any]:
                         "short": ShortCircuit,
                         "overcurrent": OverCurrent,
                     }[fault]
-                    with lock:
-                        device.inject(make(at_s=at))
+                    with lock:  # a time already past (a loaded host got here late) resolves to now
+                        at = device.inject(make(at_s=at)).at_s
                         if fault == "lift_return":
                             device.inject(ContactReturn(at_s=at + ctx.rng.uniform(0.5, 4.0)))
                     facts["fault_at_s"] = at

@@ -21,6 +21,9 @@ from dataclasses import dataclass, field
 
 import pyte
 
+QUIET_S = 0.01  # output quiet this long ends a redraw (rich redraws the live view a few times a second)
+SNAPSHOT_EVERY_S = 0.5
+
 
 @dataclass
 class TerminalRun:
@@ -80,10 +83,18 @@ def run_in_terminal(
     seen: set[str] = set()
     chunks: list[bytes] = []
 
+    def snapshot() -> None:
+        for line in screen.display:
+            text = line.rstrip()
+            if text and text not in seen:
+                seen.add(text)
+                run.seen.append(text)
+
     def type_keys(data: bytes) -> None:
         os.write(master, data)
 
     deadline = time.monotonic() + timeout_s
+    last_snapshot = time.monotonic()
     hung = False
     try:
         while True:
@@ -106,13 +117,16 @@ def run_in_terminal(
                 break
             chunks.append(data)
             stream.feed(data)
-            for line in screen.display:
-                text = line.rstrip()
-                if text and text not in seen:
-                    seen.add(text)
-                    run.seen.append(text)
+            # A redraw can reach us in several reads: read on while more follows at once, so a snapshot
+            # shows whole frames, not a line half redrawn (but at least every SNAPSHOT_EVERY_S).
+            more = select.select([master], [], [], QUIET_S)[0]
+            if more and time.monotonic() - last_snapshot < SNAPSHOT_EVERY_S:
+                continue
+            last_snapshot = time.monotonic()
+            snapshot()
             if on_output is not None and not hung:
                 on_output(run, type_keys)
+        snapshot()  # the last frame, if more seemed to follow it
         run.returncode = proc.wait(timeout=5.0)
     finally:
         os.close(master)

@@ -16,12 +16,13 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
+from hostile import wait_for
 
 from firmware_sim import Device, DeviceRunner, TraceRecorder
 from firmware_sim.bridge_tcp import RemoteListenRefused, TcpTransport
@@ -45,15 +46,6 @@ from iontodrive.protocol import (
 
 posix_only = pytest.mark.skipif(sys.platform == "win32", reason="needs POSIX pseudo-terminals")
 S = DeviceState
-
-
-def wait_for(cond: Callable[[], bool], timeout_s: float = 10.0, what: str = "condition") -> None:
-    """Poll ``cond`` until true (a real-time simulator is on the other side: wall time must pass)."""
-    deadline = time.monotonic() + timeout_s
-    while not cond():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.01)
 
 
 class SocketHost:

@@ -49,7 +49,8 @@ from hostile.device import (
     EVENT_RING_SIZE,
     HostileDevice,
     lying_identity,
+    wait_for,
     wait_until,
 )
 
-__all__ = ["EVENT_RING_SIZE", "HostileDevice", "lying_identity", "wait_until"]
+__all__ = ["EVENT_RING_SIZE", "HostileDevice", "lying_identity", "wait_for", "wait_until"]

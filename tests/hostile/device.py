@@ -77,6 +77,13 @@ def wait_until(predicate: Callable[[], bool], timeout_s: float = 2.0, poll_s: fl
         threading.Event().wait(poll_s)
 
 
+def wait_for(predicate: Callable[[], object], timeout_s: float = 10.0, what: str = "condition") -> None:
+    """Poll ``predicate`` like :func:`wait_until`; raise AssertionError naming ``what`` if it never came
+    true. For a real-time simulator on the other side, where wall time must pass."""
+    if not wait_until(lambda: bool(predicate()), timeout_s, poll_s=0.01):
+        raise AssertionError(f"timed out after {timeout_s:g} s waiting for {what}")
+
+
 class HostileDevice:
     """A scriptable fake stimulator on a pty. ``url`` is the path the driver opens.
 
