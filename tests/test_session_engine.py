@@ -402,6 +402,48 @@ def test_the_abort_repeats_end_quietly_when_the_link_is_closed_under_them(
     stim.close()
 
 
+def test_a_frozen_host_process_is_not_taken_for_wedged_safety_checks(tmp_path: Path) -> None:
+    """A host process stopped whole (SIGSTOP, a suspended laptop) froze its waiting thread with its safety
+    tier; when it ran again, the waiting thread could look first and abort for "safety checks behind",
+    ending as ``aborted`` a session the device had paused for its lost link (campaign ``host_sigstop``,
+    3 runs in 25). Here the safety tier and the waiting thread are frozen together for 2.5 s, and the
+    waiting thread runs first: the session must end as the device saw it, ``link_lost``, with no alarm."""
+    from trace_tools import load_trace
+
+    release = threading.Event()
+    wedged = threading.Event()
+
+    def wedge(sample: Any) -> None:
+        if sample.state is DeviceState.HOLD and not release.is_set():
+            wedged.set()
+            release.wait(30)
+
+    url = f"sim://clinic-4?speed=20&seed=5&trace={tmp_path / 'trace.csv'}"
+    try:
+        with Stimulator.open(url) as stim:
+            stim.add_telemetry_listener(wedge, safety=True)
+            session = stim.start(QUICK, record_path=tmp_path / "f.jsonl")
+            outcome: list[Any] = []
+            waiter = threading.Thread(target=lambda: outcome.append(session.wait(timeout_s=60)))
+            waiter.start()
+            assert wedged.wait(20)
+            polled = session._polled_at_s  # a status poll just ended: the waiting thread then sleeps
+            assert wait_until(lambda: session._polled_at_s != polled, timeout_s=5)
+            time.sleep(0.05)
+            with session._changed:  # the waiting thread cannot run: the process is "stopped"
+                time.sleep(2.5)
+            time.sleep(0.2)  # it runs again first, while the safety tier is still behind
+            release.set()
+            waiter.join(60)
+            assert outcome, "wait() did not return"
+            assert not any("SAFETY CHECKS" in alarm for alarm in session.alarms), session.alarms
+            assert session.outcome is not None and session.outcome.value == "link_lost", session.alarms
+    finally:
+        release.set()
+    trace = load_trace(tmp_path / "trace.csv")
+    assert trace.output_ua[-1] == 0
+
+
 def test_wedged_safety_checks_end_the_session_instead_of_polling_on_blind(tmp_path: Path) -> None:
     """S19: with the safety tier wedged, the heartbeats stop, but the session's status backstop poll is a
     valid frame too and kept the device's watchdog fed while nothing checked the telemetry. The waiting

@@ -118,6 +118,10 @@ UNANSWERED_LIMIT_S = 5.0  # a device that answers nothing for this long (while s
 # backstop poll is a valid frame too and would keep the device's watchdog fed while nothing checks the
 # telemetry; so the waiting thread aborts (a ramp at the slew limit, S2) instead of polling on blind.
 SAFETY_BEHIND_ABORT_S = 1.0
+# A wait that overslept its STATUS_POLL_S by more than this means the waiting thread itself did not run (the
+# whole process was stopped: SIGSTOP, a suspended VM or laptop): the safety checks' lag is then counted only
+# from when it ran again, so a process-wide freeze is not taken for wedged safety checks.
+OVERSLEPT_S = 0.5
 START_SETTLE_LIMIT_S = 75.0  # upper bound on bringing an unconfirmed start to zero
 RECORD_FLUSH_S = 2.0  # the 'starting' and 'started' notes are waited for (fsync'd) this long at most
 
@@ -193,6 +197,7 @@ class DeviceSession(SessionEngine):
         self._last_safety_s = time.monotonic()
         self._last_answer_s = time.monotonic()
         self._polled_at_s = 0.0  # when wait() last polled status (monotonic s)
+        self._awake_since_s = 0.0  # since when the waiting thread has run without a freeze (monotonic s)
         self._latest: Telemetry | None = None  # newest sample of this session (safety tier)
         self._started_sending = False  # Start was (or may have been) sent
         self._accepting = False  # telemetry is this session's (the first sample of it seen)
@@ -549,7 +554,10 @@ class DeviceSession(SessionEngine):
         """Wait a little; poll status as a backstop to telemetry; return True when the session is over."""
         with self._changed:
             if not self._finished and self._unconfirmed is None:
+                slept_from = time.monotonic()
                 self._changed.wait(STATUS_POLL_S)
+                if time.monotonic() - slept_from > STATUS_POLL_S + OVERSLEPT_S:
+                    self._awake_since_s = time.monotonic()
             if self._finished or self._unconfirmed is not None:
                 return True
             callback_error = self._callback_error
@@ -563,7 +571,7 @@ class DeviceSession(SessionEngine):
             raise SessionWaitTimeout(
                 f"session still running after the wait timeout (state {self._state.name})"
             )
-        behind_s = self._client.safety_lag_s
+        behind_s = min(self._client.safety_lag_s, now - self._awake_since_s)
         if behind_s > SAFETY_BEHIND_ABORT_S and requested_at is None:
             self._raise_alarm(f"SAFETY CHECKS {behind_s:.1f} s BEHIND TELEMETRY: ABORTING")
             self._request_end(Abort(), SessionOutcome.ABORTED)
