@@ -40,10 +40,11 @@ misbehaves on the wire while its firmware and plant stay the ground truth:
 
 In-process runs use ``sim://`` on the wall clock at ``--speed`` (default 100; latency faults and ``mixed``
 at ``--link-speed``, default 20, because at speed 100 the simulator cannot release delayed bytes fast
-enough on a 2-core machine; ``hostile_self_raise`` too, because there the host's own reaction is timed in
-device seconds and the speed multiplies the host's wall-clock delays); the host-process faults use
-``python -m firmware_sim --pty`` through :class:`~iontodrive.cli.simproc.SimulatorProcess` at
-``--process-speed`` (default 10), because the device watchdog (S10) runs on link (wall) time.
+enough on a 2-core machine); the host-process faults use ``python -m firmware_sim --pty`` through
+:class:`~iontodrive.cli.simproc.SimulatorProcess` at ``--process-speed`` (default 10), because the device
+watchdog (S10) runs on link (wall) time; ``hostile_self_raise`` runs in-process at ``--process-speed`` too,
+because there the host's own reaction is timed in device seconds and the speed multiplies the host's
+wall-clock delays.
 
 Every run is checked (pass criteria, also printed with the table):
 
@@ -164,8 +165,9 @@ class Fault:
     expected: tuple[str, ...] = ("completed",)
     latency: bool = False  # run at --link-speed: a simulator at speed 100 cannot keep up with delayed bytes
     # the *host's* reaction is what the fault-to-safe time measures (a driver-side check): run at
-    # --link-speed too, since the speed multiplies every wall-clock delay of the host (a 5 ms GIL hand-off
-    # or a descheduled thread on a loaded machine) into device time: 0.5 device s at speed 100
+    # --process-speed like the host-process faults, since the speed multiplies every wall-clock delay of
+    # the host (a 5 ms GIL hand-off or a descheduled thread on a loaded machine) into device time: 0.5
+    # device s at speed 100, 0.1 at 20, 0.05 at 10 (at 20, one run in about 100 saw 30 ms: 1.009 device s)
     host_timed: bool = False
     hostile: str = ""  # a hostile-device behaviour from HOSTILE, wrapped around the in-process simulator
     refuse_with: str = ""  # the right outcome is this typed error before any Start (no output, no record)
@@ -296,8 +298,8 @@ class RunContext:
         self.workdir = workdir
         self.trace_path = workdir / "trace.csv"
         self.record_path = workdir / "record.jsonl"
-        slow = self.fault.latency or self.fault.host_timed
-        self.speed = process_speed if self.fault.process else link_speed if slow else speed
+        host_bound = self.fault.process or self.fault.host_timed
+        self.speed = process_speed if host_bound else link_speed if self.fault.latency else speed
         self.identity = MODELS[self.scenario.model].identity()
         self.plan = self.scenario.prescription.expected_plan(self.identity)
         self.result = RunResult(seed, self.scenario.name, self.fault.name)
@@ -1066,12 +1068,17 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--faults", help="comma-separated fault names (default all)")
     p.add_argument("--workers", type=int, default=2, help="worker processes (default 2)")
     p.add_argument("--speed", type=float, default=100.0, help="in-process simulator speed (default 100)")
-    p.add_argument("--process-speed", type=float, default=10.0, help="subprocess simulator speed (10)")
+    p.add_argument(
+        "--process-speed",
+        type=float,
+        default=10.0,
+        help="speed of the host-process faults' simulator and of hostile_self_raise (default 10)",
+    )
     p.add_argument(
         "--link-speed",
         type=float,
         default=20.0,
-        help="in-process speed for latency faults and hostile_self_raise (default 20)",
+        help="in-process speed for latency faults and mixed (default 20)",
     )
     p.add_argument("--replay", type=int, action="append", metavar="SEED", help="run only this seed")
     p.add_argument("--json", type=Path, default=Path("faults-results.json"), help="JSON results file")

@@ -196,6 +196,24 @@ def test_stop_ramps_down_over_the_prescribed_time(tmp_path: Path) -> None:
     assert_ramped_to_zero(settle_trace(trace_path), 2000 / 5)
 
 
+def test_a_stop_that_reaches_the_device_in_its_final_ramp_down_leaves_the_account_completed(
+    tmp_path: Path,
+) -> None:
+    """The device is the authority on how a session ended. A Stop in the final ramp-down changes nothing
+    on the device (it acks, sends no STOPPED, ramps on and reports DOSE_COMPLETE with the whole dose), so the
+    record says ``completed``; it once said ``stopped`` (and an S19 abort that came too late under an event
+    flood, ``aborted``: campaign ``hostile_flood`` seeds 228 and 30128)."""
+    with Stimulator.open(sim_url(tmp_path / "trace.csv", speed=20)) as stim:  # a 0.25 s wall ramp-down
+        session = stim.start(QUICK, record_path=tmp_path / "r.jsonl")
+        wait_for_state(stim, DeviceState.RAMP_DOWN, timeout_s=60)
+        session.stop()
+        record = session.wait()
+    events = [e["code"] for e in record.events]
+    assert "DOSE_COMPLETE" in events and "STOPPED" not in events
+    assert record.summary is not None and record.summary["end_reason"] == "completed", record.summary
+    assert record.delivered_uas == pytest.approx(QUICK.dose_ma_min * 60_000, rel=0.01)
+
+
 def test_abort_ramps_at_the_hard_slew_limit_not_a_step(tmp_path: Path) -> None:
     trace_path = tmp_path / "trace.csv"
     with Stimulator.open(sim_url(trace_path, speed=50)) as stim:

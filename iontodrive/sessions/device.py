@@ -210,6 +210,7 @@ class DeviceSession(SessionEngine):
         self._device_restarted = False
         self._restart_noticed: float | None = None
         self._ended_charge: int | None = None  # the SESSION_ENDED event's delivered charge (µA·s)
+        self._end_obeyed = False  # the device reported STOPPED or ABORTED: it executed an end request
         self._last_event_no = 0  # highest event number this session has handled
         self._contact_ohm = 0
 
@@ -768,11 +769,16 @@ class DeviceSession(SessionEngine):
         return sample.state is DeviceState.DONE and self._end_requested is None and self._fault is None
 
     def _facts(self, interrupted: str | None) -> SessionFacts:
+        end_requested = self._end_requested
+        if self._ended_charge is not None and not self._end_obeyed:
+            # The device ended the session on its own (SESSION_ENDED with no STOPPED or ABORTED): an end
+            # asked for reached it too late to change anything, so the account is the device's.
+            end_requested = None
         return SessionFacts(
             interrupted=interrupted is not None,
             callback_error=self._callback_error is not None,
             fault_code=None if self._fault is None else self._fault.code,
-            end_requested=self._end_requested,
+            end_requested=end_requested,
             paused_by=self._paused_by_device,
         )
 
@@ -945,6 +951,8 @@ class DeviceSession(SessionEngine):
                 self._start_device_ms = event.device_time_ms
             if event.code is EventCode.SESSION_ENDED:
                 self._ended_charge = event.value
+            elif event.code in (EventCode.STOPPED, EventCode.ABORTED):
+                self._end_obeyed = True
             if event.code in FAULT_EVENTS:
                 self._fault = DeviceFault(event.code, event.value)
             elif event.code in DEVICE_PAUSE_EVENTS:

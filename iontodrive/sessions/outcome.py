@@ -11,7 +11,9 @@ the link or instrument was lost              LINK_LOST (FAULT if the output was 
                                              zero by the host after an error that was not a
                                              lost link)
 a fault: electrode lift / anything else      ELECTRODE_LIFT / FAULT
-an end was asked for (stop, abort, ...)      that request's outcome
+an end was asked for (stop, abort, ...)      that request's outcome, unless the device
+                                             ended the session on its own first (the
+                                             engine then reports no request: COMPLETED)
 the device paused itself on a lost link      LINK_LOST
 otherwise                                    COMPLETED
 ==========================================  ===============================================
