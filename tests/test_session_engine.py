@@ -429,12 +429,28 @@ def test_a_frozen_host_process_is_not_taken_for_wedged_safety_checks(tmp_path: P
             waiter = threading.Thread(target=lambda: outcome.append(session.wait(timeout_s=60)))
             waiter.start()
             assert wedged.wait(20)
-            polled = session._polled_at_s  # a status poll just ended: the waiting thread then sleeps
-            assert wait_until(lambda: session._polled_at_s != polled, timeout_s=5)
-            time.sleep(0.05)
-            with session._changed:  # the waiting thread cannot run: the process is "stopped"
-                time.sleep(2.5)
-            time.sleep(0.2)  # it runs again first, while the safety tier is still behind
+            freeze = session._changed
+            # Take the session's lock while the waiting thread sleeps in its wait (it is then among the
+            # condition's waiters), so that its wait oversleeps: the whole process "stopped".
+            while True:
+                freeze.acquire()
+                if getattr(freeze, "_waiters", None):
+                    break
+                freeze.release()
+                threading.Event().wait(0.005)
+            try:
+                time.sleep(2.5)  # the freeze itself: its length is what the safety tier's lag measures
+            finally:
+                thawed_at = time.monotonic()
+                freeze.release()
+
+            # The waiting thread runs again first, while the safety tier is still behind: wait until it has
+            # judged the lag (the old code raised its alarm, the new one noted the freeze); then free the
+            # safety tier.
+            def judged() -> bool:
+                return bool(session.alarms) or getattr(session, "_awake_since_s", 0.0) >= thawed_at
+
+            assert wait_until(judged, timeout_s=5)
             release.set()
             waiter.join(60)
             assert outcome, "wait() did not return"

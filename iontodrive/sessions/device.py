@@ -119,8 +119,9 @@ UNANSWERED_LIMIT_S = 5.0  # a device that answers nothing for this long (while s
 # telemetry; so the waiting thread aborts (a ramp at the slew limit, S2) instead of polling on blind.
 SAFETY_BEHIND_ABORT_S = 1.0
 # A wait that overslept its STATUS_POLL_S by more than this means the waiting thread itself did not run (the
-# whole process was stopped: SIGSTOP, a suspended VM or laptop): the safety checks' lag is then counted only
-# from when it ran again, so a process-wide freeze is not taken for wedged safety checks.
+# whole process was stopped: SIGSTOP, a suspended VM or laptop): for SAFETY_BEHIND_ABORT_S after it runs
+# again the safety checks may catch up before their lag aborts the session, and the status backstop is not
+# polled meanwhile (it would feed the device's watchdog while nothing checks the telemetry).
 OVERSLEPT_S = 0.5
 START_SETTLE_LIMIT_S = 75.0  # upper bound on bringing an unconfirmed start to zero
 RECORD_FLUSH_S = 2.0  # the 'starting' and 'started' notes are waited for (fsync'd) this long at most
@@ -572,8 +573,10 @@ class DeviceSession(SessionEngine):
             raise SessionWaitTimeout(
                 f"session still running after the wait timeout (state {self._state.name})"
             )
-        behind_s = min(self._client.safety_lag_s, now - self._awake_since_s)
+        behind_s = self._client.safety_lag_s
         if behind_s > SAFETY_BEHIND_ABORT_S and requested_at is None:
+            if now - self._awake_since_s <= SAFETY_BEHIND_ABORT_S:
+                return False  # just back from a freeze (OVERSLEPT_S): no abort yet, and no blind poll
             self._raise_alarm(f"SAFETY CHECKS {behind_s:.1f} s BEHIND TELEMETRY: ABORTING")
             self._request_end(Abort(), SessionOutcome.ABORTED)
         # Events and requested ends wake this wait too; the status backstop is polled at most every
@@ -765,20 +768,17 @@ class DeviceSession(SessionEngine):
         return last is not None and last.state is end_state and last.delivered_uas == delivered
 
     def _completed_sample(self, sample: Telemetry) -> bool:
-        """A sample showing the session's normal end: DONE, with no end asked for and no fault."""
-        return sample.state is DeviceState.DONE and self._end_requested is None and self._fault is None
+        """A sample showing the session's normal end: DONE, no fault, and no end request the device carried
+        out (one that reached it after its own final ramp-down began changed nothing: the outcome rule)."""
+        return sample.state is DeviceState.DONE and not self._end_obeyed and self._fault is None
 
     def _facts(self, interrupted: str | None) -> SessionFacts:
-        end_requested = self._end_requested
-        if self._ended_charge is not None and not self._end_obeyed:
-            # The device ended the session on its own (SESSION_ENDED with no STOPPED or ABORTED): an end
-            # asked for reached it too late to change anything, so the account is the device's.
-            end_requested = None
         return SessionFacts(
             interrupted=interrupted is not None,
             callback_error=self._callback_error is not None,
             fault_code=None if self._fault is None else self._fault.code,
-            end_requested=end_requested,
+            end_requested=self._end_requested,
+            ended_by_device=self._ended_charge is not None and not self._end_obeyed,
             paused_by=self._paused_by_device,
         )
 

@@ -11,9 +11,9 @@ the link or instrument was lost              LINK_LOST (FAULT if the output was 
                                              zero by the host after an error that was not a
                                              lost link)
 a fault: electrode lift / anything else      ELECTRODE_LIFT / FAULT
-an end was asked for (stop, abort, ...)      that request's outcome, unless the device
-                                             ended the session on its own first (the
-                                             engine then reports no request: COMPLETED)
+an end was asked for (stop, abort, ...),     that request's outcome
+unless the device ended the session itself
+before it took effect (``ended_by_device``)
 the device paused itself on a lost link      LINK_LOST
 otherwise                                    COMPLETED
 ==========================================  ===============================================
@@ -37,6 +37,9 @@ class SessionFacts:
     other_failure: bool = False
     fault_code: EventCode | None = None
     end_requested: SessionOutcome | None = None
+    #: the device ended the session itself (SESSION_ENDED with no STOPPED or ABORTED): a requested end
+    #: reached it too late to change anything, so it is not the session's end
+    ended_by_device: bool = False
     paused_by: EventCode | None = None
 
 
@@ -54,7 +57,7 @@ def decide_outcome(facts: SessionFacts) -> SessionOutcome:
         if facts.fault_code is EventCode.ELECTRODE_LIFT:
             return SessionOutcome.ELECTRODE_LIFT
         return SessionOutcome.FAULT
-    if facts.end_requested is not None:
+    if facts.end_requested is not None and not facts.ended_by_device:
         return facts.end_requested
     if facts.paused_by is EventCode.LINK_LOST:
         return SessionOutcome.LINK_LOST
