@@ -432,11 +432,13 @@ def test_a_frozen_host_process_is_not_taken_for_wedged_safety_checks(tmp_path: P
             freeze = session._changed
             # Take the session's lock while the waiting thread sleeps in its wait (it is then among the
             # condition's waiters), so that its wait oversleeps: the whole process "stopped".
+            deadline = time.monotonic() + 10
             while True:
                 freeze.acquire()
                 if getattr(freeze, "_waiters", None):
                     break
                 freeze.release()
+                assert time.monotonic() < deadline, "the waiting thread never slept in its wait"
                 threading.Event().wait(0.005)
             try:
                 time.sleep(2.5)  # the freeze itself: its length is what the safety tier's lag measures
